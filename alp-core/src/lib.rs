@@ -1,0 +1,30 @@
+//! `alp-core` is the shared vocabulary of the alp workspace: token ids, the [`Trajectory`]
+//! that flows from the rollout engine to the trainer, the traits that pieces plug into
+//! ([`CausalLm`], [`Perturbation`], [`Environment`], [`TaskSource`]) and the one error type
+//! every library crate returns.
+//!
+//! ```
+//! use alp_core::{FinishReason, Trajectory};
+//!
+//! let t = Trajectory::single_turn(vec![1, 2, 3], vec![7, 8], vec![-0.5, -0.25], 0, 1.0, FinishReason::Eos);
+//! assert_eq!(t.loss_mask, vec![1, 1]);
+//! assert_eq!(t.num_generated(), 2);
+//! t.validate().unwrap();
+//! ```
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod traits;
+pub mod trajectory;
+
+pub use error::{Error, Result};
+pub use traits::{
+    CausalLm, ChatMessage, Environment, NoPerturbation, Perturbation, Step, Task, TaskSource,
+};
+pub use trajectory::{FinishReason, Trajectory, TrajectoryGroup};
+
+/// A token id, as the tokenizer and the embedding table see it.
+pub type TokenId = u32;
+
+/// Monotone counter of the trainer's weight versions; rollouts are stamped with the version that sampled them.
+pub type PolicyVersion = u64;

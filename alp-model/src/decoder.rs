@@ -1,0 +1,481 @@
+//! The Qwen2/Llama/Qwen3 decoder: embeddings, RMSNorm, rotary GQA attention, SwiGLU MLP and
+//! the LM head, with a fused inference path and a differentiable training path.
+use alp_core::{CausalLm, Error, Perturbation, Result};
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{Linear, VarBuilder};
+
+use crate::{rope, Config, KvCache};
+
+/// Which kernels a forward uses. candle's fused CPU ops have no backward and silently cut the
+/// autograd graph, so training must use the differentiable twins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Numerics {
+    /// Fused softmax, RMSNorm and rotary kernels (inference, rollouts).
+    Fused,
+    /// Differentiable ops only (training).
+    Differentiable,
+}
+
+#[derive(Debug, Clone)]
+struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn new(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(RmsNorm {
+            weight: vb.get(size, "weight")?,
+            eps,
+        })
+    }
+    fn forward(&self, x: &Tensor, n: Numerics) -> Result<Tensor> {
+        Ok(match n {
+            Numerics::Fused => {
+                candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32)?
+            }
+            Numerics::Differentiable => {
+                candle_nn::ops::rms_norm_slow(x, &self.weight, self.eps as f32)?
+            }
+        })
+    }
+}
+
+fn linear(inp: usize, out: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
+    let w = vb.get((out, inp), "weight")?;
+    let b = if bias { Some(vb.get(out, "bias")?) } else { None };
+    Ok(Linear::new(w, b))
+}
+
+#[derive(Debug, Clone)]
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    n_heads: usize,
+    n_kv: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let (h, hd, nh, nkv) = (
+            cfg.hidden_size,
+            cfg.head_dim(),
+            cfg.num_attention_heads,
+            cfg.num_kv_heads(),
+        );
+        let qkv_bias = cfg.qkv_bias();
+        let (q_norm, k_norm) = if cfg.qk_norm() {
+            (
+                Some(RmsNorm::new(hd, cfg.rms_norm_eps, vb.pp("q_norm"))?),
+                Some(RmsNorm::new(hd, cfg.rms_norm_eps, vb.pp("k_norm"))?),
+            )
+        } else {
+            (None, None)
+        };
+        Ok(Attention {
+            q_proj: linear(h, nh * hd, qkv_bias, vb.pp("q_proj"))?,
+            k_proj: linear(h, nkv * hd, qkv_bias, vb.pp("k_proj"))?,
+            v_proj: linear(h, nkv * hd, qkv_bias, vb.pp("v_proj"))?,
+            o_proj: linear(nh * hd, h, cfg.o_bias(), vb.pp("o_proj"))?,
+            q_norm,
+            k_norm,
+            n_heads: nh,
+            n_kv: nkv,
+            head_dim: hd,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<(&mut KvCache, usize)>,
+        n: Numerics,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (nh, nkv, hd) = (self.n_heads, self.n_kv, self.head_dim);
+        let q = self.q_proj.forward(x)?.reshape((b, t, nh, hd))?;
+        let k = self.k_proj.forward(x)?.reshape((b, t, nkv, hd))?;
+        let v = self.v_proj.forward(x)?.reshape((b, t, nkv, hd))?;
+        let (q, k) = match (&self.q_norm, &self.k_norm) {
+            (Some(qn), Some(kn)) => (qn.forward(&q, n)?, kn.forward(&k, n)?),
+            _ => (q, k),
+        };
+        let q = q.transpose(1, 2)?.contiguous()?;
+        let k = k.transpose(1, 2)?.contiguous()?;
+        let v = v.transpose(1, 2)?.contiguous()?;
+        let (q, k) = match n {
+            Numerics::Fused => (
+                rope::apply_fused(&q, cos, sin)?,
+                rope::apply_fused(&k, cos, sin)?,
+            ),
+            Numerics::Differentiable => (
+                rope::apply_diff(&q, cos, sin)?,
+                rope::apply_diff(&k, cos, sin)?,
+            ),
+        };
+        let (k, v) = match cache {
+            Some((c, layer)) => c.append(layer, &k, &v)?,
+            None => (k, v),
+        };
+        let l = k.dim(2)?;
+        let rep = nh / nkv;
+        // Grouped-query attention without copying K/V: fold the query heads that share a
+        // KV head into the row dimension (head h uses KV head h / rep, as transformers does).
+        let q = q.reshape((b, nkv, rep * t, hd))?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?;
+        let scores = scores.to_dtype(DType::F32)?.reshape((b, nkv, rep, t, l))?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
+        let probs = match n {
+            Numerics::Fused => candle_nn::ops::softmax_last_dim(&scores.contiguous()?)?,
+            Numerics::Differentiable => candle_nn::ops::softmax(&scores, D::Minus1)?,
+        };
+        let probs = probs
+            .reshape((b, nkv, rep * t, l))?
+            .to_dtype(v.dtype())?;
+        let out = probs.matmul(&v)?; // [b, nkv, rep*t, hd]
+        let out = out
+            .reshape((b, nh, t, hd))?
+            .transpose(1, 2)?
+            .reshape((b, t, nh * hd))?;
+        Ok(self.o_proj.forward(&out)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Mlp {
+            gate_proj: linear(h, i, false, vb.pp("gate_proj"))?,
+            up_proj: linear(h, i, false, vb.pp("up_proj"))?,
+            down_proj: linear(i, h, false, vb.pp("down_proj"))?,
+        })
+    }
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let g = self.gate_proj.forward(x)?.silu()?;
+        let u = self.up_proj.forward(x)?;
+        Ok(self.down_proj.forward(&(g * u)?)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct DecoderLayer {
+    self_attn: Attention,
+    mlp: Mlp,
+    input_layernorm: RmsNorm,
+    post_attention_layernorm: RmsNorm,
+}
+
+impl DecoderLayer {
+    fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        Ok(DecoderLayer {
+            self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
+            mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+            input_layernorm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
+            post_attention_layernorm: RmsNorm::new(
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+                vb.pp("post_attention_layernorm"),
+            )?,
+        })
+    }
+}
+
+/// A decoder-only language model with the Hugging Face Qwen2/Llama/Qwen3 layout.
+///
+/// Weights are immutable during a forward; the KV cache and the perturbation are arguments.
+#[derive(Debug, Clone)]
+pub struct Model {
+    cfg: Config,
+    embed_tokens: Tensor,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rope: rope::Rope,
+    dtype: DType,
+    device: Device,
+}
+
+impl Model {
+    /// Builds the model from a `VarBuilder` whose paths mirror the checkpoint
+    /// (`model.embed_tokens`, `model.layers.N...`, `model.norm`, `lm_head`).
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
+        let vbm = vb.pp("model");
+        let embed_tokens = vbm.get((cfg.vocab_size, cfg.hidden_size), "embed_tokens.weight")?;
+        let vbl = vbm.pp("layers");
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::new(cfg, vbl.pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vbm.pp("norm"))?;
+        let lm_w = if cfg.tie_word_embeddings {
+            embed_tokens.clone()
+        } else {
+            vb.get((cfg.vocab_size, cfg.hidden_size), "lm_head.weight")?
+        };
+        let rope = rope::Rope::new(
+            cfg.head_dim(),
+            cfg.rope_theta(),
+            cfg.max_position_embeddings,
+            vb.device(),
+        )?;
+        Ok(Model {
+            cfg: cfg.clone(),
+            embed_tokens,
+            layers,
+            norm,
+            lm_head: Linear::new(lm_w, None),
+            rope,
+            dtype: vb.dtype(),
+            device: vb.device().clone(),
+        })
+    }
+
+    /// The config.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The dtype of the weights.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The device of the weights.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// A fresh KV cache for `batch` rows (left padding `left_pad`, empty for none) holding
+    /// up to `capacity` positions.
+    pub fn new_cache(&self, capacity: usize, left_pad: &[usize]) -> KvCache {
+        KvCache::new(self.cfg.num_hidden_layers, capacity, left_pad)
+    }
+
+    fn check_ids(&self, input_ids: &Tensor) -> Result<(usize, usize)> {
+        let (b, t) = input_ids.dims2()?;
+        if b == 0 || t == 0 {
+            return Err(Error::invalid(format!(
+                "input_ids has shape [{b}, {t}]; both dims must be positive"
+            )));
+        }
+        if input_ids.dtype() != DType::U32 {
+            return Err(Error::invalid(format!(
+                "input_ids must be u32, got {:?}",
+                input_ids.dtype()
+            )));
+        }
+        let max = input_ids.max_all()?.to_scalar::<u32>()?;
+        if max as usize >= self.cfg.vocab_size {
+            return Err(Error::TokenOutOfRange {
+                token: max,
+                vocab_size: self.cfg.vocab_size,
+            });
+        }
+        Ok((b, t))
+    }
+
+    /// Hidden state after the final norm (before the LM head and its perturbation).
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        input_ids: &Tensor,
+        start: usize,
+        left_pad: &[usize],
+        mut cache: Option<&mut KvCache>,
+        perturb: &dyn Perturbation,
+        n: Numerics,
+    ) -> Result<Tensor> {
+        let (b, t) = self.check_ids(input_ids)?;
+        if !left_pad.is_empty() && left_pad.len() != b {
+            return Err(Error::invalid(format!(
+                "left_pad has {} entries for a batch of {b}",
+                left_pad.len()
+            )));
+        }
+        let total = start + t;
+        if total > self.rope.max_positions() {
+            return Err(Error::invalid(format!(
+                "sequence of {total} positions exceeds max_position_embeddings {}",
+                self.rope.max_positions()
+            )));
+        }
+        let padded = left_pad.iter().any(|&p| p > 0);
+        // Per-row positions: a left-padded row counts from its first real token.
+        let mut pos = Vec::with_capacity(b * t);
+        for r in 0..b {
+            let p = if padded { left_pad[r] } else { 0 };
+            for i in start..total {
+                pos.push(i.saturating_sub(p) as u32);
+            }
+        }
+        let positions = Tensor::from_vec(pos, (b, t), &self.device)?;
+        let (cos, sin) = self.rope.tables(&positions, self.dtype)?;
+        let mask = if padded {
+            Some(padded_mask(left_pad, start, t, &self.device)?)
+        } else if t > 1 {
+            Some(causal_mask(start, t, &self.device)?)
+        } else {
+            None
+        };
+        let mut h = self
+            .embed_tokens
+            .index_select(&input_ids.flatten_all()?, 0)?
+            .reshape((b, t, self.cfg.hidden_size))?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            if !perturb.is_identity() {
+                h = perturb.perturb(i, &h)?;
+            }
+            let x = layer.input_layernorm.forward(&h, n)?;
+            let c = cache.as_deref_mut().map(|c| (c, i));
+            let x = layer
+                .self_attn
+                .forward(&x, &cos, &sin, mask.as_ref(), c, n)?;
+            h = (h + x)?;
+            let x = layer.post_attention_layernorm.forward(&h, n)?;
+            h = (&h + layer.mlp.forward(&x)?)?;
+        }
+        if let Some(c) = cache {
+            c.advance(t);
+        }
+        let h = self.norm.forward(&h, n)?;
+        if perturb.is_identity() {
+            Ok(h)
+        } else {
+            perturb.perturb_head(&h)
+        }
+    }
+
+    /// Logits from a final hidden state.
+    fn head(&self, h: &Tensor) -> Result<Tensor> {
+        Ok(self.lm_head.forward(h)?)
+    }
+
+    /// Fused-kernel forward that continues `cache`; logits `[batch, seq, vocab]`.
+    pub fn forward_cached(
+        &self,
+        input_ids: &Tensor,
+        cache: &mut KvCache,
+        perturb: &dyn Perturbation,
+    ) -> Result<Tensor> {
+        let start = cache.len();
+        let pad = cache.left_pad().to_vec();
+        let h = self.run(input_ids, start, &pad, Some(cache), perturb, Numerics::Fused)?;
+        self.head(&h)
+    }
+
+    /// Like [`Model::forward_cached`] but returns only the last position's logits `[batch, vocab]`
+    /// (what sampling needs; skips the LM head on the prompt).
+    pub fn forward_last(
+        &self,
+        input_ids: &Tensor,
+        cache: &mut KvCache,
+        perturb: &dyn Perturbation,
+    ) -> Result<Tensor> {
+        let start = cache.len();
+        let pad = cache.left_pad().to_vec();
+        let h = self.run(input_ids, start, &pad, Some(cache), perturb, Numerics::Fused)?;
+        let t = h.dim(1)?;
+        self.head(&h.narrow(1, t - 1, 1)?.squeeze(1)?)
+    }
+
+    /// Full-sequence forward without a cache, with the chosen numerics.
+    pub fn forward_full(
+        &self,
+        input_ids: &Tensor,
+        left_pad: &[usize],
+        perturb: &dyn Perturbation,
+        numerics: Numerics,
+    ) -> Result<Tensor> {
+        let h = self.run(input_ids, 0, left_pad, None, perturb, numerics)?;
+        self.head(&h)
+    }
+
+    /// Final normed hidden states of a full sequence (differentiable), for callers that fuse
+    /// the LM head with their own loss.
+    pub fn hidden_states(
+        &self,
+        input_ids: &Tensor,
+        left_pad: &[usize],
+        perturb: &dyn Perturbation,
+    ) -> Result<Tensor> {
+        self.run(input_ids, 0, left_pad, None, perturb, Numerics::Differentiable)
+    }
+
+    /// The LM head weight `[vocab, hidden]` (the embedding when tied).
+    pub fn lm_head_weight(&self) -> &Tensor {
+        self.lm_head.weight()
+    }
+}
+
+impl CausalLm for Model {
+    type Cache = KvCache;
+
+    fn vocab_size(&self) -> usize {
+        self.cfg.vocab_size
+    }
+
+    fn forward(
+        &self,
+        input_ids: &Tensor,
+        cache: &mut KvCache,
+        perturb: &dyn Perturbation,
+    ) -> Result<Tensor> {
+        self.forward_cached(input_ids, cache, perturb)
+    }
+
+    fn forward_train(
+        &self,
+        input_ids: &Tensor,
+        left_pad: &[usize],
+        perturb: &dyn Perturbation,
+    ) -> Result<Tensor> {
+        self.forward_full(input_ids, left_pad, perturb, Numerics::Differentiable)
+    }
+}
+
+/// Additive causal mask `[1, 1, 1, t, start + t]` (broadcasts over batch, KV heads, group).
+fn causal_mask(start: usize, t: usize, device: &Device) -> Result<Tensor> {
+    let l = start + t;
+    let m: Vec<f32> = (0..t)
+        .flat_map(|i| (0..l).map(move |j| if j <= start + i { 0.0 } else { f32::NEG_INFINITY }))
+        .collect();
+    Ok(Tensor::from_vec(m, (1, 1, 1, t, l), device)?)
+}
+
+/// Additive mask `[b, 1, 1, t, start + t]` for left-padded rows: a real query sees real keys
+/// up to itself; a padding query sees only itself (its output is never used).
+fn padded_mask(left_pad: &[usize], start: usize, t: usize, device: &Device) -> Result<Tensor> {
+    let b = left_pad.len();
+    let l = start + t;
+    let mut m = Vec::with_capacity(b * t * l);
+    for &p in left_pad {
+        for i in 0..t {
+            let qi = start + i;
+            for j in 0..l {
+                let ok = j == qi || (j <= qi && j >= p);
+                m.push(if ok { 0.0 } else { f32::NEG_INFINITY });
+            }
+        }
+    }
+    Ok(Tensor::from_vec(m, (b, 1, 1, t, l), device)?)
+}

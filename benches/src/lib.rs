@@ -1,0 +1,1 @@
+//! Criterion benchmarks of the alp workspace; see `benches/`.
