@@ -134,4 +134,3 @@ pub trait TaskSource: Send {
     /// Moves the stream to `cursor`.
     fn seek(&mut self, cursor: u64);
 }
-

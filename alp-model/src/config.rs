@@ -117,7 +117,11 @@ impl Config {
             None => {
                 return Err(Error::config(
                     "model_type",
-                    format!("{} has no `model_type`; known: {}", origin.display(), ModelType::KNOWN),
+                    format!(
+                        "{} has no `model_type`; known: {}",
+                        origin.display(),
+                        ModelType::KNOWN
+                    ),
                 ))
             }
             Some(m) if !["qwen2", "llama", "qwen3"].contains(&m) => {
@@ -302,7 +306,9 @@ impl Config {
 /// Reads a token id or a list of token ids from a JSON value.
 pub(crate) fn ids_from_json(v: Option<&serde_json::Value>) -> Vec<u32> {
     match v {
-        Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        Some(serde_json::Value::Number(n)) => {
+            n.as_u64().map(|x| vec![x as u32]).unwrap_or_default()
+        }
         Some(serde_json::Value::Array(a)) => a
             .iter()
             .filter_map(|x| x.as_u64().map(|x| x as u32))

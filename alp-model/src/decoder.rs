@@ -43,7 +43,11 @@ impl RmsNorm {
 
 fn linear(inp: usize, out: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
     let w = vb.get((out, inp), "weight")?;
-    let b = if bias { Some(vb.get(out, "bias")?) } else { None };
+    let b = if bias {
+        Some(vb.get(out, "bias")?)
+    } else {
+        None
+    };
     Ok(Linear::new(w, b))
 }
 
@@ -142,9 +146,7 @@ impl Attention {
             Numerics::Fused => candle_nn::ops::softmax_last_dim(&scores.contiguous()?)?,
             Numerics::Differentiable => candle_nn::ops::softmax(&scores, D::Minus1)?,
         };
-        let probs = probs
-            .reshape((b, nkv, rep * t, l))?
-            .to_dtype(v.dtype())?;
+        let probs = probs.reshape((b, nkv, rep * t, l))?.to_dtype(v.dtype())?;
         let out = probs.matmul(&v)?; // [b, nkv, rep*t, hd]
         let out = out
             .reshape((b, nh, t, hd))?
@@ -190,7 +192,11 @@ impl DecoderLayer {
         Ok(DecoderLayer {
             self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
             mlp: Mlp::new(cfg, vb.pp("mlp"))?,
-            input_layernorm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
+            input_layernorm: RmsNorm::new(
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+                vb.pp("input_layernorm"),
+            )?,
             post_attention_layernorm: RmsNorm::new(
                 cfg.hidden_size,
                 cfg.rms_norm_eps,
@@ -323,7 +329,11 @@ impl Model {
         // Per-row positions: a left-padded row counts from its first real token.
         let mut pos = Vec::with_capacity(b * t);
         for r in 0..b {
-            let p = if padded { left_pad[r] } else { 0 };
+            let p = if padded {
+                left_pad.get(r).copied().unwrap_or(0)
+            } else {
+                0
+            };
             for i in start..total {
                 pos.push(i.saturating_sub(p) as u32);
             }
@@ -379,7 +389,14 @@ impl Model {
     ) -> Result<Tensor> {
         let start = cache.len();
         let pad = cache.left_pad().to_vec();
-        let h = self.run(input_ids, start, &pad, Some(cache), perturb, Numerics::Fused)?;
+        let h = self.run(
+            input_ids,
+            start,
+            &pad,
+            Some(cache),
+            perturb,
+            Numerics::Fused,
+        )?;
         self.head(&h)
     }
 
@@ -393,7 +410,14 @@ impl Model {
     ) -> Result<Tensor> {
         let start = cache.len();
         let pad = cache.left_pad().to_vec();
-        let h = self.run(input_ids, start, &pad, Some(cache), perturb, Numerics::Fused)?;
+        let h = self.run(
+            input_ids,
+            start,
+            &pad,
+            Some(cache),
+            perturb,
+            Numerics::Fused,
+        )?;
         let t = h.dim(1)?;
         self.head(&h.narrow(1, t - 1, 1)?.squeeze(1)?)
     }
@@ -418,7 +442,14 @@ impl Model {
         left_pad: &[usize],
         perturb: &dyn Perturbation,
     ) -> Result<Tensor> {
-        self.run(input_ids, 0, left_pad, None, perturb, Numerics::Differentiable)
+        self.run(
+            input_ids,
+            0,
+            left_pad,
+            None,
+            perturb,
+            Numerics::Differentiable,
+        )
     }
 
     /// The LM head weight `[vocab, hidden]` (the embedding when tied).
@@ -457,7 +488,15 @@ impl CausalLm for Model {
 fn causal_mask(start: usize, t: usize, device: &Device) -> Result<Tensor> {
     let l = start + t;
     let m: Vec<f32> = (0..t)
-        .flat_map(|i| (0..l).map(move |j| if j <= start + i { 0.0 } else { f32::NEG_INFINITY }))
+        .flat_map(|i| {
+            (0..l).map(move |j| {
+                if j <= start + i {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
         .collect();
     Ok(Tensor::from_vec(m, (1, 1, 1, t, l), device)?)
 }

@@ -55,7 +55,12 @@ impl KvCache {
     /// Appends `k`, `v` (`[batch, kv_heads, t, head_dim]`) to `layer` and returns views of all
     /// keys and values so far. The caller advances the length once per forward with
     /// [`KvCache::advance`].
-    pub(crate) fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+    pub(crate) fn append(
+        &mut self,
+        layer: usize,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
         let (b, h, t, d) = k.dims4()?;
         let end = self.len + t;
         if end > self.capacity {

@@ -60,7 +60,8 @@ pub fn resolve_model_dir(spec: &str) -> Result<PathBuf> {
             "{spec} is a file; give the model directory that holds config.json"
         )));
     }
-    let looks_like_repo = spec.split('/').count() == 2 && !spec.starts_with('.') && !spec.starts_with('/');
+    let looks_like_repo =
+        spec.split('/').count() == 2 && !spec.starts_with('.') && !spec.starts_with('/');
     if !looks_like_repo {
         return Err(Error::MissingFile {
             path: p.to_path_buf(),
@@ -157,12 +158,13 @@ impl ModelWeights {
         for (fi, f) in files.iter().enumerate() {
             // SAFETY: the file is only read; a concurrent writer could corrupt the mapping,
             // which candle reports as a parse error rather than undefined reads of our own memory.
-            let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(f) }.map_err(
-                |e| Error::Parse {
-                    path: f.clone(),
-                    message: format!("not a valid safetensors file: {e}"),
-                },
-            )?;
+            let st =
+                unsafe { candle_core::safetensors::MmapedSafetensors::new(f) }.map_err(|e| {
+                    Error::Parse {
+                        path: f.clone(),
+                        message: format!("not a valid safetensors file: {e}"),
+                    }
+                })?;
             for (name, view) in st.tensors() {
                 where_is.insert(name, (fi, view.shape().to_vec()));
             }
@@ -176,10 +178,7 @@ impl ModelWeights {
         };
         for (name, shape) in expected_tensors(&config) {
             let Some((fi, got)) = where_is.get(&name) else {
-                return Err(Error::MissingTensor {
-                    name,
-                    file: origin,
-                });
+                return Err(Error::MissingTensor { name, file: origin });
             };
             if *got != shape {
                 return Err(Error::TensorShape {
@@ -229,7 +228,10 @@ impl ModelWeights {
 
     /// The weights held by a trainable model's `VarMap` (shared storage, no copy).
     pub fn from_varmap(config: &Config, varmap: &VarMap) -> Result<Self> {
-        let data = varmap.data().lock().map_err(|_| Error::Msg("VarMap lock poisoned".into()))?;
+        let data = varmap
+            .data()
+            .lock()
+            .map_err(|_| Error::Msg("VarMap lock poisoned".into()))?;
         let tensors = data
             .iter()
             .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
@@ -282,7 +284,10 @@ impl ModelWeights {
                 data.insert(k.clone(), Var::from_tensor(&t.copy()?)?);
             }
         }
-        let model = Model::new(&self.config, VarBuilder::from_varmap(&varmap, dtype, &device))?;
+        let model = Model::new(
+            &self.config,
+            VarBuilder::from_varmap(&varmap, dtype, &device),
+        )?;
         Ok((model, varmap))
     }
 

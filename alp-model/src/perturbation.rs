@@ -93,7 +93,8 @@ impl Default for PerturbationConfig {
 impl PerturbationConfig {
     /// Rejects impossible settings, naming the field.
     pub fn validate(&self, num_layers: usize) -> Result<()> {
-        let ok = self.sigma_init.is_finite() && (self.sigma_init > 0.0 || (self.sigma_init == 0.0 && !self.learnable));
+        let ok = self.sigma_init.is_finite()
+            && (self.sigma_init > 0.0 || (self.sigma_init == 0.0 && !self.learnable));
         if !ok {
             return Err(Error::config(
                 "perturbation.sigma_init",

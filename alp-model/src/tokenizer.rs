@@ -22,10 +22,12 @@ fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
         return Ok(None);
     }
     let s = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&s).map(Some).map_err(|e| Error::Parse {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })
+    serde_json::from_str(&s)
+        .map(Some)
+        .map_err(|e| Error::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
 }
 
 fn token_string(v: Option<&serde_json::Value>) -> Option<String> {
@@ -183,7 +185,8 @@ impl Tokenizer {
     ) -> Result<String> {
         let tpl = self.chat_template.as_deref().ok_or_else(|| {
             Error::Tokenizer(
-                "this tokenizer has no chat template (tokenizer_config.json `chat_template`)".into(),
+                "this tokenizer has no chat template (tokenizer_config.json `chat_template`)"
+                    .into(),
             )
         })?;
         let mut env = minijinja::Environment::new();

@@ -13,10 +13,14 @@ fn ids(rows: &[Vec<u32>]) -> Tensor {
 }
 
 fn rand_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((x >> 33) % vocab as u64) as u32
         })
         .collect()
@@ -25,15 +29,27 @@ fn rand_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
 #[test]
 fn kv_cache_decode_equals_full_forward() {
     for (si, cfg) in shapes().into_iter().enumerate() {
-        let m = ModelWeights::random(&cfg, 1, DType::F32, &Device::Cpu).unwrap().build().unwrap();
-        let toks: Vec<Vec<u32>> = (0..2).map(|r| rand_tokens(12, cfg.vocab_size, r + 10 * si as u64)).collect();
-        let full = m.forward_full(&ids(&toks), &[], &NoPerturbation, Numerics::Fused).unwrap();
+        let m = ModelWeights::random(&cfg, 1, DType::F32, &Device::Cpu)
+            .unwrap()
+            .build()
+            .unwrap();
+        let toks: Vec<Vec<u32>> = (0..2)
+            .map(|r| rand_tokens(12, cfg.vocab_size, r + 10 * si as u64))
+            .collect();
+        let full = m
+            .forward_full(&ids(&toks), &[], &NoPerturbation, Numerics::Fused)
+            .unwrap();
         let mut cache = m.new_cache(16, &[]);
         let pre: Vec<Vec<u32>> = toks.iter().map(|r| r[..5].to_vec()).collect();
-        let mut parts = vec![m.forward_cached(&ids(&pre), &mut cache, &NoPerturbation).unwrap()];
+        let mut parts = vec![m
+            .forward_cached(&ids(&pre), &mut cache, &NoPerturbation)
+            .unwrap()];
         for t in 5..12 {
             let step: Vec<Vec<u32>> = toks.iter().map(|r| vec![r[t]]).collect();
-            parts.push(m.forward_cached(&ids(&step), &mut cache, &NoPerturbation).unwrap());
+            parts.push(
+                m.forward_cached(&ids(&step), &mut cache, &NoPerturbation)
+                    .unwrap(),
+            );
         }
         let dec = Tensor::cat(&parts, 1).unwrap();
         let d = max_abs_diff(&full, &dec);
@@ -45,9 +61,16 @@ fn kv_cache_decode_equals_full_forward() {
 #[test]
 fn left_padded_batch_equals_rows_alone() {
     for (si, cfg) in shapes().into_iter().enumerate() {
-        let m = ModelWeights::random(&cfg, 2, DType::F32, &Device::Cpu).unwrap().build().unwrap();
+        let m = ModelWeights::random(&cfg, 2, DType::F32, &Device::Cpu)
+            .unwrap()
+            .build()
+            .unwrap();
         let lens = [7usize, 3, 5];
-        let rows: Vec<Vec<u32>> = lens.iter().enumerate().map(|(i, &n)| rand_tokens(n, cfg.vocab_size, 100 + i as u64)).collect();
+        let rows: Vec<Vec<u32>> = lens
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| rand_tokens(n, cfg.vocab_size, 100 + i as u64))
+            .collect();
         let maxl = 7;
         let pads: Vec<usize> = lens.iter().map(|n| maxl - n).collect();
         let batch: Vec<Vec<u32>> = rows
@@ -59,26 +82,54 @@ fn left_padded_batch_equals_rows_alone() {
             })
             .collect();
         for numerics in [Numerics::Fused, Numerics::Differentiable] {
-            let out = m.forward_full(&ids(&batch), &pads, &NoPerturbation, numerics).unwrap();
+            let out = m
+                .forward_full(&ids(&batch), &pads, &NoPerturbation, numerics)
+                .unwrap();
             for (i, r) in rows.iter().enumerate() {
-                let alone = m.forward_full(&ids(&[r.clone()]), &[], &NoPerturbation, numerics).unwrap();
-                let got = out.narrow(0, i, 1).unwrap().narrow(1, pads[i], r.len()).unwrap();
+                let alone = m
+                    .forward_full(
+                        &ids(std::slice::from_ref(r)),
+                        &[],
+                        &NoPerturbation,
+                        numerics,
+                    )
+                    .unwrap();
+                let got = out
+                    .narrow(0, i, 1)
+                    .unwrap()
+                    .narrow(1, pads[i], r.len())
+                    .unwrap();
                 let d = max_abs_diff(&alone, &got);
                 assert!(d <= 1e-4, "shape {si} row {i} {numerics:?}: {d}");
             }
         }
         // Padded prefill followed by cached decode equals each row alone too.
         let mut cache = m.new_cache(maxl + 3, &pads);
-        m.forward_cached(&ids(&batch), &mut cache, &NoPerturbation).unwrap();
-        let next: Vec<Vec<u32>> = (0..3).map(|i| vec![(i * 7 + 1) as u32 % cfg.vocab_size as u32]).collect();
-        let dec = m.forward_cached(&ids(&next), &mut cache, &NoPerturbation).unwrap();
+        m.forward_cached(&ids(&batch), &mut cache, &NoPerturbation)
+            .unwrap();
+        let next: Vec<Vec<u32>> = (0..3)
+            .map(|i| vec![(i * 7 + 1) as u32 % cfg.vocab_size as u32])
+            .collect();
+        let dec = m
+            .forward_cached(&ids(&next), &mut cache, &NoPerturbation)
+            .unwrap();
         for (i, r) in rows.iter().enumerate() {
             let mut seq = r.clone();
             seq.push(next[i][0]);
-            let alone = m.forward_full(&ids(&[seq.clone()]), &[], &NoPerturbation, Numerics::Fused).unwrap();
+            let alone = m
+                .forward_full(
+                    &ids(std::slice::from_ref(&seq)),
+                    &[],
+                    &NoPerturbation,
+                    Numerics::Fused,
+                )
+                .unwrap();
             let want = alone.narrow(1, seq.len() - 1, 1).unwrap();
             let d = max_abs_diff(&want, &dec.narrow(0, i, 1).unwrap());
-            assert!(d <= 1e-4, "shape {si} row {i} decode after padded prefill: {d}");
+            assert!(
+                d <= 1e-4,
+                "shape {si} row {i} decode after padded prefill: {d}"
+            );
         }
     }
 }
@@ -88,30 +139,65 @@ fn fused_and_differentiable_agree_and_every_parameter_gets_a_gradient() {
     for (si, cfg) in shapes().into_iter().enumerate() {
         let w = ModelWeights::random(&cfg, 3, DType::F32, &Device::Cpu).unwrap();
         let (m, varmap) = w.build_trainable().unwrap();
-        let toks = vec![rand_tokens(9, cfg.vocab_size, 7), rand_tokens(9, cfg.vocab_size, 8)];
+        let toks = vec![
+            rand_tokens(9, cfg.vocab_size, 7),
+            rand_tokens(9, cfg.vocab_size, 8),
+        ];
         let pads = [0usize, 2];
-        let fused = m.forward_full(&ids(&toks), &pads, &NoPerturbation, Numerics::Fused).unwrap();
-        let diff = m.forward_full(&ids(&toks), &pads, &NoPerturbation, Numerics::Differentiable).unwrap();
+        let fused = m
+            .forward_full(&ids(&toks), &pads, &NoPerturbation, Numerics::Fused)
+            .unwrap();
+        let diff = m
+            .forward_full(
+                &ids(&toks),
+                &pads,
+                &NoPerturbation,
+                Numerics::Differentiable,
+            )
+            .unwrap();
         let d = max_abs_diff(&fused, &diff);
         assert!(d <= 1e-4, "shape {si}: fused vs differentiable {d}");
 
-        let tgt = ids(&[rand_tokens(9, cfg.vocab_size, 9), rand_tokens(9, cfg.vocab_size, 10)]);
+        let tgt = ids(&[
+            rand_tokens(9, cfg.vocab_size, 9),
+            rand_tokens(9, cfg.vocab_size, 10),
+        ]);
         let lp = token_logprobs(&diff, &tgt, 1.0).unwrap();
-        let loss = lp.narrow(1, 2, 7).unwrap().mean_all().unwrap().neg().unwrap();
+        let loss = lp
+            .narrow(1, 2, 7)
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .neg()
+            .unwrap();
         let grads = loss.backward().unwrap();
         let data = varmap.data().lock().unwrap();
         assert_eq!(data.len(), alp_model::expected_tensors(&cfg).len());
         for (name, var) in data.iter() {
-            let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("shape {si}: no gradient for {name}"));
-            let n = g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
-            assert!(n.is_finite() && n > 0.0, "shape {si}: gradient of {name} is {n}");
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("shape {si}: no gradient for {name}"));
+            let n = g
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                n.is_finite() && n > 0.0,
+                "shape {si}: gradient of {name} is {n}"
+            );
         }
         // The fused path cuts the graph (the reason the training path exists): the first
         // layer's weights get no gradient through it.
         let lp = token_logprobs(&fused, &tgt, 1.0).unwrap();
         let g2 = lp.sum_all().unwrap().backward().unwrap();
         let q0 = &data["model.layers.0.self_attn.q_proj.weight"];
-        assert!(g2.get(q0.as_tensor()).is_none(), "fused path unexpectedly carried gradients");
+        assert!(
+            g2.get(q0.as_tensor()).is_none(),
+            "fused path unexpectedly carried gradients"
+        );
     }
 }
 
@@ -128,11 +214,22 @@ fn save_then_load_is_bit_identical() {
         for (k, t) in &w.tensors {
             let a: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
             let b: Vec<f32> = back.tensors[k].flatten_all().unwrap().to_vec1().unwrap();
-            assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{k} differs");
+            assert!(
+                a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{k} differs"
+            );
         }
         let toks = ids(&[rand_tokens(6, cfg.vocab_size, 5)]);
-        let l1 = w.build().unwrap().forward_full(&toks, &[], &NoPerturbation, Numerics::Fused).unwrap();
-        let l2 = back.build().unwrap().forward_full(&toks, &[], &NoPerturbation, Numerics::Fused).unwrap();
+        let l1 = w
+            .build()
+            .unwrap()
+            .forward_full(&toks, &[], &NoPerturbation, Numerics::Fused)
+            .unwrap();
+        let l2 = back
+            .build()
+            .unwrap()
+            .forward_full(&toks, &[], &NoPerturbation, Numerics::Fused)
+            .unwrap();
         assert_eq!(max_abs_diff(&l1, &l2), 0.0);
         // bf16 round trip keeps bf16 bits.
         let wb = w.snapshot(DType::BF16, &Device::Cpu).unwrap();
@@ -147,9 +244,21 @@ fn save_then_load_is_bit_identical() {
     }
 }
 
-fn gaussian(sigma: f64, mode: SigmaMode, learnable: bool, layers: LayerSelection, n: usize) -> LayerwiseGaussian {
+fn gaussian(
+    sigma: f64,
+    mode: SigmaMode,
+    learnable: bool,
+    layers: LayerSelection,
+    n: usize,
+) -> LayerwiseGaussian {
     LayerwiseGaussian::new(
-        PerturbationConfig { sigma_init: sigma, mode, learnable, layers, seed: 42 },
+        PerturbationConfig {
+            sigma_init: sigma,
+            mode,
+            learnable,
+            layers,
+            seed: 42,
+        },
         n,
         &Device::Cpu,
     )
@@ -159,42 +268,105 @@ fn gaussian(sigma: f64, mode: SigmaMode, learnable: bool, layers: LayerSelection
 #[test]
 fn zero_sigma_reproduces_unperturbed_logits_exactly() {
     let cfg = presets::tiny();
-    let m = ModelWeights::random(&cfg, 5, DType::F32, &Device::Cpu).unwrap().build().unwrap();
+    let m = ModelWeights::random(&cfg, 5, DType::F32, &Device::Cpu)
+        .unwrap()
+        .build()
+        .unwrap();
     let toks = ids(&[rand_tokens(8, cfg.vocab_size, 1)]);
-    let base = m.forward_full(&toks, &[], &NoPerturbation, Numerics::Differentiable).unwrap();
+    let base = m
+        .forward_full(&toks, &[], &NoPerturbation, Numerics::Differentiable)
+        .unwrap();
     for mode in [SigmaMode::Absolute, SigmaMode::Relative] {
         let p = gaussian(0.0, mode, false, LayerSelection::All, cfg.num_hidden_layers);
         assert!(!p.is_identity());
-        let out = m.forward_full(&toks, &[], &p, Numerics::Differentiable).unwrap();
+        let out = m
+            .forward_full(&toks, &[], &p, Numerics::Differentiable)
+            .unwrap();
         assert_eq!(max_abs_diff(&base, &out), 0.0);
     }
-    let p = gaussian(0.1, SigmaMode::Relative, true, LayerSelection::All, cfg.num_hidden_layers);
-    let out = m.forward_full(&toks, &[], &p, Numerics::Differentiable).unwrap();
-    assert!(max_abs_diff(&base, &out) > 1e-6, "σ = 0.1 must change the logits");
+    let p = gaussian(
+        0.1,
+        SigmaMode::Relative,
+        true,
+        LayerSelection::All,
+        cfg.num_hidden_layers,
+    );
+    let out = m
+        .forward_full(&toks, &[], &p, Numerics::Differentiable)
+        .unwrap();
+    assert!(
+        max_abs_diff(&base, &out) > 1e-6,
+        "σ = 0.1 must change the logits"
+    );
 }
 
 #[test]
 fn gradient_wrt_every_log_sigma_is_finite_and_nonzero() {
     let cfg = presets::tiny();
-    let m = ModelWeights::random(&cfg, 6, DType::F32, &Device::Cpu).unwrap().build().unwrap();
-    let toks = ids(&[rand_tokens(8, cfg.vocab_size, 2), rand_tokens(8, cfg.vocab_size, 3)]);
-    for (mode, sigma) in [(SigmaMode::Absolute, 1e-3), (SigmaMode::Relative, 0.05), (SigmaMode::Absolute, 1e-6)] {
-        let p = gaussian(sigma, mode, true, LayerSelection::All, cfg.num_hidden_layers);
+    let m = ModelWeights::random(&cfg, 6, DType::F32, &Device::Cpu)
+        .unwrap()
+        .build()
+        .unwrap();
+    let toks = ids(&[
+        rand_tokens(8, cfg.vocab_size, 2),
+        rand_tokens(8, cfg.vocab_size, 3),
+    ]);
+    for (mode, sigma) in [
+        (SigmaMode::Absolute, 1e-3),
+        (SigmaMode::Relative, 0.05),
+        (SigmaMode::Absolute, 1e-6),
+    ] {
+        let p = gaussian(
+            sigma,
+            mode,
+            true,
+            LayerSelection::All,
+            cfg.num_hidden_layers,
+        );
         p.set_context(3, 1);
-        let logits = m.forward_full(&toks, &[], &p, Numerics::Differentiable).unwrap();
-        let tgt = ids(&[rand_tokens(8, cfg.vocab_size, 4), rand_tokens(8, cfg.vocab_size, 5)]);
-        let loss = token_logprobs(&logits, &tgt, 1.0).unwrap().mean_all().unwrap();
+        let logits = m
+            .forward_full(&toks, &[], &p, Numerics::Differentiable)
+            .unwrap();
+        let tgt = ids(&[
+            rand_tokens(8, cfg.vocab_size, 4),
+            rand_tokens(8, cfg.vocab_size, 5),
+        ]);
+        let loss = token_logprobs(&logits, &tgt, 1.0)
+            .unwrap()
+            .mean_all()
+            .unwrap();
         let g = loss.backward().unwrap();
-        let gs: Vec<f32> = g.get(p.log_sigma().as_tensor()).expect("grad of log σ").to_vec1().unwrap();
+        let gs: Vec<f32> = g
+            .get(p.log_sigma().as_tensor())
+            .expect("grad of log σ")
+            .to_vec1()
+            .unwrap();
         assert_eq!(gs.len(), cfg.num_hidden_layers);
         for (l, v) in gs.iter().enumerate() {
-            assert!(v.is_finite() && *v != 0.0, "{mode:?} σ={sigma}: d/ds_{l} = {v}");
+            assert!(
+                v.is_finite() && *v != 0.0,
+                "{mode:?} σ={sigma}: d/ds_{l} = {v}"
+            );
         }
     }
     // A fixed σ gets no gradient.
-    let p = gaussian(0.05, SigmaMode::Relative, false, LayerSelection::All, cfg.num_hidden_layers);
-    let loss = m.forward_full(&toks, &[], &p, Numerics::Differentiable).unwrap().sum_all().unwrap();
-    assert!(loss.backward().unwrap().get(p.log_sigma().as_tensor()).is_none());
+    let p = gaussian(
+        0.05,
+        SigmaMode::Relative,
+        false,
+        LayerSelection::All,
+        cfg.num_hidden_layers,
+    );
+    let loss = m
+        .forward_full(&toks, &[], &p, Numerics::Differentiable)
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    assert!(loss
+        .backward()
+        .unwrap()
+        .get(p.log_sigma().as_tensor())
+        .is_none());
 }
 
 #[test]
@@ -205,7 +377,10 @@ fn same_seed_same_noise_and_layer_ranges() {
     a.set_context(7, 2);
     b.set_context(7, 2);
     for l in 0..4 {
-        assert_eq!(max_abs_diff(&a.noise(l, &like).unwrap(), &b.noise(l, &like).unwrap()), 0.0);
+        assert_eq!(
+            max_abs_diff(&a.noise(l, &like).unwrap(), &b.noise(l, &like).unwrap()),
+            0.0
+        );
     }
     assert!(max_abs_diff(&a.noise(0, &like).unwrap(), &a.noise(1, &like).unwrap()) > 0.1);
     b.set_context(8, 2);
@@ -215,13 +390,22 @@ fn same_seed_same_noise_and_layer_ranges() {
     let v: Vec<f32> = a.noise(0, &big).unwrap().to_vec1().unwrap();
     let mean = v.iter().sum::<f32>() / v.len() as f32;
     let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / v.len() as f32;
-    assert!(mean.abs() < 0.03 && (var - 1.0).abs() < 0.05, "mean {mean} var {var}");
+    assert!(
+        mean.abs() < 0.03 && (var - 1.0).abs() < 0.05,
+        "mean {mean} var {var}"
+    );
     // Layer selections.
     let h = Tensor::ones((1, 2, 8), DType::F32, &Device::Cpu).unwrap();
     let late = gaussian(0.1, SigmaMode::Absolute, true, LayerSelection::Late, 6);
     assert_eq!(max_abs_diff(&late.perturb(0, &h).unwrap(), &h), 0.0);
     assert!(max_abs_diff(&late.perturb(5, &h).unwrap(), &h) > 0.0);
-    let lo = gaussian(0.1, SigmaMode::Absolute, true, LayerSelection::LogitsOnly, 6);
+    let lo = gaussian(
+        0.1,
+        SigmaMode::Absolute,
+        true,
+        LayerSelection::LogitsOnly,
+        6,
+    );
     assert_eq!(max_abs_diff(&lo.perturb(3, &h).unwrap(), &h), 0.0);
     assert!(max_abs_diff(&lo.perturb_head(&h).unwrap(), &h) > 0.0);
     // Relative mode scales with the hidden state.
@@ -229,7 +413,10 @@ fn same_seed_same_noise_and_layer_ranges() {
     let small = (&h * 1e-3).unwrap();
     let d_small = max_abs_diff(&rel.perturb(0, &small).unwrap(), &small);
     let d_big = max_abs_diff(&rel.perturb(0, &h).unwrap(), &h);
-    assert!((d_big / d_small - 1000.0).abs() < 1.0, "{d_big} / {d_small}");
+    assert!(
+        (d_big / d_small - 1000.0).abs() < 1.0,
+        "{d_big} / {d_small}"
+    );
 }
 
 #[test]
@@ -238,7 +425,10 @@ fn fused_logprobs_match_slow_twin() {
     let logits = Tensor::randn(0f32, 3.0, (2, 5, 11), &dev).unwrap();
     let tgt = ids(&[vec![0, 3, 10, 5, 5], vec![1, 2, 3, 4, 9]]);
     for temp in [1.0, 0.7, 1.6] {
-        let fast: Vec<Vec<f32>> = token_logprobs(&logits, &tgt, temp).unwrap().to_vec2().unwrap();
+        let fast: Vec<Vec<f32>> = token_logprobs(&logits, &tgt, temp)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
         let ls = candle_nn::ops::log_softmax(&(&logits / temp).unwrap(), D::Minus1).unwrap();
         let ls: Vec<Vec<Vec<f32>>> = ls.to_vec3().unwrap();
         let tg: Vec<Vec<u32>> = tgt.to_vec2().unwrap();
@@ -251,5 +441,8 @@ fn fused_logprobs_match_slow_twin() {
     }
     assert!(token_logprobs(&logits, &tgt, 0.0).is_err());
     let bad = ids(&[vec![0, 3, 11, 5, 5], vec![1, 2, 3, 4, 9]]);
-    assert!(matches!(token_logprobs(&logits, &bad, 1.0), Err(alp_core::Error::TokenOutOfRange { .. })));
+    assert!(matches!(
+        token_logprobs(&logits, &bad, 1.0),
+        Err(alp_core::Error::TokenOutOfRange { .. })
+    ));
 }

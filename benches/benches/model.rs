@@ -1,1 +1,66 @@
-fn main() {}
+//! Prefill and decode-step throughput of the decoder (CPU by default; `ALP_BENCH_DEVICE=cuda:0`).
+use alp_benches::{bench_device, random_tokens};
+use alp_core::NoPerturbation;
+use alp_model::{presets, Config, ModelWeights};
+use candle_core::{DType, Tensor};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+
+/// (name, config, prefill batch, prefill length, decode batches)
+fn shapes() -> Vec<(&'static str, Config, usize, usize, Vec<usize>)> {
+    vec![("qwen2-25m", presets::qwen2_25m(), 8, 128, vec![1, 64])]
+}
+
+fn bench(c: &mut Criterion) {
+    let dev = bench_device().expect("ALP_BENCH_DEVICE");
+    let dtype = if dev.is_cpu() {
+        DType::F32
+    } else {
+        DType::BF16
+    };
+    for (name, cfg, pb, pl, decode_batches) in shapes() {
+        let model = ModelWeights::random(&cfg, 0, dtype, &dev)
+            .and_then(|w| w.build())
+            .expect("model");
+        let mut g = c.benchmark_group(format!("{name}/prefill"));
+        g.sample_size(10);
+        g.throughput(Throughput::Elements((pb * pl) as u64));
+        let ids =
+            Tensor::from_vec(random_tokens(pb * pl, cfg.vocab_size, 1), (pb, pl), &dev).unwrap();
+        g.bench_function(BenchmarkId::from_parameter(format!("{pb}x{pl}")), |b| {
+            b.iter(|| {
+                let mut cache = model.new_cache(pl, &[]);
+                model
+                    .forward_last(&ids, &mut cache, &NoPerturbation)
+                    .unwrap()
+            })
+        });
+        g.finish();
+
+        let mut g = c.benchmark_group(format!("{name}/decode_step"));
+        g.sample_size(20);
+        let ctx = 64;
+        for &b in &decode_batches {
+            g.throughput(Throughput::Elements(b as u64));
+            let prompt =
+                Tensor::from_vec(random_tokens(b * ctx, cfg.vocab_size, 2), (b, ctx), &dev)
+                    .unwrap();
+            let mut cache = model.new_cache(ctx + 1, &[]);
+            model
+                .forward_last(&prompt, &mut cache, &NoPerturbation)
+                .unwrap();
+            let step = Tensor::from_vec(random_tokens(b, cfg.vocab_size, 3), (b, 1), &dev).unwrap();
+            g.bench_function(BenchmarkId::new("batch", b), |bench| {
+                bench.iter(|| {
+                    cache.truncate(ctx);
+                    model
+                        .forward_last(&step, &mut cache, &NoPerturbation)
+                        .unwrap()
+                })
+            });
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

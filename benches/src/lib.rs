@@ -1,1 +1,30 @@
-//! Criterion benchmarks of the alp workspace; see `benches/`.
+//! Shared helpers of the alp criterion benchmarks (`cargo bench -p alp-benches`).
+//!
+//! The device comes from `ALP_BENCH_DEVICE` (`cpu`, the default, or `cuda:N`).
+//!
+//! ```
+//! std::env::remove_var("ALP_BENCH_DEVICE");
+//! assert!(alp_benches::bench_device().unwrap().is_cpu());
+//! ```
+#![warn(missing_docs)]
+
+use candle_core::Device;
+
+/// The device named by `ALP_BENCH_DEVICE` (default `cpu`).
+pub fn bench_device() -> alp_core::Result<Device> {
+    let s = std::env::var("ALP_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into());
+    alp_model::parse_device(&s)
+}
+
+/// Deterministic pseudo-random token ids in `0..vocab`.
+pub fn random_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    let mut x = seed ^ 0x9E37_79B9_7F4A_7C15;
+    (0..n)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((x >> 33) % vocab as u64) as u32
+        })
+        .collect()
+}

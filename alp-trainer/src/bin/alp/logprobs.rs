@@ -1,0 +1,21 @@
+//! `alp logprobs`.
+use alp_core::NoPerturbation;
+use alp_model::{load_pretrained, parse_device, parse_dtype, sequence_logprobs, Numerics};
+use anyhow::{bail, Result};
+use candle_core::Tensor;
+
+pub fn run(model: &str, tokens: &str, dtype: &str, device: &str) -> Result<()> {
+    let toks = alp_trainer::parse_token_list(tokens).map_err(anyhow::Error::msg)?;
+    if toks.len() < 2 {
+        bail!("--tokens needs at least two ids: the first is context, the rest are scored");
+    }
+    let device = parse_device(device)?;
+    let p = load_pretrained(model, parse_dtype(dtype)?, &device)?;
+    let ids = Tensor::new(toks.as_slice(), &device)?.unsqueeze(0)?;
+    let logits = p
+        .model
+        .forward_full(&ids, &[], &NoPerturbation, Numerics::Fused)?;
+    let lp = sequence_logprobs(&logits, &toks)?;
+    println!("{}", serde_json::json!({ "logprobs": lp }));
+    Ok(())
+}

@@ -1,0 +1,108 @@
+use std::process::Command;
+
+fn alp() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_alp"))
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn init_then_logprobs_matches_cached_decode() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = alp()
+        .args(["init", "--preset", "tiny", "--seed", "3", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Refuses to overwrite without --force.
+    let again = alp()
+        .args(["init", "--preset", "tiny", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(stderr(&again).contains("--force"));
+
+    let out = alp()
+        .args(["logprobs", "--tokens", "1,5,9,33", "--model"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let lp: Vec<f64> = v["logprobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert_eq!(lp.len(), 3);
+
+    // Same numbers as a token-by-token cached decode through the library.
+    use alp_core::NoPerturbation;
+    use candle_core::{DType, Device, Tensor};
+    let w = alp_model::ModelWeights::load(dir.path(), DType::F32, &Device::Cpu).unwrap();
+    let m = w.build().unwrap();
+    let mut cache = m.new_cache(8, &[]);
+    let toks = [1u32, 5, 9, 33];
+    for i in 0..3 {
+        let ids = Tensor::new(&[[toks[i]]], &Device::Cpu).unwrap();
+        let logits = m.forward_cached(&ids, &mut cache, &NoPerturbation).unwrap();
+        let tgt = Tensor::new(&[[toks[i + 1]]], &Device::Cpu).unwrap();
+        let want = alp_model::token_logprobs(&logits, &tgt, 1.0)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()[0];
+        assert!(
+            (want as f64 - lp[i]).abs() < 1e-4,
+            "{i}: {want} vs {}",
+            lp[i]
+        );
+        assert!(lp[i] < 0.0);
+    }
+}
+
+#[test]
+fn bad_inputs_give_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = alp()
+        .args(["logprobs", "--tokens", "1,2", "--model"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("config.json"), "{}", stderr(&out));
+    alp()
+        .args(["init", "--preset", "tiny", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let out = alp()
+        .args(["logprobs", "--tokens", "1,2,640", "--model"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("640"), "{}", stderr(&out));
+    let out = alp()
+        .args(["logprobs", "--tokens", "1,x", "--model"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&out).contains("`x` is not a token id"),
+        "{}",
+        stderr(&out)
+    );
+    let out = alp()
+        .args(["init", "--preset", "nope", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(stderr(&out).contains("qwen2-25m"), "{}", stderr(&out));
+}
