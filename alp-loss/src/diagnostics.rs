@@ -1,0 +1,170 @@
+//! Ratio-tail and mismatch diagnostics as plain functions (no gradients).
+use std::collections::BTreeMap;
+
+use alp_core::{Error, Result};
+use candle_core::{DType, Tensor, D};
+
+/// The quantiles every ratio report carries.
+pub const QUANTILES: &[(&str, f64)] = &[
+    ("p0_1", 0.001),
+    ("p1", 0.01),
+    ("p50", 0.5),
+    ("p99", 0.99),
+    ("p99_9", 0.999),
+];
+
+/// Linear-interpolated quantile (numpy's default) of unsorted `values`; NaN when empty.
+pub fn quantile(values: &[f64], q: f64) -> f64 {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    let pos = q.clamp(0.0, 1.0) * (v.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
+}
+
+/// Quantiles, min, max and mean of `values` under `prefix` (e.g. `ratio/token`).
+pub fn summary(prefix: &str, values: &[f64]) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    if values.is_empty() {
+        return out;
+    }
+    for (name, q) in QUANTILES {
+        out.insert(format!("{prefix}/{name}"), quantile(values, *q));
+    }
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    out.insert(format!("{prefix}/min"), min);
+    out.insert(format!("{prefix}/max"), max);
+    out.insert(
+        format!("{prefix}/mean"),
+        values.iter().sum::<f64>() / values.len() as f64,
+    );
+    out
+}
+
+fn rows(t: &Tensor) -> Result<Vec<Vec<f64>>> {
+    Ok(t.detach().to_dtype(DType::F64)?.to_vec2()?)
+}
+
+/// Masked per-token and per-sequence log-ratios `num − den`.
+pub fn log_ratios(num: &Tensor, den: &Tensor, mask: &Tensor) -> Result<(Vec<f64>, Vec<f64>)> {
+    let (n, d, m) = (rows(num)?, rows(den)?, rows(mask)?);
+    if n.len() != d.len() || n.len() != m.len() {
+        return Err(Error::invalid("log_ratios: batch sizes differ"));
+    }
+    let mut tok = vec![];
+    let mut seq = vec![];
+    for i in 0..n.len() {
+        let mut s = 0.0;
+        let mut any = false;
+        for t in 0..n[i].len() {
+            if m[i][t] != 0.0 {
+                let x = n[i][t] - d[i][t];
+                tok.push(x);
+                s += x;
+                any = true;
+            }
+        }
+        if any {
+            seq.push(s);
+        }
+    }
+    Ok((tok, seq))
+}
+
+/// Normalised effective sample size (Σw)²/(n·Σw²) ∈ (0, 1] of weights given by their logs
+/// (computed stably in log space); 1 when all weights are equal.
+pub fn effective_sample_size(log_w: &[f64]) -> f64 {
+    if log_w.is_empty() {
+        return 1.0;
+    }
+    let lse = |xs: &mut dyn Iterator<Item = f64>| {
+        let v: Vec<f64> = xs.collect();
+        let m = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        m + v.iter().map(|x| (x - m).exp()).sum::<f64>().ln()
+    };
+    let a = lse(&mut log_w.iter().copied());
+    let b = lse(&mut log_w.iter().map(|x| 2.0 * x));
+    ((2.0 * a - b).exp() / log_w.len() as f64).min(1.0)
+}
+
+/// k1 and k3 estimates of KL(μ‖π) from tokens sampled by μ: k1 = mean(log μ − log π),
+/// k3 = mean(ρ − 1 − log ρ) with ρ = π/μ.
+pub fn kl_mu_pi(log_ratio_pi_mu: &[f64]) -> (f64, f64) {
+    if log_ratio_pi_mu.is_empty() {
+        return (0.0, 0.0);
+    }
+    let n = log_ratio_pi_mu.len() as f64;
+    let k1 = -log_ratio_pi_mu.iter().sum::<f64>() / n;
+    let k3 = log_ratio_pi_mu
+        .iter()
+        .map(|&l| {
+            let l = l.clamp(-50.0, 50.0);
+            l.exp() - 1.0 - l
+        })
+        .sum::<f64>()
+        / n;
+    (k1, k3)
+}
+
+/// The full off-policy report of a batch: ratio π/μ quantiles at token and sequence level,
+/// KL(μ‖π) k1/k3, effective sample size, and, when `logp_old` is given, the engine part
+/// (π_old vs μ: same weights, other numerics) and the drift part (π vs π_old) separately.
+pub fn mismatch_report(
+    logp: &Tensor,
+    logp_old: Option<&Tensor>,
+    logp_infer: &Tensor,
+    mask: &Tensor,
+) -> Result<BTreeMap<String, f64>> {
+    let mut out = BTreeMap::new();
+    let (tok, seq) = log_ratios(logp, logp_infer, mask)?;
+    let exp = |v: &[f64]| v.iter().map(|x| x.clamp(-700.0, 700.0).exp()).collect::<Vec<_>>();
+    out.extend(summary("ratio/token", &exp(&tok)));
+    out.extend(summary("ratio/seq", &exp(&seq)));
+    let (k1, k3) = kl_mu_pi(&tok);
+    out.insert("kl_mu_pi/k1".into(), k1);
+    out.insert("kl_mu_pi/k3".into(), k3);
+    out.insert("ess/token".into(), effective_sample_size(&tok));
+    out.insert("ess/seq".into(), effective_sample_size(&seq));
+    if let Some(old) = logp_old {
+        let (etok, eseq) = log_ratios(old, logp_infer, mask)?;
+        out.extend(summary("mismatch/engine/ratio_token", &exp(&etok)));
+        out.extend(summary("mismatch/engine/ratio_seq", &exp(&eseq)));
+        out.insert("mismatch/engine/kl_k3".into(), kl_mu_pi(&etok).1);
+        let (dtok, _) = log_ratios(logp, old, mask)?;
+        out.extend(summary("mismatch/drift/ratio_token", &exp(&dtok)));
+        out.insert("mismatch/drift/kl_k3".into(), kl_mu_pi(&dtok).1);
+    }
+    Ok(out)
+}
+
+/// Entropy of softmax(logits) for every row of `logits` (`[..., vocab]`), returned flattened
+/// `[rows]` in f32. Rows are processed `chunk_rows` at a time, so no more than one
+/// `[chunk_rows, vocab]` block is materialised in f32.
+pub fn entropy_from_logits(logits: &Tensor, chunk_rows: usize) -> Result<Tensor> {
+    let v = logits.dim(D::Minus1)?;
+    let flat = logits.detach().reshape(((), v))?;
+    let n = flat.dim(0)?;
+    let chunk = chunk_rows.max(1);
+    let mut parts = Vec::with_capacity(n.div_ceil(chunk));
+    let mut start = 0;
+    while start < n {
+        let len = chunk.min(n - start);
+        let x = flat.narrow(0, start, len)?.to_dtype(DType::F32)?;
+        let max = x.max_keepdim(D::Minus1)?;
+        let z = x.broadcast_sub(&max)?;
+        let e = z.exp()?;
+        let s = e.sum_keepdim(D::Minus1)?;
+        // H = log Σe − Σ e·z / Σe
+        let h = (s.log()? - (e * &z)?.sum_keepdim(D::Minus1)?.div(&s)?)?;
+        parts.push(h.squeeze(D::Minus1)?);
+        start += len;
+    }
+    if parts.is_empty() {
+        return Ok(Tensor::zeros(0, DType::F32, logits.device())?);
+    }
+    Ok(Tensor::cat(&parts, 0)?)
+}

@@ -1,0 +1,453 @@
+//! Every objective of ALP.md as a pure function of [`LossInputs`].
+use std::collections::BTreeMap;
+
+use alp_core::{Error, Result};
+use candle_core::{Tensor, D};
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::Aggregation;
+use crate::inputs::{LossInputs, LossOutput, Prepared};
+
+/// Log-ratios are clamped to ±`LOG_RATIO_CLAMP` before `exp`; the gradient vanishes where it bites.
+pub const LOG_RATIO_CLAMP: f64 = 20.0;
+
+/// Granularity of an importance weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// One weight per token.
+    #[default]
+    Token,
+    /// One weight per sequence, from the summed log-ratio.
+    Sequence,
+    /// One weight per sequence, from the length-mean log-ratio.
+    Geometric,
+}
+
+/// `dual_clip` in config files: a number, where 0 (or `null`) means off, so that TOML (which
+/// has no null) can turn off a default dual clip.
+mod dual_clip_serde {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(v.unwrap_or(0.0))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        let v: Option<f64> = Option::deserialize(d)?;
+        Ok(v.filter(|&c| c != 0.0))
+    }
+}
+
+macro_rules! config_struct {
+    ($(#[$doc:meta])* $name:ident { $($(#[$fdoc:meta])* $field:ident : $ty:ty = $def:expr),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct $name { $($(#[$fdoc])* pub $field: $ty),* }
+        impl Default for $name {
+            fn default() -> Self { $name { $($field: $def),* } }
+        }
+    };
+}
+
+config_struct!(
+    /// PPO-style clip `[1 − eps_low, 1 + eps_high]` with an optional dual clip `c` (> 1).
+    Grpo {
+        /// Lower clip ε.
+        eps_low: f64 = 0.2,
+        /// Upper clip ε (clip-higher).
+        eps_high: f64 = 0.28,
+        /// Dual clip c for negative advantages (0 or absent: off).
+        #[serde(with = "dual_clip_serde")]
+        dual_clip: Option<f64> = None,
+    }
+);
+config_struct!(
+    /// Truncated importance sampling: GRPO surrogate × detached `min(π_old/μ, cap)`.
+    Tis {
+        /// Token- or sequence-level weight (geometric is treated like sequence with a mean).
+        level: Level = Level::Token,
+        /// The cap C.
+        cap: f64 = 2.0,
+        /// Lower clip ε.
+        eps_low: f64 = 0.2,
+        /// Upper clip ε.
+        eps_high: f64 = 0.28,
+        /// Dual clip c (0: off).
+        #[serde(with = "dual_clip_serde")]
+        dual_clip: Option<f64> = None,
+    }
+);
+config_struct!(
+    /// Masked importance sampling: GRPO surrogate × (π_old/μ ∈ [lower, upper]).
+    Mis {
+        /// Token, sequence or geometric ratio.
+        level: Level = Level::Sequence,
+        /// Lower bound of the accepted ratio.
+        lower: f64 = 0.0,
+        /// Upper bound of the accepted ratio.
+        upper: f64 = 5.0,
+        /// Lower clip ε.
+        eps_low: f64 = 0.2,
+        /// Upper clip ε.
+        eps_high: f64 = 0.28,
+        /// Dual clip c (0: off).
+        #[serde(with = "dual_clip_serde")]
+        dual_clip: Option<f64> = None,
+    }
+);
+config_struct!(
+    /// IcePop: tokens whose π_old/μ lies outside [alpha, beta] are masked out.
+    IcePop {
+        /// Lower bound.
+        alpha: f64 = 0.5,
+        /// Upper bound.
+        beta: f64 = 2.0,
+        /// Lower clip ε.
+        eps_low: f64 = 0.2,
+        /// Upper clip ε.
+        eps_high: f64 = 0.28,
+        /// Dual clip c (0: off).
+        #[serde(with = "dual_clip_serde")]
+        dual_clip: Option<f64> = None,
+    }
+);
+config_struct!(
+    /// GSPO: sequence ratio exp(mean log π/π_old), GSPO-token gradient, tight clip.
+    Gspo {
+        /// Lower clip ε.
+        eps_low: f64 = 3e-4,
+        /// Upper clip ε.
+        eps_high: f64 = 4e-4,
+        /// Dual clip c (0: off).
+        #[serde(with = "dual_clip_serde")]
+        dual_clip: Option<f64> = None,
+    }
+);
+config_struct!(
+    /// CISPO: −sg(min(r, 1 + eps_max))·A·log π.
+    Cispo {
+        /// Upper truncation of the weight.
+        eps_max: f64 = 4.0,
+        /// Dual clip c: for A < 0 the weight is also capped at c (0: off).
+        #[serde(with = "dual_clip_serde")]
+        dual_clip: Option<f64> = None,
+    }
+);
+config_struct!(
+    /// ALP: ratio of the perturbed training policy over μ, clipped with dual clip.
+    Alp {
+        /// Lower clip ε (ρ ≥ 1 − eps_low).
+        eps_low: f64 = 0.5,
+        /// Upper clip ε (ρ ≤ 1 + eps_high).
+        eps_high: f64 = 3.0,
+        /// Dual clip c (0: off).
+        #[serde(with = "dual_clip_serde")]
+        dual_clip: Option<f64> = Some(3.0),
+        /// Sequence level only: divide the summed log-ratio by the length.
+        geometric: bool = false,
+    }
+);
+
+/// The policy objective, chosen from config by `method`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "kebab-case")]
+pub enum Objective {
+    /// Token PPO clip on π/π_old.
+    Grpo(Grpo),
+    /// The GRPO surrogate on π/μ (no recompute).
+    Bypass(Grpo),
+    /// Truncated importance sampling.
+    Tis(Tis),
+    /// Masked importance sampling.
+    Mis(Mis),
+    /// IcePop token masking.
+    Icepop(IcePop),
+    /// Group sequence policy optimisation.
+    Gspo(Gspo),
+    /// Clipped IS-weight policy optimisation.
+    Cispo(Cispo),
+    /// Token-level ALP.
+    AlpToken(Alp),
+    /// Sequence-level ALP (the paper's best).
+    AlpSeq(Alp),
+}
+
+impl Default for Objective {
+    fn default() -> Self {
+        Objective::AlpSeq(Alp::default())
+    }
+}
+
+/// The method names, as config spells them.
+pub const METHODS: &[&str] = &[
+    "grpo", "bypass", "tis", "mis", "icepop", "gspo", "cispo", "alp-token", "alp-seq",
+];
+
+struct Clip {
+    lo: f64,
+    hi: f64,
+    dual: Option<f64>,
+}
+
+impl Objective {
+    /// The config name of the method.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Objective::Grpo(_) => "grpo",
+            Objective::Bypass(_) => "bypass",
+            Objective::Tis(_) => "tis",
+            Objective::Mis(_) => "mis",
+            Objective::Icepop(_) => "icepop",
+            Objective::Gspo(_) => "gspo",
+            Objective::Cispo(_) => "cispo",
+            Objective::AlpToken(_) => "alp-token",
+            Objective::AlpSeq(_) => "alp-seq",
+        }
+    }
+
+    /// The default settings of a method by name; an unknown name lists the known ones.
+    pub fn from_name(name: &str) -> Result<Self> {
+        serde_json::from_value(serde_json::json!({ "method": name })).map_err(|_| {
+            Error::config(
+                "method",
+                format!("unknown method `{name}`; known: {}", METHODS.join(", ")),
+            )
+        })
+    }
+
+    /// Whether the method needs `logp_old` (the trainer then recomputes it before the update).
+    pub fn needs_logp_old(&self) -> bool {
+        !matches!(
+            self,
+            Objective::Bypass(_) | Objective::AlpToken(_) | Objective::AlpSeq(_)
+        )
+    }
+
+    /// Whether the method is one of the ALP family (the trainer turns the perturbation on).
+    pub fn is_alp(&self) -> bool {
+        matches!(self, Objective::AlpToken(_) | Objective::AlpSeq(_))
+    }
+
+    fn clip(&self) -> Clip {
+        let c = |lo, hi, dual| Clip { lo, hi, dual };
+        match *self {
+            Objective::Grpo(g) | Objective::Bypass(g) => c(g.eps_low, g.eps_high, g.dual_clip),
+            Objective::Tis(t) => c(t.eps_low, t.eps_high, t.dual_clip),
+            Objective::Mis(m) => c(m.eps_low, m.eps_high, m.dual_clip),
+            Objective::Icepop(i) => c(i.eps_low, i.eps_high, i.dual_clip),
+            Objective::Gspo(g) => c(g.eps_low, g.eps_high, g.dual_clip),
+            Objective::Cispo(x) => c(1.0, x.eps_max, x.dual_clip),
+            Objective::AlpToken(a) | Objective::AlpSeq(a) => c(a.eps_low, a.eps_high, a.dual_clip),
+        }
+    }
+
+    /// Rejects impossible settings, naming the field.
+    pub fn validate(&self) -> Result<()> {
+        let Clip { lo, hi, dual } = self.clip();
+        let f = |n: &str| format!("objective.{n}");
+        if !matches!(self, Objective::Cispo(_)) && !(lo > 0.0 && lo < 1.0) {
+            return Err(Error::config(f("eps_low"), format!("{lo} must lie in (0, 1)")));
+        }
+        if !(hi > 0.0 && hi.is_finite()) {
+            return Err(Error::config(f("eps_high"), format!("{hi} must be > 0")));
+        }
+        if let Some(c) = dual {
+            if !(c > 1.0 && c.is_finite()) {
+                return Err(Error::config(f("dual_clip"), format!("{c} must be > 1")));
+            }
+        }
+        match *self {
+            Objective::Tis(t) if !(t.cap > 0.0 && t.cap.is_finite()) => {
+                Err(Error::config(f("cap"), "must be > 0"))
+            }
+            Objective::Mis(m) if !(m.lower >= 0.0 && m.upper > m.lower) => Err(Error::config(
+                f("upper"),
+                format!("need 0 <= lower < upper, got [{}, {}]", m.lower, m.upper),
+            )),
+            Objective::Icepop(i) if !(i.alpha >= 0.0 && i.beta > i.alpha) => Err(Error::config(
+                f("beta"),
+                format!("need 0 <= alpha < beta, got [{}, {}]", i.alpha, i.beta),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Computes the loss (to minimise) and metrics.
+    pub fn compute(&self, inputs: &LossInputs, agg: Aggregation) -> Result<LossOutput> {
+        self.validate()?;
+        let p = inputs.prepare()?;
+        let old = || {
+            p.logp_old.as_ref().ok_or_else(|| {
+                Error::invalid(format!(
+                    "method `{}` needs logp_old: recompute it with the pre-update weights (recompute_logp_old = true) or choose bypass / alp-token / alp-seq",
+                    self.name()
+                ))
+            })
+        };
+        let clip = self.clip();
+        let (ratio, per_token, weight) = match *self {
+            Objective::Grpo(_) => {
+                let r = exp_clamped(&(&p.logp - old()?)?)?;
+                let l = surrogate(&r, &p.adv, &clip)?;
+                (r, l, None)
+            }
+            Objective::Bypass(_) | Objective::AlpToken(_) => {
+                let r = exp_clamped(&(&p.logp - &p.logp_infer)?)?;
+                let l = surrogate(&r, &p.adv, &clip)?;
+                (r, l, None)
+            }
+            Objective::AlpSeq(a) => {
+                let r = seq_token_ratio(&p, &p.logp_infer, a.geometric)?;
+                let l = surrogate(&r, &p.adv, &clip)?;
+                (r, l, None)
+            }
+            Objective::Gspo(_) => {
+                let r = seq_token_ratio(&p, old()?, true)?;
+                let l = surrogate(&r, &p.adv, &clip)?;
+                (r, l, None)
+            }
+            Objective::Tis(t) => {
+                let old = old()?;
+                let r = exp_clamped(&(&p.logp - old)?)?;
+                let lw = level_log_ratio(&p, old, t.level)?;
+                let w = lw.minimum(t.cap.ln())?.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)?.exp()?;
+                let l = (surrogate(&r, &p.adv, &clip)? * &w)?;
+                (r, l, Some(w))
+            }
+            Objective::Mis(m) => {
+                let old = old()?;
+                let r = exp_clamped(&(&p.logp - old)?)?;
+                let lw = level_log_ratio(&p, old, m.level)?;
+                let w = in_range(&lw, m.lower, m.upper)?;
+                let l = (surrogate(&r, &p.adv, &clip)? * &w)?;
+                (r, l, Some(w))
+            }
+            Objective::Icepop(i) => {
+                let old = old()?;
+                let r = exp_clamped(&(&p.logp - old)?)?;
+                let lw = (old - &p.logp_infer)?;
+                let w = in_range(&lw, i.alpha, i.beta)?;
+                let l = (surrogate(&r, &p.adv, &clip)? * &w)?;
+                (r, l, Some(w))
+            }
+            Objective::Cispo(c) => {
+                let r = exp_clamped(&(&p.logp - old()?)?)?.detach();
+                let mut w = r.minimum(1.0 + c.eps_max)?;
+                if let Some(d) = c.dual_clip {
+                    let neg = p.adv.lt(0.0)?;
+                    w = neg.where_cond(&w.minimum(d)?, &w)?;
+                }
+                let l = (w.neg()? * &p.adv)?.mul(&p.logp)?;
+                (r, l, None)
+            }
+        };
+        let loss = agg.reduce(&per_token, &p.mask)?;
+        let mut metrics = clip_metrics(&ratio, &p, &clip, matches!(self, Objective::Cispo(_)))?;
+        if let Some(w) = weight {
+            let kept = crate::aggregate::masked_mean(&w.gt(0.0)?.to_dtype(p.mask.dtype())?, &p.mask)?;
+            metrics.insert("is_weight/mean".into(), scalar(&crate::aggregate::masked_mean(&w, &p.mask)?)?);
+            metrics.insert("is_weight/kept_frac".into(), scalar(&kept)?);
+        }
+        Ok(LossOutput { loss, metrics })
+    }
+}
+
+fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?)
+}
+
+fn exp_clamped(log_ratio: &Tensor) -> Result<Tensor> {
+    Ok(log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)?.exp()?)
+}
+
+/// Per-token ratio of a sequence-level method (GSPO-token form): exp(clamp(sg(S_i) + logp − sg(logp))),
+/// S_i the (optionally length-mean) summed log-ratio of sequence i against `reference`.
+fn seq_token_ratio(p: &Prepared, reference: &Tensor, mean: bool) -> Result<Tensor> {
+    let s = seq_log_ratio(p, &(&p.logp - reference)?, mean)?.detach();
+    let lr = (p.logp.broadcast_sub(&p.logp.detach())?).broadcast_add(&s)?;
+    exp_clamped(&lr)
+}
+
+/// Σ_t m·d (or its mean over the masked length), shape `[batch, 1]`.
+fn seq_log_ratio(p: &Prepared, d: &Tensor, mean: bool) -> Result<Tensor> {
+    let s = (d * &p.mask)?.sum_keepdim(D::Minus1)?;
+    if mean {
+        Ok(s.div(&p.mask.sum_keepdim(D::Minus1)?.maximum(1.0)?)?)
+    } else {
+        Ok(s)
+    }
+}
+
+/// log(π_old/μ) at the requested level, broadcast to `[batch, T]` (no gradient).
+fn level_log_ratio(p: &Prepared, old: &Tensor, level: Level) -> Result<Tensor> {
+    let d = (old - &p.logp_infer)?.detach();
+    Ok(match level {
+        Level::Token => d,
+        Level::Sequence => seq_log_ratio(p, &d, false)?.broadcast_as(d.shape())?.contiguous()?,
+        Level::Geometric => seq_log_ratio(p, &d, true)?.broadcast_as(d.shape())?.contiguous()?,
+    })
+}
+
+/// 1 where exp(log_ratio) ∈ [lower, upper], else 0 (compared in log space).
+fn in_range(log_ratio: &Tensor, lower: f64, upper: f64) -> Result<Tensor> {
+    let lo = if lower > 0.0 { lower.ln() } else { f64::NEG_INFINITY };
+    let ok = (log_ratio.ge(lo)?.to_dtype(log_ratio.dtype())? * log_ratio.le(upper.ln())?.to_dtype(log_ratio.dtype())?)?;
+    Ok(ok)
+}
+
+/// max(−Aρ, −A·clip(ρ, 1−lo, 1+hi)), then for A < 0 min(·, −A·c).
+fn surrogate(ratio: &Tensor, adv: &Tensor, clip: &Clip) -> Result<Tensor> {
+    let l1 = (adv.neg()? * ratio)?;
+    let l2 = (adv.neg()? * ratio.clamp(1.0 - clip.lo, 1.0 + clip.hi)?)?;
+    let l = l1.maximum(&l2)?;
+    match clip.dual {
+        Some(c) => {
+            let capped = l.minimum(&(adv.neg()? * c)?)?;
+            Ok(adv.lt(0.0)?.where_cond(&capped, &l)?)
+        }
+        None => Ok(l),
+    }
+}
+
+fn clip_metrics(ratio: &Tensor, p: &Prepared, clip: &Clip, cispo: bool) -> Result<BTreeMap<String, f64>> {
+    let r: Vec<Vec<f64>> = ratio.detach().to_dtype(candle_core::DType::F64)?.to_vec2()?;
+    let a: Vec<Vec<f64>> = p.adv.to_dtype(candle_core::DType::F64)?.to_vec2()?;
+    let m: Vec<Vec<u8>> = p.mask_u8.to_vec2()?;
+    let (mut n, mut low, mut high, mut dual, mut sum) = (0f64, 0f64, 0f64, 0f64, 0f64);
+    for i in 0..r.len() {
+        for t in 0..r[i].len() {
+            if m[i][t] == 0 {
+                continue;
+            }
+            let (x, adv) = (r[i][t], a[i][t]);
+            n += 1.0;
+            sum += x;
+            if cispo {
+                if x > 1.0 + clip.hi {
+                    high += 1.0;
+                }
+            } else if adv < 0.0 && x < 1.0 - clip.lo {
+                low += 1.0;
+            } else if adv > 0.0 && x > 1.0 + clip.hi {
+                high += 1.0;
+            }
+            if let Some(c) = clip.dual {
+                if adv < 0.0 && x > c {
+                    dual += 1.0;
+                }
+            }
+        }
+    }
+    let d = n.max(1.0);
+    Ok([
+        ("clip_frac/low".to_string(), low / d),
+        ("clip_frac/high".to_string(), high / d),
+        ("clip_frac/dual".to_string(), dual / d),
+        ("ratio/mean".to_string(), sum / d),
+        ("tokens".to_string(), n),
+    ]
+    .into_iter()
+    .collect())
+}
