@@ -6,8 +6,9 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 fn bench(c: &mut Criterion) {
     let dev = Device::Cpu;
     let (b, t) = (256usize, 1024usize);
-    let logp = Var::from_tensor(&(Tensor::rand(0f32, 1.0, (b, t), &dev).unwrap() - 3.0).unwrap()).unwrap();
-    let noise = (Tensor::randn(0f32, 0.05, (b, t), &dev).unwrap());
+    let logp =
+        Var::from_tensor(&(Tensor::rand(0f32, 1.0, (b, t), &dev).unwrap() - 3.0).unwrap()).unwrap();
+    let noise = Tensor::randn(0f32, 0.05, (b, t), &dev).unwrap();
     let logp_infer = (logp.as_tensor() + &noise).unwrap();
     let logp_old = (logp.as_tensor() - &noise).unwrap();
     let adv = Tensor::randn(0f32, 1.0, b, &dev).unwrap();

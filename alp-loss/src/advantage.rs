@@ -70,7 +70,10 @@ pub fn compute_advantages(
             }
             AdvantageEstimator::Rloo => {
                 let sum: f64 = g.iter().map(|&r| r as f64).sum();
-                values.extend(g.iter().map(|&r| (r as f64 - (sum - r as f64) / (n - 1.0)) as f32));
+                values.extend(
+                    g.iter()
+                        .map(|&r| (r as f64 - (sum - r as f64) / (n - 1.0)) as f32),
+                );
             }
         }
     }

@@ -121,7 +121,11 @@ pub fn mismatch_report(
 ) -> Result<BTreeMap<String, f64>> {
     let mut out = BTreeMap::new();
     let (tok, seq) = log_ratios(logp, logp_infer, mask)?;
-    let exp = |v: &[f64]| v.iter().map(|x| x.clamp(-700.0, 700.0).exp()).collect::<Vec<_>>();
+    let exp = |v: &[f64]| {
+        v.iter()
+            .map(|x| x.clamp(-700.0, 700.0).exp())
+            .collect::<Vec<_>>()
+    };
     out.extend(summary("ratio/token", &exp(&tok)));
     out.extend(summary("ratio/seq", &exp(&seq)));
     let (k1, k3) = kl_mu_pi(&tok);

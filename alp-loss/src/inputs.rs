@@ -76,9 +76,8 @@ impl LossInputs<'_> {
         };
         let mask_u8 = self.mask.ne(0.0)?;
         let zeros = Tensor::zeros((b, t), dtype, self.logp.device())?;
-        let clean = |x: &Tensor| -> Result<Tensor> {
-            Ok(mask_u8.where_cond(&x.to_dtype(dtype)?, &zeros)?)
-        };
+        let clean =
+            |x: &Tensor| -> Result<Tensor> { Ok(mask_u8.where_cond(&x.to_dtype(dtype)?, &zeros)?) };
         Ok(Prepared {
             logp: clean(self.logp)?,
             logp_old: self.logp_old.map(clean).transpose()?,

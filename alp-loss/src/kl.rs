@@ -53,10 +53,20 @@ impl Default for KlPenalty {
 
 impl KlPenalty {
     /// The penalty term (scalar) under `mask`, reduced like the policy loss.
-    pub fn term(&self, logp: &Tensor, logp_ref: &Tensor, mask: &Tensor, agg: Aggregation) -> Result<Tensor> {
+    pub fn term(
+        &self,
+        logp: &Tensor,
+        logp_ref: &Tensor,
+        mask: &Tensor,
+        agg: Aggregation,
+    ) -> Result<Tensor> {
         let m = mask.ne(0.0)?;
         let z = logp.zeros_like()?;
-        let kl = kl_per_token(self.estimator, &m.where_cond(logp, &z)?, &m.where_cond(logp_ref, &z)?)?;
+        let kl = kl_per_token(
+            self.estimator,
+            &m.where_cond(logp, &z)?,
+            &m.where_cond(logp_ref, &z)?,
+        )?;
         Ok((agg.reduce(&kl, &mask.to_dtype(logp.dtype())?)? * self.coef)?)
     }
 }

@@ -182,7 +182,15 @@ impl Default for Objective {
 
 /// The method names, as config spells them.
 pub const METHODS: &[&str] = &[
-    "grpo", "bypass", "tis", "mis", "icepop", "gspo", "cispo", "alp-token", "alp-seq",
+    "grpo",
+    "bypass",
+    "tis",
+    "mis",
+    "icepop",
+    "gspo",
+    "cispo",
+    "alp-token",
+    "alp-seq",
 ];
 
 struct Clip {
@@ -247,8 +255,13 @@ impl Objective {
     pub fn validate(&self) -> Result<()> {
         let Clip { lo, hi, dual } = self.clip();
         let f = |n: &str| format!("objective.{n}");
-        if !matches!(self, Objective::Cispo(_)) && !(lo > 0.0 && lo < 1.0) {
-            return Err(Error::config(f("eps_low"), format!("{lo} must lie in (0, 1)")));
+        let is_cispo = matches!(self, Objective::Cispo(_));
+        let lo_ok = lo > 0.0 && lo < 1.0;
+        if !is_cispo && !lo_ok {
+            return Err(Error::config(
+                f("eps_low"),
+                format!("{lo} must lie in (0, 1)"),
+            ));
         }
         if !(hi > 0.0 && hi.is_finite()) {
             return Err(Error::config(f("eps_high"), format!("{hi} must be > 0")));
@@ -312,7 +325,10 @@ impl Objective {
                 let old = old()?;
                 let r = exp_clamped(&(&p.logp - old)?)?;
                 let lw = level_log_ratio(&p, old, t.level)?;
-                let w = lw.minimum(t.cap.ln())?.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)?.exp()?;
+                let w = lw
+                    .minimum(t.cap.ln())?
+                    .clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)?
+                    .exp()?;
                 let l = (surrogate(&r, &p.adv, &clip)? * &w)?;
                 (r, l, Some(w))
             }
@@ -346,8 +362,12 @@ impl Objective {
         let loss = agg.reduce(&per_token, &p.mask)?;
         let mut metrics = clip_metrics(&ratio, &p, &clip, matches!(self, Objective::Cispo(_)))?;
         if let Some(w) = weight {
-            let kept = crate::aggregate::masked_mean(&w.gt(0.0)?.to_dtype(p.mask.dtype())?, &p.mask)?;
-            metrics.insert("is_weight/mean".into(), scalar(&crate::aggregate::masked_mean(&w, &p.mask)?)?);
+            let kept =
+                crate::aggregate::masked_mean(&w.gt(0.0)?.to_dtype(p.mask.dtype())?, &p.mask)?;
+            metrics.insert(
+                "is_weight/mean".into(),
+                scalar(&crate::aggregate::masked_mean(&w, &p.mask)?)?,
+            );
             metrics.insert("is_weight/kept_frac".into(), scalar(&kept)?);
         }
         Ok(LossOutput { loss, metrics })
@@ -385,15 +405,24 @@ fn level_log_ratio(p: &Prepared, old: &Tensor, level: Level) -> Result<Tensor> {
     let d = (old - &p.logp_infer)?.detach();
     Ok(match level {
         Level::Token => d,
-        Level::Sequence => seq_log_ratio(p, &d, false)?.broadcast_as(d.shape())?.contiguous()?,
-        Level::Geometric => seq_log_ratio(p, &d, true)?.broadcast_as(d.shape())?.contiguous()?,
+        Level::Sequence => seq_log_ratio(p, &d, false)?
+            .broadcast_as(d.shape())?
+            .contiguous()?,
+        Level::Geometric => seq_log_ratio(p, &d, true)?
+            .broadcast_as(d.shape())?
+            .contiguous()?,
     })
 }
 
 /// 1 where exp(log_ratio) ∈ [lower, upper], else 0 (compared in log space).
 fn in_range(log_ratio: &Tensor, lower: f64, upper: f64) -> Result<Tensor> {
-    let lo = if lower > 0.0 { lower.ln() } else { f64::NEG_INFINITY };
-    let ok = (log_ratio.ge(lo)?.to_dtype(log_ratio.dtype())? * log_ratio.le(upper.ln())?.to_dtype(log_ratio.dtype())?)?;
+    let lo = if lower > 0.0 {
+        lower.ln()
+    } else {
+        f64::NEG_INFINITY
+    };
+    let ok = (log_ratio.ge(lo)?.to_dtype(log_ratio.dtype())?
+        * log_ratio.le(upper.ln())?.to_dtype(log_ratio.dtype())?)?;
     Ok(ok)
 }
 
@@ -411,8 +440,16 @@ fn surrogate(ratio: &Tensor, adv: &Tensor, clip: &Clip) -> Result<Tensor> {
     }
 }
 
-fn clip_metrics(ratio: &Tensor, p: &Prepared, clip: &Clip, cispo: bool) -> Result<BTreeMap<String, f64>> {
-    let r: Vec<Vec<f64>> = ratio.detach().to_dtype(candle_core::DType::F64)?.to_vec2()?;
+fn clip_metrics(
+    ratio: &Tensor,
+    p: &Prepared,
+    clip: &Clip,
+    cispo: bool,
+) -> Result<BTreeMap<String, f64>> {
+    let r: Vec<Vec<f64>> = ratio
+        .detach()
+        .to_dtype(candle_core::DType::F64)?
+        .to_vec2()?;
     let a: Vec<Vec<f64>> = p.adv.to_dtype(candle_core::DType::F64)?.to_vec2()?;
     let m: Vec<Vec<u8>> = p.mask_u8.to_vec2()?;
     let (mut n, mut low, mut high, mut dual, mut sum) = (0f64, 0f64, 0f64, 0f64, 0f64);

@@ -1,4 +1,5 @@
 //! Every objective against a naive scalar f64 implementation written from ALP.md.
+#![allow(clippy::needless_range_loop)] // the references are plain index loops on purpose
 use alp_loss::objectives::*;
 use alp_loss::{Aggregation, LossInputs, Objective};
 use candle_core::{Device, Tensor, Var};
@@ -12,7 +13,9 @@ struct Data {
 }
 
 fn lcg(seed: &mut u64) -> f64 {
-    *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    *seed = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     ((*seed >> 11) as f64) / ((1u64 << 53) as f64)
 }
 
@@ -41,7 +44,13 @@ fn data(seed: u64) -> Data {
     mask[4] = vec![0.0; t];
     logp[4][0] = f64::NEG_INFINITY; // masked garbage must not leak
     let adv = vec![1.3, -0.7, 0.4, -1.5, 2.0, -0.2];
-    Data { logp, old, infer, mask, adv }
+    Data {
+        logp,
+        old,
+        infer,
+        mask,
+        adv,
+    }
 }
 
 fn clipf(r: f64, a: f64, lo: f64, hi: f64, dual: Option<f64>) -> f64 {
@@ -81,31 +90,87 @@ fn level_lw(d: &Data, i: usize, t: usize, level: Level) -> f64 {
 fn naive_token(obj: &Objective, d: &Data, i: usize, t: usize, x: f64) -> f64 {
     let a = d.adv[i];
     match *obj {
-        Objective::Grpo(g) => clipf(cl(x - d.old[i][t]).exp(), a, g.eps_low, g.eps_high, g.dual_clip),
-        Objective::Bypass(g) => clipf(cl(x - d.infer[i][t]).exp(), a, g.eps_low, g.eps_high, g.dual_clip),
-        Objective::AlpToken(p) => clipf(cl(x - d.infer[i][t]).exp(), a, p.eps_low, p.eps_high, p.dual_clip),
+        Objective::Grpo(g) => clipf(
+            cl(x - d.old[i][t]).exp(),
+            a,
+            g.eps_low,
+            g.eps_high,
+            g.dual_clip,
+        ),
+        Objective::Bypass(g) => clipf(
+            cl(x - d.infer[i][t]).exp(),
+            a,
+            g.eps_low,
+            g.eps_high,
+            g.dual_clip,
+        ),
+        Objective::AlpToken(p) => clipf(
+            cl(x - d.infer[i][t]).exp(),
+            a,
+            p.eps_low,
+            p.eps_high,
+            p.dual_clip,
+        ),
         Objective::AlpSeq(p) => {
             let (s, n) = row_sum(d, i, |u| d.logp[i][u] - d.infer[i][u]);
             let s = if p.geometric { s / n.max(1.0) } else { s };
-            clipf(cl(s + x - d.logp[i][t]).exp(), a, p.eps_low, p.eps_high, p.dual_clip)
+            clipf(
+                cl(s + x - d.logp[i][t]).exp(),
+                a,
+                p.eps_low,
+                p.eps_high,
+                p.dual_clip,
+            )
         }
         Objective::Gspo(g) => {
             let (s, n) = row_sum(d, i, |u| d.logp[i][u] - d.old[i][u]);
-            clipf(cl(s / n + x - d.logp[i][t]).exp(), a, g.eps_low, g.eps_high, g.dual_clip)
+            clipf(
+                cl(s / n + x - d.logp[i][t]).exp(),
+                a,
+                g.eps_low,
+                g.eps_high,
+                g.dual_clip,
+            )
         }
         Objective::Tis(c) => {
             let w = cl(level_lw(d, i, t, c.level).min(c.cap.ln())).exp();
-            w * clipf(cl(x - d.old[i][t]).exp(), a, c.eps_low, c.eps_high, c.dual_clip)
+            w * clipf(
+                cl(x - d.old[i][t]).exp(),
+                a,
+                c.eps_low,
+                c.eps_high,
+                c.dual_clip,
+            )
         }
         Objective::Mis(m) => {
             let r = level_lw(d, i, t, m.level).exp();
-            let w = if r >= m.lower && r <= m.upper { 1.0 } else { 0.0 };
-            w * clipf(cl(x - d.old[i][t]).exp(), a, m.eps_low, m.eps_high, m.dual_clip)
+            let w = if r >= m.lower && r <= m.upper {
+                1.0
+            } else {
+                0.0
+            };
+            w * clipf(
+                cl(x - d.old[i][t]).exp(),
+                a,
+                m.eps_low,
+                m.eps_high,
+                m.dual_clip,
+            )
         }
         Objective::Icepop(p) => {
             let r = (d.old[i][t] - d.infer[i][t]).exp();
-            let w = if r >= p.alpha && r <= p.beta { 1.0 } else { 0.0 };
-            w * clipf(cl(x - d.old[i][t]).exp(), a, p.eps_low, p.eps_high, p.dual_clip)
+            let w = if r >= p.alpha && r <= p.beta {
+                1.0
+            } else {
+                0.0
+            };
+            w * clipf(
+                cl(x - d.old[i][t]).exp(),
+                a,
+                p.eps_low,
+                p.eps_high,
+                p.dual_clip,
+            )
         }
         Objective::Cispo(c) => {
             let r = cl(d.logp[i][t] - d.old[i][t]).exp();
@@ -121,7 +186,11 @@ fn naive_token(obj: &Objective, d: &Data, i: usize, t: usize, x: f64) -> f64 {
 /// Aggregation weight of token (i, t).
 fn agg_weight(d: &Data, i: usize, agg: Aggregation) -> f64 {
     let total: f64 = d.mask.iter().flatten().sum();
-    let nonempty = d.mask.iter().filter(|r| r.iter().any(|&m| m != 0.0)).count() as f64;
+    let nonempty = d
+        .mask
+        .iter()
+        .filter(|r| r.iter().any(|&m| m != 0.0))
+        .count() as f64;
     let len: f64 = d.mask[i].iter().sum();
     match agg {
         Aggregation::TokenMean => 1.0 / total.max(1.0),
@@ -142,14 +211,19 @@ fn naive(obj: &Objective, d: &Data, agg: Aggregation) -> (f64, Vec<Vec<f64>>) {
             let x = d.logp[i][t];
             loss += w * naive_token(obj, d, i, t, x);
             let h = 1e-6;
-            let fd = (naive_token(obj, d, i, t, x + h) - naive_token(obj, d, i, t, x - h)) / (2.0 * h);
+            let fd =
+                (naive_token(obj, d, i, t, x + h) - naive_token(obj, d, i, t, x - h)) / (2.0 * h);
             grad[i][t] = w * fd;
         }
     }
     (loss, grad)
 }
 
-fn candle(obj: &Objective, d: &Data, agg: Aggregation) -> (f64, Vec<Vec<f64>>, std::collections::BTreeMap<String, f64>) {
+fn candle(
+    obj: &Objective,
+    d: &Data,
+    agg: Aggregation,
+) -> (f64, Vec<Vec<f64>>, std::collections::BTreeMap<String, f64>) {
     let dev = Device::Cpu;
     let logp = Var::new(d.logp.clone(), &dev).unwrap();
     let old = Tensor::new(d.old.clone(), &dev).unwrap();
@@ -158,7 +232,13 @@ fn candle(obj: &Objective, d: &Data, agg: Aggregation) -> (f64, Vec<Vec<f64>>, s
     let adv = Tensor::new(d.adv.clone(), &dev).unwrap();
     let out = obj
         .compute(
-            &LossInputs { logp: logp.as_tensor(), logp_old: Some(&old), logp_infer: &infer, advantages: &adv, mask: &mask },
+            &LossInputs {
+                logp: logp.as_tensor(),
+                logp_old: Some(&old),
+                logp_infer: &infer,
+                advantages: &adv,
+                mask: &mask,
+            },
             agg,
         )
         .unwrap();
@@ -173,20 +253,52 @@ fn candle(obj: &Objective, d: &Data, agg: Aggregation) -> (f64, Vec<Vec<f64>>, s
 fn all_objectives() -> Vec<Objective> {
     vec![
         Objective::Grpo(Grpo::default()),
-        Objective::Grpo(Grpo { dual_clip: Some(3.0), ..Default::default() }),
-        Objective::Bypass(Grpo { dual_clip: Some(2.0), ..Default::default() }),
-        Objective::Tis(Tis { level: Level::Token, cap: 2.0, ..Default::default() }),
-        Objective::Tis(Tis { level: Level::Sequence, cap: 3.0, dual_clip: Some(3.0), ..Default::default() }),
-        Objective::Mis(Mis { level: Level::Token, lower: 0.5, upper: 2.0, ..Default::default() }),
+        Objective::Grpo(Grpo {
+            dual_clip: Some(3.0),
+            ..Default::default()
+        }),
+        Objective::Bypass(Grpo {
+            dual_clip: Some(2.0),
+            ..Default::default()
+        }),
+        Objective::Tis(Tis {
+            level: Level::Token,
+            cap: 2.0,
+            ..Default::default()
+        }),
+        Objective::Tis(Tis {
+            level: Level::Sequence,
+            cap: 3.0,
+            dual_clip: Some(3.0),
+            ..Default::default()
+        }),
+        Objective::Mis(Mis {
+            level: Level::Token,
+            lower: 0.5,
+            upper: 2.0,
+            ..Default::default()
+        }),
         Objective::Mis(Mis::default()),
-        Objective::Mis(Mis { level: Level::Geometric, lower: 0.8, upper: 1.25, ..Default::default() }),
+        Objective::Mis(Mis {
+            level: Level::Geometric,
+            lower: 0.8,
+            upper: 1.25,
+            ..Default::default()
+        }),
         Objective::Icepop(IcePop::default()),
         Objective::Gspo(Gspo::default()),
         Objective::Cispo(Cispo::default()),
-        Objective::Cispo(Cispo { eps_max: 0.3, dual_clip: Some(1.2) }),
+        Objective::Cispo(Cispo {
+            eps_max: 0.3,
+            dual_clip: Some(1.2),
+        }),
         Objective::AlpToken(Alp::default()),
         Objective::AlpSeq(Alp::default()),
-        Objective::AlpSeq(Alp { geometric: true, dual_clip: None, ..Default::default() }),
+        Objective::AlpSeq(Alp {
+            geometric: true,
+            dual_clip: None,
+            ..Default::default()
+        }),
     ]
 }
 
@@ -195,10 +307,17 @@ fn every_objective_matches_the_naive_loss_and_gradient() {
     for seed in [1u64, 2, 3] {
         let d = data(seed);
         for obj in all_objectives() {
-            for agg in [Aggregation::TokenMean, Aggregation::SeqMeanTokenMean, Aggregation::SeqMeanTokenSum] {
+            for agg in [
+                Aggregation::TokenMean,
+                Aggregation::SeqMeanTokenMean,
+                Aggregation::SeqMeanTokenSum,
+            ] {
                 let (nl, ng) = naive(&obj, &d, agg);
                 let (cl_, cg, _) = candle(&obj, &d, agg);
-                assert!((nl - cl_).abs() <= 1e-6 * (1.0 + nl.abs()), "{obj:?} {agg:?} seed {seed}: loss {cl_} vs naive {nl}");
+                assert!(
+                    (nl - cl_).abs() <= 1e-6 * (1.0 + nl.abs()),
+                    "{obj:?} {agg:?} seed {seed}: loss {cl_} vs naive {nl}"
+                );
                 for i in 0..ng.len() {
                     for t in 0..ng[i].len() {
                         assert!(
@@ -218,15 +337,34 @@ fn every_objective_matches_the_naive_loss_and_gradient() {
 fn clamps_and_dual_clip_are_exercised() {
     let d = data(1);
     // The dual clip fires on the 1e3 ratio with a negative advantage (row 1).
-    let (_, _, m) = candle(&Objective::Bypass(Grpo { dual_clip: Some(3.0), ..Default::default() }), &d, Aggregation::TokenMean);
+    let (_, _, m) = candle(
+        &Objective::Bypass(Grpo {
+            dual_clip: Some(3.0),
+            ..Default::default()
+        }),
+        &d,
+        Aggregation::TokenMean,
+    );
     assert!(m["clip_frac/dual"] > 0.0, "{m:?}");
-    assert!(m["clip_frac/low"] > 0.0 || m["clip_frac/high"] > 0.0, "{m:?}");
+    assert!(
+        m["clip_frac/low"] > 0.0 || m["clip_frac/high"] > 0.0,
+        "{m:?}"
+    );
     // ALP-seq: where the clamp bites (|log ratio| > 20) the gradient vanishes.
     let mut d2 = data(2);
     for t in 0..7 {
         d2.logp[3][t] = d2.infer[3][t] - 4.0; // S = -28 → clamped
     }
-    let (_, g, _) = candle(&Objective::AlpSeq(Alp { dual_clip: None, eps_low: 0.999_999, eps_high: 1e9, geometric: false }), &d2, Aggregation::TokenMean);
+    let (_, g, _) = candle(
+        &Objective::AlpSeq(Alp {
+            dual_clip: None,
+            eps_low: 0.999_999,
+            eps_high: 1e9,
+            geometric: false,
+        }),
+        &d2,
+        Aggregation::TokenMean,
+    );
     assert!(g[3].iter().all(|&x| x == 0.0), "{:?}", g[3]);
 }
 
@@ -240,18 +378,32 @@ fn seq_alp_gradient_is_sequence_ratio_times_advantage() {
         }
     }
     d.logp[4][0] = -1.0;
-    let obj = Objective::AlpSeq(Alp { dual_clip: None, ..Default::default() });
+    let obj = Objective::AlpSeq(Alp {
+        dual_clip: None,
+        ..Default::default()
+    });
     let (_, g, _) = candle(&obj, &d, Aggregation::TokenMean);
     let n: f64 = d.mask.iter().flatten().sum();
     for i in 0..d.logp.len() {
         let (s, _) = row_sum(&d, i, |u| d.logp[i][u] - d.infer[i][u]);
         for t in 0..d.logp[i].len() {
-            let want = if d.mask[i][t] != 0.0 { -d.adv[i] * s.exp() / n } else { 0.0 };
-            assert!((g[i][t] - want).abs() < 1e-12, "{i},{t}: {} vs {want}", g[i][t]);
+            let want = if d.mask[i][t] != 0.0 {
+                -d.adv[i] * s.exp() / n
+            } else {
+                0.0
+            };
+            assert!(
+                (g[i][t] - want).abs() < 1e-12,
+                "{i},{t}: {} vs {want}",
+                g[i][t]
+            );
             // finite differences with S frozen agree
             if d.mask[i][t] != 0.0 {
                 let h = 1e-6;
-                let fd = (naive_token(&obj, &d, i, t, d.logp[i][t] + h) - naive_token(&obj, &d, i, t, d.logp[i][t] - h)) / (2.0 * h) / n;
+                let fd = (naive_token(&obj, &d, i, t, d.logp[i][t] + h)
+                    - naive_token(&obj, &d, i, t, d.logp[i][t] - h))
+                    / (2.0 * h)
+                    / n;
                 assert!((fd - want).abs() < 1e-8);
             }
         }
@@ -267,7 +419,16 @@ fn methods_that_need_logp_old_refuse_without_it() {
     for name in METHODS {
         let obj = Objective::from_name(name).unwrap();
         assert_eq!(obj.name(), *name);
-        let r = obj.compute(&LossInputs { logp: &z, logp_old: None, logp_infer: &z, advantages: &a, mask: &m }, Aggregation::TokenMean);
+        let r = obj.compute(
+            &LossInputs {
+                logp: &z,
+                logp_old: None,
+                logp_infer: &z,
+                advantages: &a,
+                mask: &m,
+            },
+            Aggregation::TokenMean,
+        );
         if obj.needs_logp_old() {
             let e = r.unwrap_err().to_string();
             assert!(e.contains("needs logp_old") && e.contains(name), "{e}");
@@ -276,7 +437,10 @@ fn methods_that_need_logp_old_refuse_without_it() {
         }
     }
     assert_eq!(
-        METHODS.iter().filter(|n| Objective::from_name(n).unwrap().needs_logp_old()).count(),
+        METHODS
+            .iter()
+            .filter(|n| Objective::from_name(n).unwrap().needs_logp_old())
+            .count(),
         6
     );
 }
@@ -295,10 +459,19 @@ fn serde_round_trip_and_unknown_method() {
     for n in METHODS {
         assert!(e.contains(n), "{e}");
     }
-    let e = serde_json::from_str::<Objective>(r#"{"method": "ppo"}"#).unwrap_err().to_string();
+    let e = serde_json::from_str::<Objective>(r#"{"method": "ppo"}"#)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("alp-seq") && e.contains("grpo"), "{e}");
-    let e = serde_json::from_str::<Objective>(r#"{"method": "grpo", "eps": 0.1}"#).unwrap_err().to_string();
+    let e = serde_json::from_str::<Objective>(r#"{"method": "grpo", "eps": 0.1}"#)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("eps"), "{e}");
-    let bad: Objective = serde_json::from_str(r#"{"method": "alp-seq", "dual_clip": 0.5}"#).unwrap();
-    assert!(bad.validate().unwrap_err().to_string().contains("dual_clip"));
+    let bad: Objective =
+        serde_json::from_str(r#"{"method": "alp-seq", "dual_clip": 0.5}"#).unwrap();
+    assert!(bad
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("dual_clip"));
 }
