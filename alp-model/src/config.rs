@@ -161,10 +161,14 @@ impl Config {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
 
-    /// Per-head width.
+    /// Per-head width: `head_dim` when given, else 128 for Qwen3 (transformers' default for
+    /// that family), else `hidden_size / num_attention_heads`.
     pub fn head_dim(&self) -> usize {
-        self.head_dim
-            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+        match (self.head_dim, self.model_type) {
+            (Some(d), _) => d,
+            (None, ModelType::Qwen3) => 128,
+            (None, _) => self.hidden_size / self.num_attention_heads.max(1),
+        }
     }
 
     /// Rotary base: `rope_parameters.rope_theta`, else the top-level `rope_theta`, else 10000.
@@ -227,7 +231,10 @@ impl Config {
         pos("num_attention_heads", self.num_attention_heads)?;
         pos("num_key_value_heads", self.num_kv_heads())?;
         pos("max_position_embeddings", self.max_position_embeddings)?;
-        if self.head_dim.is_none() && self.hidden_size % self.num_attention_heads != 0 {
+        if self.head_dim.is_none()
+            && self.model_type != ModelType::Qwen3
+            && self.hidden_size % self.num_attention_heads != 0
+        {
             return Err(Error::config(
                 "num_attention_heads",
                 format!(

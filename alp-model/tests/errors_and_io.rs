@@ -84,6 +84,12 @@ fn rope_theta_is_read_from_both_places() {
     assert_eq!(c.rope_theta(), 250000.0);
     assert_eq!(c.num_kv_heads(), 2);
     assert!(!c.qkv_bias());
+    // Qwen3 without head_dim uses transformers' default of 128.
+    let q3 = r#"{"model_type":"qwen3","vocab_size":10,"hidden_size":8,"intermediate_size":16,
+        "num_hidden_layers":1,"num_attention_heads":2,"num_key_value_heads":1}"#;
+    let c = Config::from_json_str(q3, p).unwrap();
+    assert_eq!(c.head_dim(), 128);
+    assert!(c.qk_norm() && !c.qkv_bias());
     let bad = r#"{"model_type":"llama","vocab_size":10}"#;
     assert!(matches!(
         Config::from_json_str(bad, p),
