@@ -387,17 +387,27 @@ impl Model {
         cache: &mut KvCache,
         perturb: &dyn Perturbation,
     ) -> Result<Tensor> {
+        let h = self.run_cached(input_ids, cache, perturb)?;
+        self.head(&h)
+    }
+
+    /// Final hidden states of a fused forward that continues `cache`.
+    fn run_cached(
+        &self,
+        input_ids: &Tensor,
+        cache: &mut KvCache,
+        perturb: &dyn Perturbation,
+    ) -> Result<Tensor> {
         let start = cache.len();
         let pad = cache.left_pad().to_vec();
-        let h = self.run(
+        self.run(
             input_ids,
             start,
             &pad,
             Some(cache),
             perturb,
             Numerics::Fused,
-        )?;
-        self.head(&h)
+        )
     }
 
     /// Like [`Model::forward_cached`] but returns only the last position's logits `[batch, vocab]`
@@ -408,16 +418,7 @@ impl Model {
         cache: &mut KvCache,
         perturb: &dyn Perturbation,
     ) -> Result<Tensor> {
-        let start = cache.len();
-        let pad = cache.left_pad().to_vec();
-        let h = self.run(
-            input_ids,
-            start,
-            &pad,
-            Some(cache),
-            perturb,
-            Numerics::Fused,
-        )?;
+        let h = self.run_cached(input_ids, cache, perturb)?;
         let t = h.dim(1)?;
         self.head(&h.narrow(1, t - 1, 1)?.squeeze(1)?)
     }
