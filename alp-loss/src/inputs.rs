@@ -82,7 +82,7 @@ impl LossInputs<'_> {
             logp: clean(self.logp)?,
             logp_old: self.logp_old.map(clean).transpose()?,
             logp_infer: clean(self.logp_infer)?,
-            adv: clean(&adv.to_dtype(dtype)?.contiguous()?)?.detach(),
+            adv: clean(&adv.contiguous()?)?.detach(),
             mask: mask_u8.to_dtype(dtype)?,
             mask_u8,
         })

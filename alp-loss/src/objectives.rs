@@ -343,7 +343,7 @@ impl Objective {
             Objective::Icepop(i) => {
                 let old = old()?;
                 let r = exp_clamped(&(&p.logp - old)?)?;
-                let lw = (old - &p.logp_infer)?;
+                let lw = level_log_ratio(&p, old, Level::Token)?;
                 let w = in_range(&lw, i.alpha, i.beta)?;
                 let l = (surrogate(&r, &p.adv, &clip)? * &w)?;
                 (r, l, Some(w))
