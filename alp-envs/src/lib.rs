@@ -1,4 +1,26 @@
-//! `alp-envs` will hold alp's reward environments: procedural math tasks, a math answer
-//! verifier, and tool calling (a `<tool_call>` parser, a tool registry, a safe calculator)
-//! behind the `alp_core::Environment` trait. It depends on alp-core only, never on candle or
-//! model code. Nothing is implemented yet.
+//! `alp-envs`: alp's reward environments. Procedural math tasks with disjoint train and
+//! held-out splits, a JSONL loader for GSM8K/MATH-shaped datasets, a math answer verifier
+//! that can be trusted as a reward ([`math::grade`]), and tool calling — a `<tool_call>`
+//! parser, a [`tools::Tool`] registry, a safe [`tools::Calculator`] — behind the
+//! `alp_core::Environment` trait ([`MathEnv`], [`ToolEnv`]). It depends on alp-core only,
+//! never on model code.
+//!
+//! ```
+//! use alp_core::{Environment, Step, TaskSource};
+//! use alp_envs::math::{ExtractMode, MathGenerator, MathTaskKind, Split, TaskStream};
+//! use alp_envs::MathEnv;
+//!
+//! let mut tasks = TaskStream::new(
+//!     vec![(MathGenerator::new(MathTaskKind::AddSub, 1), 1.0)], Split::Train, 0);
+//! let task = tasks.next_task().unwrap();
+//! let mut env = MathEnv::new(ExtractMode::Strict);
+//! env.reset(&task).unwrap();
+//! let reply = format!("The result is \\boxed{{{}}}.", task.answer);
+//! assert!(matches!(env.step(&reply).unwrap(), Step::Done { reward, .. } if reward == 1.0));
+//! ```
+
+pub mod math;
+pub mod tool_env;
+pub mod tools;
+
+pub use tool_env::{MathEnv, ToolEnv, ToolEnvConfig};

@@ -106,3 +106,54 @@ fn bad_inputs_give_clear_errors() {
         .unwrap();
     assert!(stderr(&out).contains("qwen2-25m"), "{}", stderr(&out));
 }
+
+#[test]
+fn grade_writes_one_line_per_input_and_accuracy() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("preds.jsonl");
+    std::fs::write(
+        &input,
+        concat!(
+            "{\"answer\": \"1/2\", \"prediction\": \"so \\\\boxed{0.5}\"}\n",
+            "{\"answer\": \"7\", \"prediction\": \"The answer is 7.\"}\n",
+            "not json\n",
+            "{\"answer\": 3, \"prediction\": \"\\\\boxed{4}\"}\n",
+        ),
+    )
+    .unwrap();
+    let run = |strict: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_alp"));
+        cmd.args(["grade", "--input"]).arg(&input);
+        if strict {
+            cmd.arg("--strict");
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (lines, String::from_utf8(out.stderr).unwrap())
+    };
+    let (lines, err) = run(false);
+    let correct: Vec<bool> = lines
+        .iter()
+        .map(|l| l["correct"].as_bool().unwrap())
+        .collect();
+    assert_eq!(correct, vec![true, true, false, false]);
+    assert_eq!(lines[0]["extracted"], "0.5");
+    assert!(err.contains("accuracy 0.5000"), "{err}");
+    let (lines, _) = run(true);
+    assert_eq!(lines[1]["correct"], false, "strict mode needs a box");
+    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_alp"))
+        .args(["grade", "--input", "/nonexistent/preds.jsonl"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/preds.jsonl"));
+}

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+mod grade;
 mod init;
 mod logprobs;
 
@@ -31,6 +32,16 @@ enum Command {
         /// Device: cpu or cuda:N.
         #[arg(long, default_value = "cpu")]
         device: String,
+    },
+    /// Grade predictions: each line of --input is {"answer": ..., "prediction": ...}; one JSON
+    /// line per input line goes to stdout, the accuracy to stderr.
+    Grade {
+        /// JSONL file (or - for stdin).
+        #[arg(long)]
+        input: PathBuf,
+        /// Accept only \boxed{} answers (default: lenient extraction with fallbacks).
+        #[arg(long)]
+        strict: bool,
     },
     /// Write a randomly initialised checkpoint in Hugging Face format.
     Init {
@@ -64,6 +75,7 @@ fn main() -> Result<()> {
             dtype,
             device,
         } => logprobs::run(&model, &tokens, &dtype, &device),
+        Command::Grade { input, strict } => grade::run(&input, strict),
         Command::Init {
             preset,
             config,

@@ -1,0 +1,247 @@
+//! Environments: the single-turn [`MathEnv`] and the multi-turn, tool-calling [`ToolEnv`].
+
+use crate::math::{extract_answer, grade_with, ExtractMode};
+use crate::tools::{parse_tool_calls, ToolRegistry};
+use alp_core::{ChatMessage, Environment, Error, Result, Step, Task};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+fn start_of(task: &Task) -> Result<(Vec<ChatMessage>, String)> {
+    if task.messages.is_empty() {
+        return Err(Error::invalid(format!(
+            "task `{}` has no messages",
+            task.id
+        )));
+    }
+    Ok((task.messages.clone(), task.answer.clone()))
+}
+
+/// One question, one answer: the reward is the verifier's verdict (1 or 0).
+#[derive(Debug, Clone, Default)]
+pub struct MathEnv {
+    mode: ExtractMode,
+    answer: Option<String>,
+}
+
+impl MathEnv {
+    /// A math environment grading with `mode`.
+    pub fn new(mode: ExtractMode) -> Self {
+        MathEnv { mode, answer: None }
+    }
+}
+
+impl Environment for MathEnv {
+    fn reset(&mut self, task: &Task) -> Result<Vec<ChatMessage>> {
+        let (messages, answer) = start_of(task)?;
+        self.answer = Some(answer);
+        Ok(messages)
+    }
+
+    fn step(&mut self, model_text: &str) -> Result<Step> {
+        let answer = self
+            .answer
+            .as_deref()
+            .ok_or_else(|| Error::invalid("MathEnv::step before reset"))?;
+        let v = grade_with(answer, model_text, self.mode);
+        let mut info = Map::new();
+        info.insert("correct".into(), json!(v.correct));
+        info.insert("extracted".into(), json!(v.extracted));
+        info.insert("tool_calls".into(), json!(0));
+        Ok(Step::Done {
+            reward: if v.correct { 1.0 } else { 0.0 },
+            info,
+        })
+    }
+}
+
+/// Settings of [`ToolEnv`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ToolEnvConfig {
+    /// Most model turns in an episode.
+    pub max_turns: usize,
+    /// The episode ends (reward 0) after this many turns with neither a usable tool call nor
+    /// a final answer.
+    pub max_malformed_turns: usize,
+    /// Subtracted from the reward when the episode had a malformed turn or a tool error.
+    pub format_penalty: f32,
+    /// How the final answer is found (strict: boxed only).
+    pub mode: ExtractMode,
+}
+
+impl Default for ToolEnvConfig {
+    fn default() -> Self {
+        ToolEnvConfig {
+            max_turns: 4,
+            max_malformed_turns: 2,
+            format_penalty: 0.0,
+            mode: ExtractMode::Strict,
+        }
+    }
+}
+
+impl ToolEnvConfig {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_turns == 0 {
+            return Err(Error::config(
+                "max_turns",
+                "must be at least 1 for the tool environment",
+            ));
+        }
+        if self.max_malformed_turns == 0 {
+            return Err(Error::config("max_malformed_turns", "must be at least 1"));
+        }
+        if !(0.0..=1.0).contains(&self.format_penalty) {
+            return Err(Error::config("format_penalty", "must lie in [0, 1]"));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct Episode {
+    answer: String,
+    turns: usize,
+    tool_calls: usize,
+    tool_errors: usize,
+    malformed: usize,
+}
+
+/// A multi-turn tool environment: each model turn is parsed for `<tool_call>` blocks, which are
+/// executed and answered as `tool` messages (the chat template wraps them in
+/// `<tool_response>`); the episode ends on a final `\boxed{}` answer, at the turn limit, or at
+/// the malformed-turn limit. The reward is the verifier's verdict minus an optional format
+/// penalty; `info` records `correct`, `tool_calls`, `tool_errors`, `turns`, `malformed_turns`.
+///
+/// ```
+/// use alp_core::{Environment, Step, Task, ChatMessage};
+/// use alp_envs::{ToolEnv, ToolEnvConfig, tools::{Calculator, ToolRegistry}};
+/// let mut reg = ToolRegistry::new();
+/// reg.register(Calculator);
+/// let mut env = ToolEnv::new(reg, ToolEnvConfig::default()).unwrap();
+/// let task = Task { id: "t".into(), kind: "hard".into(), answer: "55578".into(),
+///     messages: vec![ChatMessage::new("user", "What is 942 * 59?")] };
+/// env.reset(&task).unwrap();
+/// let call = r#"<tool_call>{"name": "calculator", "arguments": {"expression": "942*59"}}</tool_call>"#;
+/// match env.step(call).unwrap() {
+///     Step::Observation(m) => assert_eq!(m[0].content, "55578"),
+///     other => panic!("{other:?}"),
+/// }
+/// assert!(matches!(env.step("\\boxed{55578}").unwrap(), Step::Done { reward, .. } if reward == 1.0));
+/// ```
+#[derive(Debug, Clone)]
+pub struct ToolEnv {
+    registry: ToolRegistry,
+    config: ToolEnvConfig,
+    episode: Option<Episode>,
+}
+
+impl ToolEnv {
+    /// A tool environment over `registry`.
+    pub fn new(registry: ToolRegistry, config: ToolEnvConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(ToolEnv {
+            registry,
+            config,
+            episode: None,
+        })
+    }
+
+    /// The registry (to render its tools into a system prompt).
+    pub fn registry(&self) -> &ToolRegistry {
+        &self.registry
+    }
+
+    fn done(&self, ep: &Episode, correct: bool, extracted: Option<String>, ended_by: &str) -> Step {
+        let mut reward = if correct { 1.0 } else { 0.0 };
+        if ep.malformed > 0 || ep.tool_errors > 0 {
+            reward -= self.config.format_penalty;
+        }
+        let mut info = Map::new();
+        info.insert("correct".into(), json!(correct));
+        info.insert("extracted".into(), json!(extracted));
+        info.insert("tool_calls".into(), json!(ep.tool_calls));
+        info.insert("tool_errors".into(), json!(ep.tool_errors));
+        info.insert("turns".into(), json!(ep.turns));
+        info.insert("malformed_turns".into(), json!(ep.malformed));
+        info.insert("ended_by".into(), Value::String(ended_by.into()));
+        Step::Done { reward, info }
+    }
+}
+
+impl Environment for ToolEnv {
+    fn reset(&mut self, task: &Task) -> Result<Vec<ChatMessage>> {
+        let (messages, answer) = start_of(task)?;
+        self.episode = Some(Episode {
+            answer,
+            ..Default::default()
+        });
+        Ok(messages)
+    }
+
+    fn step(&mut self, model_text: &str) -> Result<Step> {
+        let mut ep = self
+            .episode
+            .take()
+            .ok_or_else(|| Error::invalid("ToolEnv::step before reset"))?;
+        ep.turns += 1;
+        let calls = parse_tool_calls(model_text);
+        let step = if !calls.is_empty() {
+            let mut observations = Vec::with_capacity(calls.len());
+            let mut usable = 0;
+            for call in calls {
+                let content = match call {
+                    Ok(call) => {
+                        usable += 1;
+                        ep.tool_calls += 1;
+                        match self.registry.call(&call) {
+                            Ok(out) => out,
+                            Err(e) => {
+                                ep.tool_errors += 1;
+                                format!("Error: {e}")
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        ep.tool_errors += 1;
+                        format!("Error: {e}")
+                    }
+                };
+                observations.push(ChatMessage::new("tool", content));
+            }
+            if usable == 0 {
+                ep.malformed += 1;
+            }
+            if ep.malformed >= self.config.max_malformed_turns {
+                self.done(&ep, false, None, "malformed_limit")
+            } else if ep.turns >= self.config.max_turns {
+                self.done(&ep, false, None, "turn_limit")
+            } else {
+                Step::Observation(observations)
+            }
+        } else if let Some(found) = extract_answer(model_text, self.config.mode) {
+            let v = grade_with(&ep.answer, model_text, self.config.mode);
+            self.done(&ep, v.correct, Some(found.text), "answer")
+        } else {
+            ep.malformed += 1;
+            if ep.malformed >= self.config.max_malformed_turns {
+                self.done(&ep, false, None, "malformed_limit")
+            } else if ep.turns >= self.config.max_turns {
+                self.done(&ep, false, None, "turn_limit")
+            } else {
+                Step::Observation(vec![ChatMessage::new(
+                    "user",
+                    "Call a tool or give the final answer in \\boxed{}.",
+                )])
+            }
+        };
+        self.episode = Some(ep);
+        Ok(step)
+    }
+
+    fn truncate(&mut self) -> Result<Step> {
+        let ep = self.episode.clone().unwrap_or_default();
+        Ok(self.done(&ep, false, None, "truncated"))
+    }
+}

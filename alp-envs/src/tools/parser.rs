@@ -1,0 +1,108 @@
+//! Parsing `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` blocks out of a model
+//! turn (the Hermes format Qwen's chat template uses). Malformed calls become errors the
+//! environment can show the model; nothing here panics.
+
+use serde_json::Value;
+
+/// Opening tag of a tool call.
+pub const TOOL_CALL_OPEN: &str = "<tool_call>";
+/// Closing tag of a tool call.
+pub const TOOL_CALL_CLOSE: &str = "</tool_call>";
+/// Most calls parsed from one turn; later ones are reported as errors.
+pub const MAX_CALLS_PER_TURN: usize = 16;
+/// Longest call body accepted (bytes).
+pub const MAX_CALL_LEN: usize = 64 * 1024;
+
+/// One well-formed tool call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCall {
+    /// The tool's name.
+    pub name: String,
+    /// Its arguments (a JSON object).
+    pub arguments: Value,
+}
+
+/// Why a `<tool_call>` block could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ToolCallError {
+    /// The body is not valid JSON.
+    #[error(
+        "the tool call is not valid JSON ({0}); write {{\"name\": ..., \"arguments\": {{...}}}}"
+    )]
+    InvalidJson(String),
+    /// The JSON lacks a string `name`.
+    #[error("the tool call has no \"name\" string")]
+    MissingName,
+    /// `arguments` is neither an object nor a JSON string holding one.
+    #[error("the tool call's \"arguments\" must be a JSON object")]
+    BadArguments,
+    /// `<tool_call>` without `</tool_call>`.
+    #[error("<tool_call> is not closed by </tool_call>")]
+    Unclosed,
+    /// Too long or too many.
+    #[error("{0}")]
+    TooLarge(String),
+}
+
+fn parse_body(body: &str) -> Result<ToolCall, ToolCallError> {
+    if body.len() > MAX_CALL_LEN {
+        return Err(ToolCallError::TooLarge(format!(
+            "the tool call is longer than {MAX_CALL_LEN} bytes"
+        )));
+    }
+    let v: Value =
+        serde_json::from_str(body.trim()).map_err(|e| ToolCallError::InvalidJson(e.to_string()))?;
+    let obj = v
+        .as_object()
+        .ok_or(ToolCallError::InvalidJson("not an object".into()))?;
+    let name = obj
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or(ToolCallError::MissingName)?
+        .to_string();
+    let arguments = match obj.get("arguments").or_else(|| obj.get("parameters")) {
+        None => Value::Object(Default::default()),
+        Some(Value::Object(m)) => Value::Object(m.clone()),
+        Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
+            Ok(Value::Object(m)) => Value::Object(m),
+            _ => return Err(ToolCallError::BadArguments),
+        },
+        Some(_) => return Err(ToolCallError::BadArguments),
+    };
+    Ok(ToolCall { name, arguments })
+}
+
+/// Every `<tool_call>` block of `text`, in order, each parsed or an error.
+///
+/// ```
+/// use alp_envs::tools::parse_tool_calls;
+/// let calls = parse_tool_calls(
+///     r#"<tool_call>{"name": "calculator", "arguments": {"expression": "2*3"}}</tool_call>"#,
+/// );
+/// assert_eq!(calls[0].as_ref().unwrap().name, "calculator");
+/// assert!(parse_tool_calls("<tool_call>{oops</tool_call>")[0].is_err());
+/// ```
+pub fn parse_tool_calls(text: &str) -> Vec<Result<ToolCall, ToolCallError>> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find(TOOL_CALL_OPEN) {
+        if out.len() == MAX_CALLS_PER_TURN {
+            out.push(Err(ToolCallError::TooLarge(format!(
+                "more than {MAX_CALLS_PER_TURN} tool calls in one turn"
+            ))));
+            break;
+        }
+        let after = &rest[start + TOOL_CALL_OPEN.len()..];
+        match after.find(TOOL_CALL_CLOSE) {
+            Some(end) => {
+                out.push(parse_body(&after[..end]));
+                rest = &after[end + TOOL_CALL_CLOSE.len()..];
+            }
+            None => {
+                out.push(Err(ToolCallError::Unclosed));
+                break;
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,132 @@
+//! Arbitrary input never panics and finishes within a bound.
+
+use alp_envs::math::{extract_answer, grade, grade_with, ExtractMode};
+use alp_envs::tools::{evaluate, parse_tool_calls};
+use proptest::prelude::*;
+use std::time::{Duration, Instant};
+
+fn mathy() -> impl Strategy<Value = String> {
+    let atoms = prop::sample::select(vec![
+        "\\boxed{",
+        "}",
+        "{",
+        "\\frac",
+        "\\sqrt",
+        "[",
+        "]",
+        "(",
+        ")",
+        "^",
+        "_",
+        "-",
+        "+",
+        "*",
+        "/",
+        "=",
+        ",",
+        "\\{",
+        "\\}",
+        "\\cup",
+        "\\pm",
+        "\\pi",
+        "x",
+        "y",
+        "1",
+        "23",
+        "0.5",
+        "9",
+        "\\text{",
+        "$",
+        "%",
+        "\\left(",
+        "\\right)",
+        "####",
+        "The answer is ",
+        "<tool_call>",
+        "</tool_call>",
+        "{\"name\":",
+        "\\begin{pmatrix}",
+        "\\end{pmatrix}",
+        "&",
+        "\\\\",
+        "!",
+        "e",
+        "\\infty",
+        " ",
+        "\n",
+        "\\",
+        "ü",
+    ]);
+    prop::collection::vec(atoms, 0..60).prop_map(|v| v.concat())
+}
+
+fn bounded<T>(f: impl FnOnce() -> T) -> T {
+    let t = Instant::now();
+    let out = f();
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t.elapsed()
+    );
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    #[test]
+    fn verifier_never_panics(gold in mathy(), pred in mathy(), raw in ".{0,200}") {
+        bounded(|| {
+            let _ = grade(&gold, &pred);
+            let _ = grade_with(&raw, &pred, ExtractMode::Strict);
+            let _ = grade(&pred, &raw);
+            let _ = extract_answer(&raw, ExtractMode::Lenient);
+        });
+    }
+
+    #[test]
+    fn tools_never_panic(s in mathy(), raw in ".{0,200}") {
+        bounded(|| {
+            let _ = parse_tool_calls(&s);
+            let _ = parse_tool_calls(&raw);
+            let _ = evaluate(&s);
+            let _ = evaluate(&raw);
+        });
+    }
+
+    #[test]
+    fn calculator_arithmetic_matches_i64(a in -10_000i64..10_000, b in -10_000i64..10_000, c in 1i64..100) {
+        let v = evaluate(&format!("{a} * {b} - ({c}) + {a}")).unwrap().to_string();
+        prop_assert_eq!(v, (a * b - c + a).to_string());
+    }
+
+    #[test]
+    fn integers_grade_like_integers(a in -1_000_000i64..1_000_000, b in -1_000_000i64..1_000_000) {
+        prop_assert_eq!(grade(&a.to_string(), &format!("\\boxed{{{b}}}")).correct, a == b);
+    }
+}
+
+#[test]
+fn pathological_inputs_are_fast() {
+    let cases = [
+        "\\boxed{".repeat(20_000),
+        "(".repeat(50_000),
+        format!("\\boxed{{{}}}", "\\frac{1}{".repeat(5_000)),
+        format!("\\boxed{{{}}}", "9^".repeat(5_000) + "9"),
+        format!("\\boxed{{{}}}", "x".repeat(100_000)),
+        "1,".repeat(100_000),
+        "$".repeat(100_000),
+        format!(
+            "\\boxed{{{}}}",
+            "\\sqrt{".repeat(3_000) + &"}".repeat(3_000)
+        ),
+    ];
+    for c in &cases {
+        bounded(|| {
+            let _ = grade("5", c);
+            let _ = grade(c, "\\boxed{5}");
+            let _ = parse_tool_calls(c);
+            let _ = evaluate(c);
+        });
+    }
+}
