@@ -87,6 +87,70 @@ impl KvCache {
         Ok((kc.narrow(D::Minus2, 0, end)?, vc.narrow(D::Minus2, 0, end)?))
     }
 
+    /// Number of rows (0 before the first append).
+    pub fn batch_size(&self) -> usize {
+        self.layers
+            .iter()
+            .flatten()
+            .next()
+            .and_then(|(k, _)| k.dim(0).ok())
+            .unwrap_or(0)
+    }
+
+    /// Builds a new cache from rows of existing caches (continuous batching: rows leave, new
+    /// rows join). Each chosen row keeps only its real positions (after its left padding);
+    /// rows are right-aligned at the longest of them and left-padded, so every row's next
+    /// token goes to the same position. One copy of the chosen rows, not a per-token cost.
+    ///
+    /// `rows`: `(source cache, row index)`; `capacity`: positions of the new cache, at least
+    /// the longest row.
+    pub fn gather_rows(rows: &[(&KvCache, usize)], capacity: usize) -> Result<KvCache> {
+        let Some((first, _)) = rows.first() else {
+            return Err(Error::invalid("gather_rows needs at least one row"));
+        };
+        let n_layers = first.layers.len();
+        let mut real = Vec::with_capacity(rows.len());
+        for (c, r) in rows {
+            if c.layers.len() != n_layers {
+                return Err(Error::invalid("gather_rows: caches of different depth"));
+            }
+            if *r >= c.batch_size() {
+                return Err(Error::invalid(format!(
+                    "gather_rows: row {r} of a cache with {} rows",
+                    c.batch_size()
+                )));
+            }
+            let pad = c.left_pad.get(*r).copied().unwrap_or(0).min(c.len);
+            real.push((pad, c.len - pad));
+        }
+        let len = real.iter().map(|(_, n)| *n).max().unwrap_or(0);
+        if capacity < len {
+            return Err(Error::invalid(format!(
+                "gather_rows: capacity {capacity} below the longest row ({len})"
+            )));
+        }
+        let left_pad: Vec<usize> = real.iter().map(|(_, n)| len - n).collect();
+        let mut out = KvCache::new(n_layers, capacity, &left_pad);
+        for layer in 0..n_layers {
+            let mut ks = Vec::with_capacity(rows.len());
+            let mut vs = Vec::with_capacity(rows.len());
+            for ((c, r), (pad, n)) in rows.iter().zip(&real) {
+                let (k, v) = c.layers[layer]
+                    .as_ref()
+                    .ok_or_else(|| Error::invalid("gather_rows: a source cache is empty"))?;
+                let take = |t: &Tensor| -> Result<Tensor> {
+                    let t = t.narrow(0, *r, 1)?.narrow(2, *pad, *n)?;
+                    Ok(t.pad_with_zeros(2, len - n, capacity - len)?)
+                };
+                ks.push(take(k)?);
+                vs.push(take(v)?);
+            }
+            out.layers[layer] = Some((Tensor::cat(&ks, 0)?, Tensor::cat(&vs, 0)?));
+        }
+        out.len = len;
+        Ok(out)
+    }
+
     pub(crate) fn advance(&mut self, t: usize) {
         self.len += t;
     }

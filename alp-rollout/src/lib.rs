@@ -1,4 +1,33 @@
-//! `alp-rollout` will hold the batched sampling engine of alp: continuous batching over
-//! `alp_model::Model` with one KV cache slot per row, seeded sampling with exact stored
-//! log-probs, multi-turn episodes driven by an `alp_core::Environment`, and an async worker
-//! bounded in staleness. Nothing is implemented yet.
+//! `alp-rollout`: the batched sampling engine. An [`Engine`] serves [`Request`]s over one
+//! immutable model snapshot (f32, bf16 or f16) with continuous batching, samples with
+//! temperature / top-k / top-p / min-p and a seed per request, and stores for every token the
+//! exact log-prob under the distribution it was drawn from. [`run_episodes`] drives
+//! multi-turn [`alp_core::Environment`]s into [`alp_core::Trajectory`] groups, and
+//! [`RolloutWorker`] runs all of it on a thread fed with versioned weight snapshots, within a
+//! staleness bound.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use alp_model::{presets, ModelWeights};
+//! use alp_rollout::{Engine, EngineConfig, Request, SamplingParams};
+//! use candle_core::{DType, Device};
+//!
+//! let weights = ModelWeights::random(&presets::tiny(), 0, DType::F32, &Device::Cpu).unwrap();
+//! let engine = Engine::new(Arc::new(weights.build().unwrap()), EngineConfig::default()).unwrap();
+//! let out = engine.generate(&[Request {
+//!     prompt: vec![1, 2, 3],
+//!     params: SamplingParams { max_new_tokens: 5, seed: 7, ..Default::default() },
+//! }]).unwrap();
+//! assert_eq!(out[0].tokens.len(), 5);
+//! assert!(out[0].logprobs.iter().all(|&lp| lp <= 0.0));
+//! ```
+
+pub mod engine;
+pub mod episodes;
+pub mod sampling;
+pub mod worker;
+
+pub use engine::{Completion, Engine, EngineConfig, GenerateStats, Request};
+pub use episodes::{observation_tokens, run_episodes, EpisodeConfig};
+pub use sampling::{sample, SamplingParams};
+pub use worker::{RolloutBatch, RolloutWorker};

@@ -1,0 +1,434 @@
+//! The batched sampling engine with continuous batching.
+
+use crate::sampling::{sample, SamplingParams};
+use alp_core::{Error, FinishReason, NoPerturbation, Result, TokenId};
+use alp_model::{KvCache, Model, ModelWeights, Tokenizer};
+use candle_core::{DType, Device, Tensor};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// Engine limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Most sequences decoded together.
+    pub max_batch: usize,
+    /// Token budget of the running batch: the sum over running sequences of prompt length +
+    /// `max_new_tokens` (what their KV cache may grow to). Bounds memory.
+    pub token_budget: usize,
+    /// Longest sequence (prompt + output); 0 means the model's `max_position_embeddings`.
+    pub max_context: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_batch: 64,
+            token_budget: 64 * 1024,
+            max_context: 0,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Checks the limits.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_batch == 0 {
+            return Err(Error::config("max_batch", "must be at least 1"));
+        }
+        if self.token_budget == 0 {
+            return Err(Error::config("token_budget", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// One generation request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// Prompt token ids (non-empty).
+    pub prompt: Vec<TokenId>,
+    /// Sampling and stop rules.
+    pub params: SamplingParams,
+}
+
+/// A finished sequence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    /// Generated token ids (a stop token or the token completing a stop string included).
+    pub tokens: Vec<TokenId>,
+    /// Log-prob of each generated token under the distribution it was sampled from.
+    pub logprobs: Vec<f32>,
+    /// Why it stopped.
+    pub finish_reason: FinishReason,
+}
+
+struct Row {
+    req: usize,
+    rng: ChaCha8Rng,
+    tokens: Vec<TokenId>,
+    logprobs: Vec<f32>,
+    next_input: TokenId,
+    done: bool,
+}
+
+/// Counters of one `generate` call.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct GenerateStats {
+    /// Decode steps run.
+    pub decode_steps: usize,
+    /// Batched prefills run.
+    pub prefills: usize,
+    /// Cache rebuilds (rows leaving or joining).
+    pub rebuilds: usize,
+    /// Largest number of sequences decoded together.
+    pub peak_batch: usize,
+}
+
+/// A sampling engine over one immutable model snapshot.
+///
+/// Requests are served with continuous batching: up to `max_batch` sequences (and within the
+/// token budget) decode together, each in its own row of the KV cache; a finished sequence
+/// stops being sampled at once, and waiting requests join as soon as there is room (their
+/// prompts are prefilled together and merged into the running cache).
+#[derive(Clone)]
+pub struct Engine {
+    model: Arc<Model>,
+    tokenizer: Option<Arc<Tokenizer>>,
+    eos: Vec<TokenId>,
+    config: EngineConfig,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("dtype", &self.model.dtype())
+            .field("eos", &self.eos)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl Engine {
+    /// An engine over `model`.
+    pub fn new(model: Arc<Model>, config: EngineConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Engine {
+            model,
+            tokenizer: None,
+            eos: Vec::new(),
+            config,
+        })
+    }
+
+    /// Builds the rollout model from `weights` in `dtype` (f32, bf16 or f16) on `device`.
+    pub fn from_weights(
+        weights: &ModelWeights,
+        dtype: DType,
+        device: &Device,
+        config: EngineConfig,
+    ) -> Result<Self> {
+        let model = weights.snapshot(dtype, device)?.build()?;
+        Engine::new(Arc::new(model), config)
+    }
+
+    /// Uses `tokenizer` for stop strings and its end-of-sequence tokens as EOS.
+    pub fn with_tokenizer(mut self, tokenizer: Arc<Tokenizer>) -> Self {
+        self.eos = tokenizer.eos_ids().to_vec();
+        self.tokenizer = Some(tokenizer);
+        self
+    }
+
+    /// Replaces the end-of-sequence token ids.
+    pub fn with_eos(mut self, eos: Vec<TokenId>) -> Self {
+        self.eos = eos;
+        self
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
+    }
+
+    /// The tokenizer, if any.
+    pub fn tokenizer(&self) -> Option<&Arc<Tokenizer>> {
+        self.tokenizer.as_ref()
+    }
+
+    /// The longest sequence this engine runs.
+    pub fn max_context(&self) -> usize {
+        let m = self.model.config().max_position_embeddings;
+        if self.config.max_context == 0 {
+            m
+        } else {
+            self.config.max_context.min(m)
+        }
+    }
+
+    fn check(&self, requests: &[Request]) -> Result<()> {
+        let vocab = self.model.config().vocab_size;
+        let ctx = self.max_context();
+        for (i, r) in requests.iter().enumerate() {
+            r.params
+                .validate()
+                .map_err(|e| Error::invalid(format!("request {i}: {e}")))?;
+            if r.prompt.is_empty() {
+                return Err(Error::invalid(format!("request {i}: the prompt is empty")));
+            }
+            if let Some(&t) = r.prompt.iter().find(|&&t| t as usize >= vocab) {
+                return Err(Error::TokenOutOfRange {
+                    token: t,
+                    vocab_size: vocab,
+                });
+            }
+            if r.prompt.len() >= ctx {
+                return Err(Error::invalid(format!(
+                    "request {i}: the prompt has {} tokens, the context holds {ctx} (shorten the prompt or raise max_context)",
+                    r.prompt.len()
+                )));
+            }
+            let need = self.reservation(r);
+            if need > self.config.token_budget {
+                return Err(Error::config(
+                    "token_budget",
+                    format!(
+                        "{} is too small for one sequence of request {i} (prompt {} + max_new_tokens {} = {need})",
+                        self.config.token_budget,
+                        r.prompt.len(),
+                        r.params.max_new_tokens
+                    ),
+                ));
+            }
+            if !r.params.stop_strings.is_empty() && self.tokenizer.is_none() {
+                return Err(Error::invalid(format!(
+                    "request {i} has stop strings but the engine has no tokenizer (Engine::with_tokenizer)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn reservation(&self, r: &Request) -> usize {
+        (r.prompt.len() + r.params.max_new_tokens).min(self.max_context())
+    }
+
+    /// Generates a completion for every request (in request order).
+    pub fn generate(&self, requests: &[Request]) -> Result<Vec<Completion>> {
+        Ok(self.generate_with_stats(requests)?.0)
+    }
+
+    /// [`Engine::generate`] with counters.
+    pub fn generate_with_stats(
+        &self,
+        requests: &[Request],
+    ) -> Result<(Vec<Completion>, GenerateStats)> {
+        self.check(requests)?;
+        let mut stats = GenerateStats::default();
+        let mut results: Vec<Option<Completion>> = vec![None; requests.len()];
+        let mut waiting: VecDeque<usize> = (0..requests.len()).collect();
+        let mut rows: Vec<Row> = Vec::new();
+        let mut cache: Option<KvCache> = None;
+        loop {
+            // Admission: fill free rows within the batch and token budgets.
+            let mut used: usize = rows
+                .iter()
+                .filter(|r| !r.done)
+                .map(|r| self.reservation(&requests[r.req]))
+                .sum();
+            let mut live = rows.iter().filter(|r| !r.done).count();
+            let mut admit = Vec::new();
+            while let Some(&i) = waiting.front() {
+                let need = self.reservation(&requests[i]);
+                if live < self.config.max_batch && used + need <= self.config.token_budget {
+                    admit.push(i);
+                    waiting.pop_front();
+                    used += need;
+                    live += 1;
+                } else {
+                    break;
+                }
+            }
+            if live == 0 {
+                break;
+            }
+            if !admit.is_empty() {
+                let (new_cache, logits) = self.prefill(requests, &admit)?;
+                stats.prefills += 1;
+                let mut new_rows: Vec<Row> = admit
+                    .iter()
+                    .map(|&i| Row {
+                        req: i,
+                        rng: ChaCha8Rng::seed_from_u64(requests[i].params.seed),
+                        tokens: Vec::new(),
+                        logprobs: Vec::new(),
+                        next_input: 0,
+                        done: false,
+                    })
+                    .collect();
+                for (j, row) in new_rows.iter_mut().enumerate() {
+                    self.advance(row, &logits[j], requests, &mut results)?;
+                }
+                // Merge the running rows and the new ones into one cache.
+                let keep: Vec<usize> = (0..rows.len()).filter(|&r| !rows[r].done).collect();
+                let mut parts: Vec<(&KvCache, usize)> = Vec::new();
+                if let Some(c) = cache.as_ref() {
+                    parts.extend(keep.iter().map(|&r| (c, r)));
+                }
+                parts.extend((0..new_rows.len()).map(|j| (&new_cache, j)));
+                let mut merged_rows: Vec<Row> = Vec::with_capacity(parts.len());
+                let mut old: Vec<Option<Row>> = rows.into_iter().map(Some).collect();
+                for &r in &keep {
+                    merged_rows.push(old[r].take().expect("kept row"));
+                }
+                merged_rows.extend(new_rows);
+                let capacity = self.capacity_for(&parts, &merged_rows, requests);
+                cache = Some(KvCache::gather_rows(&parts, capacity)?);
+                stats.rebuilds += 1;
+                rows = merged_rows;
+            } else {
+                // Drop finished rows when they are the majority (one copy, amortised).
+                let dead = rows.iter().filter(|r| r.done).count();
+                if dead * 2 > rows.len() {
+                    let c = cache.as_ref().expect("rows imply a cache");
+                    let keep: Vec<usize> = (0..rows.len()).filter(|&r| !rows[r].done).collect();
+                    let parts: Vec<(&KvCache, usize)> = keep.iter().map(|&r| (c, r)).collect();
+                    let mut old: Vec<Option<Row>> = rows.into_iter().map(Some).collect();
+                    let kept: Vec<Row> = keep
+                        .iter()
+                        .map(|&r| old[r].take().expect("kept row"))
+                        .collect();
+                    let capacity = self.capacity_for(&parts, &kept, requests);
+                    cache = Some(KvCache::gather_rows(&parts, capacity)?);
+                    stats.rebuilds += 1;
+                    rows = kept;
+                }
+            }
+            if rows.iter().all(|r| r.done) {
+                continue;
+            }
+            // One decode step for every running row.
+            let c = cache.as_mut().expect("rows imply a cache");
+            let ids: Vec<TokenId> = rows
+                .iter()
+                .map(|r| if r.done { 0 } else { r.next_input })
+                .collect();
+            let input = Tensor::from_vec(ids, (rows.len(), 1), self.model.device())?;
+            let logits = self
+                .model
+                .forward_last(&input, c, &NoPerturbation)?
+                .to_dtype(DType::F32)?
+                .to_vec2::<f32>()?;
+            stats.decode_steps += 1;
+            stats.peak_batch = stats
+                .peak_batch
+                .max(rows.iter().filter(|r| !r.done).count());
+            for (row, l) in rows.iter_mut().zip(&logits) {
+                if !row.done {
+                    self.advance(row, l, requests, &mut results)?;
+                }
+            }
+        }
+        let out = results
+            .into_iter()
+            .map(|r| r.ok_or_else(|| Error::Msg("a request finished without a completion".into())))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((out, stats))
+    }
+
+    /// Capacity of a rebuilt cache: the longest row now plus the most tokens any row may
+    /// still add.
+    fn capacity_for(
+        &self,
+        parts: &[(&KvCache, usize)],
+        rows: &[Row],
+        requests: &[Request],
+    ) -> usize {
+        let len = parts
+            .iter()
+            .map(|(c, r)| c.len() - c.left_pad().get(*r).copied().unwrap_or(0).min(c.len()))
+            .max()
+            .unwrap_or(0);
+        let more = rows
+            .iter()
+            .map(|r| {
+                requests[r.req]
+                    .params
+                    .max_new_tokens
+                    .saturating_sub(r.tokens.len())
+            })
+            .max()
+            .unwrap_or(0);
+        len + more + 1
+    }
+
+    /// Prefills the prompts of `admit` together (left-padded); returns their cache and the
+    /// last-position logits of each.
+    fn prefill(&self, requests: &[Request], admit: &[usize]) -> Result<(KvCache, Vec<Vec<f32>>)> {
+        let longest = admit
+            .iter()
+            .map(|&i| requests[i].prompt.len())
+            .max()
+            .unwrap_or(0);
+        let mut ids = Vec::with_capacity(admit.len() * longest);
+        let mut pads = Vec::with_capacity(admit.len());
+        for &i in admit {
+            let p = &requests[i].prompt;
+            pads.push(longest - p.len());
+            ids.extend(std::iter::repeat_n(0, longest - p.len()));
+            ids.extend_from_slice(p);
+        }
+        let input = Tensor::from_vec(ids, (admit.len(), longest), self.model.device())?;
+        let mut cache = self.model.new_cache(longest, &pads);
+        let logits = self
+            .model
+            .forward_last(&input, &mut cache, &NoPerturbation)?
+            .to_dtype(DType::F32)?
+            .to_vec2::<f32>()?;
+        Ok((cache, logits))
+    }
+
+    /// Samples the next token of `row`, records it, and finishes the row if a stop rule fires.
+    fn advance(
+        &self,
+        row: &mut Row,
+        logits: &[f32],
+        requests: &[Request],
+        results: &mut [Option<Completion>],
+    ) -> Result<()> {
+        let req = &requests[row.req];
+        let p = &req.params;
+        let (tok, lp) = sample(logits, p, &mut row.rng)?;
+        row.tokens.push(tok);
+        row.logprobs.push(lp);
+        row.next_input = tok;
+        let reason = if !p.ignore_eos && self.eos.contains(&tok) {
+            Some(FinishReason::Eos)
+        } else if p.stop_tokens.contains(&tok) {
+            Some(FinishReason::StopToken)
+        } else if !p.stop_strings.is_empty() && {
+            let tk = self.tokenizer.as_ref().expect("checked in generate");
+            let text = tk.decode(&row.tokens, false)?;
+            p.stop_strings.iter().any(|s| text.contains(s.as_str()))
+        } {
+            Some(FinishReason::StopString)
+        } else if row.tokens.len() >= p.max_new_tokens
+            || req.prompt.len() + row.tokens.len() >= self.max_context()
+        {
+            Some(FinishReason::MaxTokens)
+        } else {
+            None
+        };
+        if let Some(finish_reason) = reason {
+            row.done = true;
+            results[row.req] = Some(Completion {
+                tokens: std::mem::take(&mut row.tokens),
+                logprobs: std::mem::take(&mut row.logprobs),
+                finish_reason,
+            });
+        }
+        Ok(())
+    }
+}

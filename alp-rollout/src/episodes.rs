@@ -1,0 +1,263 @@
+//! Multi-turn episodes: generate a turn, hand its text to an [`Environment`], append the
+//! observation tokens (loss mask 0), continue, until the environment is done or a limit is hit.
+
+use crate::engine::{Engine, Request};
+use crate::sampling::SamplingParams;
+use alp_core::{
+    ChatMessage, Environment, Error, FinishReason, PolicyVersion, Result, Step, Task, TokenId,
+    Trajectory, TrajectoryGroup,
+};
+use alp_model::Tokenizer;
+use serde::{Deserialize, Serialize};
+
+/// Limits and sampling of episodes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EpisodeConfig {
+    /// Most model turns per episode.
+    pub max_turns: usize,
+    /// Most response tokens per episode (generated and observation tokens together).
+    pub max_total_tokens: usize,
+    /// Sampling of every turn (`max_new_tokens` bounds one turn; `seed` is mixed with the
+    /// episode and turn).
+    pub sampling: SamplingParams,
+    /// Strings that end a turn and hand it to the environment (besides EOS).
+    pub turn_stop_strings: Vec<String>,
+}
+
+impl Default for EpisodeConfig {
+    fn default() -> Self {
+        EpisodeConfig {
+            max_turns: 4,
+            max_total_tokens: 512,
+            sampling: SamplingParams::default(),
+            turn_stop_strings: vec!["</tool_call>".into()],
+        }
+    }
+}
+
+impl EpisodeConfig {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_turns == 0 {
+            return Err(Error::config("max_turns", "must be at least 1"));
+        }
+        if self.max_total_tokens == 0 {
+            return Err(Error::config("max_total_tokens", "must be at least 1"));
+        }
+        self.sampling.validate()
+    }
+}
+
+struct Episode {
+    task: usize,
+    env: Box<dyn Environment>,
+    messages: Vec<ChatMessage>,
+    prompt: Vec<TokenId>,
+    response: Vec<TokenId>,
+    mask: Vec<u8>,
+    logp: Vec<f32>,
+    turns: u32,
+    seed: u64,
+    done: Option<(
+        f32,
+        serde_json::Map<String, serde_json::Value>,
+        FinishReason,
+    )>,
+}
+
+fn mix(a: u64, b: u64) -> u64 {
+    let mut z = a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn render(
+    tok: &Tokenizer,
+    messages: &[ChatMessage],
+    add_generation_prompt: bool,
+    tools: Option<&serde_json::Value>,
+) -> Result<String> {
+    tok.apply_chat_template(messages, add_generation_prompt, tools)
+}
+
+/// The tokens the chat template puts between the end of the model's turn and the start of its
+/// next turn: the closing of the assistant message (unless the model already generated its
+/// end-of-turn token), the observation messages, and the generation prompt.
+pub fn observation_tokens(
+    tok: &Tokenizer,
+    history: &[ChatMessage],
+    assistant_text: &str,
+    ended_with_eos: bool,
+    observation: &[ChatMessage],
+    tools: Option<&serde_json::Value>,
+) -> Result<Vec<TokenId>> {
+    let mut with_turn = history.to_vec();
+    with_turn.push(ChatMessage::new("assistant", assistant_text));
+    let closed = render(tok, &with_turn, false, tools)?;
+    let mut full = with_turn.clone();
+    full.extend_from_slice(observation);
+    let next = render(tok, &full, true, tools)?;
+    let appended = next.strip_prefix(closed.as_str()).ok_or_else(|| {
+        Error::Tokenizer(
+            "the chat template does not render a conversation as a prefix of its continuation; multi-turn episodes need one that does".into(),
+        )
+    })?;
+    let at = closed.rfind(assistant_text).ok_or_else(|| {
+        Error::Tokenizer(
+            "the chat template changes the assistant's text; cannot find the end of the turn"
+                .into(),
+        )
+    })?;
+    let mut closing = &closed[at + assistant_text.len()..];
+    if ended_with_eos {
+        for &e in tok.eos_ids() {
+            let s = tok.decode(&[e], false)?;
+            if let Some(rest) = closing.strip_prefix(s.as_str()) {
+                closing = rest;
+                break;
+            }
+        }
+    }
+    tok.encode(&format!("{closing}{appended}"), false)
+}
+
+/// Runs `group_size` episodes of every task, all turns batched through `engine`, and returns
+/// one [`TrajectoryGroup`] per task. `make_env` builds a fresh environment per episode; `tools`
+/// goes to the chat template. Every trajectory is stamped with `policy_version`.
+#[allow(clippy::too_many_arguments)]
+pub fn run_episodes(
+    engine: &Engine,
+    tokenizer: &Tokenizer,
+    tasks: &[Task],
+    make_env: &dyn Fn(&Task) -> Result<Box<dyn Environment>>,
+    group_size: usize,
+    config: &EpisodeConfig,
+    tools: Option<&serde_json::Value>,
+    policy_version: PolicyVersion,
+) -> Result<Vec<TrajectoryGroup>> {
+    config.validate()?;
+    if group_size == 0 {
+        return Err(Error::config("group_size", "must be at least 1"));
+    }
+    let mut eps = Vec::with_capacity(tasks.len() * group_size);
+    for (ti, task) in tasks.iter().enumerate() {
+        for g in 0..group_size {
+            let mut env = make_env(task)?;
+            let messages = env.reset(task)?;
+            let text = render(tokenizer, &messages, true, tools)?;
+            let prompt = tokenizer.encode(&text, false)?;
+            eps.push(Episode {
+                task: ti,
+                env,
+                messages,
+                prompt,
+                response: Vec::new(),
+                mask: Vec::new(),
+                logp: Vec::new(),
+                turns: 0,
+                seed: mix(config.sampling.seed, (ti * group_size + g) as u64),
+                done: None,
+            });
+        }
+    }
+    let mut stops = config.sampling.stop_strings.clone();
+    stops.extend(config.turn_stop_strings.iter().cloned());
+    for turn in 0..config.max_turns {
+        let active: Vec<usize> = (0..eps.len()).filter(|&i| eps[i].done.is_none()).collect();
+        if active.is_empty() {
+            break;
+        }
+        let mut requests = Vec::with_capacity(active.len());
+        for &i in &active {
+            let e = &eps[i];
+            let room = config.max_total_tokens.saturating_sub(e.response.len());
+            let mut params = config.sampling.clone();
+            params.max_new_tokens = params.max_new_tokens.min(room).max(1);
+            params.seed = mix(e.seed, turn as u64);
+            params.stop_strings = stops.clone();
+            let mut prompt = e.prompt.clone();
+            prompt.extend_from_slice(&e.response);
+            requests.push(Request { prompt, params });
+        }
+        let completions = engine.generate(&requests)?;
+        for (&i, c) in active.iter().zip(completions) {
+            let e = &mut eps[i];
+            e.turns += 1;
+            e.response.extend_from_slice(&c.tokens);
+            e.mask.extend(std::iter::repeat_n(1u8, c.tokens.len()));
+            e.logp.extend_from_slice(&c.logprobs);
+            let text = tokenizer.decode(&c.tokens, true)?;
+            match e.env.step(&text)? {
+                Step::Done { reward, info } => {
+                    e.done = Some((reward, info, c.finish_reason));
+                }
+                Step::Observation(obs) => {
+                    let out_of_room = e.response.len() >= config.max_total_tokens;
+                    if turn + 1 == config.max_turns || out_of_room {
+                        if let Step::Done { reward, info } = e.env.truncate()? {
+                            let why = if out_of_room {
+                                FinishReason::MaxTokens
+                            } else {
+                                FinishReason::TurnLimit
+                            };
+                            e.done = Some((reward, info, why));
+                        }
+                        continue;
+                    }
+                    let ended_with_eos = c.finish_reason == FinishReason::Eos;
+                    let obs_tokens = observation_tokens(
+                        tokenizer,
+                        &e.messages,
+                        &text,
+                        ended_with_eos,
+                        &obs,
+                        tools,
+                    )?;
+                    e.messages.push(ChatMessage::new("assistant", text));
+                    e.messages.extend(obs);
+                    e.response.extend_from_slice(&obs_tokens);
+                    e.mask.extend(std::iter::repeat_n(0u8, obs_tokens.len()));
+                    e.logp.extend(std::iter::repeat_n(0.0f32, obs_tokens.len()));
+                    if e.response.len() >= config.max_total_tokens {
+                        if let Step::Done { reward, info } = e.env.truncate()? {
+                            e.done = Some((reward, info, FinishReason::MaxTokens));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for e in eps.iter_mut().filter(|e| e.done.is_none()) {
+        if let Step::Done { reward, info } = e.env.truncate()? {
+            e.done = Some((reward, info, FinishReason::TurnLimit));
+        }
+    }
+    let mut groups: Vec<TrajectoryGroup> = tasks
+        .iter()
+        .map(|t| TrajectoryGroup {
+            task_id: t.id.clone(),
+            trajectories: Vec::with_capacity(group_size),
+        })
+        .collect();
+    for e in eps {
+        let (reward, info, finish_reason) = e
+            .done
+            .ok_or_else(|| Error::Msg("an episode did not finish".into()))?;
+        let t = Trajectory {
+            prompt: e.prompt,
+            response: e.response,
+            loss_mask: e.mask,
+            logp_infer: e.logp,
+            policy_version,
+            reward,
+            finish_reason,
+            num_turns: e.turns,
+            info,
+        };
+        t.validate()?;
+        groups[e.task].trajectories.push(t);
+    }
+    Ok(groups)
+}

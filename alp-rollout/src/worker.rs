@@ -1,0 +1,188 @@
+//! The asynchronous rollout worker: a thread that owns an engine, receives weight snapshots
+//! stamped with a policy version, and sends back batches of trajectory groups stamped with the
+//! version that sampled them, never exceeding a staleness bound.
+
+use crate::engine::Engine;
+use alp_core::{Error, PolicyVersion, Result, TrajectoryGroup};
+use alp_model::ModelWeights;
+use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// One trainer step's worth of rollouts.
+#[derive(Debug, Clone)]
+pub struct RolloutBatch {
+    /// The trainer step this batch is for (0, 1, 2, ...).
+    pub step: u64,
+    /// The policy version of the weights that sampled it.
+    pub policy_version: PolicyVersion,
+    /// The groups.
+    pub groups: Vec<TrajectoryGroup>,
+    /// Seconds spent generating.
+    pub generate_seconds: f64,
+    /// Seconds spent waiting for fresh enough weights.
+    pub wait_seconds: f64,
+}
+
+type Snapshot = (PolicyVersion, Arc<ModelWeights>);
+
+/// A handle on the worker thread.
+///
+/// Batch `s` is generated from weights of version `v ≥ s − max_staleness` (the trainer
+/// publishes version `s + 1` after its update on batch `s`). With `max_staleness = 0` the
+/// worker waits for every update (synchronous RL); with 1 it samples the next batch while the
+/// trainer trains on the current one.
+pub struct RolloutWorker {
+    weights_tx: Option<Sender<Snapshot>>,
+    out_rx: Receiver<Result<RolloutBatch>>,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+    max_staleness: u64,
+}
+
+impl RolloutWorker {
+    /// Starts the worker with `weights` as version `version`. `build` turns a snapshot into an
+    /// engine (e.g. in bf16); `produce` generates the batch for a step.
+    pub fn spawn<B, P>(
+        version: PolicyVersion,
+        weights: Arc<ModelWeights>,
+        max_staleness: u64,
+        build: B,
+        mut produce: P,
+    ) -> Result<Self>
+    where
+        B: Fn(&ModelWeights) -> Result<Engine> + Send + 'static,
+        P: FnMut(&Engine, u64, PolicyVersion) -> Result<Vec<TrajectoryGroup>> + Send + 'static,
+    {
+        let (weights_tx, weights_rx) = unbounded::<Snapshot>();
+        let (out_tx, out_rx) = unbounded::<Result<RolloutBatch>>();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_w = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("alp-rollout".into())
+            .spawn(move || {
+                let mut run = || -> Result<()> {
+                    let mut engine = build(&weights)?;
+                    let mut current = version;
+                    let mut pending: Option<Snapshot> = None;
+                    let mut step: u64 = 0;
+                    loop {
+                        if stop_w.load(Ordering::SeqCst) {
+                            return Ok(());
+                        }
+                        let waited = Instant::now();
+                        // Take the newest snapshot; block while the one we hold is too stale.
+                        loop {
+                            loop {
+                                match weights_rx.try_recv() {
+                                    Ok(s) => pending = Some(s),
+                                    Err(TryRecvError::Empty) => break,
+                                    Err(TryRecvError::Disconnected) => {
+                                        if pending.is_none() && current + max_staleness < step {
+                                            return Ok(());
+                                        }
+                                        break;
+                                    }
+                                }
+                            }
+                            let newest = pending.as_ref().map_or(current, |(v, _)| *v);
+                            if newest + max_staleness >= step {
+                                break;
+                            }
+                            match weights_rx.recv_timeout(Duration::from_millis(20)) {
+                                Ok(s) => pending = Some(s),
+                                Err(RecvTimeoutError::Timeout) => {}
+                                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+                            }
+                            if stop_w.load(Ordering::SeqCst) {
+                                return Ok(());
+                            }
+                        }
+                        let wait_seconds = waited.elapsed().as_secs_f64();
+                        if let Some((v, w)) = pending.take() {
+                            engine = build(&w)?;
+                            current = v;
+                        }
+                        let t = Instant::now();
+                        let groups = produce(&engine, step, current)?;
+                        let batch = RolloutBatch {
+                            step,
+                            policy_version: current,
+                            groups,
+                            generate_seconds: t.elapsed().as_secs_f64(),
+                            wait_seconds,
+                        };
+                        if out_tx.send(Ok(batch)).is_err() {
+                            return Ok(());
+                        }
+                        step += 1;
+                    }
+                };
+                if let Err(e) = run() {
+                    let _ = out_tx.send(Err(e));
+                }
+            })
+            .map_err(|e| Error::Msg(format!("cannot start the rollout thread: {e}")))?;
+        Ok(RolloutWorker {
+            weights_tx: Some(weights_tx),
+            out_rx,
+            stop,
+            handle: Some(handle),
+            max_staleness,
+        })
+    }
+
+    /// The staleness bound.
+    pub fn max_staleness(&self) -> u64 {
+        self.max_staleness
+    }
+
+    /// Publishes new weights as `version`.
+    pub fn publish(&self, version: PolicyVersion, weights: Arc<ModelWeights>) -> Result<()> {
+        self.weights_tx
+            .as_ref()
+            .ok_or_else(|| Error::Msg("the rollout worker is shut down".into()))?
+            .send((version, weights))
+            .map_err(|_| {
+                Error::Msg("the rollout worker has stopped (see the error it returned)".into())
+            })
+    }
+
+    /// The next batch (blocking). An error inside the worker is returned here.
+    pub fn recv(&self) -> Result<RolloutBatch> {
+        match self.out_rx.recv() {
+            Ok(r) => r,
+            Err(_) => Err(Error::Msg(
+                "the rollout worker stopped without a batch".into(),
+            )),
+        }
+    }
+
+    /// Stops the worker, waits for it, and returns the batches it finished that were not yet
+    /// received (an error from the worker is returned instead).
+    pub fn shutdown(mut self) -> Result<Vec<RolloutBatch>> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.weights_tx.take();
+        if let Some(h) = self.handle.take() {
+            h.join()
+                .map_err(|_| Error::Msg("the rollout thread panicked".into()))?;
+        }
+        let mut out = Vec::new();
+        while let Ok(r) = self.out_rx.try_recv() {
+            out.push(r?);
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for RolloutWorker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.weights_tx.take();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}

@@ -1,0 +1,504 @@
+//! The engine held to slow references: batched continuous decoding vs one sequence at a
+//! time without a KV cache, stored log-probs vs a full forward, seeds vs batch composition.
+
+use alp_core::{ChatMessage, Environment, FinishReason, NoPerturbation, Step, Task, TokenId};
+use alp_model::{presets, token_logprobs, Model, ModelWeights, Numerics, Tokenizer};
+use alp_rollout::{run_episodes, Engine, EngineConfig, EpisodeConfig, Request, SamplingParams};
+use candle_core::{DType, Device, Tensor};
+use std::sync::Arc;
+
+fn model() -> Arc<Model> {
+    let w = ModelWeights::random(&presets::tiny(), 3, DType::F32, &Device::Cpu).unwrap();
+    Arc::new(w.build().unwrap())
+}
+
+fn engine(max_batch: usize) -> Engine {
+    Engine::new(
+        model(),
+        EngineConfig {
+            max_batch,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+fn prompts() -> Vec<Vec<TokenId>> {
+    vec![
+        vec![5, 9, 2],
+        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+        vec![40],
+        vec![7, 7, 7, 7, 7],
+        vec![63, 0, 12, 33, 21, 9, 1],
+        vec![2, 4],
+    ]
+}
+
+/// Full logits of `ids` without a KV cache.
+fn full_logits(m: &Model, ids: &[TokenId]) -> Tensor {
+    let input = Tensor::new(ids, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    m.forward_full(&input, &[], &NoPerturbation, Numerics::Fused)
+        .unwrap()
+}
+
+fn argmax(v: &[f32]) -> TokenId {
+    v.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &x)| {
+            if x > bv {
+                (i, x)
+            } else {
+                (bi, bv)
+            }
+        })
+        .0 as TokenId
+}
+
+#[test]
+fn greedy_continuous_batching_equals_each_prompt_alone_without_cache() {
+    let m = model();
+    let eng = Engine::new(
+        m.clone(),
+        EngineConfig {
+            max_batch: 3,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let reqs: Vec<Request> = prompts()
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| Request {
+            prompt: p,
+            params: SamplingParams::greedy(3 + 2 * i),
+        })
+        .collect();
+    let (out, stats) = eng.generate_with_stats(&reqs).unwrap();
+    assert!(
+        stats.prefills >= 2,
+        "rows joined a running batch: {stats:?}"
+    );
+    assert!(stats.peak_batch <= 3);
+    for (r, c) in reqs.iter().zip(&out) {
+        assert_eq!(c.finish_reason, FinishReason::MaxTokens);
+        assert_eq!(c.tokens.len(), r.params.max_new_tokens);
+        // Slow reference: a full forward per token, one sequence at a time.
+        let mut ids = r.prompt.clone();
+        for (k, &tok) in c.tokens.iter().enumerate() {
+            let logits = full_logits(&m, &ids);
+            let t = ids.len();
+            let last: Vec<f32> = logits
+                .get(0)
+                .unwrap()
+                .get(t - 1)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            assert_eq!(tok, argmax(&last), "prompt {:?} token {k}", r.prompt);
+            ids.push(tok);
+        }
+        // And the engine alone on this request.
+        let alone = engine(1).generate(std::slice::from_ref(r)).unwrap();
+        assert_eq!(alone[0].tokens, c.tokens);
+        for (a, b) in alone[0].logprobs.iter().zip(&c.logprobs) {
+            assert!((a - b).abs() < 1e-4);
+        }
+    }
+}
+
+#[test]
+fn seeded_sampling_is_reproducible_across_batch_compositions() {
+    let target = Request {
+        prompt: vec![3, 1, 4, 1, 5],
+        params: SamplingParams {
+            max_new_tokens: 12,
+            seed: 1234,
+            ..Default::default()
+        },
+    };
+    let alone = engine(8).generate(std::slice::from_ref(&target)).unwrap()[0].clone();
+    let mut mixed: Vec<Request> = prompts()
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| Request {
+            prompt: p,
+            params: SamplingParams {
+                max_new_tokens: 2 + i,
+                seed: i as u64,
+                ..Default::default()
+            },
+        })
+        .collect();
+    mixed.insert(3, target.clone());
+    for max_batch in [2, 4, 16] {
+        let out = engine(max_batch).generate(&mixed).unwrap();
+        assert_eq!(out[3].tokens, alone.tokens, "max_batch {max_batch}");
+    }
+    let other = Request {
+        params: SamplingParams {
+            seed: 99,
+            ..target.params.clone()
+        },
+        ..target
+    };
+    assert_ne!(
+        engine(1).generate(&[other]).unwrap()[0].tokens,
+        alone.tokens
+    );
+}
+
+#[test]
+fn stored_logprobs_equal_recomputed_and_top_p_is_renormalised() {
+    let m = model();
+    let eng = Engine::new(m.clone(), EngineConfig::default()).unwrap();
+    let reqs: Vec<Request> = prompts()
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| Request {
+            prompt: p,
+            params: SamplingParams {
+                max_new_tokens: 10,
+                seed: 17 + i as u64,
+                ..Default::default()
+            },
+        })
+        .collect();
+    let out = eng.generate(&reqs).unwrap();
+    for (r, c) in reqs.iter().zip(&out) {
+        let mut ids = r.prompt.clone();
+        ids.extend_from_slice(&c.tokens);
+        let logits = full_logits(&m, &ids[..ids.len() - 1]);
+        let targets = Tensor::new(&ids[1..], &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let lp: Vec<f32> = token_logprobs(&logits, &targets, 1.0)
+            .unwrap()
+            .get(0)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let recomputed = &lp[r.prompt.len() - 1..];
+        for (a, b) in recomputed.iter().zip(&c.logprobs) {
+            assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+        }
+    }
+    // top-p: the stored value is the renormalised one.
+    let top_p = 0.5f32;
+    let r = Request {
+        prompt: vec![5, 6, 7],
+        params: SamplingParams {
+            max_new_tokens: 8,
+            top_p,
+            seed: 5,
+            ..Default::default()
+        },
+    };
+    let c = &eng.generate(std::slice::from_ref(&r)).unwrap()[0];
+    let mut ids = r.prompt.clone();
+    ids.extend_from_slice(&c.tokens);
+    let logits = full_logits(&m, &ids[..ids.len() - 1]);
+    let mut renormalised_somewhere = false;
+    for (k, (&tok, &stored)) in c.tokens.iter().zip(&c.logprobs).enumerate() {
+        let row: Vec<f32> = logits
+            .get(0)
+            .unwrap()
+            .get(r.prompt.len() - 1 + k)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let mx = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let mut p: Vec<(usize, f64)> = row
+            .iter()
+            .map(|&x| ((x as f64) - mx).exp())
+            .enumerate()
+            .collect();
+        let z: f64 = p.iter().map(|x| x.1).sum();
+        p.iter_mut().for_each(|x| x.1 /= z);
+        p.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let mut mass = 0.0;
+        let mut kept = Vec::new();
+        for &(i, q) in &p {
+            kept.push(i);
+            mass += q;
+            if mass >= top_p as f64 {
+                break;
+            }
+        }
+        assert!(
+            kept.contains(&(tok as usize)),
+            "sampled outside the nucleus"
+        );
+        let p_tok = p.iter().find(|x| x.0 == tok as usize).unwrap().1;
+        let expected = (p_tok / mass).ln();
+        assert!(
+            (stored as f64 - expected).abs() < 1e-4,
+            "{stored} vs {expected}"
+        );
+        if mass < 0.999 {
+            renormalised_somewhere = true;
+            assert!(stored as f64 > p_tok.ln() + 1e-3);
+        }
+    }
+    assert!(renormalised_somewhere);
+}
+
+fn word_tokenizer() -> Tokenizer {
+    use tokenizers::models::wordlevel::WordLevel;
+    let mut vocab = std::collections::HashMap::new();
+    vocab.insert("[UNK]".to_string(), 0u32);
+    for i in 1..64u32 {
+        vocab.insert(format!("w{i}"), i);
+    }
+    let model = WordLevel::builder()
+        .vocab(vocab.into_iter().collect())
+        .unk_token("[UNK]".into())
+        .build()
+        .unwrap();
+    let mut t = tokenizers::Tokenizer::new(model);
+    t.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::whitespace::Whitespace {}));
+    Tokenizer::from_tokenizer(t).with_chat_template(
+        "{% for m in messages %}{{ m.role }} {{ m.content }} w1 {% endfor %}{% if add_generation_prompt %}assistant {% endif %}",
+    )
+}
+
+#[test]
+fn stop_rules_give_the_right_reason() {
+    let tok = Arc::new(word_tokenizer());
+    let eng = engine(4).with_tokenizer(tok.clone());
+    let base = Request {
+        prompt: vec![9, 8, 7],
+        params: SamplingParams::greedy(6),
+    };
+    let free = eng.generate(std::slice::from_ref(&base)).unwrap()[0].clone();
+    assert_eq!(
+        (free.finish_reason, free.tokens.len()),
+        (FinishReason::MaxTokens, 6)
+    );
+    // A stop string: the text of the third token.
+    let stop = tok.decode(&[free.tokens[2]], false).unwrap();
+    let mut r = base.clone();
+    r.params.stop_strings = vec![stop.clone()];
+    let c = eng.generate(&[r]).unwrap()[0].clone();
+    assert_eq!(c.finish_reason, FinishReason::StopString);
+    assert!(c.tokens.len() <= 3 && tok.decode(&c.tokens, false).unwrap().contains(&stop));
+    // A stop token and EOS.
+    let mut r = base.clone();
+    r.params.stop_tokens = vec![free.tokens[1]];
+    let c = eng.generate(&[r]).unwrap()[0].clone();
+    assert_eq!(c.finish_reason, FinishReason::StopToken);
+    assert!(c.tokens.len() <= 2);
+    let c = eng
+        .clone()
+        .with_eos(vec![free.tokens[1]])
+        .generate(std::slice::from_ref(&base))
+        .unwrap()[0]
+        .clone();
+    assert_eq!(c.finish_reason, FinishReason::Eos);
+    // ignore_eos runs to max tokens.
+    let mut r = base.clone();
+    r.params.ignore_eos = true;
+    let c = eng.with_eos(vec![free.tokens[1]]).generate(&[r]).unwrap()[0].clone();
+    assert_eq!(c.tokens, free.tokens);
+}
+
+#[test]
+fn bad_input_is_an_error_not_a_panic() {
+    let eng = Engine::new(
+        model(),
+        EngineConfig {
+            max_context: 16,
+            token_budget: 10,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let ok = Request {
+        prompt: vec![1, 2],
+        params: SamplingParams::greedy(4),
+    };
+    let cases: Vec<(Request, &str)> = vec![
+        (
+            Request {
+                prompt: vec![],
+                ..ok.clone()
+            },
+            "empty",
+        ),
+        (
+            Request {
+                prompt: vec![1; 16],
+                ..ok.clone()
+            },
+            "context",
+        ),
+        (
+            Request {
+                prompt: vec![1, 64],
+                ..ok.clone()
+            },
+            "vocab",
+        ),
+        (
+            Request {
+                params: SamplingParams {
+                    top_p: 0.0,
+                    ..ok.params.clone()
+                },
+                ..ok.clone()
+            },
+            "top_p",
+        ),
+        (
+            Request {
+                params: SamplingParams {
+                    top_p: 1.5,
+                    ..ok.params.clone()
+                },
+                ..ok.clone()
+            },
+            "top_p",
+        ),
+        (
+            Request {
+                params: SamplingParams {
+                    temperature: -1.0,
+                    ..ok.params.clone()
+                },
+                ..ok.clone()
+            },
+            "temperature",
+        ),
+        (
+            Request {
+                params: SamplingParams {
+                    max_new_tokens: 30,
+                    ..ok.params.clone()
+                },
+                ..ok.clone()
+            },
+            "token_budget",
+        ),
+        (
+            Request {
+                params: SamplingParams {
+                    stop_strings: vec!["x".into()],
+                    ..ok.params.clone()
+                },
+                ..ok.clone()
+            },
+            "tokenizer",
+        ),
+    ];
+    for (r, needle) in cases {
+        let err = eng.generate(&[ok.clone(), r]).unwrap_err().to_string();
+        assert!(err.contains(needle), "expected `{needle}` in: {err}");
+    }
+    assert!(Engine::new(
+        model(),
+        EngineConfig {
+            max_batch: 0,
+            ..Default::default()
+        }
+    )
+    .is_err());
+    assert_eq!(eng.generate(&[ok]).unwrap()[0].tokens.len(), 4);
+}
+
+/// Answers the first turn with an observation and ends the episode on the second.
+struct Scripted {
+    turns: usize,
+}
+
+impl Environment for Scripted {
+    fn reset(&mut self, task: &Task) -> alp_core::Result<Vec<ChatMessage>> {
+        self.turns = 0;
+        Ok(task.messages.clone())
+    }
+    fn step(&mut self, _text: &str) -> alp_core::Result<Step> {
+        self.turns += 1;
+        if self.turns == 1 {
+            Ok(Step::Observation(vec![ChatMessage::new("tool", "w3")]))
+        } else {
+            let mut info = serde_json::Map::new();
+            info.insert("turns".into(), self.turns.into());
+            Ok(Step::Done { reward: 1.5, info })
+        }
+    }
+}
+
+#[test]
+fn multi_turn_episode_has_the_right_loss_mask() {
+    let tok = Arc::new(word_tokenizer());
+    let eng = engine(8).with_tokenizer(tok.clone());
+    let task = Task {
+        id: "t0".into(),
+        kind: "k".into(),
+        messages: vec![ChatMessage::new("user", "w5 w6")],
+        answer: String::new(),
+    };
+    let cfg = EpisodeConfig {
+        max_turns: 3,
+        sampling: SamplingParams {
+            max_new_tokens: 3,
+            seed: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let groups = run_episodes(
+        &eng,
+        &tok,
+        std::slice::from_ref(&task),
+        &|_| Ok(Box::new(Scripted { turns: 0 })),
+        2,
+        &cfg,
+        None,
+        7,
+    )
+    .unwrap();
+    assert_eq!(groups.len(), 1);
+    assert_eq!(groups[0].trajectories.len(), 2);
+    // Prompt: "user w5 w6 w1 assistant"; observation: " w1 " closing + "tool w3 w1 assistant ".
+    let prompt = tok.encode("user w5 w6 w1 assistant", false).unwrap();
+    let obs = tok.encode("w1 tool w3 w1 assistant", false).unwrap();
+    for t in &groups[0].trajectories {
+        assert_eq!(t.prompt, prompt);
+        assert_eq!((t.reward, t.num_turns, t.policy_version), (1.5, 2, 7));
+        assert_eq!(t.response.len(), 3 + obs.len() + 3);
+        assert_eq!(&t.response[3..3 + obs.len()], &obs[..]);
+        let mut mask = vec![1u8; 3];
+        mask.extend(vec![0u8; obs.len()]);
+        mask.extend(vec![1u8; 3]);
+        assert_eq!(t.loss_mask, mask);
+        assert!(t.logp_infer[3..3 + obs.len()].iter().all(|&x| x == 0.0));
+        assert!(t
+            .logp_infer
+            .iter()
+            .zip(&t.loss_mask)
+            .all(|(&l, &m)| m == 0 || l < 0.0));
+    }
+    // The generated log-probs are those of the full sequence under the model.
+    let m = eng.model();
+    let t = &groups[0].trajectories[0];
+    let ids = t.full_tokens();
+    let logits = full_logits(m, &ids[..ids.len() - 1]);
+    let targets = Tensor::new(&ids[1..], &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let lp: Vec<f32> = token_logprobs(&logits, &targets, 1.0)
+        .unwrap()
+        .get(0)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    for (k, (&m, &stored)) in t.loss_mask.iter().zip(&t.logp_infer).enumerate() {
+        if m == 1 {
+            assert!((lp[t.prompt.len() - 1 + k] - stored).abs() < 1e-4);
+        }
+    }
+}
