@@ -382,12 +382,21 @@ pub mod presets {
         c
     }
 
+    /// The shape of `alp train`'s embedded default: a ~0.8M-parameter Qwen2 (hidden 128,
+    /// 4 layers, 4 heads, MLP 352) over a small character-level vocabulary.
+    pub fn alp_default() -> Config {
+        let mut c = base(ModelType::Qwen2, 96, 128, 352, 4, 4, 4);
+        c.max_position_embeddings = 512;
+        c
+    }
+
     /// Looks a preset up by name.
     pub fn by_name(name: &str) -> Result<Config> {
         match name {
             "tiny" => Ok(tiny()),
             "qwen2-25m" | "25m" => Ok(qwen2_25m()),
             "qwen2.5-0.5b" => Ok(qwen2_5_0_5b()),
+            "alp-default" => Ok(alp_default()),
             _ => Err(Error::config(
                 "preset",
                 format!("unknown preset `{name}`; known: {}", NAMES.join(", ")),
@@ -396,5 +405,5 @@ pub mod presets {
     }
 
     /// The preset names.
-    pub const NAMES: &[&str] = &["tiny", "qwen2-25m", "qwen2.5-0.5b"];
+    pub const NAMES: &[&str] = &["tiny", "alp-default", "qwen2-25m", "qwen2.5-0.5b"];
 }

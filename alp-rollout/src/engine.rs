@@ -86,6 +86,10 @@ pub struct GenerateStats {
     pub rebuilds: usize,
     /// Largest number of sequences decoded together.
     pub peak_batch: usize,
+    /// Seconds in prefills (including cache merges).
+    pub prefill_seconds: f64,
+    /// Seconds in decode steps (forward and sampling).
+    pub decode_seconds: f64,
 }
 
 /// A sampling engine over one immutable model snapshot.
@@ -255,6 +259,7 @@ impl Engine {
                 break;
             }
             if !admit.is_empty() {
+                let t_prefill = std::time::Instant::now();
                 let (new_cache, logits) = self.prefill(requests, &admit)?;
                 stats.prefills += 1;
                 let mut new_rows: Vec<Row> = admit
@@ -288,6 +293,7 @@ impl Engine {
                 cache = Some(KvCache::gather_rows(&parts, capacity)?);
                 stats.rebuilds += 1;
                 rows = merged_rows;
+                stats.prefill_seconds += t_prefill.elapsed().as_secs_f64();
             } else {
                 // Drop finished rows when they are the majority (one copy, amortised).
                 let dead = rows.iter().filter(|r| r.done).count();
@@ -310,6 +316,7 @@ impl Engine {
                 continue;
             }
             // One decode step for every running row.
+            let t_decode = std::time::Instant::now();
             let c = cache.as_mut().expect("rows imply a cache");
             let ids: Vec<TokenId> = rows
                 .iter()
@@ -330,6 +337,7 @@ impl Engine {
                     self.advance(row, l, requests, &mut results)?;
                 }
             }
+            stats.decode_seconds += t_decode.elapsed().as_secs_f64();
         }
         let out = results
             .into_iter()

@@ -157,3 +157,38 @@ fn grade_writes_one_line_per_input_and_accuracy() {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/preds.jsonl"));
 }
+
+#[test]
+fn bench_rollout_reports_generated_tokens_as_json() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_alp"))
+        .args([
+            "bench",
+            "rollout",
+            "--preset",
+            "tiny",
+            "--batch",
+            "4",
+            "--prompt-len",
+            "5",
+            "--new-tokens",
+            "3",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(last["generated_tokens"], 12);
+    assert!(last["tokens_per_s"].as_f64().unwrap() > 0.0);
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_alp"))
+        .args(["bench", "rollout", "--preset", "nope"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown preset"));
+}

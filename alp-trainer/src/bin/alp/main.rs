@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+mod bench;
+mod generate;
 mod grade;
 mod init;
 mod logprobs;
@@ -33,6 +35,45 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+    /// Sample completions of a prompt from a checkpoint.
+    Generate {
+        /// Model directory or Hugging Face repo id (read from the local cache, offline).
+        #[arg(long)]
+        model: String,
+        /// The prompt text.
+        #[arg(long)]
+        prompt: String,
+        /// Wrap the prompt as a user message with the tokenizer's chat template.
+        #[arg(long)]
+        chat: bool,
+        /// Number of completions.
+        #[arg(long, default_value_t = 1)]
+        n: usize,
+        /// Temperature (0 = greedy).
+        #[arg(long, default_value_t = 1.0)]
+        temperature: f32,
+        /// Top-p (1 = off).
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        /// Top-k (0 = off).
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        /// Most new tokens per completion.
+        #[arg(long, default_value_t = 128)]
+        max_new_tokens: usize,
+        /// Seed (completion i uses seed + i).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Weights dtype: f32, bf16 or f16.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        /// Device: cpu or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+    /// Benchmarks (throughput on random inputs).
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Grade predictions: each line of --input is {"answer": ..., "prediction": ...}; one JSON
     /// line per input line goes to stdout, the accuracy to stderr.
     Grade {
@@ -66,6 +107,38 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Generation throughput: random prompts, no early stop; the last line is JSON with
+    /// `tokens_per_s` (generated tokens only).
+    Rollout {
+        /// Model directory or Hugging Face repo id.
+        #[arg(long, conflicts_with = "preset")]
+        model: Option<String>,
+        /// A named shape with random weights instead (tiny, qwen2-25m, qwen2.5-0.5b).
+        #[arg(long)]
+        preset: Option<String>,
+        /// Sequences generated together.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Prompt length.
+        #[arg(long, default_value_t = 32)]
+        prompt_len: usize,
+        /// New tokens per sequence.
+        #[arg(long, default_value_t = 64)]
+        new_tokens: usize,
+        /// Weights dtype: f32, bf16 or f16.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        /// Device: cpu or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Print only the JSON line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -76,6 +149,53 @@ fn main() -> Result<()> {
             device,
         } => logprobs::run(&model, &tokens, &dtype, &device),
         Command::Grade { input, strict } => grade::run(&input, strict),
+        Command::Generate {
+            model,
+            prompt,
+            chat,
+            n,
+            temperature,
+            top_p,
+            top_k,
+            max_new_tokens,
+            seed,
+            dtype,
+            device,
+        } => generate::run(generate::Args {
+            model,
+            prompt,
+            chat,
+            n,
+            params: alp_rollout::SamplingParams {
+                temperature,
+                top_p,
+                top_k,
+                max_new_tokens,
+                seed,
+                ..Default::default()
+            },
+            dtype,
+            device,
+        }),
+        Command::Bench(BenchCommand::Rollout {
+            model,
+            preset,
+            batch,
+            prompt_len,
+            new_tokens,
+            dtype,
+            device,
+            json,
+        }) => bench::rollout(bench::RolloutArgs {
+            model,
+            preset,
+            batch,
+            prompt_len,
+            new_tokens,
+            dtype,
+            device,
+            json,
+        }),
         Command::Init {
             preset,
             config,

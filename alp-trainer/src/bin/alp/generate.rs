@@ -1,0 +1,58 @@
+//! `alp generate`: sample completions from a checkpoint.
+use std::sync::Arc;
+
+use alp_core::ChatMessage;
+use alp_model::{load_pretrained, parse_device, parse_dtype};
+use alp_rollout::{Engine, EngineConfig, Request, SamplingParams};
+use anyhow::{Context, Result};
+
+/// Options of `alp generate`.
+pub struct Args {
+    pub model: String,
+    pub prompt: String,
+    pub chat: bool,
+    pub n: usize,
+    pub params: SamplingParams,
+    pub dtype: String,
+    pub device: String,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let device = parse_device(&a.device)?;
+    let p = load_pretrained(&a.model, parse_dtype(&a.dtype)?, &device)?;
+    let tok = p.tokenizer.with_context(|| {
+        format!(
+            "{} has no tokenizer.json; alp generate needs one to encode --prompt",
+            a.model
+        )
+    })?;
+    let text = if a.chat {
+        tok.apply_chat_template(&[ChatMessage::new("user", &a.prompt)], true, None)?
+    } else {
+        a.prompt.clone()
+    };
+    let prompt = tok.encode(&text, !a.chat)?;
+    let tok = Arc::new(tok);
+    let engine =
+        Engine::new(Arc::new(p.model), EngineConfig::default())?.with_tokenizer(tok.clone());
+    let requests: Vec<Request> = (0..a.n)
+        .map(|i| Request {
+            prompt: prompt.clone(),
+            params: SamplingParams {
+                seed: a.params.seed.wrapping_add(i as u64),
+                ..a.params.clone()
+            },
+        })
+        .collect();
+    for (i, c) in engine.generate(&requests)?.iter().enumerate() {
+        let out = tok.decode(&c.tokens, true)?;
+        let mean_lp = c.logprobs.iter().sum::<f32>() / c.logprobs.len().max(1) as f32;
+        println!(
+            "--- completion {i} ({} tokens, stop: {}, mean log-prob {mean_lp:.3})",
+            c.tokens.len(),
+            c.finish_reason
+        );
+        println!("{out}");
+    }
+    Ok(())
+}
