@@ -385,7 +385,7 @@ pub mod presets {
     /// The shape of `alp train`'s embedded default: a ~0.8M-parameter Qwen2 (hidden 128,
     /// 4 layers, 4 heads, MLP 352) over a small character-level vocabulary.
     pub fn alp_default() -> Config {
-        let mut c = base(ModelType::Qwen2, 96, 128, 352, 4, 4, 4);
+        let mut c = base(ModelType::Qwen2, 128, 128, 352, 4, 4, 4);
         c.max_position_embeddings = 512;
         c
     }

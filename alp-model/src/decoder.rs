@@ -103,6 +103,7 @@ impl Attention {
         mask: Option<&Tensor>,
         cache: Option<(&mut KvCache, usize)>,
         n: Numerics,
+        padded: bool,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.n_heads, self.n_kv, self.head_dim);
@@ -130,6 +131,24 @@ impl Attention {
             Some((c, layer)) => c.append(layer, &k, &v)?,
             None => (k, v),
         };
+        // With the `flash-attn` feature, half-precision inference on CUDA without left padding
+        // goes through flash attention (it handles grouped KV heads itself); everything else
+        // takes the path below, which is also the reference the GPU tests compare it with.
+        #[cfg(feature = "flash-attn")]
+        if n == Numerics::Fused
+            && !padded
+            && matches!(q.dtype(), DType::F16 | DType::BF16)
+            && q.device().is_cuda()
+        {
+            let qf = q.transpose(1, 2)?.contiguous()?;
+            let kf = k.transpose(1, 2)?.contiguous()?;
+            let vf = v.transpose(1, 2)?.contiguous()?;
+            let scale = (1.0 / (hd as f64).sqrt()) as f32;
+            let out = candle_flash_attn::flash_attn(&qf, &kf, &vf, scale, t > 1)?;
+            return Ok(self.o_proj.forward(&out.reshape((b, t, nh * hd))?)?);
+        }
+        #[cfg(not(feature = "flash-attn"))]
+        let _ = padded;
         let l = k.dim(2)?;
         let rep = nh / nkv;
         // Grouped-query attention without copying K/V: fold the query heads that share a
@@ -359,7 +378,7 @@ impl Model {
             let c = cache.as_deref_mut().map(|c| (c, i));
             let x = layer
                 .self_attn
-                .forward(&x, &cos, &sin, mask.as_ref(), c, n)?;
+                .forward(&x, &cos, &sin, mask.as_ref(), c, n, padded)?;
             h = (h + x)?;
             let x = layer.post_attention_layernorm.forward(&h, n)?;
             h = (&h + layer.mlp.forward(&x)?)?;

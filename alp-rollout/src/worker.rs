@@ -50,6 +50,23 @@ impl RolloutWorker {
         weights: Arc<ModelWeights>,
         max_staleness: u64,
         build: B,
+        produce: P,
+    ) -> Result<Self>
+    where
+        B: Fn(&ModelWeights) -> Result<Engine> + Send + 'static,
+        P: FnMut(&Engine, u64, PolicyVersion) -> Result<Vec<TrajectoryGroup>> + Send + 'static,
+    {
+        Self::spawn_from(0, version, weights, max_staleness, build, produce)
+    }
+
+    /// Like [`RolloutWorker::spawn`], but the first batch is for step `first_step` (resuming a
+    /// run whose trainer is at version `version`).
+    pub fn spawn_from<B, P>(
+        first_step: u64,
+        version: PolicyVersion,
+        weights: Arc<ModelWeights>,
+        max_staleness: u64,
+        build: B,
         mut produce: P,
     ) -> Result<Self>
     where
@@ -67,7 +84,7 @@ impl RolloutWorker {
                     let mut engine = build(&weights)?;
                     let mut current = version;
                     let mut pending: Option<Snapshot> = None;
-                    let mut step: u64 = 0;
+                    let mut step: u64 = first_step;
                     loop {
                         if stop_w.load(Ordering::SeqCst) {
                             return Ok(());

@@ -9,6 +9,15 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod batch;
+pub mod checkpoint;
+pub mod config;
+pub mod default_task;
+pub mod optim;
+pub mod report;
+pub mod run;
+pub mod trainer;
+
 /// Parses a comma-separated list of token ids.
 pub fn parse_token_list(s: &str) -> Result<Vec<u32>, String> {
     s.split(',')

@@ -9,6 +9,7 @@ mod generate;
 mod grade;
 mod init;
 mod logprobs;
+mod train;
 
 /// Reinforcement learning of language models with Adaptive Layerwise Perturbation.
 #[derive(Parser)]
@@ -34,6 +35,57 @@ enum Command {
         /// Device: cpu or cuda:N.
         #[arg(long, default_value = "cpu")]
         device: String,
+    },
+    /// Train: SFT warm start (embedded default), then RL (Seq-ALP by default) with async
+    /// rollouts; writes metrics, checkpoints, a summary, a report and plots to the run directory.
+    Train {
+        /// A TOML config (every field has a default).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override a setting, e.g. --set rl.lr=1e-5 --set rl.objective.method=grpo.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Run directory (default runs/run-<time>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Resume from a run directory (its latest checkpoint) or a checkpoint.
+        #[arg(long)]
+        resume: Option<PathBuf>,
+    },
+    /// The SFT warm start alone; writes the model to --out.
+    Sft {
+        /// A TOML config.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override a setting.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Output model directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Evaluate a model on held-out tasks of the default mix.
+    Eval {
+        /// Model directory (e.g. <run>/checkpoints/step-000150/model).
+        #[arg(long)]
+        model: String,
+        /// A TOML config (task mix, limits).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override a setting.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Held-out tasks.
+        #[arg(long, default_value_t = 200)]
+        tasks: usize,
+        /// Samples per task for pass@k.
+        #[arg(long, default_value_t = 8)]
+        n: usize,
+    },
+    /// Redraw a run's plots from its metrics.jsonl.
+    Plot {
+        /// The run directory.
+        run: PathBuf,
     },
     /// Sample completions of a prompt from a checkpoint.
     Generate {
@@ -149,6 +201,25 @@ fn main() -> Result<()> {
             device,
         } => logprobs::run(&model, &tokens, &dtype, &device),
         Command::Grade { input, strict } => grade::run(&input, strict),
+        Command::Train {
+            config,
+            sets,
+            out,
+            resume,
+        } => train::train(config, sets, out, resume),
+        Command::Sft { config, sets, out } => train::sft(config, sets, out),
+        Command::Eval {
+            model,
+            config,
+            sets,
+            tasks,
+            n,
+        } => train::eval(model, config, sets, tasks, n),
+        Command::Plot { run } => {
+            alp_trainer::report::plot_run(&run)?;
+            println!("wrote {}/plots", run.display());
+            Ok(())
+        }
         Command::Generate {
             model,
             prompt,

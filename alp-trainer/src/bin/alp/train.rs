@@ -1,0 +1,99 @@
+//! `alp train`, `alp sft`, `alp eval`, `alp plot`.
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use alp_trainer::config::TrainConfig;
+use alp_trainer::run::{self, RunOptions};
+use anyhow::{Context, Result};
+
+pub fn load_config(config: Option<&PathBuf>, sets: &[String]) -> Result<TrainConfig> {
+    let base = match config {
+        Some(p) => TrainConfig::from_file(p)?,
+        None => TrainConfig::default(),
+    };
+    let cfg = base.apply_overrides(sets)?;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+pub fn train(
+    config: Option<PathBuf>,
+    sets: Vec<String>,
+    out: Option<PathBuf>,
+    resume: Option<PathBuf>,
+) -> Result<()> {
+    let cfg = load_config(config.as_ref(), &sets)?;
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    ctrlc::set_handler(move || {
+        if f.swap(true, Ordering::SeqCst) {
+            eprintln!("second Ctrl-C: exiting now");
+            std::process::exit(130);
+        }
+        eprintln!("Ctrl-C: finishing the current step, then writing a checkpoint and the summary (press again to quit at once)");
+    })
+    .context("installing the Ctrl-C handler")?;
+    let outcome = run::train(
+        cfg,
+        RunOptions {
+            out,
+            resume,
+            interrupt: Some(flag),
+            ..Default::default()
+        },
+    )?;
+    if let (Some(b), Some(a)) = (&outcome.before, &outcome.after) {
+        println!(
+            "held-out accuracy {:.1}% → {:.1}% ({:+.1} points); hard-task tool-call rate {:.0}% → {:.0}%",
+            100.0 * b.accuracy,
+            100.0 * a.accuracy,
+            100.0 * (a.accuracy - b.accuracy),
+            100.0 * b.tool_call_rate,
+            100.0 * a.tool_call_rate
+        );
+    }
+    Ok(())
+}
+
+pub fn sft(config: Option<PathBuf>, sets: Vec<String>, out: PathBuf) -> Result<()> {
+    let cfg = load_config(config.as_ref(), &sets)?;
+    let mut t = alp_trainer::trainer::Trainer::new(cfg)?;
+    let losses = run::run_sft(&mut t, std::io::IsTerminal::is_terminal(&std::io::stdout()))?;
+    t.weights()?.save(&out)?;
+    t.tokenizer.save(&out)?;
+    println!(
+        "SFT: {} steps, final loss {:.4}; wrote {}",
+        losses.len(),
+        losses.last().copied().unwrap_or(f64::NAN),
+        out.display()
+    );
+    Ok(())
+}
+
+pub fn eval(
+    model: String,
+    config: Option<PathBuf>,
+    sets: Vec<String>,
+    n: usize,
+    k: usize,
+) -> Result<()> {
+    let mut cfg = load_config(config.as_ref(), &sets)?;
+    let dir = alp_model::resolve_model_dir(&model)?;
+    let dtype = alp_model::parse_dtype(&cfg.model.dtype)?;
+    let device = alp_model::parse_device(&cfg.model.device)?;
+    let weights = alp_model::ModelWeights::load(&dir, dtype, &device)?;
+    let tok = alp_model::Tokenizer::load(&dir)?
+        .with_context(|| format!("{} has no tokenizer.json", dir.display()))?;
+    let tok = if tok.chat_template().is_none() {
+        tok.with_chat_template(alp_trainer::default_task::CHAT_TEMPLATE)
+            .with_eos_token(alp_trainer::default_task::EOS)?
+    } else {
+        tok
+    };
+    cfg.model.base = model;
+    let t = alp_trainer::trainer::Trainer::from_weights(cfg, &weights, tok)?;
+    let e = t.evaluate(n, k)?;
+    println!("{}", serde_json::to_string_pretty(&e)?);
+    Ok(())
+}

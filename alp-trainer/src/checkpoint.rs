@@ -1,0 +1,151 @@
+//! Checkpoints: a Hugging Face model directory plus the trainer state (optimizer moments of
+//! both groups, log σ, step and policy version) in safetensors and a JSON manifest. Written to
+//! a temporary directory and renamed into place, so a crash never leaves a half checkpoint
+//! and never touches the last good one.
+
+use crate::trainer::Trainer;
+use alp_core::{Error, Result};
+use alp_model::ModelWeights;
+use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// What a checkpoint's `manifest.json` holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// RL steps done.
+    pub step: u64,
+    /// Policy version of the weights.
+    pub policy_version: u64,
+    /// Whether the SFT warm start is done.
+    pub sft_done: bool,
+    /// Held-out evaluation before RL (carried into the final summary).
+    pub eval_before_rl: Option<serde_json::Value>,
+    /// Seconds the run had used when this was written.
+    pub wall_seconds: f64,
+    /// The config of the run (TOML).
+    pub config: String,
+}
+
+/// `<run>/checkpoints/step-<N>`.
+pub fn checkpoint_dir(run: &Path, step: u64) -> PathBuf {
+    run.join("checkpoints").join(format!("step-{step:06}"))
+}
+
+/// Writes a checkpoint of `trainer` under `run` and points `<run>/checkpoints/latest` at it.
+pub fn save(run: &Path, trainer: &Trainer, manifest: &Manifest) -> Result<PathBuf> {
+    let root = run.join("checkpoints");
+    std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+    let final_dir = checkpoint_dir(run, manifest.step);
+    let tmp = root.join(format!(
+        ".tmp-step-{:06}-{}",
+        manifest.step,
+        std::process::id()
+    ));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    // The model in Hugging Face format (f32 keeps resume bit-exact) and its tokenizer.
+    let model_dir = tmp.join("model");
+    trainer
+        .weights()?
+        .snapshot(DType::F32, &candle_core::Device::Cpu)?
+        .save(&model_dir)?;
+    trainer.tokenizer.save(&model_dir)?;
+    let mut state: BTreeMap<String, Tensor> = trainer.opt.state("opt")?;
+    state.extend(trainer.opt_sigma.state("opt_sigma")?);
+    state.insert(
+        "log_sigma".into(),
+        trainer.perturb.log_sigma().as_tensor().clone(),
+    );
+    let state: Vec<(String, Tensor)> = state
+        .into_iter()
+        .map(|(k, t)| Ok((k, t.to_device(&candle_core::Device::Cpu)?)))
+        .collect::<Result<_>>()?;
+    let state_path = tmp.join("trainer_state.safetensors");
+    candle_core::safetensors::save(&state.into_iter().collect(), &state_path)?;
+    let man = serde_json::to_string_pretty(manifest).map_err(|e| Error::Msg(e.to_string()))?;
+    let man_path = tmp.join("manifest.json");
+    std::fs::write(&man_path, man).map_err(|e| Error::io(&man_path, e))?;
+    if final_dir.exists() {
+        std::fs::remove_dir_all(&final_dir).map_err(|e| Error::io(&final_dir, e))?;
+    }
+    std::fs::rename(&tmp, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
+    let latest = root.join("latest");
+    let latest_tmp = root.join(".latest.tmp");
+    std::fs::write(
+        &latest_tmp,
+        final_dir
+            .file_name()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default(),
+    )
+    .map_err(|e| Error::io(&latest_tmp, e))?;
+    std::fs::rename(&latest_tmp, &latest).map_err(|e| Error::io(&latest, e))?;
+    Ok(final_dir)
+}
+
+/// The newest complete checkpoint of a run (or the checkpoint directory itself).
+pub fn latest(path: &Path) -> Result<PathBuf> {
+    if path.join("manifest.json").exists() {
+        return Ok(path.to_path_buf());
+    }
+    let root = path.join("checkpoints");
+    let pointer = root.join("latest");
+    let name = std::fs::read_to_string(&pointer).map_err(|_| Error::MissingFile {
+        path: pointer.clone(),
+        hint: "no checkpoint in this run directory; --resume takes a run directory that has written one".into(),
+    })?;
+    let dir = root.join(name.trim());
+    if !dir.join("manifest.json").exists() {
+        return Err(Error::MissingFile {
+            path: dir.join("manifest.json"),
+            hint: "the checkpoint is incomplete".into(),
+        });
+    }
+    Ok(dir)
+}
+
+/// Reads a checkpoint's manifest.
+pub fn read_manifest(dir: &Path) -> Result<Manifest> {
+    let p = dir.join("manifest.json");
+    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::Parse {
+        path: p,
+        message: e.to_string(),
+    })
+}
+
+/// Loads the weights of a checkpoint in `dtype` on `device`.
+pub fn load_weights(
+    dir: &Path,
+    dtype: DType,
+    device: &candle_core::Device,
+) -> Result<ModelWeights> {
+    ModelWeights::load(&dir.join("model"), dtype, device)
+}
+
+/// Restores the optimizer state and log σ of a checkpoint into `trainer` (whose weights were
+/// built from the checkpoint's model).
+pub fn restore_state(dir: &Path, trainer: &mut Trainer, manifest: &Manifest) -> Result<()> {
+    let p = dir.join("trainer_state.safetensors");
+    let state: BTreeMap<String, Tensor> = candle_core::safetensors::load(&p, &trainer.device)
+        .map_err(|e| Error::Parse {
+            path: p.clone(),
+            message: e.to_string(),
+        })?
+        .into_iter()
+        .collect();
+    trainer.opt.load_state("opt", &state)?;
+    trainer.opt_sigma.load_state("opt_sigma", &state)?;
+    let ls = state.get("log_sigma").ok_or_else(|| Error::Parse {
+        path: p.clone(),
+        message: "no log_sigma".into(),
+    })?;
+    trainer.perturb.log_sigma().set(ls)?;
+    trainer.step = manifest.step;
+    trainer.version = manifest.policy_version;
+    Ok(())
+}

@@ -1,0 +1,287 @@
+//! The embedded default: a character-level tokenizer with chat and tool tokens, compact
+//! arithmetic tasks (easy: two-digit + and −, done in the head; hard: three-digit × two-digit,
+//! unreliable without the calculator), and SFT demonstrations in which the tool appears on a
+//! minority of the hard problems.
+
+use alp_core::{ChatMessage, Result, Task, TaskSource, TokenId};
+use alp_envs::math::{MathGenerator, MathTaskKind, Split, TaskStream};
+use alp_envs::tools::{Calculator, Tool, ToolRegistry};
+use alp_model::Tokenizer;
+use alp_rollout::observation_tokens;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+/// Special tokens (removed by `decode(.., skip_special_tokens = true)`).
+pub const SPECIAL_TOKENS: &[&str] = &["<|pad|>", "<|user|>", "<|assistant|>", "<|im_end|>"];
+/// Opening of a calculator call, one token for the tiny model.
+pub const CALL_PREFIX: &str =
+    "<tool_call>{\"name\": \"calculator\", \"arguments\": {\"expression\": \"";
+/// Closing of a calculator call, one token.
+pub const CALL_SUFFIX: &str = "\"}}</tool_call>";
+/// Multi-character pieces that are single (non-special) tokens.
+pub const ADDED_TOKENS: &[&str] = &[
+    CALL_PREFIX,
+    CALL_SUFFIX,
+    "<tool_call>",
+    "</tool_call>",
+    "<tool_response>",
+    "</tool_response>",
+    "\\boxed{",
+];
+/// The end-of-turn token.
+pub const EOS: &str = "<|im_end|>";
+
+/// The chat template of the default tokenizer (compact, one token per role marker).
+pub const CHAT_TEMPLATE: &str = "{%- for m in messages -%}\
+{%- if m.role == 'user' -%}<|user|>{{ m.content }}\
+{%- elif m.role == 'assistant' -%}<|assistant|>{{ m.content }}<|im_end|>\
+{%- elif m.role == 'tool' -%}<tool_response>{{ m.content }}</tool_response>\
+{%- else -%}{{ m.content }}\
+{%- endif -%}\
+{%- endfor -%}\
+{%- if add_generation_prompt -%}<|assistant|>{%- endif -%}";
+
+/// Builds the default tokenizer: printable ASCII characters, the special and added tokens,
+/// the chat template and `<|im_end|>` as EOS.
+pub fn build_tokenizer() -> Result<Tokenizer> {
+    use tokenizers::decoders::fuse::Fuse;
+    use tokenizers::models::wordlevel::WordLevel;
+    use tokenizers::pre_tokenizers::split::{Split as SplitPre, SplitPattern};
+    use tokenizers::{AddedToken, SplitDelimiterBehavior};
+    let err =
+        |e: Box<dyn std::error::Error + Send + Sync>| alp_core::Error::Tokenizer(e.to_string());
+    let mut vocab: std::collections::HashMap<String, u32> = Default::default();
+    for (i, s) in SPECIAL_TOKENS.iter().enumerate() {
+        vocab.insert(s.to_string(), i as u32);
+    }
+    let mut next = SPECIAL_TOKENS.len() as u32;
+    for c in (b' '..=b'~').map(char::from) {
+        vocab.insert(c.to_string(), next);
+        next += 1;
+    }
+    vocab.insert("\n".into(), next);
+    next += 1;
+    for s in ADDED_TOKENS {
+        vocab.insert(s.to_string(), next);
+        next += 1;
+    }
+    let model = WordLevel::builder()
+        .vocab(vocab.into_iter().collect())
+        .unk_token("?".into())
+        .build()
+        .map_err(err)?;
+    let mut t = tokenizers::Tokenizer::new(model);
+    let split = SplitPre::new(
+        SplitPattern::Regex(".|\n".into()),
+        SplitDelimiterBehavior::Isolated,
+        false,
+    )
+    .map_err(err)?;
+    t.with_pre_tokenizer(Some(split));
+    t.with_decoder(Some(Fuse::new()));
+    t.add_special_tokens(SPECIAL_TOKENS.iter().map(|s| AddedToken::from(*s, true)))
+        .map_err(err)?;
+    t.add_tokens(ADDED_TOKENS.iter().map(|s| AddedToken::from(*s, false)))
+        .map_err(err)?;
+    Tokenizer::from_tokenizer(t)
+        .with_chat_template(CHAT_TEMPLATE)
+        .with_eos_token(EOS)
+}
+
+/// The compact question of a generated task: `What is 942 * 59?` → `942*59=`.
+fn compact(question: &str) -> String {
+    let q = question
+        .trim_start_matches("What is ")
+        .trim_end_matches('?');
+    format!("{}=", q.replace(' ', ""))
+}
+
+/// Mix of the default tasks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TaskMix {
+    /// Share of hard (multiplication) tasks.
+    pub hard_fraction: f64,
+}
+
+impl Default for TaskMix {
+    fn default() -> Self {
+        TaskMix { hard_fraction: 0.5 }
+    }
+}
+
+/// The default task stream: easy (`add-sub`) and hard (`multiply`) tasks with compact
+/// prompts, train or held-out.
+#[derive(Debug, Clone)]
+pub struct ArithmeticTasks {
+    inner: TaskStream,
+}
+
+impl ArithmeticTasks {
+    /// A stream of `split` with `seed`.
+    pub fn new(mix: &TaskMix, split: Split, seed: u64) -> Self {
+        let h = mix.hard_fraction.clamp(0.0, 1.0);
+        ArithmeticTasks {
+            inner: TaskStream::new(
+                vec![
+                    (MathGenerator::new(MathTaskKind::AddSub, 1), 1.0 - h),
+                    (MathGenerator::new(MathTaskKind::Multiply, 2), h),
+                ],
+                split,
+                seed,
+            ),
+        }
+    }
+}
+
+impl TaskSource for ArithmeticTasks {
+    fn next_task(&mut self) -> Option<Task> {
+        let mut t = self.inner.next_task()?;
+        let q = alp_envs::math::generators::question_of(&t).to_string();
+        t.messages = vec![ChatMessage::new("user", compact(&q))];
+        Some(t)
+    }
+    fn cursor(&self) -> u64 {
+        self.inner.cursor()
+    }
+    fn seek(&mut self, cursor: u64) {
+        self.inner.seek(cursor)
+    }
+}
+
+/// The calculator registry of the default.
+pub fn registry() -> ToolRegistry {
+    let mut r = ToolRegistry::new();
+    r.register(Calculator);
+    r
+}
+
+/// One SFT example: prompt tokens, response tokens, and the response's loss mask.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SftExample {
+    /// Prompt tokens.
+    pub prompt: Vec<TokenId>,
+    /// Response tokens.
+    pub response: Vec<TokenId>,
+    /// 1 where the model is trained (its own tokens), 0 on observations.
+    pub mask: Vec<u8>,
+    /// Whether the demonstration calls the tool.
+    pub uses_tool: bool,
+}
+
+/// A demonstration for `task`: a direct `\boxed{answer}`, or — with probability
+/// `tool_fraction` on hard tasks — a calculator call, its response, then the boxed answer.
+pub fn demonstration(
+    tok: &Tokenizer,
+    task: &Task,
+    tool_fraction: f64,
+    rng: &mut impl Rng,
+) -> Result<SftExample> {
+    let prompt = tok.encode(&tok.apply_chat_template(&task.messages, true, None)?, false)?;
+    let answer = format!("\\boxed{{{}}}", task.answer);
+    let end = tok.token_id(EOS)?;
+    let uses_tool = task.kind == "multiply" && rng.random_bool(tool_fraction.clamp(0.0, 1.0));
+    if !uses_tool {
+        let mut response = tok.encode(&answer, false)?;
+        response.push(end);
+        let mask = vec![1; response.len()];
+        return Ok(SftExample {
+            prompt,
+            response,
+            mask,
+            uses_tool,
+        });
+    }
+    let q = &task.messages[0].content;
+    let expr = q.trim_end_matches('=');
+    let call = format!("{CALL_PREFIX}{expr}{CALL_SUFFIX}");
+    let result = Calculator
+        .call(&serde_json::json!({ "expression": expr }))
+        .map_err(|e| alp_core::Error::Msg(e.to_string()))?;
+    let obs = [ChatMessage::new("tool", result)];
+    let call_tokens = tok.encode(&call, false)?;
+    let obs_tokens = observation_tokens(tok, &task.messages, &call, false, &obs, None)?;
+    let mut final_tokens = tok.encode(&answer, false)?;
+    final_tokens.push(end);
+    let mut response = call_tokens.clone();
+    let mut mask = vec![1u8; call_tokens.len()];
+    response.extend_from_slice(&obs_tokens);
+    mask.extend(std::iter::repeat_n(0u8, obs_tokens.len()));
+    response.extend_from_slice(&final_tokens);
+    mask.extend(std::iter::repeat_n(1u8, final_tokens.len()));
+    Ok(SftExample {
+        prompt,
+        response,
+        mask,
+        uses_tool,
+    })
+}
+
+/// `n` demonstrations from the train split (seeded).
+pub fn demonstrations(
+    tok: &Tokenizer,
+    mix: &TaskMix,
+    tool_fraction: f64,
+    seed: u64,
+    n: usize,
+) -> Result<Vec<SftExample>> {
+    let mut tasks = ArithmeticTasks::new(mix, Split::Train, seed ^ 0x5F7);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| {
+            let t = tasks
+                .next_task()
+                .ok_or_else(|| alp_core::Error::Msg("task stream ended".into()))?;
+            demonstration(tok, &t, tool_fraction, &mut rng)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokenizer_round_trips_and_uses_single_tokens_for_tool_markup() {
+        let tok = build_tokenizer().unwrap();
+        let s = format!("{CALL_PREFIX}942*59{CALL_SUFFIX}");
+        let ids = tok.encode(&s, false).unwrap();
+        assert_eq!(ids.len(), 2 + 6);
+        assert_eq!(tok.decode(&ids, true).unwrap(), s);
+        let chat = tok
+            .apply_chat_template(&[ChatMessage::new("user", "12+5=")], true, None)
+            .unwrap();
+        assert_eq!(chat, "<|user|>12+5=<|assistant|>");
+        let ids = tok.encode(&chat, false).unwrap();
+        assert_eq!(ids.len(), 1 + 5 + 1);
+        assert!(tok.vocab_size() <= alp_model::presets::alp_default().vocab_size);
+        assert_eq!(tok.eos_ids(), &[tok.token_id(EOS).unwrap()]);
+    }
+
+    #[test]
+    fn tool_demonstration_masks_the_observation() {
+        let tok = build_tokenizer().unwrap();
+        let task = Task {
+            id: "t".into(),
+            kind: "multiply".into(),
+            messages: vec![ChatMessage::new("user", "942*59=")],
+            answer: "55578".into(),
+        };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        let ex = demonstration(&tok, &task, 1.0, &mut rng).unwrap();
+        assert!(ex.uses_tool);
+        let text = tok.decode(&ex.response, false).unwrap();
+        assert_eq!(text, format!("{CALL_PREFIX}942*59{CALL_SUFFIX}<|im_end|><tool_response>55578</tool_response><|assistant|>\\boxed{{55578}}<|im_end|>"));
+        let masked: Vec<TokenId> = ex
+            .response
+            .iter()
+            .zip(&ex.mask)
+            .filter(|(_, m)| **m == 0)
+            .map(|(t, _)| *t)
+            .collect();
+        assert_eq!(
+            tok.decode(&masked, false).unwrap(),
+            "<|im_end|><tool_response>55578</tool_response><|assistant|>"
+        );
+    }
+}

@@ -1,0 +1,296 @@
+//! The trainer: config round trip and validation, exact resume, the NaN guard, crash-safe
+//! checkpoints, and a 2-step RL run of every method.
+
+use alp_core::TaskSource;
+use alp_envs::math::Split;
+use alp_loss::METHODS;
+use alp_rollout::{run_episodes, Engine, EngineConfig};
+use alp_trainer::checkpoint;
+use alp_trainer::config::TrainConfig;
+use alp_trainer::default_task::ArithmeticTasks;
+use alp_trainer::run::{train, RunOptions};
+use alp_trainer::trainer::Trainer;
+use candle_core::{DType, Device};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// A config that runs in seconds: a few SFT steps, tiny batches, synchronous rollouts.
+fn small() -> TrainConfig {
+    TrainConfig::default()
+        .apply_overrides(&[
+            "sft.steps=3".into(),
+            "sft.batch_size=8".into(),
+            "rl.steps=4".into(),
+            "rl.prompts_per_step=2".into(),
+            "rl.group_size=2".into(),
+            "rl.mini_batch=2".into(),
+            "rl.micro_batch=2".into(),
+            "rl.max_staleness=0".into(),
+            "rl.lr=1e-3".into(),
+            "rl.max_new_tokens=6".into(),
+            "rl.max_total_tokens=16".into(),
+            "rl.max_turns=2".into(),
+            "eval.tasks=4".into(),
+            "eval.pass_k=0".into(),
+            "eval.every=0".into(),
+            "checkpoint.every=2".into(),
+        ])
+        .unwrap()
+}
+
+fn quiet() -> RunOptions {
+    RunOptions {
+        skip_eval: true,
+        ..Default::default()
+    }
+}
+
+fn weights_of(run: &Path) -> BTreeMap<String, Vec<f32>> {
+    let ck = checkpoint::latest(run).unwrap();
+    let w = checkpoint::load_weights(&ck, DType::F32, &Device::Cpu).unwrap();
+    w.tensors
+        .iter()
+        .map(|(k, t)| {
+            (
+                k.clone(),
+                t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn config_round_trips_and_validation_names_the_fields() {
+    let c = TrainConfig::default();
+    c.validate().unwrap();
+    assert_eq!(TrainConfig::from_toml(&c.to_toml().unwrap()).unwrap(), c);
+    let c2 = c
+        .apply_overrides(&["rl.objective.method=grpo".into(), "rl.lr=0.0001".into()])
+        .unwrap();
+    assert_eq!(c2.rl.objective.name(), "grpo");
+    assert_eq!(c2.rl.lr, 1e-4);
+    assert_eq!(TrainConfig::from_toml(&c2.to_toml().unwrap()).unwrap(), c2);
+    let cases: &[(&[&str], &str)] = &[
+        (&["rl.mini_batch=48"], "rl.mini_batch"),
+        (&["rl.group_size=1"], "rl.group_size"),
+        (
+            &["rl.objective.method=grpo", "rl.recompute_logp_old=false"],
+            "rl.recompute_logp_old",
+        ),
+        (&["rl.max_staleness=-1"], "rl.max_staleness"),
+        (&["rl.max_turns=0"], "rl.max_turns"),
+        (&["rl.rollout_dtype=f8"], "rl.rollout_dtype"),
+        (&["rl.env=chess"], "rl.env"),
+        (&["model.preset=huge"], "preset"),
+    ];
+    for (sets, field) in cases {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        let err = c
+            .apply_overrides(&sets)
+            .and_then(|c| c.validate())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(field), "{sets:?}: {err}");
+    }
+    assert!(c
+        .apply_overrides(&["rl.no_such_thing=1".into()])
+        .unwrap_err()
+        .to_string()
+        .contains("rl.no_such_thing"));
+    assert!(TrainConfig::from_toml("[rl]\nsteps = \"many\"").is_err());
+}
+
+#[test]
+fn a_base_model_whose_tokenizer_lacks_chat_tokens_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = alp_model::presets::alp_default();
+    alp_model::ModelWeights::random(&cfg, 0, DType::F32, &Device::Cpu)
+        .unwrap()
+        .save(dir.path())
+        .unwrap();
+    // The default tokenizer without its chat template.
+    let tok = alp_trainer::default_task::build_tokenizer().unwrap();
+    alp_model::Tokenizer::from_tokenizer(tok.inner().clone())
+        .save(dir.path())
+        .unwrap();
+    let c = TrainConfig::default()
+        .apply_overrides(&[format!("model.base={}", dir.path().display())])
+        .unwrap();
+    let err = Trainer::new(c).err().expect("refused").to_string();
+    assert!(err.contains("model.base") && err.contains("chat"), "{err}");
+}
+
+#[test]
+fn resume_is_bit_identical_in_sync_mode() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    train(
+        small(),
+        RunOptions {
+            out: Some(a.path().into()),
+            ..quiet()
+        },
+    )
+    .unwrap();
+    train(
+        small(),
+        RunOptions {
+            out: Some(b.path().into()),
+            max_steps_this_run: Some(2),
+            ..quiet()
+        },
+    )
+    .unwrap();
+    let mid = weights_of(b.path());
+    train(
+        small(),
+        RunOptions {
+            resume: Some(b.path().into()),
+            ..quiet()
+        },
+    )
+    .unwrap();
+    let wa = weights_of(a.path());
+    let wb = weights_of(b.path());
+    assert_eq!(wa.len(), wb.len());
+    for (k, v) in &wa {
+        assert_eq!(v, &wb[k], "{k} differs after resume");
+    }
+    assert!(
+        wa.iter().any(|(k, v)| v != &mid[k]),
+        "the two resumed steps changed the weights"
+    );
+    assert_eq!(
+        checkpoint::read_manifest(&checkpoint::latest(b.path()).unwrap())
+            .unwrap()
+            .step,
+        4
+    );
+}
+
+fn one_batch(t: &Trainer, step: u64) -> Vec<alp_core::TrajectoryGroup> {
+    let engine = Engine::from_weights(
+        &t.weights().unwrap(),
+        DType::F32,
+        &Device::Cpu,
+        EngineConfig::default(),
+    )
+    .unwrap()
+    .with_tokenizer(t.tokenizer.clone());
+    let mut src = ArithmeticTasks::new(&t.cfg.tasks, Split::Train, step);
+    let tasks: Vec<_> = (0..2).filter_map(|_| src.next_task()).collect();
+    run_episodes(
+        &engine,
+        &t.tokenizer,
+        &tasks,
+        &t.make_env(),
+        2,
+        &t.episode_config(1.0, step),
+        None,
+        t.version,
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_nan_skips_the_update_and_repeated_nans_stop_with_an_error() {
+    let mut cfg = small();
+    cfg.rl.max_bad_steps = 2;
+    let mut t = Trainer::new(cfg).unwrap();
+    let before = t
+        .weights()
+        .unwrap()
+        .snapshot(DType::F32, &Device::Cpu)
+        .unwrap();
+    let groups = one_batch(&t, 0);
+    t.inject_nan_once = true;
+    let m = t.rl_step(&groups, 0).unwrap();
+    assert!(m["skipped_updates"] >= 1.0);
+    let after = t.weights().unwrap();
+    for (k, v) in &before.tensors {
+        let d = (v - &after.tensors[k])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(d, 0.0, "{k} changed despite the NaN");
+    }
+    // A clean step updates again.
+    let m = t.rl_step(&one_batch(&t, 1), 1).unwrap();
+    assert_eq!(m["skipped_updates"], 0.0);
+    t.inject_nan_once = true;
+    t.rl_step(&one_batch(&t, 2), 2).unwrap();
+    t.inject_nan_once = true;
+    let err = t.rl_step(&one_batch(&t, 3), 3).unwrap_err().to_string();
+    assert!(err.contains("non-finite"), "{err}");
+}
+
+#[test]
+fn a_killed_write_leaves_the_last_checkpoint_loadable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small();
+    cfg.rl.steps = 2;
+    train(
+        cfg,
+        RunOptions {
+            out: Some(dir.path().into()),
+            ..quiet()
+        },
+    )
+    .unwrap();
+    let good = checkpoint::latest(dir.path()).unwrap();
+    let w = weights_of(dir.path());
+    // A write killed half-way: a temporary directory with a torn file, never renamed.
+    let torn = dir.path().join("checkpoints/.tmp-step-000004-999");
+    std::fs::create_dir_all(torn.join("model")).unwrap();
+    std::fs::write(torn.join("model/model.safetensors"), b"\x10\x00\x00").unwrap();
+    assert_eq!(checkpoint::latest(dir.path()).unwrap(), good);
+    assert_eq!(weights_of(dir.path()), w);
+    // Resuming works from it and the next save replaces the torn directory's place.
+    let mut cfg = small();
+    cfg.rl.steps = 3;
+    let mut c2 = cfg.clone();
+    c2.rl.steps = 3;
+    let _ = c2;
+    let man = checkpoint::read_manifest(&good).unwrap();
+    assert_eq!(man.step, 2);
+}
+
+#[test]
+fn every_method_runs_two_rl_steps() {
+    for method in METHODS {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = small()
+            .apply_overrides(&[format!("rl.objective.method={method}")])
+            .unwrap();
+        cfg.rl.steps = 2;
+        cfg.checkpoint.every = 0;
+        train(
+            cfg,
+            RunOptions {
+                out: Some(dir.path().into()),
+                ..quiet()
+            },
+        )
+        .unwrap_or_else(|e| panic!("{method}: {e}"));
+        let text = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "{method}");
+        for l in &lines {
+            assert!(l["reward/mean"].is_number(), "{method}: {l}");
+            assert!(
+                l["loss"].as_f64().is_some_and(f64::is_finite),
+                "{method}: no finite loss in {l}"
+            );
+        }
+        assert!(
+            dir.path().join("summary.json").exists() && dir.path().join("plots/sigma.svg").exists()
+        );
+    }
+}
