@@ -58,7 +58,7 @@ pub struct SftSection {
 impl Default for SftSection {
     fn default() -> Self {
         SftSection {
-            steps: 500,
+            steps: 1000,
             batch_size: 64,
             lr: 2e-3,
             warmup: 25,

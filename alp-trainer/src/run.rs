@@ -44,6 +44,8 @@ pub struct RunOptions {
     pub inject_nan_at: Option<u64>,
     /// Set when Ctrl-C was pressed.
     pub interrupt: Option<Arc<AtomicBool>>,
+    /// `key=value` overrides applied to a resumed run's saved config (e.g. more `rl.steps`).
+    pub resume_overrides: Vec<String>,
 }
 
 fn mix(a: u64, b: u64) -> u64 {
@@ -122,16 +124,22 @@ fn eval_line(tag: &str, e: &EvalResult) -> String {
         .iter()
         .map(|(k, v)| format!("{k} {:.1}%", 100.0 * v))
         .collect();
-    format!(
-        "eval {tag}: accuracy {:.1}% ({}), hard tool-call rate {:.0}% greedy / {:.0}% sampled, sampled accuracy {:.1}%, pass@{} {:.1}%",
+    let mut s = format!(
+        "eval {tag}: accuracy {:.1}% ({}), hard-task tool-call rate {:.0}% (greedy)",
         100.0 * e.accuracy,
         kinds.join(", "),
         100.0 * e.tool_call_rate,
-        100.0 * e.tool_call_rate_sampled,
-        100.0 * e.sampled_accuracy,
-        e.k,
-        100.0 * e.pass_at_k
-    )
+    );
+    if e.k > 0 {
+        s.push_str(&format!(
+            "; at T=1: tool calls {:.0}%, accuracy {:.1}%, pass@{} {:.1}%",
+            100.0 * e.tool_call_rate_sampled,
+            100.0 * e.sampled_accuracy,
+            e.k,
+            100.0 * e.pass_at_k
+        ));
+    }
+    s
 }
 
 /// Trains as the config says; see the crate docs.
@@ -143,7 +151,9 @@ pub fn train(cfg: TrainConfig, opts: RunOptions) -> Result<RunOutcome> {
         Some(r) => {
             let ck = checkpoint::latest(r)?;
             let man = checkpoint::read_manifest(&ck)?;
-            let saved = TrainConfig::from_toml(&man.config)?;
+            let saved =
+                TrainConfig::from_toml(&man.config)?.apply_overrides(&opts.resume_overrides)?;
+            saved.validate()?;
             let dir = opts.out.clone().unwrap_or_else(|| {
                 ck.parent()
                     .and_then(|p| p.parent())

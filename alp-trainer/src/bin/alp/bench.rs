@@ -83,3 +83,99 @@ pub fn rollout(a: RolloutArgs) -> Result<()> {
     );
     Ok(())
 }
+
+/// Options of `alp bench train`.
+pub struct TrainArgs {
+    pub model: Option<String>,
+    pub preset: Option<String>,
+    pub batch: usize,
+    pub seq_len: usize,
+    pub steps: usize,
+    pub device: String,
+    pub json: bool,
+}
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+/// Forward + backward + AdamW on random tokens (f32, the differentiable path).
+pub fn train(a: TrainArgs) -> Result<()> {
+    use alp_trainer::optim::{AdamW, AdamWParams};
+    let device = parse_device(&a.device)?;
+    let weights = match (&a.model, &a.preset) {
+        (Some(m), None) => load_pretrained(m, candle_core::DType::F32, &device)?.weights,
+        (None, Some(p)) => {
+            ModelWeights::random(&presets::by_name(p)?, 0, candle_core::DType::F32, &device)?
+        }
+        _ => bail!("give exactly one of --model <dir or repo id> or --preset <name>"),
+    };
+    if a.batch == 0 || a.seq_len < 2 || a.steps == 0 {
+        bail!("--batch and --steps must be positive and --seq-len at least 2");
+    }
+    let (model, varmap) = weights.build_trainable()?;
+    let mut opt = AdamW::new(
+        alp_trainer::trainer::named_vars(&varmap)?,
+        AdamWParams {
+            lr: 1e-5,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        },
+    )?;
+    let vocab = model.config().vocab_size as u32;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let ids: Vec<u32> = (0..a.batch * a.seq_len)
+        .map(|_| rng.random_range(0..vocab))
+        .collect();
+    let ids = candle_core::Tensor::from_vec(ids, (a.batch, a.seq_len), &device)?;
+    let input = ids.narrow(1, 0, a.seq_len - 1)?;
+    let targets = ids.narrow(1, 1, a.seq_len - 1)?;
+    let mut step = || -> Result<f32> {
+        let logits = model.forward_full(
+            &input,
+            &[],
+            &alp_core::NoPerturbation,
+            alp_model::Numerics::Differentiable,
+        )?;
+        let loss = alp_model::token_logprobs(&logits, &targets, 1.0)?
+            .mean_all()?
+            .neg()?;
+        let grads = loss.backward()?;
+        let g = opt.grads(&grads);
+        opt.step(&g, 1.0)?;
+        Ok(loss.to_scalar::<f32>()?)
+    };
+    step()?; // warm-up
+    let t = Instant::now();
+    let mut last = 0.0;
+    for _ in 0..a.steps {
+        last = step()?;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let tokens = (a.batch * (a.seq_len - 1) * a.steps) as f64;
+    if !a.json {
+        println!(
+            "{} steps of {}×{} in {secs:.2} s: {:.0} tokens/s, {:.3} s/step (loss {last:.3})",
+            a.steps,
+            a.batch,
+            a.seq_len,
+            tokens / secs,
+            secs / a.steps as f64
+        );
+    }
+    println!(
+        "{}",
+        serde_json::json!({"tokens_per_s": tokens / secs, "peak_rss_mb": peak_rss_mb(), "seconds_per_step": secs / a.steps as f64, "batch": a.batch, "seq_len": a.seq_len, "steps": a.steps, "device": a.device})
+    );
+    Ok(())
+}

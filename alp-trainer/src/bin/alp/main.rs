@@ -189,6 +189,31 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Training throughput: forward + backward + AdamW on random tokens; the last line is JSON
+    /// with `tokens_per_s` and `peak_rss_mb`.
+    Train {
+        /// Model directory or Hugging Face repo id.
+        #[arg(long, conflicts_with = "preset")]
+        model: Option<String>,
+        /// A named shape with random weights instead.
+        #[arg(long)]
+        preset: Option<String>,
+        /// Sequences per step.
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// Tokens per sequence.
+        #[arg(long, default_value_t = 128)]
+        seq_len: usize,
+        /// Timed steps (after one warm-up step).
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+        /// Device: cpu or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Print only the JSON line.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -264,6 +289,23 @@ fn main() -> Result<()> {
             prompt_len,
             new_tokens,
             dtype,
+            device,
+            json,
+        }),
+        Command::Bench(BenchCommand::Train {
+            model,
+            preset,
+            batch,
+            seq_len,
+            steps,
+            device,
+            json,
+        }) => bench::train(bench::TrainArgs {
+            model,
+            preset,
+            batch,
+            seq_len,
+            steps,
             device,
             json,
         }),

@@ -23,7 +23,12 @@ pub fn train(
     out: Option<PathBuf>,
     resume: Option<PathBuf>,
 ) -> Result<()> {
-    let cfg = load_config(config.as_ref(), &sets)?;
+    // On resume the run's saved config is the base and --set edits it.
+    let (cfg, resume_overrides) = if resume.is_some() {
+        (TrainConfig::default(), sets)
+    } else {
+        (load_config(config.as_ref(), &sets)?, vec![])
+    };
     let flag = Arc::new(AtomicBool::new(false));
     let f = flag.clone();
     ctrlc::set_handler(move || {
@@ -40,6 +45,7 @@ pub fn train(
             out,
             resume,
             interrupt: Some(flag),
+            resume_overrides,
             ..Default::default()
         },
     )?;
