@@ -39,7 +39,9 @@ fn main() -> Result<()> {
         .compute(&inputs, Aggregation::TokenMean)?
         .loss
         .to_scalar::<f32>()?;
-    let expected_builtin = -(1.0 + 1.0 - 1.0 - 1.0 - 1.0) / 5.0;
+    // Row 0 has A = +1 on 2 tokens, row 1 has A = −1 on 3 tokens: −(2·1 + 3·(−1)) / 5.
+    let (a0, a1) = (1.0f32, -1.0f32);
+    let expected_builtin = -(2.0 * a0 + 3.0 * a1) / 5.0;
     assert!((builtin - expected_builtin).abs() < 1e-6, "{builtin}");
     let expected_ours = -(1.0 * (-1.0 - 0.5) - (-0.3 - 0.7 - 0.1)) / 5.0;
     assert!((ours - expected_ours).abs() < 1e-6, "{ours}");

@@ -349,7 +349,9 @@ impl TrainConfig {
         if rl.ppo_epochs == 0 {
             return Err(Error::config("rl.ppo_epochs", "must be at least 1"));
         }
-        if !(rl.lr > 0.0 && rl.lr.is_finite()) || !(rl.sigma_lr >= 0.0) {
+        let lr_ok =
+            rl.lr > 0.0 && rl.lr.is_finite() && rl.sigma_lr.is_finite() && rl.sigma_lr >= 0.0;
+        if !lr_ok {
             return Err(Error::config(
                 "rl.lr / rl.sigma_lr",
                 "learning rates must be positive and finite",
