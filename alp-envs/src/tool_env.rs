@@ -153,6 +153,17 @@ impl ToolEnv {
         &self.registry
     }
 
+    /// Ends the episode at the malformed-turn or turn limit, else answers with `observations`.
+    fn continue_or_stop(&self, ep: &Episode, observations: Vec<ChatMessage>) -> Step {
+        if ep.malformed >= self.config.max_malformed_turns {
+            self.done(ep, false, None, "malformed_limit")
+        } else if ep.turns >= self.config.max_turns {
+            self.done(ep, false, None, "turn_limit")
+        } else {
+            Step::Observation(observations)
+        }
+    }
+
     fn done(&self, ep: &Episode, correct: bool, extracted: Option<String>, ended_by: &str) -> Step {
         let mut reward = if correct { 1.0 } else { 0.0 };
         if ep.malformed > 0 || ep.tool_errors > 0 {
@@ -213,28 +224,15 @@ impl Environment for ToolEnv {
             if usable == 0 {
                 ep.malformed += 1;
             }
-            if ep.malformed >= self.config.max_malformed_turns {
-                self.done(&ep, false, None, "malformed_limit")
-            } else if ep.turns >= self.config.max_turns {
-                self.done(&ep, false, None, "turn_limit")
-            } else {
-                Step::Observation(observations)
-            }
+            self.continue_or_stop(&ep, observations)
         } else if let Some(found) = extract_answer(model_text, self.config.mode) {
             let v = grade_with(&ep.answer, model_text, self.config.mode);
             self.done(&ep, v.correct, Some(found.text), "answer")
         } else {
             ep.malformed += 1;
-            if ep.malformed >= self.config.max_malformed_turns {
-                self.done(&ep, false, None, "malformed_limit")
-            } else if ep.turns >= self.config.max_turns {
-                self.done(&ep, false, None, "turn_limit")
-            } else {
-                Step::Observation(vec![ChatMessage::new(
-                    "user",
-                    "Call a tool or give the final answer in \\boxed{}.",
-                )])
-            }
+            let nudge =
+                ChatMessage::new("user", "Call a tool or give the final answer in \\boxed{}.");
+            self.continue_or_stop(&ep, vec![nudge])
         };
         self.episode = Some(ep);
         Ok(step)

@@ -66,7 +66,8 @@ struct Episode {
     )>,
 }
 
-fn mix(a: u64, b: u64) -> u64 {
+/// Mixes two integers into a well-spread seed (splitmix64 finaliser).
+pub fn mix_seed(a: u64, b: u64) -> u64 {
     let mut z = a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -157,7 +158,7 @@ pub fn run_episodes(
                 mask: Vec::new(),
                 logp: Vec::new(),
                 turns: 0,
-                seed: mix(config.sampling.seed, (ti * group_size + g) as u64),
+                seed: mix_seed(config.sampling.seed, (ti * group_size + g) as u64),
                 done: None,
             });
         }
@@ -175,7 +176,7 @@ pub fn run_episodes(
             let room = config.max_total_tokens.saturating_sub(e.response.len());
             let mut params = config.sampling.clone();
             params.max_new_tokens = params.max_new_tokens.min(room).max(1);
-            params.seed = mix(e.seed, turn as u64);
+            params.seed = mix_seed(e.seed, turn as u64);
             params.stop_strings = stops.clone();
             let mut prompt = e.prompt.clone();
             prompt.extend_from_slice(&e.response);

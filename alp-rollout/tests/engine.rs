@@ -44,6 +44,21 @@ fn full_logits(m: &Model, ids: &[TokenId]) -> Tensor {
         .unwrap()
 }
 
+/// Log-probs of `ids[1..]` given their prefixes, from one full forward without a cache.
+fn recomputed_logprobs(m: &Model, ids: &[TokenId]) -> Vec<f32> {
+    let logits = full_logits(m, &ids[..ids.len() - 1]);
+    let targets = Tensor::new(&ids[1..], &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    token_logprobs(&logits, &targets, 1.0)
+        .unwrap()
+        .get(0)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
 fn argmax(v: &[f32]) -> TokenId {
     v.iter()
         .enumerate()
@@ -170,17 +185,7 @@ fn stored_logprobs_equal_recomputed_and_top_p_is_renormalised() {
     for (r, c) in reqs.iter().zip(&out) {
         let mut ids = r.prompt.clone();
         ids.extend_from_slice(&c.tokens);
-        let logits = full_logits(&m, &ids[..ids.len() - 1]);
-        let targets = Tensor::new(&ids[1..], &Device::Cpu)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        let lp: Vec<f32> = token_logprobs(&logits, &targets, 1.0)
-            .unwrap()
-            .get(0)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let lp = recomputed_logprobs(&m, &ids);
         let recomputed = &lp[r.prompt.len() - 1..];
         for (a, b) in recomputed.iter().zip(&c.logprobs) {
             assert!((a - b).abs() < 1e-4, "{a} vs {b}");
@@ -485,17 +490,7 @@ fn multi_turn_episode_has_the_right_loss_mask() {
     let m = eng.model();
     let t = &groups[0].trajectories[0];
     let ids = t.full_tokens();
-    let logits = full_logits(m, &ids[..ids.len() - 1]);
-    let targets = Tensor::new(&ids[1..], &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    let lp: Vec<f32> = token_logprobs(&logits, &targets, 1.0)
-        .unwrap()
-        .get(0)
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let lp = recomputed_logprobs(m, &ids);
     for (k, (&m, &stored)) in t.loss_mask.iter().zip(&t.logp_infer).enumerate() {
         if m == 1 {
             assert!((lp[t.prompt.len() - 1 + k] - stored).abs() < 1e-4);

@@ -48,13 +48,6 @@ pub struct RunOptions {
     pub resume_overrides: Vec<String>,
 }
 
-fn mix(a: u64, b: u64) -> u64 {
-    let mut z = a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 fn log_line(line: &str) {
     println!("{line}");
     let _ = std::io::stdout().flush();
@@ -260,16 +253,15 @@ pub fn train(cfg: TrainConfig, opts: RunOptions) -> Result<RunOutcome> {
                 config: cfg.to_toml()?,
             })
         };
-    if trainer.step == 0 && manifest.is_none() {
+    let save_now = |t: &Trainer| -> Result<PathBuf> {
         checkpoint::save(
             &dir,
-            &trainer,
-            &make_manifest(
-                &trainer,
-                &before_json,
-                prior_wall + t0.elapsed().as_secs_f64(),
-            )?,
-        )?;
+            t,
+            &make_manifest(t, &before_json, prior_wall + t0.elapsed().as_secs_f64())?,
+        )
+    };
+    if trainer.step == 0 && manifest.is_none() {
+        save_now(&trainer)?;
     }
     // The rollout worker.
     let first = trainer.step;
@@ -302,7 +294,7 @@ pub fn train(cfg: TrainConfig, opts: RunOptions) -> Result<RunOutcome> {
                 tasks.seek(step * p as u64);
                 let batch: Vec<Task> = (0..p).filter_map(|_| tasks.next_task()).collect();
                 let mut ec = ep_template.clone();
-                ec.sampling.seed = mix(seed, step);
+                ec.sampling.seed = alp_rollout::mix_seed(seed, step);
                 run_episodes(engine, &tok, &batch, &env, g, &ec, None, version)
             },
         )?;
@@ -392,15 +384,7 @@ pub fn train(cfg: TrainConfig, opts: RunOptions) -> Result<RunOutcome> {
                     write_metrics(&serde_json::json!({"step": trainer.step, "eval": e}))?;
                 }
                 if cfg.checkpoint.every > 0 && s % cfg.checkpoint.every == 0 {
-                    checkpoint::save(
-                        &dir,
-                        &trainer,
-                        &make_manifest(
-                            &trainer,
-                            &before_json,
-                            prior_wall + t0.elapsed().as_secs_f64(),
-                        )?,
-                    )?;
+                    save_now(&trainer)?;
                 }
             }
             Ok(())
@@ -411,27 +395,11 @@ pub fn train(cfg: TrainConfig, opts: RunOptions) -> Result<RunOutcome> {
         let _ = worker.shutdown();
         if let Err(e) = result {
             // Keep what ran: a checkpoint of the last good state, then the error.
-            let _ = checkpoint::save(
-                &dir,
-                &trainer,
-                &make_manifest(
-                    &trainer,
-                    &before_json,
-                    prior_wall + t0.elapsed().as_secs_f64(),
-                )?,
-            );
+            let _ = save_now(&trainer);
             return Err(e);
         }
     }
-    checkpoint::save(
-        &dir,
-        &trainer,
-        &make_manifest(
-            &trainer,
-            &before_json,
-            prior_wall + t0.elapsed().as_secs_f64(),
-        )?,
-    )?;
+    save_now(&trainer)?;
     let finished = trainer.step >= cfg.rl.steps as u64;
     let after = if opts.skip_eval || !(finished || interrupted) {
         None

@@ -2,7 +2,7 @@
 use alp_benches::{bench_device, random_tokens};
 use alp_core::NoPerturbation;
 use alp_model::{presets, Config, ModelWeights};
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 /// (name, config, prefill batch, prefill length, decode batches)
@@ -12,11 +12,7 @@ fn shapes() -> Vec<(&'static str, Config, usize, usize, Vec<usize>)> {
 
 fn bench(c: &mut Criterion) {
     let dev = bench_device().expect("ALP_BENCH_DEVICE");
-    let dtype = if dev.is_cpu() {
-        DType::F32
-    } else {
-        DType::BF16
-    };
+    let dtype = alp_benches::bench_dtype(&dev);
     for (name, cfg, pb, pl, decode_batches) in shapes() {
         let model = ModelWeights::random(&cfg, 0, dtype, &dev)
             .and_then(|w| w.build())

@@ -6,16 +6,12 @@ use std::sync::Arc;
 use alp_benches::{bench_device, random_tokens};
 use alp_model::{presets, ModelWeights};
 use alp_rollout::{Engine, EngineConfig, Request, SamplingParams};
-use candle_core::DType;
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 fn bench(c: &mut Criterion) {
     let dev = bench_device().expect("ALP_BENCH_DEVICE");
-    let dtype = if dev.is_cpu() {
-        DType::F32
-    } else {
-        DType::BF16
-    };
+    let dtype = alp_benches::bench_dtype(&dev);
     let (prompt_len, new_tokens) = (32, 32);
     for (name, cfg) in [
         ("qwen2-25m", presets::qwen2_25m()),

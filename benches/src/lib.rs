@@ -28,3 +28,12 @@ pub fn random_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
         })
         .collect()
 }
+
+/// The dtype benchmarks use on `dev`: f32 on the CPU, bf16 on a GPU.
+pub fn bench_dtype(dev: &candle_core::Device) -> candle_core::DType {
+    if dev.is_cpu() {
+        candle_core::DType::F32
+    } else {
+        candle_core::DType::BF16
+    }
+}
