@@ -47,17 +47,27 @@ impl SeqBatch {
         })
     }
 
-    /// `[B, T]` log-probs of the response tokens (differentiable), under `perturb`.
-    pub fn response_logprobs(&self, model: &Model, perturb: &dyn Perturbation) -> Result<Tensor> {
+    /// `[B, T, V]` logits at the positions that predict the response tokens, under `perturb`
+    /// (differentiable).
+    pub fn response_logits(&self, model: &Model, perturb: &dyn Perturbation) -> Result<Tensor> {
         let (p, t) = (self.prompt_len, self.response_len);
         // Positions p-1 .. p+t-2 predict the response tokens p .. p+t-1; the last
         // position's logits are never needed.
         let input = self.ids.narrow(1, 0, p + t - 1)?;
         let logits =
             model.forward_full(&input, &self.left_pad, perturb, Numerics::Differentiable)?;
-        let logits = logits.narrow(1, p - 1, t)?.contiguous()?;
-        let targets = self.ids.narrow(1, p, t)?;
-        token_logprobs(&logits, &targets, 1.0)
+        Ok(logits.narrow(1, p - 1, t)?.contiguous()?)
+    }
+
+    /// `[B, T]` log-probs of the response tokens given `[B, T, V]` response logits.
+    pub fn logprobs_of(&self, logits: &Tensor) -> Result<Tensor> {
+        let targets = self.ids.narrow(1, self.prompt_len, self.response_len)?;
+        token_logprobs(logits, &targets, 1.0)
+    }
+
+    /// `[B, T]` log-probs of the response tokens (differentiable), under `perturb`.
+    pub fn response_logprobs(&self, model: &Model, perturb: &dyn Perturbation) -> Result<Tensor> {
+        self.logprobs_of(&self.response_logits(model, perturb)?)
     }
 
     /// A `[B, T]` f32 tensor from per-row vectors (right-padded with zeros).

@@ -204,6 +204,13 @@ pub fn train(cfg: TrainConfig, opts: RunOptions) -> Result<RunOutcome> {
         cfg.rl.group_size
     ));
     log_line(&cfg.off_policy_budget());
+    log_line(&format!(
+        "effective settings (also in {}):",
+        cfg_path.display()
+    ));
+    for l in cfg.to_toml()?.lines().filter(|l| !l.trim().is_empty()) {
+        log_line(&format!("  {l}"));
+    }
     let prior_wall = manifest.as_ref().map(|m| m.wall_seconds).unwrap_or(0.0);
     let mut sft_done = manifest.as_ref().map(|m| m.sft_done).unwrap_or(false);
     let mut before: Option<EvalResult> = None;

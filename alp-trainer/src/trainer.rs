@@ -200,11 +200,18 @@ impl Trainer {
         Ok(value)
     }
 
-    /// Builds an environment for a task.
+    /// Builds an environment for a task (the kind `rl.env` names).
     pub fn make_env(
         &self,
     ) -> impl Fn(&Task) -> Result<Box<dyn Environment>> + Send + Sync + 'static {
-        let tool = self.cfg.rl.env == "tool";
+        self.make_env_kind(self.cfg.rl.env == "tool")
+    }
+
+    /// Builds a tool environment (`tool`) or a single-turn math environment.
+    pub fn make_env_kind(
+        &self,
+        tool: bool,
+    ) -> impl Fn(&Task) -> Result<Box<dyn Environment>> + Send + Sync + 'static {
         let tc = ToolEnvConfig {
             max_turns: self.cfg.rl.max_turns.max(1),
             max_malformed_turns: 1,
@@ -241,6 +248,13 @@ impl Trainer {
     /// Evaluates on `n` held-out tasks: greedy accuracy (overall and per kind), tool-call rate
     /// on hard tasks, and with `k > 0` sampled accuracy and pass@k at temperature 1.
     pub fn evaluate(&self, n: usize, k: usize) -> Result<EvalResult> {
+        let mut src = ArithmeticTasks::new(&self.cfg.tasks, Split::Heldout, self.cfg.seed ^ 0xE7A1);
+        let tasks: Vec<Task> = (0..n).filter_map(|_| src.next_task()).collect();
+        self.evaluate_tasks(&tasks, self.cfg.rl.env == "tool", k)
+    }
+
+    /// Evaluates on given tasks with a tool (`tool`) or single-turn math environment.
+    pub fn evaluate_tasks(&self, tasks: &[Task], tool: bool, k: usize) -> Result<EvalResult> {
         let engine = Engine::from_weights(
             &self.weights()?,
             parse_dtype(&self.cfg.model.dtype)?,
@@ -248,13 +262,11 @@ impl Trainer {
             EngineConfig::default(),
         )?
         .with_tokenizer(self.tokenizer.clone());
-        let mut src = ArithmeticTasks::new(&self.cfg.tasks, Split::Heldout, self.cfg.seed ^ 0xE7A1);
-        let tasks: Vec<Task> = (0..n).filter_map(|_| src.next_task()).collect();
-        let env = self.make_env();
+        let env = self.make_env_kind(tool);
         let greedy = run_episodes(
             &engine,
             &self.tokenizer,
-            &tasks,
+            tasks,
             &env,
             1,
             &self.episode_config(0.0, 0),
@@ -296,7 +308,7 @@ impl Trainer {
             let sampled = run_episodes(
                 &engine,
                 &self.tokenizer,
-                &tasks,
+                tasks,
                 &env,
                 k,
                 &self.episode_config(1.0, 0xA11CE ^ self.step),
@@ -458,7 +470,16 @@ impl Trainer {
                     } else {
                         &NoPerturbation
                     };
-                    let logp = b.response_logprobs(&self.model, p)?;
+                    let logits = b.response_logits(&self.model, p)?;
+                    let logp = b.logprobs_of(&logits)?;
+                    // Policy entropy over the trained tokens (no gradient).
+                    let ent =
+                        alp_loss::entropy_from_logits(&logits, 1024)?.reshape(b.mask.shape())?;
+                    let ent = ((ent * &b.mask)?.sum_all()?.to_scalar::<f32>()? as f64)
+                        / (b.mask.sum_all()?.to_scalar::<f32>()? as f64).max(1.0);
+                    let e = accum.entry("entropy".into()).or_default();
+                    e.0 += ent * micro.len() as f64;
+                    e.1 += micro.len() as f64;
                     let inputs = LossInputs {
                         logp: &logp,
                         logp_old: logp_old.as_ref(),

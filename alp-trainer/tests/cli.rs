@@ -192,3 +192,57 @@ fn bench_rollout_reports_generated_tokens_as_json() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown preset"));
 }
+
+#[test]
+fn generate_prints_completions_of_a_saved_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = alp_model::presets::alp_default();
+    alp_model::ModelWeights::random(&cfg, 0, candle_core::DType::F32, &candle_core::Device::Cpu)
+        .unwrap()
+        .save(dir.path())
+        .unwrap();
+    alp_trainer::default_task::build_tokenizer()
+        .unwrap()
+        .save(dir.path())
+        .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_alp"))
+        .args([
+            "generate",
+            "--prompt",
+            "12+5=",
+            "--n",
+            "3",
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "5",
+            "--model",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let headers: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("--- completion"))
+        .collect();
+    assert_eq!(headers.len(), 3, "{text}");
+    // Greedy: every completion is the same.
+    let bodies: Vec<&str> = text
+        .split("--- completion")
+        .skip(1)
+        .map(|b| b.split_once('\n').unwrap().1)
+        .collect();
+    assert!(bodies.windows(2).all(|w| w[0] == w[1]), "{text}");
+    assert!(
+        headers
+            .iter()
+            .all(|h| h.contains("5 tokens") || h.contains("stop: eos")),
+        "{text}"
+    );
+}

@@ -294,3 +294,34 @@ fn every_method_runs_two_rl_steps() {
         );
     }
 }
+
+#[test]
+fn an_interrupted_run_writes_a_checkpoint_and_the_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut cfg = small();
+    cfg.rl.steps = 50;
+    // Pressed before the first RL step: nothing more runs, but what ran is kept.
+    flag.store(true, std::sync::atomic::Ordering::SeqCst);
+    let out = train(
+        cfg,
+        RunOptions {
+            out: Some(dir.path().into()),
+            interrupt: Some(flag),
+            ..quiet()
+        },
+    )
+    .unwrap();
+    assert!(out.interrupted);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["interrupted"], true);
+    assert_eq!(summary["rl_steps"], 0);
+    assert_eq!(
+        checkpoint::read_manifest(&checkpoint::latest(dir.path()).unwrap())
+            .unwrap()
+            .step,
+        0
+    );
+}

@@ -5,15 +5,26 @@ use alp_model::{presets, Config, ModelWeights};
 use candle_core::Tensor;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
-/// (name, config, prefill batch, prefill length, decode batches)
-fn shapes() -> Vec<(&'static str, Config, usize, usize, Vec<usize>)> {
-    vec![("qwen2-25m", presets::qwen2_25m(), 8, 128, vec![1, 64])]
+/// (name, config, prefill batch, prefill length, decode batches). The Qwen2.5-0.5B shape only
+/// runs on a GPU (on two CPU cores one step takes seconds).
+fn shapes(gpu: bool) -> Vec<(&'static str, Config, usize, usize, Vec<usize>)> {
+    let mut v = vec![("qwen2-25m", presets::qwen2_25m(), 8, 128, vec![1, 64, 256])];
+    if gpu {
+        v.push((
+            "qwen2.5-0.5b",
+            presets::qwen2_5_0_5b(),
+            8,
+            512,
+            vec![1, 64, 256],
+        ));
+    }
+    v
 }
 
 fn bench(c: &mut Criterion) {
     let dev = bench_device().expect("ALP_BENCH_DEVICE");
     let dtype = alp_benches::bench_dtype(&dev);
-    for (name, cfg, pb, pl, decode_batches) in shapes() {
+    for (name, cfg, pb, pl, decode_batches) in shapes(!dev.is_cpu()) {
         let model = ModelWeights::random(&cfg, 0, dtype, &dev)
             .and_then(|w| w.build())
             .expect("model");

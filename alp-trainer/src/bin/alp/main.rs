@@ -75,10 +75,14 @@ enum Command {
         /// Override a setting.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
-        /// Held-out tasks.
+        /// `tool` (held-out default mix with the calculator), `math` (the same tasks, single
+        /// turn, no tool) or a JSONL file (GSM8K, MATH or prompt/answer lines).
+        #[arg(long, default_value = "tool")]
+        tasks: String,
+        /// Most tasks evaluated.
         #[arg(long, default_value_t = 200)]
-        tasks: usize,
-        /// Samples per task for pass@k.
+        limit: usize,
+        /// Samples per task at temperature 1 for pass@k (0: greedy only).
         #[arg(long, default_value_t = 8)]
         n: usize,
     },
@@ -238,8 +242,9 @@ fn main() -> Result<()> {
             config,
             sets,
             tasks,
+            limit,
             n,
-        } => train::eval(model, config, sets, tasks, n),
+        } => train::eval(model, config, sets, tasks, limit, n),
         Command::Plot { run } => {
             alp_trainer::report::plot_run(&run)?;
             println!("wrote {}/plots", run.display());

@@ -81,9 +81,11 @@ pub fn eval(
     model: String,
     config: Option<PathBuf>,
     sets: Vec<String>,
+    tasks: String,
+    limit: usize,
     n: usize,
-    k: usize,
 ) -> Result<()> {
+    use alp_core::TaskSource;
     let mut cfg = load_config(config.as_ref(), &sets)?;
     let dir = alp_model::resolve_model_dir(&model)?;
     let dtype = alp_model::parse_dtype(&cfg.model.dtype)?;
@@ -98,8 +100,41 @@ pub fn eval(
         tok
     };
     cfg.model.base = model;
-    let t = alp_trainer::trainer::Trainer::from_weights(cfg, &weights, tok)?;
-    let e = t.evaluate(n, k)?;
+    let t = alp_trainer::trainer::Trainer::from_weights(cfg.clone(), &weights, tok)?;
+    let (list, tool) = match tasks.as_str() {
+        "tool" | "math" => {
+            let mut src = alp_trainer::default_task::ArithmeticTasks::new(
+                &cfg.tasks,
+                alp_envs::math::Split::Heldout,
+                cfg.seed ^ 0xE7A1,
+            );
+            let list: Vec<alp_core::Task> = (0..limit).filter_map(|_| src.next_task()).collect();
+            (list, tasks == "tool")
+        }
+        path => {
+            let p = std::path::Path::new(path);
+            let text = std::fs::read_to_string(p).with_context(|| {
+                format!("--tasks {path}: neither `tool`, `math`, nor a readable JSONL file")
+            })?;
+            let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("{}");
+            let keys: serde_json::Value = serde_json::from_str(first).unwrap_or_default();
+            let format = if keys.get("question").is_some() {
+                alp_envs::math::DatasetFormat::gsm8k()
+            } else if keys.get("problem").is_some() {
+                alp_envs::math::DatasetFormat::math()
+            } else {
+                alp_envs::math::DatasetFormat::plain()
+            };
+            let (mut list, skipped) =
+                alp_envs::math::load_jsonl(p, &format, "dataset", alp_envs::math::OnError::Skip)?;
+            for e in &skipped {
+                eprintln!("{path}:{}: skipped: {}", e.line, e.message);
+            }
+            list.truncate(limit);
+            (list, false)
+        }
+    };
+    let e = t.evaluate_tasks(&list, tool, n)?;
     println!("{}", serde_json::to_string_pretty(&e)?);
     Ok(())
 }
