@@ -59,10 +59,17 @@ impl SeqBatch {
         Ok(logits.narrow(1, p - 1, t)?.contiguous()?)
     }
 
-    /// `[B, T]` log-probs of the response tokens given `[B, T, V]` response logits.
-    pub fn logprobs_of(&self, logits: &Tensor) -> Result<Tensor> {
+    /// `[B, T]` log-probs of the response tokens given `[B, T, V]` response logits, under
+    /// `softmax(logits / temperature)` (the sampler's temperature, so that the ratio compares
+    /// like with like).
+    pub fn logprobs_at(&self, logits: &Tensor, temperature: f64) -> Result<Tensor> {
         let targets = self.ids.narrow(1, self.prompt_len, self.response_len)?;
-        token_logprobs(logits, &targets, 1.0)
+        token_logprobs(logits, &targets, temperature)
+    }
+
+    /// [`SeqBatch::logprobs_at`] with temperature 1.
+    pub fn logprobs_of(&self, logits: &Tensor) -> Result<Tensor> {
+        self.logprobs_at(logits, 1.0)
     }
 
     /// `[B, T]` log-probs of the response tokens (differentiable), under `perturb`.

@@ -366,9 +366,16 @@ impl Trainer {
         let adv = compute_advantages(rl.advantage, &rewards, group_size)?;
         let mut m = Metrics::new();
         let n = trajs.len() as f64;
+        let r_mean = rewards.iter().map(|&r| r as f64).sum::<f64>() / n;
+        m.insert("reward/mean".into(), r_mean);
         m.insert(
-            "reward/mean".into(),
-            rewards.iter().map(|&r| r as f64).sum::<f64>() / n,
+            "reward/std".into(),
+            (rewards
+                .iter()
+                .map(|&r| (r as f64 - r_mean).powi(2))
+                .sum::<f64>()
+                / n)
+                .sqrt(),
         );
         m.insert(
             "accuracy".into(),
@@ -430,8 +437,15 @@ impl Trainer {
             self.version.saturating_sub(sampled_by) as f64,
         );
         let use_perturb = rl.objective.is_alp() || rl.perturb_always;
+        // The trainer scores tokens under the sampler's temperature (greedy sampling is scored
+        // at temperature 1, as the engine stores it).
+        let temp = if rl.temperature > 0.0 {
+            rl.temperature as f64
+        } else {
+            1.0
+        };
         let order: Vec<usize> = (0..trajs.len()).collect();
-        let mut accum: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+        let mut accum: BTreeMap<String, Acc> = BTreeMap::new();
         let mut skipped = 0usize;
         let mut mb_index = 0u64;
         for _epoch in 0..rl.ppo_epochs {
@@ -459,7 +473,8 @@ impl Trainer {
                     let a: Vec<f32> = micro.iter().map(|&i| adv.values[i]).collect();
                     let advantages = Tensor::from_vec(a, micro.len(), &self.device)?;
                     let logp_old = if rl.recompute_logp_old {
-                        Some(b.response_logprobs(&self.model, &NoPerturbation)?.detach())
+                        let l = b.response_logits(&self.model, &NoPerturbation)?;
+                        Some(b.logprobs_at(&l, temp)?.detach())
                     } else {
                         None
                     };
@@ -471,15 +486,13 @@ impl Trainer {
                         &NoPerturbation
                     };
                     let logits = b.response_logits(&self.model, p)?;
-                    let logp = b.logprobs_of(&logits)?;
+                    let logp = b.logprobs_at(&logits, temp)?;
                     // Policy entropy over the trained tokens (no gradient).
                     let ent =
                         alp_loss::entropy_from_logits(&logits, 1024)?.reshape(b.mask.shape())?;
                     let ent = ((ent * &b.mask)?.sum_all()?.to_scalar::<f32>()? as f64)
                         / (b.mask.sum_all()?.to_scalar::<f32>()? as f64).max(1.0);
-                    let e = accum.entry("entropy".into()).or_default();
-                    e.0 += ent * micro.len() as f64;
-                    e.1 += micro.len() as f64;
+                    record(&mut accum, "entropy", ent, micro.len() as f64);
                     let inputs = LossInputs {
                         logp: &logp,
                         logp_old: logp_old.as_ref(),
@@ -497,21 +510,15 @@ impl Trainer {
                         finite = false;
                         break;
                     }
-                    let e = accum.entry("loss".into()).or_default();
-                    e.0 += loss_value as f64 * micro.len() as f64;
-                    e.1 += micro.len() as f64;
+                    record(&mut accum, "loss", loss_value as f64, micro.len() as f64);
                     for (k, v) in &out.metrics {
-                        let e = accum.entry(k.clone()).or_default();
-                        e.0 += v * micro.len() as f64;
-                        e.1 += micro.len() as f64;
+                        record(&mut accum, k.clone(), *v, micro.len() as f64);
                     }
                     if let Ok(r) =
                         mismatch_report(&logp.detach(), logp_old.as_ref(), &logp_infer, &b.mask)
                     {
                         for (k, v) in r {
-                            let e = accum.entry(k).or_default();
-                            e.0 += v * micro.len() as f64;
-                            e.1 += micro.len() as f64;
+                            record(&mut accum, k, v, micro.len() as f64);
                         }
                     }
                     let grads = (out.loss * weight)?.backward()?;
@@ -536,20 +543,26 @@ impl Trainer {
                 } else {
                     1.0
                 };
-                let e = accum.entry("grad_norm".into()).or_default();
-                e.0 += norm;
-                e.1 += 1.0;
+                record(&mut accum, "grad_norm", norm, 1.0);
                 self.opt.step(&gt, scale)?;
                 if use_perturb && self.perturb.config().learnable && rl.sigma_lr > 0.0 {
                     let sn = global_norm(&[&gs])?;
+                    record(&mut accum, "sigma/grad_norm", sn, 1.0);
                     if sn.is_finite() {
                         self.opt_sigma.step(&gs, 1.0)?;
                     }
                 }
             }
         }
-        for (k, (s, c)) in accum {
-            m.insert(k, s / c.max(1.0));
+        for (k, a) in accum {
+            let v = if k.ends_with("/max") {
+                a.max
+            } else if k.ends_with("/min") {
+                a.min
+            } else {
+                a.sum / a.weight.max(1e-12)
+            };
+            m.insert(k, v);
         }
         m.insert("skipped_updates".into(), skipped as f64);
         self.inject_nan_once = false;
@@ -576,6 +589,28 @@ impl Trainer {
         self.version += 1;
         Ok(m)
     }
+}
+
+/// A metric accumulated over micro-batches: weighted mean, and min / max for extreme keys.
+#[derive(Debug, Clone, Copy)]
+struct Acc {
+    sum: f64,
+    weight: f64,
+    min: f64,
+    max: f64,
+}
+
+fn record(accum: &mut BTreeMap<String, Acc>, key: impl Into<String>, value: f64, weight: f64) {
+    let a = accum.entry(key.into()).or_insert(Acc {
+        sum: 0.0,
+        weight: 0.0,
+        min: f64::INFINITY,
+        max: f64::NEG_INFINITY,
+    });
+    a.sum += value * weight;
+    a.weight += weight;
+    a.min = a.min.min(value);
+    a.max = a.max.max(value);
 }
 
 fn add_grads(

@@ -325,3 +325,42 @@ fn an_interrupted_run_writes_a_checkpoint_and_the_summary() {
         0
     );
 }
+
+#[test]
+fn trainer_recomputation_matches_the_engine_on_the_same_weights() {
+    // f32 rollouts from the current weights: the engine part of the mismatch is float noise,
+    // at temperature 1 and at another temperature (the trainer applies the sampler's).
+    for temperature in [1.0f32, 0.7] {
+        let mut cfg = small();
+        cfg.rl.temperature = temperature;
+        let mut t = Trainer::new(cfg).unwrap();
+        let engine = Engine::from_weights(
+            &t.weights().unwrap(),
+            DType::F32,
+            &Device::Cpu,
+            EngineConfig::default(),
+        )
+        .unwrap()
+        .with_tokenizer(t.tokenizer.clone());
+        let mut src = ArithmeticTasks::new(&t.cfg.tasks, Split::Train, 9);
+        let tasks: Vec<_> = (0..2).filter_map(|_| src.next_task()).collect();
+        let groups = run_episodes(
+            &engine,
+            &t.tokenizer,
+            &tasks,
+            &t.make_env(),
+            2,
+            &t.episode_config(temperature, 9),
+            None,
+            0,
+        )
+        .unwrap();
+        let m = t.rl_step(&groups, 0).unwrap();
+        let max = m["mismatch/engine/ratio_token/max"];
+        let min = m["mismatch/engine/ratio_token/min"];
+        assert!(
+            (max - 1.0).abs() < 1e-3 && (min - 1.0).abs() < 1e-3,
+            "T={temperature}: engine ratio in [{min}, {max}]"
+        );
+    }
+}
