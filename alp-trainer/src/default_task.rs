@@ -115,6 +115,7 @@ impl Default for TaskMix {
 #[derive(Debug, Clone)]
 pub struct ArithmeticTasks {
     inner: TaskStream,
+    compact: bool,
 }
 
 impl ArithmeticTasks {
@@ -130,15 +131,25 @@ impl ArithmeticTasks {
                 split,
                 seed,
             ),
+            compact: true,
         }
+    }
+
+    /// Full prompts instead of compact ones: the boxed-answer system instruction and
+    /// `What is 942 * 59?` (for real instruct models).
+    pub fn verbose(mut self) -> Self {
+        self.compact = false;
+        self
     }
 }
 
 impl TaskSource for ArithmeticTasks {
     fn next_task(&mut self) -> Option<Task> {
         let mut t = self.inner.next_task()?;
-        let q = alp_envs::math::generators::question_of(&t).to_string();
-        t.messages = vec![ChatMessage::new("user", compact(&q))];
+        if self.compact {
+            let q = alp_envs::math::generators::question_of(&t).to_string();
+            t.messages = vec![ChatMessage::new("user", compact(&q))];
+        }
         Some(t)
     }
     fn cursor(&self) -> u64 {

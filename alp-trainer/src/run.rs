@@ -3,7 +3,7 @@
 
 use crate::checkpoint::{self, Manifest};
 use crate::config::TrainConfig;
-use crate::default_task::{self, ArithmeticTasks};
+use crate::default_task;
 use crate::report;
 use crate::trainer::{EvalResult, Metrics, Trainer};
 use alp_core::{Error, Result, Task, TaskSource};
@@ -282,7 +282,8 @@ pub fn train(cfg: TrainConfig, opts: RunOptions) -> Result<RunOutcome> {
         let device = trainer.device.clone();
         let tok = trainer.tokenizer.clone();
         let env = trainer.make_env();
-        let mut tasks = ArithmeticTasks::new(&cfg.tasks, Split::Train, cfg.seed);
+        let mut tasks = trainer.task_stream(Split::Train, cfg.seed);
+        let tools = trainer.tools_spec();
         let (p, g, seed) = (cfg.rl.prompts_per_step, cfg.rl.group_size, cfg.seed);
         let ep_template = trainer.episode_config(cfg.rl.temperature, 0);
         let tok_b = tok.clone();
@@ -302,7 +303,7 @@ pub fn train(cfg: TrainConfig, opts: RunOptions) -> Result<RunOutcome> {
                 let batch: Vec<Task> = (0..p).filter_map(|_| tasks.next_task()).collect();
                 let mut ec = ep_template.clone();
                 ec.sampling.seed = alp_rollout::mix_seed(seed, step);
-                run_episodes(engine, &tok, &batch, &env, g, &ec, None, version)
+                run_episodes(engine, &tok, &batch, &env, g, &ec, tools.as_ref(), version)
             },
         )?;
         let bar = tty.then(|| {

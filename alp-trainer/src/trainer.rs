@@ -200,6 +200,24 @@ impl Trainer {
         Ok(value)
     }
 
+    /// The task stream of a split: compact prompts for the embedded default, full prompts (boxed
+    /// instruction, `What is …?`) for a real checkpoint.
+    pub fn task_stream(&self, split: Split, seed: u64) -> ArithmeticTasks {
+        let s = ArithmeticTasks::new(&self.cfg.tasks, split, seed);
+        if self.cfg.model.base.is_empty() {
+            s
+        } else {
+            s.verbose()
+        }
+    }
+
+    /// The tool specs handed to the chat template (real checkpoints with the tool environment;
+    /// the embedded default's template has no tools section).
+    pub fn tools_spec(&self) -> Option<serde_json::Value> {
+        (!self.cfg.model.base.is_empty() && self.cfg.rl.env == "tool")
+            .then(|| serde_json::Value::Array(default_task::registry().tool_specs()))
+    }
+
     /// Builds an environment for a task (the kind `rl.env` names).
     pub fn make_env(
         &self,
@@ -248,7 +266,7 @@ impl Trainer {
     /// Evaluates on `n` held-out tasks: greedy accuracy (overall and per kind), tool-call rate
     /// on hard tasks, and with `k > 0` sampled accuracy and pass@k at temperature 1.
     pub fn evaluate(&self, n: usize, k: usize) -> Result<EvalResult> {
-        let mut src = ArithmeticTasks::new(&self.cfg.tasks, Split::Heldout, self.cfg.seed ^ 0xE7A1);
+        let mut src = self.task_stream(Split::Heldout, self.cfg.seed ^ 0xE7A1);
         let tasks: Vec<Task> = (0..n).filter_map(|_| src.next_task()).collect();
         self.evaluate_tasks(&tasks, self.cfg.rl.env == "tool", k)
     }
@@ -263,6 +281,7 @@ impl Trainer {
         )?
         .with_tokenizer(self.tokenizer.clone());
         let env = self.make_env_kind(tool);
+        let tools = if tool { self.tools_spec() } else { None };
         let greedy = run_episodes(
             &engine,
             &self.tokenizer,
@@ -270,7 +289,7 @@ impl Trainer {
             &env,
             1,
             &self.episode_config(0.0, 0),
-            None,
+            tools.as_ref(),
             self.version,
         )?;
         let mut res = EvalResult {
@@ -312,7 +331,7 @@ impl Trainer {
                 &env,
                 k,
                 &self.episode_config(1.0, 0xA11CE ^ self.step),
-                None,
+                tools.as_ref(),
                 self.version,
             )?;
             let (mut acc, mut pass, mut calls, mut hard_n) = (0.0, 0.0, 0.0, 0.0);

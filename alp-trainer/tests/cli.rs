@@ -246,3 +246,45 @@ fn generate_prints_completions_of_a_saved_checkpoint() {
         "{text}"
     );
 }
+
+#[test]
+fn eval_reads_the_default_mix_and_jsonl_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = alp_model::presets::alp_default();
+    alp_model::ModelWeights::random(&cfg, 0, candle_core::DType::F32, &candle_core::Device::Cpu)
+        .unwrap()
+        .save(dir.path())
+        .unwrap();
+    alp_trainer::default_task::build_tokenizer()
+        .unwrap()
+        .save(dir.path())
+        .unwrap();
+    let data = dir.path().join("gsm.jsonl");
+    std::fs::write(
+        &data,
+        "{\"question\": \"1+1=\", \"answer\": \"so\\n#### 2\"}\n{\"question\": \"2+2=\", \"answer\": \"#### 4\"}\nbroken\n",
+    )
+    .unwrap();
+    for (tasks, expect) in [("tool", 6u64), ("math", 6), (data.to_str().unwrap(), 2)] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_alp"))
+            .args([
+                "eval", "--tasks", tasks, "--limit", "6", "--n", "2", "--model",
+            ])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{tasks}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["tasks"], expect, "{tasks}");
+        assert_eq!(v["k"], 2);
+        let acc = v["accuracy"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&acc));
+        if tasks.ends_with(".jsonl") {
+            assert!(String::from_utf8_lossy(&out.stderr).contains(":3: skipped"));
+        }
+    }
+}

@@ -99,15 +99,14 @@ pub fn eval(
     } else {
         tok
     };
-    cfg.model.base = model;
+    // A checkpoint of the embedded default (its template) is evaluated on compact prompts
+    // without a tools section; any other model as a real checkpoint.
+    let is_default = tok.chat_template() == Some(alp_trainer::default_task::CHAT_TEMPLATE);
+    cfg.model.base = if is_default { String::new() } else { model };
     let t = alp_trainer::trainer::Trainer::from_weights(cfg.clone(), &weights, tok)?;
     let (list, tool) = match tasks.as_str() {
         "tool" | "math" => {
-            let mut src = alp_trainer::default_task::ArithmeticTasks::new(
-                &cfg.tasks,
-                alp_envs::math::Split::Heldout,
-                cfg.seed ^ 0xE7A1,
-            );
+            let mut src = t.task_stream(alp_envs::math::Split::Heldout, cfg.seed ^ 0xE7A1);
             let list: Vec<alp_core::Task> = (0..limit).filter_map(|_| src.next_task()).collect();
             (list, tasks == "tool")
         }
