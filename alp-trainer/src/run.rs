@@ -53,8 +53,9 @@ fn log_line(line: &str) {
     let _ = std::io::stdout().flush();
 }
 
-/// Runs the SFT warm start of `t` (cosine schedule); prints progress.
-pub fn run_sft(t: &mut Trainer, progress: bool) -> Result<Vec<f64>> {
+/// Runs the SFT warm start of `t` (cosine schedule); prints progress. Stops early (keeping
+/// what it learned) when `stop` is set.
+pub fn run_sft(t: &mut Trainer, progress: bool, stop: Option<&AtomicBool>) -> Result<Vec<f64>> {
     let sft = t.cfg.sft.clone();
     if sft.steps == 0 {
         return Ok(vec![]);
@@ -79,6 +80,10 @@ pub fn run_sft(t: &mut Trainer, progress: bool) -> Result<Vec<f64>> {
     });
     let mut losses = Vec::with_capacity(sft.steps);
     for s in 0..sft.steps {
+        if stop.is_some_and(|f| f.load(Ordering::SeqCst)) {
+            log_line(&format!("SFT interrupted after {s} steps"));
+            break;
+        }
         let lr = if s < sft.warmup {
             sft.lr * (s + 1) as f64 / sft.warmup as f64
         } else {
@@ -223,7 +228,7 @@ pub fn train(cfg: TrainConfig, opts: RunOptions) -> Result<RunOutcome> {
                 cfg.sft.batch_size,
                 (100.0 * cfg.sft.tool_fraction).round()
             ));
-            let losses = run_sft(&mut trainer, tty)?;
+            let losses = run_sft(&mut trainer, tty, opts.interrupt.as_deref())?;
             log_line(&format!(
                 "SFT done in {:.0} s, final loss {:.4}",
                 t0.elapsed().as_secs_f64(),

@@ -65,7 +65,11 @@ pub fn train(
 pub fn sft(config: Option<PathBuf>, sets: Vec<String>, out: PathBuf) -> Result<()> {
     let cfg = load_config(config.as_ref(), &sets)?;
     let mut t = alp_trainer::trainer::Trainer::new(cfg)?;
-    let losses = run::run_sft(&mut t, std::io::IsTerminal::is_terminal(&std::io::stdout()))?;
+    let losses = run::run_sft(
+        &mut t,
+        std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        None,
+    )?;
     t.weights()?.save(&out)?;
     t.tokenizer.save(&out)?;
     println!(
