@@ -20,6 +20,19 @@ pub struct AdamWParams {
     pub weight_decay: f64,
 }
 
+impl AdamWParams {
+    /// β = (0.9, 0.999), ε = 1e-8, no weight decay, learning rate `lr`.
+    pub fn with_lr(lr: f64) -> Self {
+        AdamWParams {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }
+    }
+}
+
 /// One AdamW parameter group.
 pub struct AdamW {
     params: Vec<(String, Var)>,

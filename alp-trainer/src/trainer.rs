@@ -133,13 +133,7 @@ impl Trainer {
         )?;
         let opt_sigma = AdamW::new(
             vec![("log_sigma".into(), perturb.log_sigma().clone())],
-            AdamWParams {
-                lr: cfg.rl.sigma_lr,
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-                weight_decay: 0.0,
-            },
+            AdamWParams::with_lr(cfg.rl.sigma_lr),
         )?;
         Ok(Trainer {
             cfg,

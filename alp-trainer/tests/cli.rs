@@ -195,16 +195,7 @@ fn bench_rollout_reports_generated_tokens_as_json() {
 
 #[test]
 fn generate_prints_completions_of_a_saved_checkpoint() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = alp_model::presets::alp_default();
-    alp_model::ModelWeights::random(&cfg, 0, candle_core::DType::F32, &candle_core::Device::Cpu)
-        .unwrap()
-        .save(dir.path())
-        .unwrap();
-    alp_trainer::default_task::build_tokenizer()
-        .unwrap()
-        .save(dir.path())
-        .unwrap();
+    let dir = default_checkpoint();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_alp"))
         .args([
             "generate",
@@ -249,16 +240,7 @@ fn generate_prints_completions_of_a_saved_checkpoint() {
 
 #[test]
 fn eval_reads_the_default_mix_and_jsonl_files() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = alp_model::presets::alp_default();
-    alp_model::ModelWeights::random(&cfg, 0, candle_core::DType::F32, &candle_core::Device::Cpu)
-        .unwrap()
-        .save(dir.path())
-        .unwrap();
-    alp_trainer::default_task::build_tokenizer()
-        .unwrap()
-        .save(dir.path())
-        .unwrap();
+    let dir = default_checkpoint();
     let data = dir.path().join("gsm.jsonl");
     std::fs::write(
         &data,
@@ -287,4 +269,19 @@ fn eval_reads_the_default_mix_and_jsonl_files() {
             assert!(String::from_utf8_lossy(&out.stderr).contains(":3: skipped"));
         }
     }
+}
+
+/// A random checkpoint of the embedded default's shape with its tokenizer.
+fn default_checkpoint() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = alp_model::presets::alp_default();
+    alp_model::ModelWeights::random(&cfg, 0, candle_core::DType::F32, &candle_core::Device::Cpu)
+        .unwrap()
+        .save(dir.path())
+        .unwrap();
+    alp_trainer::default_task::build_tokenizer()
+        .unwrap()
+        .save(dir.path())
+        .unwrap();
+    dir
 }

@@ -169,6 +169,11 @@ fn resume_is_bit_identical_in_sync_mode() {
 }
 
 fn one_batch(t: &Trainer, step: u64) -> Vec<alp_core::TrajectoryGroup> {
+    batch_at(t, step, 1.0)
+}
+
+/// Two tasks × two samples from an f32 engine over the trainer's current weights.
+fn batch_at(t: &Trainer, step: u64, temperature: f32) -> Vec<alp_core::TrajectoryGroup> {
     let engine = Engine::from_weights(
         &t.weights().unwrap(),
         DType::F32,
@@ -179,13 +184,14 @@ fn one_batch(t: &Trainer, step: u64) -> Vec<alp_core::TrajectoryGroup> {
     .with_tokenizer(t.tokenizer.clone());
     let mut src = ArithmeticTasks::new(&t.cfg.tasks, Split::Train, step);
     let tasks: Vec<_> = (0..2).filter_map(|_| src.next_task()).collect();
+    let ec = t.episode_config(temperature, step);
     run_episodes(
         &engine,
         &t.tokenizer,
         &tasks,
         &t.make_env(),
         2,
-        &t.episode_config(1.0, step),
+        &ec,
         None,
         t.version,
     )
@@ -334,27 +340,7 @@ fn trainer_recomputation_matches_the_engine_on_the_same_weights() {
         let mut cfg = small();
         cfg.rl.temperature = temperature;
         let mut t = Trainer::new(cfg).unwrap();
-        let engine = Engine::from_weights(
-            &t.weights().unwrap(),
-            DType::F32,
-            &Device::Cpu,
-            EngineConfig::default(),
-        )
-        .unwrap()
-        .with_tokenizer(t.tokenizer.clone());
-        let mut src = ArithmeticTasks::new(&t.cfg.tasks, Split::Train, 9);
-        let tasks: Vec<_> = (0..2).filter_map(|_| src.next_task()).collect();
-        let groups = run_episodes(
-            &engine,
-            &t.tokenizer,
-            &tasks,
-            &t.make_env(),
-            2,
-            &t.episode_config(temperature, 9),
-            None,
-            0,
-        )
-        .unwrap();
+        let groups = batch_at(&t, 9, temperature);
         let m = t.rl_step(&groups, 0).unwrap();
         let max = m["mismatch/engine/ratio_token/max"];
         let min = m["mismatch/engine/ratio_token/min"];

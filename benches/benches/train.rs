@@ -23,13 +23,7 @@ fn bench(c: &mut Criterion) {
             .expect("model");
         let mut opt = AdamW::new(
             named_vars(&varmap).expect("vars"),
-            AdamWParams {
-                lr: 1e-5,
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-                weight_decay: 0.0,
-            },
+            AdamWParams::with_lr(1e-5),
         )
         .expect("optimizer");
         let ids = Tensor::from_vec(random_tokens(b * t, cfg.vocab_size, 5), (b, t), &dev).unwrap();

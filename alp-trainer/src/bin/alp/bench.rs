@@ -124,13 +124,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
     let (model, varmap) = weights.build_trainable()?;
     let mut opt = AdamW::new(
         alp_trainer::trainer::named_vars(&varmap)?,
-        AdamWParams {
-            lr: 1e-5,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-        },
+        AdamWParams::with_lr(1e-5),
     )?;
     let vocab = model.config().vocab_size as u32;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
