@@ -21,6 +21,10 @@ pub struct EngineConfig {
     pub token_budget: usize,
     /// Longest sequence (prompt + output); 0 means the model's `max_position_embeddings`.
     pub max_context: usize,
+    /// Independent batches decoded on that many threads at once (requests are dealt out
+    /// round-robin; `max_batch` and `token_budget` are shared out). On a CPU a decode step at
+    /// moderate batch sizes barely uses a second core, two shards use both. 1: one batch.
+    pub shards: usize,
 }
 
 impl Default for EngineConfig {
@@ -29,6 +33,7 @@ impl Default for EngineConfig {
             max_batch: 64,
             token_budget: 64 * 1024,
             max_context: 0,
+            shards: 1,
         }
     }
 }
@@ -41,6 +46,9 @@ impl EngineConfig {
         }
         if self.token_budget == 0 {
             return Err(Error::config("token_budget", "must be at least 1"));
+        }
+        if self.shards == 0 {
+            return Err(Error::config("shards", "must be at least 1"));
         }
         Ok(())
     }
@@ -230,6 +238,68 @@ impl Engine {
         requests: &[Request],
     ) -> Result<(Vec<Completion>, GenerateStats)> {
         self.check(requests)?;
+        let shards = self.config.shards.min(requests.len()).max(1);
+        if shards == 1 {
+            return self.generate_batch(requests);
+        }
+        // Deal the requests out round-robin and run one continuous batch per thread.
+        let longest = requests
+            .iter()
+            .map(|r| self.reservation(r))
+            .max()
+            .unwrap_or(0);
+        let sub = Engine {
+            config: EngineConfig {
+                max_batch: self.config.max_batch.div_ceil(shards),
+                token_budget: (self.config.token_budget / shards).max(longest),
+                shards: 1,
+                ..self.config.clone()
+            },
+            ..self.clone()
+        };
+        let parts: Vec<Vec<usize>> = (0..shards)
+            .map(|s| (s..requests.len()).step_by(shards).collect())
+            .collect();
+        let results: Vec<Result<(Vec<Completion>, GenerateStats)>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = parts
+                .iter()
+                .map(|idx| {
+                    let reqs: Vec<Request> = idx.iter().map(|&i| requests[i].clone()).collect();
+                    let sub = &sub;
+                    scope.spawn(move || sub.generate_batch(&reqs))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(Error::Msg("a generation thread panicked".into())))
+                })
+                .collect()
+        });
+        let mut out: Vec<Option<Completion>> = vec![None; requests.len()];
+        let mut stats = GenerateStats::default();
+        for (idx, r) in parts.iter().zip(results) {
+            let (done, st) = r?;
+            for (&i, c) in idx.iter().zip(done) {
+                out[i] = Some(c);
+            }
+            stats.decode_steps = stats.decode_steps.max(st.decode_steps);
+            stats.prefills += st.prefills;
+            stats.rebuilds += st.rebuilds;
+            stats.peak_batch += st.peak_batch;
+            stats.prefill_seconds = stats.prefill_seconds.max(st.prefill_seconds);
+            stats.decode_seconds = stats.decode_seconds.max(st.decode_seconds);
+        }
+        let out = out
+            .into_iter()
+            .map(|c| c.ok_or_else(|| Error::Msg("a request finished without a completion".into())))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((out, stats))
+    }
+
+    /// One continuous batch over `requests` (already checked).
+    fn generate_batch(&self, requests: &[Request]) -> Result<(Vec<Completion>, GenerateStats)> {
         let mut stats = GenerateStats::default();
         let mut results: Vec<Option<Completion>> = vec![None; requests.len()];
         let mut waiting: VecDeque<usize> = (0..requests.len()).collect();

@@ -497,3 +497,53 @@ fn multi_turn_episode_has_the_right_loss_mask() {
         }
     }
 }
+
+#[test]
+fn sharded_generation_equals_one_batch() {
+    let m = model();
+    let reqs: Vec<Request> = prompts()
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| Request {
+            prompt: p,
+            params: SamplingParams {
+                max_new_tokens: 4 + i,
+                seed: 40 + i as u64,
+                temperature: if i % 2 == 0 { 0.0 } else { 1.0 },
+                ..Default::default()
+            },
+        })
+        .collect();
+    let one = Engine::new(m.clone(), EngineConfig::default())
+        .unwrap()
+        .generate(&reqs)
+        .unwrap();
+    for shards in [2, 3, 8] {
+        let (many, stats) = Engine::new(
+            m.clone(),
+            EngineConfig {
+                shards,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .generate_with_stats(&reqs)
+        .unwrap();
+        assert!(stats.prefills >= shards.min(reqs.len()));
+        for (a, b) in one.iter().zip(&many) {
+            assert_eq!(a.tokens, b.tokens, "shards {shards}");
+            assert_eq!(a.finish_reason, b.finish_reason);
+            for (x, y) in a.logprobs.iter().zip(&b.logprobs) {
+                assert!((x - y).abs() < 1e-4);
+            }
+        }
+    }
+    assert!(Engine::new(
+        m,
+        EngineConfig {
+            shards: 0,
+            ..Default::default()
+        }
+    )
+    .is_err());
+}

@@ -16,6 +16,7 @@ pub struct RolloutArgs {
     pub new_tokens: usize,
     pub dtype: String,
     pub device: String,
+    pub shards: usize,
     pub json: bool,
 }
 
@@ -53,6 +54,7 @@ pub fn rollout(a: RolloutArgs) -> Result<()> {
             max_batch: a.batch,
             token_budget: a.batch * (a.prompt_len + a.new_tokens),
             max_context: 0,
+            shards: a.shards,
         },
     )?;
     // Warm-up on one short request (allocations, thread pools).
@@ -76,7 +78,7 @@ pub fn rollout(a: RolloutArgs) -> Result<()> {
         serde_json::json!({
             "tokens_per_s": tps, "generated_tokens": generated, "seconds": secs,
             "batch": a.batch, "prompt_len": a.prompt_len, "new_tokens": a.new_tokens,
-            "dtype": a.dtype, "device": a.device, "decode_steps": stats.decode_steps,
+            "dtype": a.dtype, "device": a.device, "shards": a.shards, "decode_steps": stats.decode_steps,
             "prefill_seconds": stats.prefill_seconds, "decode_seconds": stats.decode_seconds,
             "decode_tokens_per_s": (generated - out.len()) as f64 / stats.decode_seconds.max(1e-9),
         })

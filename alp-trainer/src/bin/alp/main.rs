@@ -183,6 +183,9 @@ enum BenchCommand {
         /// New tokens per sequence.
         #[arg(long, default_value_t = 64)]
         new_tokens: usize,
+        /// Batches decoded in parallel threads (default: the CPU's cores up to 4; 1 on a GPU).
+        #[arg(long)]
+        shards: Option<usize>,
         /// Weights dtype: f32, bf16 or f16.
         #[arg(long, default_value = "f32")]
         dtype: String,
@@ -286,17 +289,28 @@ fn main() -> Result<()> {
             new_tokens,
             dtype,
             device,
+            shards,
             json,
-        }) => bench::rollout(bench::RolloutArgs {
-            model,
-            preset,
-            batch,
-            prompt_len,
-            new_tokens,
-            dtype,
-            device,
-            json,
-        }),
+        }) => {
+            let shards = shards.unwrap_or_else(|| {
+                if device == "cpu" {
+                    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+                } else {
+                    1
+                }
+            });
+            bench::rollout(bench::RolloutArgs {
+                model,
+                preset,
+                batch,
+                prompt_len,
+                new_tokens,
+                dtype,
+                device,
+                shards,
+                json,
+            })
+        }
         Command::Bench(BenchCommand::Train {
             model,
             preset,
