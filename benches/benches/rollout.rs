@@ -20,7 +20,17 @@ fn bench(c: &mut Criterion) {
         let model = ModelWeights::random(&cfg, 0, dtype, &dev)
             .and_then(|w| w.build())
             .expect("model");
-        let engine = Engine::new(Arc::new(model), EngineConfig::default()).expect("engine");
+        let model = Arc::new(model);
+        let engine = Engine::new(model.clone(), EngineConfig::default()).expect("engine");
+        // Two independent batches on two threads (what `alp bench rollout` does on a CPU).
+        let sharded = Engine::new(
+            model,
+            EngineConfig {
+                shards: 2,
+                ..Default::default()
+            },
+        )
+        .expect("engine");
         let mut g = c.benchmark_group(format!("{name}/generate"));
         g.sample_size(10);
         for batch in [1usize, 16, 64] {
@@ -39,6 +49,11 @@ fn bench(c: &mut Criterion) {
             g.bench_function(BenchmarkId::new("batch", batch), |b| {
                 b.iter(|| engine.generate(&requests).unwrap())
             });
+            if batch > 1 {
+                g.bench_function(BenchmarkId::new("batch-2-shards", batch), |b| {
+                    b.iter(|| sharded.generate(&requests).unwrap())
+                });
+            }
         }
         g.finish();
     }
