@@ -196,6 +196,17 @@ const CASES: &[(&str, &str, bool)] = &[
     ("so the answer is $\\boxed{3\\sqrt{13}}$", "\\boxed{\\sqrt{117}}", T),
     ("$\\frac{14}{3}$", "\\boxed{\\frac{14}{3}}", T),
     ("$125$ miles", "The distance is $\\boxed{125\\textnormal{ miles}}.$", T),
+    // --- rules matched to math-verify
+    ("5\\%", "\\boxed{0.05}", T),          // a percentage also equals its fraction
+    ("5\\%", "\\boxed{5}", T),
+    ("5", "\\boxed{0.05}", F),
+    ("e^2", "\\boxed{7.389056}", T),         // e is Euler's number
+    ("\\log_2 8", "\\boxed{3}", T),
+    ("(2,-1)", "\\boxed{x=2, y=-1}", T),     // assignments form a point
+    ("(2,-1)", "\\boxed{x=-1, y=2}", F),
+    ("18", "\\boxed{18 dollars}", F),        // bare words are not units (only \\text{...} is)
+    ("45^\\circ", "The answer is 45^\\circ", T),
+    ("15.50", "Hence the value is \\$15.50.", F), // `\\$15.50` in prose is not a number
     // --- garbage must be false, never a crash
     ("5", "\\boxed{\\frac{}{}}", F),
     ("5", "\\boxed{((((}", F),
@@ -234,11 +245,16 @@ fn strict_mode_accepts_boxed_only() {
     assert!(grade_with("42", "The answer is 42.", ExtractMode::Lenient).correct);
 }
 
-/// Pairs written by `scripts/mathverify_pairs.py` with the verdict of Hugging Face's
+/// Pairs written by `scripts/mathverify_pairs.py` and `scripts/mathverify_pairs_2.py` with the
+/// verdict of Hugging Face's
 /// math-verify 0.x (`verify(parse("$gold$"), parse(prediction))`) recorded beside each.
 #[test]
 fn agrees_with_recorded_math_verify_verdicts() {
-    let data = include_str!("data/mathverify_pairs.jsonl");
+    let data = [
+        include_str!("data/mathverify_pairs.jsonl"),
+        include_str!("data/mathverify_pairs_2.jsonl"),
+    ]
+    .concat();
     let (mut total, mut agree, mut we_accept_they_reject) = (0, 0, Vec::new());
     for line in data.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();

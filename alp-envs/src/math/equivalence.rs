@@ -48,6 +48,14 @@ fn re(cell: &'static OnceLock<Regex>, pattern: &str) -> &'static Regex {
 /// Normalises a LaTeX answer string (see the module docs).
 pub fn normalize(s: &str) -> String {
     let mut s = s.trim().to_string();
+    // Units: a \text{...} (or \mbox, \mathrm) word right after a number goes, with a power
+    // (`15\text{ cm}^2`). Bare words are not stripped (math-verify does not either).
+    static UNITS: OnceLock<Regex> = OnceLock::new();
+    let units = re(
+        &UNITS,
+        r"(\d|\})\s*\\(?:text|textnormal|textrm|mbox|mathrm)\s*\{\s*[A-Za-z][A-Za-z .]*\}(?:\s*\^\s*\{?\d\}?)?",
+    );
+    s = units.replace_all(&s, "$1").to_string();
     // Text wrappers: keep the content.
     static TEXT: OnceLock<Regex> = OnceLock::new();
     let text_re = re(
@@ -93,7 +101,6 @@ pub fn normalize(s: &str) -> String {
         ("^\\circ", ""),
         ("\\circ", ""),
         ("\\degree", ""),
-        ("°", ""),
         ("\\lt", "<"),
         ("\\gt", ">"),
         ("\\leq", "≤"),
@@ -112,12 +119,6 @@ pub fn normalize(s: &str) -> String {
         s = s.replace(from, to);
     }
     s = s.replace('\u{0}', "\\\\");
-    // Words written after a number are units ("15 cm^2", "125 miles", "28 percent").
-    static UNITS: OnceLock<Regex> = OnceLock::new();
-    let units = re(&UNITS, r"(\d|\})\s+(?:[A-Za-z]{2,}\s*)+(?:\^\{?\d\}?)?\s*$");
-    if !s.contains('\\') || !s.trim_start().starts_with('\\') {
-        s = units.replace(&s, "$1").to_string();
-    }
     // "x \in [0,1)" is the set.
     if let Some(i) = s
         .rfind("\\in ")
@@ -281,13 +282,37 @@ fn parse_value_depth(s: &str, depth: usize) -> Value {
     if s.contains(['<', '>', '≤', '≥', '≠']) {
         return text();
     }
+    // Bare lists; `x = 2, y = -1` is the point (2, -1).
+    let parts = split_top(s, ",");
+    if parts.len() > 1
+        && parts.iter().all(|p| {
+            let kv = split_top(p, "=");
+            kv.len() == 2 && is_name(&kv[0])
+        })
+    {
+        return Value::Tuple {
+            open: '(',
+            close: ')',
+            items: parts
+                .iter()
+                .take(MAX_ITEMS)
+                .map(|p| parse_value_depth(&split_top(p, "=")[1], depth + 1))
+                .collect(),
+        };
+    }
     let eq = split_top(s, "=");
     if eq.len() > 2 {
         return parse_value_depth(eq.last().expect("parts"), depth + 1);
     }
     if eq.len() == 2 {
         if is_name(&eq[0]) {
-            return parse_value_depth(&eq[1], depth + 1);
+            return match parse_value_depth(&eq[1], depth + 1) {
+                // `x = B` names choice B; `x = (B)` is not a choice (as math-verify reads it).
+                Value::Choice(c) if eq[1].trim().starts_with('(') => {
+                    Value::Text(format!("{}={c}", eq[0].trim()))
+                }
+                v => v,
+            };
         }
         return match (parse_expr(&eq[0]), parse_expr(&eq[1])) {
             (Some(l), Some(r)) => Value::Equation(l, r),
@@ -325,7 +350,6 @@ fn parse_value_depth(s: &str, depth: usize) -> Value {
             };
         }
     }
-    // Bare lists.
     let parts = split_top(s, ",");
     if parts.len() > 1 {
         return Value::Set(flatten(
@@ -513,6 +537,7 @@ pub fn values_equal(gold: &Value, pred: &Value) -> bool {
 
 /// Whether two answer strings (already extracted) are equivalent.
 pub fn answers_equal(gold: &str, pred: &str) -> bool {
+    let (gold_raw, pred_raw) = (gold, pred);
     let g = normalize(gold);
     let p = normalize(pred);
     if g.is_empty() || p.is_empty() {
@@ -522,6 +547,32 @@ pub fn answers_equal(gold: &str, pred: &str) -> bool {
     let pred = parse_value(&p);
     if values_equal(&gold, &pred) {
         return true;
+    }
+    // A percentage also matches its fraction (28% = 0.28), as in math-verify.
+    let hundredth = |v: &Value| match v {
+        Value::Scalar(e) => Some(Value::Scalar(Expr::Div(
+            Box::new(e.clone()),
+            Box::new(Expr::Num {
+                value: 100.0,
+                exact: true,
+            }),
+        ))),
+        _ => None,
+    };
+    let pct = |s: &str| s.contains('%') || s.contains("percent");
+    if pct(gold_raw) {
+        if let Some(g100) = hundredth(&gold) {
+            if values_equal(&g100, &pred) {
+                return true;
+            }
+        }
+    }
+    if pct(pred_raw) {
+        if let Some(p100) = hundredth(&pred) {
+            if values_equal(&gold, &p100) {
+                return true;
+            }
+        }
     }
     // A gold equation against `y = ...`: compare the prediction as the equation it is.
     if matches!(gold, Value::Equation(..)) {

@@ -574,6 +574,18 @@ impl Parser {
 
     /// `\sin x`, `\sin(x)`, `\sin^2 x` (the square of the sine).
     fn func_call(&mut self, name: String) -> Option<Expr> {
+        // \log_b x = ln x / ln b.
+        if name == "log" {
+            if let Some(Tok::Op('_')) = self.peek() {
+                self.pos += 1;
+                let base = self.macro_arg()?;
+                let x = self.func_call("ln".into())?;
+                return Some(Expr::Div(
+                    Box::new(x),
+                    Box::new(Expr::Func("ln".into(), Box::new(base))),
+                ));
+            }
+        }
         let mut power = None;
         if let Some(Tok::Op('^')) = self.peek() {
             self.pos += 1;
@@ -591,8 +603,13 @@ impl Parser {
     }
 }
 
+/// A single letter: `e` is Euler's number (as in math-verify), anything else a variable.
 fn letter(c: char) -> Expr {
-    Expr::Var(c.to_string())
+    if c == 'e' {
+        Expr::E
+    } else {
+        Expr::Var(c.to_string())
+    }
 }
 
 fn parse_number(s: &str) -> Option<Expr> {

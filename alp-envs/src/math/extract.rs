@@ -156,8 +156,18 @@ fn last_number(text: &str) -> Option<(String, usize)> {
         if s.chars().any(|c| c.is_ascii_digit()) {
             // A number must start a word: after the start, a space, `=`, `$`, `*` or a
             // currency sign (so AZYUK2A, x2 and `{5` give nothing).
-            let before = text[..m.start()].chars().next_back();
-            if before.is_some_and(|c| !(c.is_whitespace() || "=$*€£¥₹".contains(c))) {
+            let mut prev = text[..m.start()].chars().rev();
+            let before = prev.next();
+            // A currency sign counts only where it starts a word itself (not `\$`).
+            let ok = match before {
+                None => true,
+                Some(c) if c.is_whitespace() || c == '=' || c == '*' => true,
+                Some(c) if "$€£¥₹".contains(c) => prev
+                    .next()
+                    .is_none_or(|p| p.is_whitespace() || p == '=' || p == '*'),
+                _ => false,
+            };
+            if !ok {
                 continue;
             }
             let after = text[m.end()..].chars().next();
@@ -206,7 +216,7 @@ pub fn extract_answer(text: &str, mode: ExtractMode) -> Option<Extracted> {
         static PLAIN: OnceLock<Regex> = OnceLock::new();
         let plain = re(
             &PLAIN,
-            r"^[-+]?[$€£]?\(?[-+]?\d(?:[\d.\s+\-*×/^()÷]|,\d{3})*(?:%|\s*percent)?",
+            r"^[-+]?[$€£]?\(?[-+]?\d(?:[\d.\s+\-*×/()÷]|\^\d|,\d{3})*(?:\^\{?\\circ\}?|%|\s*percent)?",
         );
         let ans = if let Some((l, _)) = last_latex(span) {
             l
