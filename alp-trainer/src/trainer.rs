@@ -457,40 +457,59 @@ impl Trainer {
         } else {
             1.0
         };
+        // Tensors of every micro-batch, built once for all epochs; log π_old is taken here,
+        // before the first update of the step, so that it is the policy that the step starts
+        // from in every mini-batch and epoch.
         let order: Vec<usize> = (0..trajs.len()).collect();
+        let mut minis: Vec<Vec<Micro>> = Vec::new();
+        for mb in order.chunks(rl.mini_batch) {
+            let mut micros = Vec::new();
+            for micro in mb.chunks(rl.micro_batch) {
+                let rows: Vec<(&[u32], &[u32], &[u8])> = micro
+                    .iter()
+                    .map(|&i| {
+                        (
+                            trajs[i].prompt.as_slice(),
+                            trajs[i].response.as_slice(),
+                            trajs[i].loss_mask.as_slice(),
+                        )
+                    })
+                    .collect();
+                let b = SeqBatch::new(&rows, &self.device)?;
+                let infer: Vec<&[f32]> = micro
+                    .iter()
+                    .map(|&i| trajs[i].logp_infer.as_slice())
+                    .collect();
+                let logp_infer = b.pad_rows(&infer)?;
+                let a: Vec<f32> = micro.iter().map(|&i| adv.values[i]).collect();
+                let advantages = Tensor::from_vec(a, micro.len(), &self.device)?;
+                let logp_old = if rl.recompute_logp_old {
+                    let l = b.response_logits(&self.model, &NoPerturbation)?;
+                    Some(b.logprobs_at(&l, temp)?.detach())
+                } else {
+                    None
+                };
+                micros.push(Micro {
+                    batch: b,
+                    logp_infer,
+                    advantages,
+                    logp_old,
+                    rows: micro.len(),
+                });
+            }
+            minis.push(micros);
+        }
         let mut accum: BTreeMap<String, Acc> = BTreeMap::new();
         let mut skipped = 0usize;
         let mut mb_index = 0u64;
         for _epoch in 0..rl.ppo_epochs {
-            for mb in order.chunks(rl.mini_batch) {
+            for micros in &minis {
+                let mb_rows: usize = micros.iter().map(|m| m.rows).sum();
                 let mut g_theta: Option<Vec<Option<Tensor>>> = None;
                 let mut g_sigma: Option<Vec<Option<Tensor>>> = None;
                 let mut finite = true;
-                for micro in mb.chunks(rl.micro_batch) {
-                    let rows: Vec<(&[u32], &[u32], &[u8])> = micro
-                        .iter()
-                        .map(|&i| {
-                            (
-                                trajs[i].prompt.as_slice(),
-                                trajs[i].response.as_slice(),
-                                trajs[i].loss_mask.as_slice(),
-                            )
-                        })
-                        .collect();
-                    let b = SeqBatch::new(&rows, &self.device)?;
-                    let infer: Vec<&[f32]> = micro
-                        .iter()
-                        .map(|&i| trajs[i].logp_infer.as_slice())
-                        .collect();
-                    let logp_infer = b.pad_rows(&infer)?;
-                    let a: Vec<f32> = micro.iter().map(|&i| adv.values[i]).collect();
-                    let advantages = Tensor::from_vec(a, micro.len(), &self.device)?;
-                    let logp_old = if rl.recompute_logp_old {
-                        let l = b.response_logits(&self.model, &NoPerturbation)?;
-                        Some(b.logprobs_at(&l, temp)?.detach())
-                    } else {
-                        None
-                    };
+                for m in micros {
+                    let (b, n) = (&m.batch, m.rows as f64);
                     self.perturb.set_context(self.step, mb_index);
                     mb_index += 1;
                     let p: &dyn Perturbation = if use_perturb {
@@ -505,33 +524,33 @@ impl Trainer {
                         alp_loss::entropy_from_logits(&logits, 1024)?.reshape(b.mask.shape())?;
                     let ent = ((ent * &b.mask)?.sum_all()?.to_scalar::<f32>()? as f64)
                         / (b.mask.sum_all()?.to_scalar::<f32>()? as f64).max(1.0);
-                    record(&mut accum, "entropy", ent, micro.len() as f64);
+                    record(&mut accum, "entropy", ent, n);
                     let inputs = LossInputs {
                         logp: &logp,
-                        logp_old: logp_old.as_ref(),
-                        logp_infer: &logp_infer,
-                        advantages: &advantages,
+                        logp_old: m.logp_old.as_ref(),
+                        logp_infer: &m.logp_infer,
+                        advantages: &m.advantages,
                         mask: &b.mask,
                     };
                     let mut out = rl.objective.compute(&inputs, rl.aggregation)?;
                     if self.inject_nan_once {
                         out.loss = (out.loss * f64::NAN)?;
                     }
-                    let weight = micro.len() as f64 / mb.len() as f64;
+                    let weight = n / mb_rows as f64;
                     let loss_value = out.loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
                     if !loss_value.is_finite() {
                         finite = false;
                         break;
                     }
-                    record(&mut accum, "loss", loss_value as f64, micro.len() as f64);
+                    record(&mut accum, "loss", loss_value as f64, n);
                     for (k, v) in &out.metrics {
-                        record(&mut accum, k.clone(), *v, micro.len() as f64);
+                        record(&mut accum, k.clone(), *v, n);
                     }
                     if let Ok(r) =
-                        mismatch_report(&logp.detach(), logp_old.as_ref(), &logp_infer, &b.mask)
+                        mismatch_report(&logp.detach(), m.logp_old.as_ref(), &m.logp_infer, &b.mask)
                     {
                         for (k, v) in r {
-                            record(&mut accum, k, v, micro.len() as f64);
+                            record(&mut accum, k, v, n);
                         }
                     }
                     let grads = (out.loss * weight)?.backward()?;
@@ -602,6 +621,15 @@ impl Trainer {
         self.version += 1;
         Ok(m)
     }
+}
+
+/// The tensors of one micro-batch of an RL step.
+struct Micro {
+    batch: SeqBatch,
+    logp_infer: Tensor,
+    advantages: Tensor,
+    logp_old: Option<Tensor>,
+    rows: usize,
 }
 
 /// A metric accumulated over micro-batches: weighted mean, and min / max for extreme keys.

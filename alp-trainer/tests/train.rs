@@ -350,3 +350,50 @@ fn trainer_recomputation_matches_the_engine_on_the_same_weights() {
         );
     }
 }
+
+#[test]
+fn logp_old_is_the_policy_the_step_starts_from_in_every_mini_batch_and_epoch() {
+    // Two mini-batches × two epochs with a large learning rate: the later updates move the
+    // policy, but log π_old (the engine part compares it with the f32 sampler on the same
+    // weights) must still be the pre-step policy.
+    let mut cfg = small()
+        .apply_overrides(&[
+            "rl.objective.method=grpo".into(),
+            "rl.ppo_epochs=2".into(),
+            "rl.lr=0.01".into(),
+        ])
+        .unwrap();
+    cfg.rl.grad_clip = 0.0;
+    let mut t = Trainer::new(cfg).unwrap();
+    let before = t
+        .weights()
+        .unwrap()
+        .snapshot(DType::F32, &Device::Cpu)
+        .unwrap();
+    let mut groups = batch_at(&t, 11, 1.0);
+    // Non-zero advantages, so that the updates really move the policy.
+    for g in &mut groups {
+        g.trajectories[0].reward = 1.0;
+    }
+    let m = t.rl_step(&groups, 0).unwrap();
+    let (min, max) = (
+        m["mismatch/engine/ratio_token/min"],
+        m["mismatch/engine/ratio_token/max"],
+    );
+    assert!(
+        (max - 1.0).abs() < 1e-3 && (min - 1.0).abs() < 1e-3,
+        "engine ratio in [{min}, {max}]"
+    );
+    let moved = before.tensors.iter().any(|(k, v)| {
+        (v - &t.weights().unwrap().tensors[k])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            > 1e-4
+    });
+    assert!(moved, "the updates moved the weights");
+}
