@@ -14,10 +14,12 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod seed;
 pub mod traits;
 pub mod trajectory;
 
 pub use error::{Error, Result};
+pub use seed::{mix_seed, splitmix64, splitmix_finalize, GOLDEN_GAMMA};
 pub use traits::{
     CausalLm, ChatMessage, Environment, NoPerturbation, Perturbation, Step, Task, TaskSource,
 };

@@ -6,6 +6,7 @@
 //! (seed, step, micro-batch, layer), so a recomputation reproduces it exactly.
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use alp_core::{splitmix64, GOLDEN_GAMMA};
 use alp_core::{Error, Perturbation, Result};
 use candle_core::{DType, Device, Tensor, Var, D};
 use rand::{rngs::StdRng, SeedableRng};
@@ -165,7 +166,7 @@ impl LayerwiseGaussian {
             self.micro_batch.load(Ordering::Relaxed),
             layer,
         ] {
-            x = splitmix64(x ^ splitmix64(v.wrapping_add(0x9E37_79B9_7F4A_7C15)));
+            x = splitmix64(x ^ splitmix64(v.wrapping_add(GOLDEN_GAMMA)));
         }
         x
     }
@@ -230,11 +231,4 @@ impl Perturbation for LayerwiseGaussian {
             Ok(hidden.clone())
         }
     }
-}
-
-fn splitmix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }

@@ -4,8 +4,8 @@
 use crate::engine::{Engine, Request};
 use crate::sampling::SamplingParams;
 use alp_core::{
-    ChatMessage, Environment, Error, FinishReason, PolicyVersion, Result, Step, Task, TokenId,
-    Trajectory, TrajectoryGroup,
+    mix_seed, ChatMessage, Environment, Error, FinishReason, PolicyVersion, Result, Step, Task,
+    TokenId, Trajectory, TrajectoryGroup,
 };
 use alp_model::Tokenizer;
 use serde::{Deserialize, Serialize};
@@ -64,14 +64,6 @@ struct Episode {
         serde_json::Map<String, serde_json::Value>,
         FinishReason,
     )>,
-}
-
-/// Mixes two integers into a well-spread seed (splitmix64 finaliser).
-pub fn mix_seed(a: u64, b: u64) -> u64 {
-    let mut z = a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 fn render(

@@ -307,7 +307,7 @@ pub fn train(cfg: TrainConfig, opts: RunOptions) -> Result<RunOutcome> {
                 tasks.seek(step * p as u64);
                 let batch: Vec<Task> = (0..p).filter_map(|_| tasks.next_task()).collect();
                 let mut ec = ep_template.clone();
-                ec.sampling.seed = alp_rollout::mix_seed(seed, step);
+                ec.sampling.seed = alp_core::mix_seed(seed, step);
                 run_episodes(engine, &tok, &batch, &env, g, &ec, tools.as_ref(), version)
             },
         )?;

@@ -397,11 +397,8 @@ fn numbers_equal(a: f64, b: f64, inexact: bool) -> bool {
 fn points(seed: u64, n: usize) -> impl Iterator<Item = f64> {
     let mut x = seed;
     (0..n).map(move |_| {
-        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = x;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
+        let z = alp_core::splitmix64(x);
+        x = x.wrapping_add(alp_core::GOLDEN_GAMMA);
         0.31 + 2.37 * (z >> 11) as f64 / (1u64 << 53) as f64
     })
 }
