@@ -18,8 +18,6 @@ pub struct Manifest {
     pub step: u64,
     /// Policy version of the weights.
     pub policy_version: u64,
-    /// Whether the SFT warm start is done.
-    pub sft_done: bool,
     /// Held-out evaluation before RL (carried into the final summary).
     pub eval_before_rl: Option<serde_json::Value>,
     /// Seconds the run had used when this was written.

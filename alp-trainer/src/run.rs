@@ -217,25 +217,23 @@ pub fn train(cfg: TrainConfig, opts: RunOptions) -> Result<RunOutcome> {
         log_line(&format!("  {l}"));
     }
     let prior_wall = manifest.as_ref().map(|m| m.wall_seconds).unwrap_or(0.0);
-    let mut sft_done = manifest.as_ref().map(|m| m.sft_done).unwrap_or(false);
     let mut before: Option<EvalResult> = None;
     let mut before_json = manifest.as_ref().and_then(|m| m.eval_before_rl.clone());
-    if !sft_done {
-        if cfg.model.base.is_empty() && cfg.sft.steps > 0 {
-            log_line(&format!(
-                "SFT warm start: {} steps × {} demonstrations ({}% of hard ones call the tool)",
-                cfg.sft.steps,
-                cfg.sft.batch_size,
-                (100.0 * cfg.sft.tool_fraction).round()
-            ));
-            let losses = run_sft(&mut trainer, tty, opts.interrupt.as_deref())?;
-            log_line(&format!(
-                "SFT done in {:.0} s, final loss {:.4}",
-                t0.elapsed().as_secs_f64(),
-                losses.last().copied().unwrap_or(f64::NAN)
-            ));
-        }
-        sft_done = true;
+    // Every checkpoint is written after the warm start, so only a fresh run does SFT (and only
+    // for the embedded default).
+    if manifest.is_none() && cfg.model.base.is_empty() && cfg.sft.steps > 0 {
+        log_line(&format!(
+            "SFT warm start: {} steps × {} demonstrations ({}% of hard ones call the tool)",
+            cfg.sft.steps,
+            cfg.sft.batch_size,
+            (100.0 * cfg.sft.tool_fraction).round()
+        ));
+        let losses = run_sft(&mut trainer, tty, opts.interrupt.as_deref())?;
+        log_line(&format!(
+            "SFT done in {:.0} s, final loss {:.4}",
+            t0.elapsed().as_secs_f64(),
+            losses.last().copied().unwrap_or(f64::NAN)
+        ));
     }
     let metrics_path = dir.join("metrics.jsonl");
     let mut metrics_file = std::fs::OpenOptions::new()
@@ -259,7 +257,6 @@ pub fn train(cfg: TrainConfig, opts: RunOptions) -> Result<RunOutcome> {
             Ok(Manifest {
                 step: t.step,
                 policy_version: t.version,
-                sft_done: true,
                 eval_before_rl: before.clone(),
                 wall_seconds: wall,
                 config: cfg.to_toml()?,
@@ -440,7 +437,6 @@ pub fn train(cfg: TrainConfig, opts: RunOptions) -> Result<RunOutcome> {
         ));
     }
     log_line(&format!("run directory: {}", dir.display()));
-    let _ = sft_done;
     Ok(RunOutcome {
         dir,
         before,
