@@ -347,39 +347,20 @@ impl Engine {
                     self.advance(row, &logits[j], requests, &mut results)?;
                 }
                 // Merge the running rows and the new ones into one cache.
-                let keep: Vec<usize> = (0..rows.len()).filter(|&r| !rows[r].done).collect();
-                let mut parts: Vec<(&KvCache, usize)> = Vec::new();
-                if let Some(c) = cache.as_ref() {
-                    parts.extend(keep.iter().map(|&r| (c, r)));
-                }
-                parts.extend((0..new_rows.len()).map(|j| (&new_cache, j)));
-                let mut merged_rows: Vec<Row> = Vec::with_capacity(parts.len());
-                let mut old: Vec<Option<Row>> = rows.into_iter().map(Some).collect();
-                for &r in &keep {
-                    merged_rows.push(old[r].take().expect("kept row"));
-                }
-                merged_rows.extend(new_rows);
-                let capacity = self.capacity_for(&parts, &merged_rows, requests);
-                cache = Some(KvCache::gather_rows(&parts, capacity)?);
+                let (c, r) =
+                    self.rebuild(cache.as_ref(), rows, Some((&new_cache, new_rows)), requests)?;
+                cache = Some(c);
+                rows = r;
                 stats.rebuilds += 1;
-                rows = merged_rows;
                 stats.prefill_seconds += t_prefill.elapsed().as_secs_f64();
             } else {
                 // Drop finished rows when they are the majority (one copy, amortised).
                 let dead = rows.iter().filter(|r| r.done).count();
                 if dead * 2 > rows.len() {
-                    let c = cache.as_ref().expect("rows imply a cache");
-                    let keep: Vec<usize> = (0..rows.len()).filter(|&r| !rows[r].done).collect();
-                    let parts: Vec<(&KvCache, usize)> = keep.iter().map(|&r| (c, r)).collect();
-                    let mut old: Vec<Option<Row>> = rows.into_iter().map(Some).collect();
-                    let kept: Vec<Row> = keep
-                        .iter()
-                        .map(|&r| old[r].take().expect("kept row"))
-                        .collect();
-                    let capacity = self.capacity_for(&parts, &kept, requests);
-                    cache = Some(KvCache::gather_rows(&parts, capacity)?);
+                    let (c, r) = self.rebuild(cache.as_ref(), rows, None, requests)?;
+                    cache = Some(c);
+                    rows = r;
                     stats.rebuilds += 1;
-                    rows = kept;
                 }
             }
             if rows.iter().all(|r| r.done) {
@@ -414,6 +395,32 @@ impl Engine {
             .map(|r| r.ok_or_else(|| Error::Msg("a request finished without a completion".into())))
             .collect::<Result<Vec<_>>>()?;
         Ok((out, stats))
+    }
+
+    /// A new cache holding the unfinished rows of `cache` followed by `joining` rows (from their
+    /// own prefill cache); finished rows are dropped.
+    fn rebuild(
+        &self,
+        cache: Option<&KvCache>,
+        rows: Vec<Row>,
+        joining: Option<(&KvCache, Vec<Row>)>,
+        requests: &[Request],
+    ) -> Result<(KvCache, Vec<Row>)> {
+        let mut parts: Vec<(&KvCache, usize)> = Vec::new();
+        let mut kept: Vec<Row> = Vec::with_capacity(rows.len());
+        for (r, row) in rows.into_iter().enumerate() {
+            if !row.done {
+                let c = cache.ok_or_else(|| Error::Msg("running rows without a cache".into()))?;
+                parts.push((c, r));
+                kept.push(row);
+            }
+        }
+        if let Some((c, new_rows)) = joining {
+            parts.extend((0..new_rows.len()).map(|j| (c, j)));
+            kept.extend(new_rows);
+        }
+        let capacity = self.capacity_for(&parts, &kept, requests);
+        Ok((KvCache::gather_rows(&parts, capacity)?, kept))
     }
 
     /// Capacity of a rebuilt cache: the longest row now plus the most tokens any row may
