@@ -90,16 +90,8 @@ pub struct MathGenerator {
     pub difficulty: u8,
 }
 
-fn gcd(a: i64, b: i64) -> i64 {
-    if b == 0 {
-        a.abs()
-    } else {
-        gcd(b, a % b)
-    }
-}
-
 fn fraction(n: i64, d: i64) -> String {
-    let g = gcd(n, d).max(1);
+    let g = crate::tools::calculator::gcd(n as i128, d as i128).max(1) as i64;
     let (mut n, mut d) = (n / g, d / g);
     if d < 0 {
         n = -n;

@@ -39,7 +39,8 @@ pub enum Number {
     Approx(f64),
 }
 
-fn gcd(mut a: i128, mut b: i128) -> i128 {
+/// Greatest common divisor (non-negative).
+pub(crate) fn gcd(mut a: i128, mut b: i128) -> i128 {
     a = a.abs();
     b = b.abs();
     while b != 0 {
