@@ -34,6 +34,18 @@ fn prompts() -> Vec<Vec<TokenId>> {
     ]
 }
 
+/// One request per test prompt, with the sampling parameters of index `i`.
+fn requests(params: impl Fn(usize) -> SamplingParams) -> Vec<Request> {
+    prompts()
+        .into_iter()
+        .enumerate()
+        .map(|(i, prompt)| Request {
+            prompt,
+            params: params(i),
+        })
+        .collect()
+}
+
 /// Full logits of `ids` without a KV cache.
 fn full_logits(m: &Model, ids: &[TokenId]) -> Tensor {
     let input = Tensor::new(ids, &Device::Cpu)
@@ -83,14 +95,7 @@ fn greedy_continuous_batching_equals_each_prompt_alone_without_cache() {
         },
     )
     .unwrap();
-    let reqs: Vec<Request> = prompts()
-        .into_iter()
-        .enumerate()
-        .map(|(i, p)| Request {
-            prompt: p,
-            params: SamplingParams::greedy(3 + 2 * i),
-        })
-        .collect();
+    let reqs: Vec<Request> = requests(|i| SamplingParams::greedy(3 + 2 * i));
     let (out, stats) = eng.generate_with_stats(&reqs).unwrap();
     assert!(
         stats.prefills >= 2,
@@ -135,18 +140,11 @@ fn seeded_sampling_is_reproducible_across_batch_compositions() {
         },
     };
     let alone = engine(8).generate(std::slice::from_ref(&target)).unwrap()[0].clone();
-    let mut mixed: Vec<Request> = prompts()
-        .into_iter()
-        .enumerate()
-        .map(|(i, p)| Request {
-            prompt: p,
-            params: SamplingParams {
-                max_new_tokens: 2 + i,
-                seed: i as u64,
-                ..Default::default()
-            },
-        })
-        .collect();
+    let mut mixed: Vec<Request> = requests(|i| SamplingParams {
+        max_new_tokens: 2 + i,
+        seed: i as u64,
+        ..Default::default()
+    });
     mixed.insert(3, target.clone());
     for max_batch in [2, 4, 16] {
         let out = engine(max_batch).generate(&mixed).unwrap();
@@ -169,18 +167,11 @@ fn seeded_sampling_is_reproducible_across_batch_compositions() {
 fn stored_logprobs_equal_recomputed_and_top_p_is_renormalised() {
     let m = model();
     let eng = Engine::new(m.clone(), EngineConfig::default()).unwrap();
-    let reqs: Vec<Request> = prompts()
-        .into_iter()
-        .enumerate()
-        .map(|(i, p)| Request {
-            prompt: p,
-            params: SamplingParams {
-                max_new_tokens: 10,
-                seed: 17 + i as u64,
-                ..Default::default()
-            },
-        })
-        .collect();
+    let reqs: Vec<Request> = requests(|i| SamplingParams {
+        max_new_tokens: 10,
+        seed: 17 + i as u64,
+        ..Default::default()
+    });
     let out = eng.generate(&reqs).unwrap();
     for (r, c) in reqs.iter().zip(&out) {
         let mut ids = r.prompt.clone();
@@ -501,19 +492,12 @@ fn multi_turn_episode_has_the_right_loss_mask() {
 #[test]
 fn sharded_generation_equals_one_batch() {
     let m = model();
-    let reqs: Vec<Request> = prompts()
-        .into_iter()
-        .enumerate()
-        .map(|(i, p)| Request {
-            prompt: p,
-            params: SamplingParams {
-                max_new_tokens: 4 + i,
-                seed: 40 + i as u64,
-                temperature: if i % 2 == 0 { 0.0 } else { 1.0 },
-                ..Default::default()
-            },
-        })
-        .collect();
+    let reqs: Vec<Request> = requests(|i| SamplingParams {
+        max_new_tokens: 4 + i,
+        seed: 40 + i as u64,
+        temperature: if i % 2 == 0 { 0.0 } else { 1.0 },
+        ..Default::default()
+    });
     let one = Engine::new(m.clone(), EngineConfig::default())
         .unwrap()
         .generate(&reqs)

@@ -122,17 +122,13 @@ fn grade_writes_one_line_per_input_and_accuracy() {
     )
     .unwrap();
     let run = |strict: bool| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_alp"));
+        let mut cmd = alp();
         cmd.args(["grade", "--input"]).arg(&input);
         if strict {
             cmd.arg("--strict");
         }
         let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", stderr(&out));
         let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
             .unwrap()
             .lines()
@@ -150,17 +146,17 @@ fn grade_writes_one_line_per_input_and_accuracy() {
     assert!(err.contains("accuracy 0.5000"), "{err}");
     let (lines, _) = run(true);
     assert_eq!(lines[1]["correct"], false, "strict mode needs a box");
-    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_alp"))
+    let missing = alp()
         .args(["grade", "--input", "/nonexistent/preds.jsonl"])
         .output()
         .unwrap();
     assert!(!missing.status.success());
-    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/preds.jsonl"));
+    assert!(stderr(&missing).contains("/nonexistent/preds.jsonl"));
 }
 
 #[test]
 fn bench_rollout_reports_generated_tokens_as_json() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_alp"))
+    let out = alp()
         .args([
             "bench",
             "rollout",
@@ -176,27 +172,23 @@ fn bench_rollout_reports_generated_tokens_as_json() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", stderr(&out));
     let stdout = String::from_utf8(out.stdout).unwrap();
     let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(last["generated_tokens"], 12);
     assert!(last["tokens_per_s"].as_f64().unwrap() > 0.0);
-    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_alp"))
+    let bad = alp()
         .args(["bench", "rollout", "--preset", "nope"])
         .output()
         .unwrap();
     assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown preset"));
+    assert!(stderr(&bad).contains("unknown preset"));
 }
 
 #[test]
 fn generate_prints_completions_of_a_saved_checkpoint() {
     let dir = default_checkpoint();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_alp"))
+    let out = alp()
         .args([
             "generate",
             "--prompt",
@@ -212,11 +204,7 @@ fn generate_prints_completions_of_a_saved_checkpoint() {
         .arg(dir.path())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8(out.stdout).unwrap();
     let headers: Vec<&str> = text
         .lines()
@@ -248,25 +236,21 @@ fn eval_reads_the_default_mix_and_jsonl_files() {
     )
     .unwrap();
     for (tasks, expect) in [("tool", 6u64), ("math", 6), (data.to_str().unwrap(), 2)] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_alp"))
+        let out = alp()
             .args([
                 "eval", "--tasks", tasks, "--limit", "6", "--n", "2", "--model",
             ])
             .arg(dir.path())
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{tasks}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{tasks}: {}", stderr(&out));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(v["tasks"], expect, "{tasks}");
         assert_eq!(v["k"], 2);
         let acc = v["accuracy"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&acc));
         if tasks.ends_with(".jsonl") {
-            assert!(String::from_utf8_lossy(&out.stderr).contains(":3: skipped"));
+            assert!(stderr(&out).contains(":3: skipped"));
         }
     }
 }
