@@ -8,19 +8,45 @@ use anyhow::{bail, Result};
 use rand::{Rng, SeedableRng};
 
 /// Options of `alp bench rollout`.
+#[derive(clap::Args)]
 pub struct RolloutArgs {
+    /// Model directory or Hugging Face repo id.
+    #[arg(long, conflicts_with = "preset")]
     pub model: Option<String>,
+    /// A named shape with random weights instead (tiny, qwen2-25m, qwen2.5-0.5b).
+    #[arg(long)]
     pub preset: Option<String>,
+    /// Sequences generated together.
+    #[arg(long, default_value_t = 64)]
     pub batch: usize,
+    /// Prompt length.
+    #[arg(long, default_value_t = 32)]
     pub prompt_len: usize,
+    /// New tokens per sequence.
+    #[arg(long, default_value_t = 64)]
     pub new_tokens: usize,
+    /// Batches decoded in parallel threads (default: the CPU's cores up to 4; 1 on a GPU).
+    #[arg(long)]
+    pub shards: Option<usize>,
+    /// Weights dtype: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
     pub dtype: String,
+    /// Device: cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
     pub device: String,
-    pub shards: usize,
+    /// Print only the JSON line.
+    #[arg(long)]
     pub json: bool,
 }
 
 pub fn rollout(a: RolloutArgs) -> Result<()> {
+    let shards = a.shards.unwrap_or_else(|| {
+        if a.device == "cpu" {
+            std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+        } else {
+            1
+        }
+    });
     let device = parse_device(&a.device)?;
     let dtype = parse_dtype(&a.dtype)?;
     let model = match (&a.model, &a.preset) {
@@ -54,7 +80,7 @@ pub fn rollout(a: RolloutArgs) -> Result<()> {
             max_batch: a.batch,
             token_budget: a.batch * (a.prompt_len + a.new_tokens),
             max_context: 0,
-            shards: a.shards,
+            shards,
         },
     )?;
     // Warm-up on one short request (allocations, thread pools).
@@ -78,7 +104,7 @@ pub fn rollout(a: RolloutArgs) -> Result<()> {
         serde_json::json!({
             "tokens_per_s": tps, "generated_tokens": generated, "seconds": secs,
             "batch": a.batch, "prompt_len": a.prompt_len, "new_tokens": a.new_tokens,
-            "dtype": a.dtype, "device": a.device, "shards": a.shards, "decode_steps": stats.decode_steps,
+            "dtype": a.dtype, "device": a.device, "shards": shards, "decode_steps": stats.decode_steps,
             "prefill_seconds": stats.prefill_seconds, "decode_seconds": stats.decode_seconds,
             "decode_tokens_per_s": (generated - out.len()) as f64 / stats.decode_seconds.max(1e-9),
         })
@@ -87,13 +113,28 @@ pub fn rollout(a: RolloutArgs) -> Result<()> {
 }
 
 /// Options of `alp bench train`.
+#[derive(clap::Args)]
 pub struct TrainArgs {
+    /// Model directory or Hugging Face repo id.
+    #[arg(long, conflicts_with = "preset")]
     pub model: Option<String>,
+    /// A named shape with random weights instead.
+    #[arg(long)]
     pub preset: Option<String>,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 16)]
     pub batch: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 128)]
     pub seq_len: usize,
+    /// Timed steps (after one warm-up step).
+    #[arg(long, default_value_t = 3)]
     pub steps: usize,
+    /// Device: cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Print only the JSON line.
+    #[arg(long)]
     pub json: bool,
 }
 

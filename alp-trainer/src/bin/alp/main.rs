@@ -167,60 +167,10 @@ enum Command {
 enum BenchCommand {
     /// Generation throughput: random prompts, no early stop; the last line is JSON with
     /// `tokens_per_s` (generated tokens only).
-    Rollout {
-        /// Model directory or Hugging Face repo id.
-        #[arg(long, conflicts_with = "preset")]
-        model: Option<String>,
-        /// A named shape with random weights instead (tiny, qwen2-25m, qwen2.5-0.5b).
-        #[arg(long)]
-        preset: Option<String>,
-        /// Sequences generated together.
-        #[arg(long, default_value_t = 64)]
-        batch: usize,
-        /// Prompt length.
-        #[arg(long, default_value_t = 32)]
-        prompt_len: usize,
-        /// New tokens per sequence.
-        #[arg(long, default_value_t = 64)]
-        new_tokens: usize,
-        /// Batches decoded in parallel threads (default: the CPU's cores up to 4; 1 on a GPU).
-        #[arg(long)]
-        shards: Option<usize>,
-        /// Weights dtype: f32, bf16 or f16.
-        #[arg(long, default_value = "f32")]
-        dtype: String,
-        /// Device: cpu or cuda:N.
-        #[arg(long, default_value = "cpu")]
-        device: String,
-        /// Print only the JSON line.
-        #[arg(long)]
-        json: bool,
-    },
+    Rollout(bench::RolloutArgs),
     /// Training throughput: forward + backward + AdamW on random tokens; the last line is JSON
     /// with `tokens_per_s` and `peak_rss_mb`.
-    Train {
-        /// Model directory or Hugging Face repo id.
-        #[arg(long, conflicts_with = "preset")]
-        model: Option<String>,
-        /// A named shape with random weights instead.
-        #[arg(long)]
-        preset: Option<String>,
-        /// Sequences per step.
-        #[arg(long, default_value_t = 16)]
-        batch: usize,
-        /// Tokens per sequence.
-        #[arg(long, default_value_t = 128)]
-        seq_len: usize,
-        /// Timed steps (after one warm-up step).
-        #[arg(long, default_value_t = 3)]
-        steps: usize,
-        /// Device: cpu or cuda:N.
-        #[arg(long, default_value = "cpu")]
-        device: String,
-        /// Print only the JSON line.
-        #[arg(long)]
-        json: bool,
-    },
+    Train(bench::TrainArgs),
 }
 
 fn main() -> Result<()> {
@@ -281,53 +231,8 @@ fn main() -> Result<()> {
             dtype,
             device,
         }),
-        Command::Bench(BenchCommand::Rollout {
-            model,
-            preset,
-            batch,
-            prompt_len,
-            new_tokens,
-            dtype,
-            device,
-            shards,
-            json,
-        }) => {
-            let shards = shards.unwrap_or_else(|| {
-                if device == "cpu" {
-                    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
-                } else {
-                    1
-                }
-            });
-            bench::rollout(bench::RolloutArgs {
-                model,
-                preset,
-                batch,
-                prompt_len,
-                new_tokens,
-                dtype,
-                device,
-                shards,
-                json,
-            })
-        }
-        Command::Bench(BenchCommand::Train {
-            model,
-            preset,
-            batch,
-            seq_len,
-            steps,
-            device,
-            json,
-        }) => bench::train(bench::TrainArgs {
-            model,
-            preset,
-            batch,
-            seq_len,
-            steps,
-            device,
-            json,
-        }),
+        Command::Bench(BenchCommand::Rollout(a)) => bench::rollout(a),
+        Command::Bench(BenchCommand::Train(a)) => bench::train(a),
         Command::Init {
             preset,
             config,
