@@ -5,7 +5,8 @@ use std::path::PathBuf;
 /// involved and, where one exists, the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A tensor operation failed inside candle.
+    /// A tensor operation failed inside candle (only with the `candle` feature).
+    #[cfg(feature = "candle")]
     #[error("tensor error: {0}")]
     Candle(#[from] candle_core::Error),
     /// A file could not be read or written.

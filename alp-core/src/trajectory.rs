@@ -35,6 +35,79 @@ impl std::fmt::Display for FinishReason {
     }
 }
 
+/// How an episode ended, as its environment judged it: filled by the environment, read by the
+/// trainer and the evaluation (no untyped map in between).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Outcome {
+    /// The scalar reward the trainer optimises.
+    pub reward: f32,
+    /// Whether the final answer was graded correct.
+    pub correct: bool,
+    /// The answer the verifier extracted, if any.
+    pub extracted: Option<String>,
+    /// Tool calls made (well-formed ones).
+    pub tool_calls: u32,
+    /// Tool calls that failed (malformed JSON, unknown tool, tool error).
+    pub tool_errors: u32,
+    /// Turns with neither a usable tool call nor a final answer.
+    pub malformed_turns: u32,
+    /// True when the episode runner stopped the episode (turn or token limit) before the
+    /// environment ended it.
+    pub truncated: bool,
+}
+
+impl Outcome {
+    /// An outcome with this reward and nothing else counted.
+    pub fn with_reward(reward: f32) -> Self {
+        Outcome {
+            reward,
+            ..Default::default()
+        }
+    }
+}
+
+/// The distribution the stored log-probs of a trajectory belong to: the sampler's temperature
+/// and truncation. The trainer scores every token under exactly this distribution.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SamplingInfo {
+    /// Softmax temperature (0: greedy; the sampler then stores log-probs at temperature 1).
+    pub temperature: f32,
+    /// Top-k truncation (0: off).
+    pub top_k: u32,
+    /// Top-p truncation (1: off).
+    pub top_p: f32,
+    /// Min-p truncation (0: off).
+    pub min_p: f32,
+}
+
+impl Default for SamplingInfo {
+    fn default() -> Self {
+        SamplingInfo {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+        }
+    }
+}
+
+impl SamplingInfo {
+    /// True when the sampler drew from a truncated subset of the vocabulary.
+    pub fn truncates(&self) -> bool {
+        self.top_k > 0 || self.top_p < 1.0 || self.min_p > 0.0
+    }
+
+    /// The temperature the stored log-probs were taken at (greedy is stored at 1).
+    pub fn scoring_temperature(&self) -> f64 {
+        if self.temperature > 0.0 {
+            self.temperature as f64
+        } else {
+            1.0
+        }
+    }
+}
+
 /// One sampled response (possibly spanning several turns with tool outputs in between).
 ///
 /// `response` holds every token after the prompt: generated tokens and observation (tool
@@ -53,19 +126,20 @@ pub struct Trajectory {
     pub logp_infer: Vec<f32>,
     /// The policy version whose weights sampled this trajectory.
     pub policy_version: PolicyVersion,
-    /// The scalar reward.
-    pub reward: f32,
+    /// The environment's verdict: reward, correctness, tool counts.
+    pub outcome: Outcome,
+    /// How the tokens were sampled (what `logp_infer` is a log-prob under).
+    #[serde(default)]
+    pub sampling: SamplingInfo,
     /// Why generation ended.
     pub finish_reason: FinishReason,
     /// Number of model turns.
     pub num_turns: u32,
-    /// Environment-specific extras (tool-call counts, correctness, ...).
-    #[serde(default)]
-    pub info: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Trajectory {
-    /// A single-turn trajectory whose response tokens were all generated.
+    /// A single-turn trajectory whose response tokens were all generated (sampled at
+    /// temperature 1 without truncation; set `sampling` otherwise).
     pub fn single_turn(
         prompt: Vec<TokenId>,
         response: Vec<TokenId>,
@@ -81,11 +155,16 @@ impl Trajectory {
             loss_mask,
             logp_infer,
             policy_version,
-            reward,
+            outcome: Outcome::with_reward(reward),
+            sampling: SamplingInfo::default(),
             finish_reason,
             num_turns: 1,
-            info: Default::default(),
         }
+    }
+
+    /// The reward (of the outcome).
+    pub fn reward(&self) -> f32 {
+        self.outcome.reward
     }
 
     /// Number of tokens the model generated (mask 1).

@@ -16,7 +16,7 @@
 //! let mut env = MathEnv::new(ExtractMode::Strict);
 //! env.reset(&task).unwrap();
 //! let reply = format!("The result is \\boxed{{{}}}.", task.answer);
-//! assert!(matches!(env.step(&reply).unwrap(), Step::Done { reward, .. } if reward == 1.0));
+//! assert!(matches!(env.step(&reply).unwrap(), Step::Done(o) if o.reward == 1.0 && o.correct));
 //! ```
 
 pub mod math;

@@ -2,9 +2,8 @@
 
 use crate::math::{extract_answer, grade_with, ExtractMode};
 use crate::tools::{parse_tool_calls, ToolRegistry};
-use alp_core::{ChatMessage, Environment, Error, Result, Step, Task};
+use alp_core::{ChatMessage, Environment, Error, Outcome, Result, Step, Task};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
 
 fn start_of(task: &Task) -> Result<(Vec<ChatMessage>, String)> {
     if task.messages.is_empty() {
@@ -43,23 +42,20 @@ impl Environment for MathEnv {
             .as_deref()
             .ok_or_else(|| Error::invalid("MathEnv::step before reset"))?;
         let v = grade_with(answer, model_text, self.mode);
-        let mut info = Map::new();
-        info.insert("correct".into(), json!(v.correct));
-        info.insert("extracted".into(), json!(v.extracted));
-        info.insert("tool_calls".into(), json!(0));
-        Ok(Step::Done {
+        Ok(Step::Done(Outcome {
             reward: if v.correct { 1.0 } else { 0.0 },
-            info,
-        })
+            correct: v.correct,
+            extracted: v.extracted,
+            ..Default::default()
+        }))
     }
 }
 
-/// Settings of [`ToolEnv`].
+/// Settings of [`ToolEnv`]. The turn limit is not here: the episode runner
+/// (`alp_rollout::EpisodeConfig::max_turns`) owns it and calls [`Environment::truncate`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ToolEnvConfig {
-    /// Most model turns in an episode.
-    pub max_turns: usize,
     /// The episode ends (reward 0) after this many turns with neither a usable tool call nor
     /// a final answer.
     pub max_malformed_turns: usize,
@@ -72,7 +68,6 @@ pub struct ToolEnvConfig {
 impl Default for ToolEnvConfig {
     fn default() -> Self {
         ToolEnvConfig {
-            max_turns: 4,
             max_malformed_turns: 2,
             format_penalty: 0.0,
             mode: ExtractMode::Strict,
@@ -83,12 +78,6 @@ impl Default for ToolEnvConfig {
 impl ToolEnvConfig {
     /// Checks the settings.
     pub fn validate(&self) -> Result<()> {
-        if self.max_turns == 0 {
-            return Err(Error::config(
-                "max_turns",
-                "must be at least 1 for the tool environment",
-            ));
-        }
         if self.max_malformed_turns == 0 {
             return Err(Error::config("max_malformed_turns", "must be at least 1"));
         }
@@ -102,17 +91,17 @@ impl ToolEnvConfig {
 #[derive(Debug, Clone, Default)]
 struct Episode {
     answer: String,
-    turns: usize,
-    tool_calls: usize,
-    tool_errors: usize,
-    malformed: usize,
+    tool_calls: u32,
+    tool_errors: u32,
+    malformed: u32,
 }
 
 /// A multi-turn tool environment: each model turn is parsed for `<tool_call>` blocks, which are
 /// executed and answered as `tool` messages (the chat template wraps them in
-/// `<tool_response>`); the episode ends on a final `\boxed{}` answer, at the turn limit, or at
-/// the malformed-turn limit. The reward is the verifier's verdict minus an optional format
-/// penalty; `info` records `correct`, `tool_calls`, `tool_errors`, `turns`, `malformed_turns`.
+/// `<tool_response>`); the episode ends on a final `\boxed{}` answer or at the malformed-turn
+/// limit (the runner's turn limit ends it through [`Environment::truncate`]). The reward is the
+/// verifier's verdict minus an optional format penalty; the [`Outcome`] records `correct`,
+/// `tool_calls`, `tool_errors` and `malformed_turns`.
 ///
 /// ```
 /// use alp_core::{Environment, Step, Task, ChatMessage};
@@ -128,7 +117,7 @@ struct Episode {
 ///     Step::Observation(m) => assert_eq!(m[0].content, "55578"),
 ///     other => panic!("{other:?}"),
 /// }
-/// assert!(matches!(env.step("\\boxed{55578}").unwrap(), Step::Done { reward, .. } if reward == 1.0));
+/// assert!(matches!(env.step("\\boxed{55578}").unwrap(), Step::Done(o) if o.reward == 1.0 && o.tool_calls == 1));
 /// ```
 #[derive(Debug, Clone)]
 pub struct ToolEnv {
@@ -153,31 +142,29 @@ impl ToolEnv {
         &self.registry
     }
 
-    /// Ends the episode at the malformed-turn or turn limit, else answers with `observations`.
+    /// Ends the episode at the malformed-turn limit, else answers with `observations`.
     fn continue_or_stop(&self, ep: &Episode, observations: Vec<ChatMessage>) -> Step {
-        if ep.malformed >= self.config.max_malformed_turns {
-            self.done(ep, false, None, "malformed_limit")
-        } else if ep.turns >= self.config.max_turns {
-            self.done(ep, false, None, "turn_limit")
+        if ep.malformed as usize >= self.config.max_malformed_turns {
+            Step::Done(self.outcome(ep, false, None))
         } else {
             Step::Observation(observations)
         }
     }
 
-    fn done(&self, ep: &Episode, correct: bool, extracted: Option<String>, ended_by: &str) -> Step {
+    fn outcome(&self, ep: &Episode, correct: bool, extracted: Option<String>) -> Outcome {
         let mut reward = if correct { 1.0 } else { 0.0 };
         if ep.malformed > 0 || ep.tool_errors > 0 {
             reward -= self.config.format_penalty;
         }
-        let mut info = Map::new();
-        info.insert("correct".into(), json!(correct));
-        info.insert("extracted".into(), json!(extracted));
-        info.insert("tool_calls".into(), json!(ep.tool_calls));
-        info.insert("tool_errors".into(), json!(ep.tool_errors));
-        info.insert("turns".into(), json!(ep.turns));
-        info.insert("malformed_turns".into(), json!(ep.malformed));
-        info.insert("ended_by".into(), Value::String(ended_by.into()));
-        Step::Done { reward, info }
+        Outcome {
+            reward,
+            correct,
+            extracted,
+            tool_calls: ep.tool_calls,
+            tool_errors: ep.tool_errors,
+            malformed_turns: ep.malformed,
+            truncated: false,
+        }
     }
 }
 
@@ -196,7 +183,6 @@ impl Environment for ToolEnv {
             .episode
             .take()
             .ok_or_else(|| Error::invalid("ToolEnv::step before reset"))?;
-        ep.turns += 1;
         let calls = parse_tool_calls(model_text);
         let step = if !calls.is_empty() {
             let mut observations = Vec::with_capacity(calls.len());
@@ -227,7 +213,7 @@ impl Environment for ToolEnv {
             self.continue_or_stop(&ep, observations)
         } else if let Some(found) = extract_answer(model_text, self.config.mode) {
             let v = grade_with(&ep.answer, model_text, self.config.mode);
-            self.done(&ep, v.correct, Some(found.text), "answer")
+            Step::Done(self.outcome(&ep, v.correct, Some(found.text)))
         } else {
             ep.malformed += 1;
             let nudge =
@@ -238,8 +224,11 @@ impl Environment for ToolEnv {
         Ok(step)
     }
 
-    fn truncate(&mut self) -> Result<Step> {
+    fn truncate(&mut self) -> Result<Outcome> {
         let ep = self.episode.clone().unwrap_or_default();
-        Ok(self.done(&ep, false, None, "truncated"))
+        Ok(Outcome {
+            truncated: true,
+            ..self.outcome(&ep, false, None)
+        })
     }
 }

@@ -241,9 +241,9 @@ fn task(answer: &str) -> Task {
     }
 }
 
-fn info(step: &Step) -> (f32, serde_json::Map<String, serde_json::Value>) {
+fn info(step: &Step) -> (f32, alp_core::Outcome) {
     match step {
-        Step::Done { reward, info } => (*reward, info.clone()),
+        Step::Done(o) => (o.reward, o.clone()),
         other => panic!("not done: {other:?}"),
     }
 }
@@ -271,13 +271,13 @@ fn tool_env_episodes() {
     }
     let (r, i) = info(&env.step("So \\boxed{55578}").unwrap());
     assert_eq!(r, 1.0);
-    assert_eq!(i["tool_calls"], 1);
-    assert_eq!(i["turns"], 2);
+    assert_eq!(i.tool_calls, 1);
+    assert!(i.correct && !i.truncated);
 
     // A direct wrong guess.
     env.reset(&task("55578")).unwrap();
     let (r, i) = info(&env.step("\\boxed{55000}").unwrap());
-    assert_eq!((r, i["tool_calls"].as_u64()), (0.0, Some(0)));
+    assert_eq!((r, i.tool_calls, i.correct), (0.0, 0, false));
 
     // Unknown tool and bad JSON are error observations; then right answer with penalty.
     env.reset(&task("55578")).unwrap();
@@ -292,36 +292,31 @@ fn tool_env_episodes() {
     }
     let (r, i) = info(&env.step("\\boxed{55578}").unwrap());
     assert!((r - 0.9).abs() < 1e-6);
-    assert_eq!(i["tool_errors"], 2);
+    assert_eq!(i.tool_errors, 2);
 
     // Malformed turns end the episode.
     env.reset(&task("55578")).unwrap();
     assert!(matches!(env.step("hmm").unwrap(), Step::Observation(_)));
     let (r, i) = info(&env.step("still nothing").unwrap());
-    assert_eq!((r, i["ended_by"].as_str()), (-0.1, Some("malformed_limit")));
+    assert_eq!((r, i.malformed_turns, i.truncated), (-0.1, 2, false));
 
-    // Turn limit.
-    let mut env = ToolEnv::new(
-        reg.clone(),
-        ToolEnvConfig {
-            max_turns: 2,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    // The runner's turn limit ends an episode through `truncate`, which keeps the counts.
+    let mut env = ToolEnv::new(reg.clone(), ToolEnvConfig::default()).unwrap();
     env.reset(&task("55578")).unwrap();
     assert!(matches!(env.step(call).unwrap(), Step::Observation(_)));
-    let (_, i) = info(&env.step(call).unwrap());
-    assert_eq!(i["ended_by"], "turn_limit");
+    assert!(matches!(env.step(call).unwrap(), Step::Observation(_)));
+    let o = env.truncate().unwrap();
+    assert!(o.truncated && !o.correct);
+    assert_eq!((o.tool_calls, o.reward), (2, 0.0));
 
     // Config validation names the field.
     let err = ToolEnv::new(
         reg,
         ToolEnvConfig {
-            max_turns: 0,
+            max_malformed_turns: 0,
             ..Default::default()
         },
     )
     .unwrap_err();
-    assert!(err.to_string().contains("max_turns"));
+    assert!(err.to_string().contains("max_malformed_turns"));
 }

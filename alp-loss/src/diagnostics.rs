@@ -4,13 +4,15 @@ use std::collections::BTreeMap;
 use alp_core::{Error, Result};
 use candle_core::{DType, Tensor, D};
 
+use crate::names::{self, stat};
+
 /// The quantiles every ratio report carries.
 pub const QUANTILES: &[(&str, f64)] = &[
-    ("p0_1", 0.001),
-    ("p1", 0.01),
-    ("p50", 0.5),
-    ("p99", 0.99),
-    ("p99_9", 0.999),
+    (stat::P0_1, 0.001),
+    (stat::P1, 0.01),
+    (stat::P50, 0.5),
+    (stat::P99, 0.99),
+    (stat::P99_9, 0.999),
 ];
 
 /// Linear-interpolated quantile (numpy's default) of unsorted `values`; NaN when empty.
@@ -32,14 +34,14 @@ pub fn summary(prefix: &str, values: &[f64]) -> BTreeMap<String, f64> {
         return out;
     }
     for (name, q) in QUANTILES {
-        out.insert(format!("{prefix}/{name}"), quantile(values, *q));
+        out.insert(names::key(prefix, name), quantile(values, *q));
     }
     let min = values.iter().copied().fold(f64::INFINITY, f64::min);
     let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    out.insert(format!("{prefix}/min"), min);
-    out.insert(format!("{prefix}/max"), max);
+    out.insert(names::key(prefix, stat::MIN), min);
+    out.insert(names::key(prefix, stat::MAX), max);
     out.insert(
-        format!("{prefix}/mean"),
+        names::key(prefix, stat::MEAN),
         values.iter().sum::<f64>() / values.len() as f64,
     );
     out
@@ -110,39 +112,90 @@ pub fn kl_mu_pi(log_ratio_pi_mu: &[f64]) -> (f64, f64) {
     (k1, k3)
 }
 
-/// The full off-policy report of a batch: ratio π/μ quantiles at token and sequence level,
-/// KL(μ‖π) k1/k3, effective sample size, and, when `logp_old` is given, the engine part
-/// (π_old vs μ: same weights, other numerics) and the drift part (π vs π_old) separately.
+/// The per-token and per-sequence log-ratios of a whole step, collected micro-batch by
+/// micro-batch; [`RatioCollector::report`] computes every statistic once over all of them (a
+/// step's p99.9 is not the mean of its micro-batches' p99.9s).
+#[derive(Debug, Clone, Default)]
+pub struct RatioCollector {
+    tok: Vec<f64>,
+    seq: Vec<f64>,
+    engine_tok: Vec<f64>,
+    engine_seq: Vec<f64>,
+    drift_tok: Vec<f64>,
+    has_old: bool,
+}
+
+impl RatioCollector {
+    /// An empty collector.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds the masked tokens of one micro-batch: log π (`logp`), optionally log π_old, and
+    /// log μ (`logp_infer`), all `[rows, T]`.
+    pub fn add(
+        &mut self,
+        logp: &Tensor,
+        logp_old: Option<&Tensor>,
+        logp_infer: &Tensor,
+        mask: &Tensor,
+    ) -> Result<()> {
+        let (tok, seq) = log_ratios(logp, logp_infer, mask)?;
+        self.tok.extend(tok);
+        self.seq.extend(seq);
+        if let Some(old) = logp_old {
+            let (etok, eseq) = log_ratios(old, logp_infer, mask)?;
+            self.engine_tok.extend(etok);
+            self.engine_seq.extend(eseq);
+            self.drift_tok.extend(log_ratios(logp, old, mask)?.0);
+            self.has_old = true;
+        }
+        Ok(())
+    }
+
+    /// Number of token log-ratios collected.
+    pub fn tokens(&self) -> usize {
+        self.tok.len()
+    }
+
+    /// Ratio π/μ quantiles at token and sequence level, KL(μ‖π) k1/k3, effective sample
+    /// sizes and, when log π_old was given, the engine (π_old vs μ) and drift (π vs π_old)
+    /// parts, each computed over everything collected.
+    pub fn report(&self) -> BTreeMap<String, f64> {
+        let mut out = BTreeMap::new();
+        let exp = |v: &[f64]| {
+            v.iter()
+                .map(|x| x.clamp(-700.0, 700.0).exp())
+                .collect::<Vec<_>>()
+        };
+        out.extend(summary(names::RATIO_TOKEN, &exp(&self.tok)));
+        out.extend(summary(names::RATIO_SEQ, &exp(&self.seq)));
+        let (k1, k3) = kl_mu_pi(&self.tok);
+        out.insert(names::KL_MU_PI_K1.into(), k1);
+        out.insert(names::KL_MU_PI_K3.into(), k3);
+        out.insert(names::ESS_TOKEN.into(), effective_sample_size(&self.tok));
+        out.insert(names::ESS_SEQ.into(), effective_sample_size(&self.seq));
+        if self.has_old {
+            out.extend(summary(names::ENGINE_RATIO_TOKEN, &exp(&self.engine_tok)));
+            out.extend(summary(names::ENGINE_RATIO_SEQ, &exp(&self.engine_seq)));
+            out.insert(names::ENGINE_KL_K3.into(), kl_mu_pi(&self.engine_tok).1);
+            out.extend(summary(names::DRIFT_RATIO_TOKEN, &exp(&self.drift_tok)));
+            out.insert(names::DRIFT_KL_K3.into(), kl_mu_pi(&self.drift_tok).1);
+        }
+        out
+    }
+}
+
+/// The full off-policy report of one batch: [`RatioCollector`] over that batch alone.
 pub fn mismatch_report(
     logp: &Tensor,
     logp_old: Option<&Tensor>,
     logp_infer: &Tensor,
     mask: &Tensor,
 ) -> Result<BTreeMap<String, f64>> {
-    let mut out = BTreeMap::new();
-    let (tok, seq) = log_ratios(logp, logp_infer, mask)?;
-    let exp = |v: &[f64]| {
-        v.iter()
-            .map(|x| x.clamp(-700.0, 700.0).exp())
-            .collect::<Vec<_>>()
-    };
-    out.extend(summary("ratio/token", &exp(&tok)));
-    out.extend(summary("ratio/seq", &exp(&seq)));
-    let (k1, k3) = kl_mu_pi(&tok);
-    out.insert("kl_mu_pi/k1".into(), k1);
-    out.insert("kl_mu_pi/k3".into(), k3);
-    out.insert("ess/token".into(), effective_sample_size(&tok));
-    out.insert("ess/seq".into(), effective_sample_size(&seq));
-    if let Some(old) = logp_old {
-        let (etok, eseq) = log_ratios(old, logp_infer, mask)?;
-        out.extend(summary("mismatch/engine/ratio_token", &exp(&etok)));
-        out.extend(summary("mismatch/engine/ratio_seq", &exp(&eseq)));
-        out.insert("mismatch/engine/kl_k3".into(), kl_mu_pi(&etok).1);
-        let (dtok, _) = log_ratios(logp, old, mask)?;
-        out.extend(summary("mismatch/drift/ratio_token", &exp(&dtok)));
-        out.insert("mismatch/drift/kl_k3".into(), kl_mu_pi(&dtok).1);
-    }
-    Ok(out)
+    let mut c = RatioCollector::new();
+    c.add(logp, logp_old, logp_infer, mask)?;
+    Ok(c.report())
 }
 
 /// Entropy of softmax(logits) for every row of `logits` (`[..., vocab]`), returned flattened

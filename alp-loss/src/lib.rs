@@ -30,11 +30,12 @@ pub mod aggregate;
 pub mod diagnostics;
 pub mod inputs;
 pub mod kl;
+pub mod names;
 pub mod objectives;
 
 pub use advantage::{compute_advantages, AdvantageEstimator, Advantages};
 pub use aggregate::{masked_mean, masked_row_mean, Aggregation};
-pub use diagnostics::{entropy_from_logits, mismatch_report};
+pub use diagnostics::{entropy_from_logits, mismatch_report, RatioCollector};
 pub use inputs::{LossInputs, LossOutput};
 pub use kl::{kl_per_token, KlEstimator, KlPenalty};
 pub use objectives::{Level, Objective, METHODS};

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::Aggregation;
 use crate::inputs::{LossInputs, LossOutput, Prepared};
+use crate::names;
 
 /// Log-ratios are clamped to ±`LOG_RATIO_CLAMP` before `exp`; the gradient vanishes where it bites.
 pub const LOG_RATIO_CLAMP: f64 = 20.0;
@@ -287,8 +288,36 @@ impl Objective {
         }
     }
 
-    /// Computes the loss (to minimise) and metrics.
+    /// Computes the loss (to minimise) and metrics, `inputs` being a whole mini-batch.
     pub fn compute(&self, inputs: &LossInputs, agg: Aggregation) -> Result<LossOutput> {
+        self.compute_inner(inputs, agg, None)
+    }
+
+    /// Computes one micro-batch's part of a mini-batch loss: the per-token losses reduced with
+    /// `normaliser`, the whole mini-batch's [`Aggregation::normaliser`]. The parts of a
+    /// mini-batch sum to [`Objective::compute`] on the mini-batch in one piece (loss and
+    /// gradient), whatever the split. Metrics are those of the part (fractions over its tokens;
+    /// `tokens` gives its weight).
+    pub fn compute_part(
+        &self,
+        inputs: &LossInputs,
+        agg: Aggregation,
+        normaliser: f64,
+    ) -> Result<LossOutput> {
+        if !(normaliser > 0.0 && normaliser.is_finite()) {
+            return Err(Error::invalid(format!(
+                "the loss normaliser {normaliser} must be finite and > 0"
+            )));
+        }
+        self.compute_inner(inputs, agg, Some(normaliser))
+    }
+
+    fn compute_inner(
+        &self,
+        inputs: &LossInputs,
+        agg: Aggregation,
+        normaliser: Option<f64>,
+    ) -> Result<LossOutput> {
         self.validate()?;
         let p = inputs.prepare()?;
         let old = || {
@@ -359,16 +388,19 @@ impl Objective {
                 (r, l, None)
             }
         };
-        let loss = agg.reduce(&per_token, &p.mask)?;
+        let loss = match normaliser {
+            Some(n) => agg.reduce_part(&per_token, &p.mask, n)?,
+            None => agg.reduce(&per_token, &p.mask)?,
+        };
         let mut metrics = clip_metrics(&ratio, &p, &clip, matches!(self, Objective::Cispo(_)))?;
         if let Some(w) = weight {
             let kept =
                 crate::aggregate::masked_mean(&w.gt(0.0)?.to_dtype(p.mask.dtype())?, &p.mask)?;
             metrics.insert(
-                "is_weight/mean".into(),
+                names::IS_WEIGHT_MEAN.into(),
                 scalar(&crate::aggregate::masked_mean(&w, &p.mask)?)?,
             );
-            metrics.insert("is_weight/kept_frac".into(), scalar(&kept)?);
+            metrics.insert(names::IS_WEIGHT_KEPT_FRAC.into(), scalar(&kept)?);
         }
         Ok(LossOutput { loss, metrics })
     }
@@ -479,11 +511,11 @@ fn clip_metrics(
     }
     let d = n.max(1.0);
     Ok([
-        ("clip_frac/low".to_string(), low / d),
-        ("clip_frac/high".to_string(), high / d),
-        ("clip_frac/dual".to_string(), dual / d),
-        ("ratio/mean".to_string(), sum / d),
-        ("tokens".to_string(), n),
+        (names::CLIP_FRAC_LOW.to_string(), low / d),
+        (names::CLIP_FRAC_HIGH.to_string(), high / d),
+        (names::CLIP_FRAC_DUAL.to_string(), dual / d),
+        (names::RATIO_MEAN.to_string(), sum / d),
+        (names::TOKENS.to_string(), n),
     ]
     .into_iter()
     .collect())

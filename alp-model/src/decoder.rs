@@ -1,6 +1,7 @@
 //! The Qwen2/Llama/Qwen3 decoder: embeddings, RMSNorm, rotary GQA attention, SwiGLU MLP and
 //! the LM head, with a fused inference path and a differentiable training path.
-use alp_core::{CausalLm, Error, Perturbation, Result};
+use crate::perturbation::Perturbation;
+use alp_core::{Error, Result};
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Linear, VarBuilder};
 
@@ -475,32 +476,6 @@ impl Model {
     /// The LM head weight `[vocab, hidden]` (the embedding when tied).
     pub fn lm_head_weight(&self) -> &Tensor {
         self.lm_head.weight()
-    }
-}
-
-impl CausalLm for Model {
-    type Cache = KvCache;
-
-    fn vocab_size(&self) -> usize {
-        self.cfg.vocab_size
-    }
-
-    fn forward(
-        &self,
-        input_ids: &Tensor,
-        cache: &mut KvCache,
-        perturb: &dyn Perturbation,
-    ) -> Result<Tensor> {
-        self.forward_cached(input_ids, cache, perturb)
-    }
-
-    fn forward_train(
-        &self,
-        input_ids: &Tensor,
-        left_pad: &[usize],
-        perturb: &dyn Perturbation,
-    ) -> Result<Tensor> {
-        self.forward_full(input_ids, left_pad, perturb, Numerics::Differentiable)
     }
 }
 

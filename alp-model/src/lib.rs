@@ -6,8 +6,7 @@
 //! [`Numerics::Differentiable`] for training.
 //!
 //! ```
-//! use alp_core::NoPerturbation;
-//! use alp_model::{presets, ModelWeights};
+//! use alp_model::{presets, ModelWeights, NoPerturbation};
 //! use candle_core::{DType, Device, Tensor};
 //!
 //! let cfg = presets::tiny();
@@ -36,7 +35,10 @@ pub use decoder::{Model, Numerics};
 pub use kv_cache::KvCache;
 pub use loader::{expected_tensors, resolve_model_dir, weight_files, ModelWeights};
 pub use logprobs::{sequence_logprobs, token_logprobs};
-pub use perturbation::{LayerSelection, LayerwiseGaussian, PerturbationConfig, SigmaMode};
+pub use perturbation::{
+    seeded_rng, LayerSelection, LayerwiseGaussian, NoPerturbation, Perturbation, PerturbationConfig,
+    SigmaMode,
+};
 pub use tokenizer::Tokenizer;
 
 use std::path::Path;

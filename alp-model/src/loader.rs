@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use alp_core::{Error, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use rand::{rngs::StdRng, SeedableRng};
 use rand_distr::{Distribution, Normal};
 
 use crate::{Config, Model};
@@ -204,7 +203,7 @@ impl ModelWeights {
     /// zero biases; deterministic in `seed`.
     pub fn random(cfg: &Config, seed: u64, dtype: DType, device: &Device) -> Result<Self> {
         cfg.validate()?;
-        let mut rng = StdRng::seed_from_u64(seed);
+        let mut rng = crate::perturbation::seeded_rng(seed);
         let normal = Normal::new(0.0f32, cfg.initializer_range as f32)
             .map_err(|e| Error::config("initializer_range", e.to_string()))?;
         let mut tensors = BTreeMap::new();

@@ -7,11 +7,50 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use alp_core::{splitmix64, GOLDEN_GAMMA};
-use alp_core::{Error, Perturbation, Result};
+use alp_core::{Error, Result};
 use candle_core::{DType, Device, Tensor, Var, D};
-use rand::{rngs::StdRng, SeedableRng};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
+
+/// A hook the model calls on the input hidden state of every decoder layer (and once on the
+/// final hidden state before the LM head). Only training forwards are perturbed.
+pub trait Perturbation: Send + Sync {
+    /// Returns the (possibly perturbed) input hidden state of decoder layer `layer`,
+    /// `hidden` shaped `[batch, seq, hidden]`.
+    fn perturb(&self, layer: usize, hidden: &Tensor) -> Result<Tensor>;
+
+    /// Returns the (possibly perturbed) final normed hidden state that feeds the LM head.
+    /// The default leaves it alone.
+    fn perturb_head(&self, hidden: &Tensor) -> Result<Tensor> {
+        Ok(hidden.clone())
+    }
+
+    /// True when this perturbation never changes anything (lets the model skip work).
+    fn is_identity(&self) -> bool {
+        false
+    }
+}
+
+/// The free perturbation: returns its input unchanged.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoPerturbation;
+
+impl Perturbation for NoPerturbation {
+    fn perturb(&self, _layer: usize, hidden: &Tensor) -> Result<Tensor> {
+        Ok(hidden.clone())
+    }
+    fn is_identity(&self) -> bool {
+        true
+    }
+}
+
+/// The random stream of the noise and of random init: ChaCha8, whose output for a seed
+/// `rand_chacha` promises to keep across versions (bit-identical resume depends on it).
+pub fn seeded_rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed)
+}
 
 /// How σ relates to the hidden state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -174,7 +213,7 @@ impl LayerwiseGaussian {
     /// Standard normal noise shaped like `like`, from the seed of `layer` (index `num_layers`
     /// is the LM-head input).
     pub fn noise(&self, layer: usize, like: &Tensor) -> Result<Tensor> {
-        let mut rng = StdRng::seed_from_u64(self.noise_seed(layer as u64));
+        let mut rng = seeded_rng(self.noise_seed(layer as u64));
         let n = like.elem_count();
         let v: Vec<f32> = (0..n).map(|_| StandardNormal.sample(&mut rng)).collect();
         Ok(Tensor::from_vec(v, like.shape(), like.device())?.to_dtype(like.dtype())?)

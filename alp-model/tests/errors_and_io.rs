@@ -2,7 +2,8 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use alp_core::{ChatMessage, Error, NoPerturbation};
+use alp_core::{ChatMessage, Error};
+use alp_model::NoPerturbation;
 use alp_model::{load_pretrained, presets, Config, ModelWeights, Numerics, Tokenizer};
 use candle_core::{DType, Device, Tensor};
 

@@ -1,6 +1,6 @@
 mod common;
 
-use alp_core::{NoPerturbation, Perturbation};
+use alp_model::{NoPerturbation, Perturbation};
 use alp_model::{
     presets, token_logprobs, LayerSelection, LayerwiseGaussian, ModelWeights, Numerics,
     PerturbationConfig, SigmaMode,

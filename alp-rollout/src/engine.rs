@@ -1,7 +1,8 @@
 //! The batched sampling engine with continuous batching.
 
 use crate::sampling::{sample, SamplingParams};
-use alp_core::{Error, FinishReason, NoPerturbation, Result, TokenId};
+use alp_core::{Error, FinishReason, Result, TokenId};
+use alp_model::NoPerturbation;
 use alp_model::{KvCache, Model, ModelWeights, Tokenizer};
 use candle_core::{DType, Device, Tensor};
 use rand::SeedableRng;

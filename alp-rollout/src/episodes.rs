@@ -4,13 +4,15 @@
 use crate::engine::{Engine, Request};
 use crate::sampling::SamplingParams;
 use alp_core::{
-    mix_seed, ChatMessage, Environment, Error, FinishReason, PolicyVersion, Result, Step, Task,
-    TokenId, Trajectory, TrajectoryGroup,
+    mix_seed, ChatMessage, Environment, Error, FinishReason, Outcome, PolicyVersion, Result,
+    SamplingInfo, Step, Task, TokenId, Trajectory, TrajectoryGroup,
 };
 use alp_model::Tokenizer;
 use serde::{Deserialize, Serialize};
 
-/// Limits and sampling of episodes.
+/// Limits and sampling of episodes. The runner owns both limits (turns and tokens): when one
+/// is hit before the environment ends the episode, it asks the environment for the outcome of
+/// a truncated episode ([`Environment::truncate`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EpisodeConfig {
@@ -59,11 +61,27 @@ struct Episode {
     logp: Vec<f32>,
     turns: u32,
     seed: u64,
-    done: Option<(
-        f32,
-        serde_json::Map<String, serde_json::Value>,
-        FinishReason,
-    )>,
+    done: Option<(Outcome, FinishReason)>,
+}
+
+impl Episode {
+    /// Ends the episode by a runner limit (`why`), with the environment's truncated outcome.
+    fn truncate(&mut self, why: FinishReason) -> Result<()> {
+        let mut outcome = self.env.truncate()?;
+        outcome.truncated = true;
+        self.done = Some((outcome, why));
+        Ok(())
+    }
+}
+
+/// What a trajectory records of how its tokens were sampled.
+pub fn sampling_info(p: &SamplingParams) -> SamplingInfo {
+    SamplingInfo {
+        temperature: p.temperature,
+        top_k: p.top_k as u32,
+        top_p: p.top_p,
+        min_p: p.min_p,
+    }
 }
 
 fn render(
@@ -183,20 +201,17 @@ pub fn run_episodes(
             e.logp.extend_from_slice(&c.logprobs);
             let text = tokenizer.decode(&c.tokens, true)?;
             match e.env.step(&text)? {
-                Step::Done { reward, info } => {
-                    e.done = Some((reward, info, c.finish_reason));
+                Step::Done(outcome) => {
+                    e.done = Some((outcome, c.finish_reason));
                 }
                 Step::Observation(obs) => {
                     let out_of_room = e.response.len() >= config.max_total_tokens;
                     if turn + 1 == config.max_turns || out_of_room {
-                        if let Step::Done { reward, info } = e.env.truncate()? {
-                            let why = if out_of_room {
-                                FinishReason::MaxTokens
-                            } else {
-                                FinishReason::TurnLimit
-                            };
-                            e.done = Some((reward, info, why));
-                        }
+                        e.truncate(if out_of_room {
+                            FinishReason::MaxTokens
+                        } else {
+                            FinishReason::TurnLimit
+                        })?;
                         continue;
                     }
                     let ended_with_eos = c.finish_reason == FinishReason::Eos;
@@ -214,19 +229,16 @@ pub fn run_episodes(
                     e.mask.extend(std::iter::repeat_n(0u8, obs_tokens.len()));
                     e.logp.extend(std::iter::repeat_n(0.0f32, obs_tokens.len()));
                     if e.response.len() >= config.max_total_tokens {
-                        if let Step::Done { reward, info } = e.env.truncate()? {
-                            e.done = Some((reward, info, FinishReason::MaxTokens));
-                        }
+                        e.truncate(FinishReason::MaxTokens)?;
                     }
                 }
             }
         }
     }
     for e in eps.iter_mut().filter(|e| e.done.is_none()) {
-        if let Step::Done { reward, info } = e.env.truncate()? {
-            e.done = Some((reward, info, FinishReason::TurnLimit));
-        }
+        e.truncate(FinishReason::TurnLimit)?;
     }
+    let sampling = sampling_info(&config.sampling);
     let mut groups: Vec<TrajectoryGroup> = tasks
         .iter()
         .map(|t| TrajectoryGroup {
@@ -235,7 +247,7 @@ pub fn run_episodes(
         })
         .collect();
     for e in eps {
-        let (reward, info, finish_reason) = e
+        let (outcome, finish_reason) = e
             .done
             .ok_or_else(|| Error::Msg("an episode did not finish".into()))?;
         let t = Trajectory {
@@ -244,10 +256,10 @@ pub fn run_episodes(
             loss_mask: e.mask,
             logp_infer: e.logp,
             policy_version,
-            reward,
+            outcome,
+            sampling,
             finish_reason,
             num_turns: e.turns,
-            info,
         };
         t.validate()?;
         groups[e.task].trajectories.push(t);

@@ -28,6 +28,6 @@ pub mod sampling;
 pub mod worker;
 
 pub use engine::{Completion, Engine, EngineConfig, GenerateStats, Request};
-pub use episodes::{observation_tokens, run_episodes, EpisodeConfig};
+pub use episodes::{observation_tokens, run_episodes, sampling_info, EpisodeConfig};
 pub use sampling::{sample, SamplingParams};
 pub use worker::{RolloutBatch, RolloutWorker};

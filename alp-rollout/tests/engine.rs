@@ -1,7 +1,8 @@
 //! The engine held to slow references: batched continuous decoding vs one sequence at a
 //! time without a KV cache, stored log-probs vs a full forward, seeds vs batch composition.
 
-use alp_core::{ChatMessage, Environment, FinishReason, NoPerturbation, Step, Task, TokenId};
+use alp_core::{ChatMessage, Environment, FinishReason, Step, Task, TokenId};
+use alp_model::NoPerturbation;
 use alp_model::{presets, token_logprobs, Model, ModelWeights, Numerics, Tokenizer};
 use alp_rollout::{run_episodes, Engine, EngineConfig, EpisodeConfig, Request, SamplingParams};
 use candle_core::{DType, Device, Tensor};
@@ -419,9 +420,11 @@ impl Environment for Scripted {
         if self.turns == 1 {
             Ok(Step::Observation(vec![ChatMessage::new("tool", "w3")]))
         } else {
-            let mut info = serde_json::Map::new();
-            info.insert("turns".into(), self.turns.into());
-            Ok(Step::Done { reward: 1.5, info })
+            Ok(Step::Done(alp_core::Outcome {
+                reward: 1.5,
+                tool_calls: self.turns as u32,
+                ..Default::default()
+            }))
         }
     }
 }
@@ -463,7 +466,9 @@ fn multi_turn_episode_has_the_right_loss_mask() {
     let obs = tok.encode("w1 tool w3 w1 assistant", false).unwrap();
     for t in &groups[0].trajectories {
         assert_eq!(t.prompt, prompt);
-        assert_eq!((t.reward, t.num_turns, t.policy_version), (1.5, 2, 7));
+        assert_eq!((t.reward(), t.num_turns, t.policy_version), (1.5, 2, 7));
+        assert_eq!((t.outcome.tool_calls, t.outcome.truncated), (2, false));
+        assert_eq!(t.sampling.temperature, cfg.sampling.temperature);
         assert_eq!(t.response.len(), 3 + obs.len() + 3);
         assert_eq!(&t.response[3..3 + obs.len()], &obs[..]);
         let mut mask = vec![1u8; 3];

@@ -4,7 +4,7 @@
 //! Run: `cargo run --release -p alp-trainer --example custom_env` (also run by `cargo test`).
 use std::sync::Arc;
 
-use alp_core::{ChatMessage, Environment, Result, Step, Task};
+use alp_core::{ChatMessage, Environment, Outcome, Result, Step, Task};
 use alp_envs::math::grade;
 use alp_model::{presets, ModelWeights};
 use alp_rollout::{run_episodes, Engine, EngineConfig, EpisodeConfig, SamplingParams};
@@ -22,12 +22,12 @@ impl Environment for WordCount {
     }
     fn step(&mut self, text: &str) -> Result<Step> {
         let v = grade(&self.answer, text);
-        let mut info = serde_json::Map::new();
-        info.insert("correct".into(), v.correct.into());
-        Ok(Step::Done {
+        Ok(Step::Done(Outcome {
             reward: if v.correct { 1.0 } else { 0.0 },
-            info,
-        })
+            correct: v.correct,
+            extracted: v.extracted,
+            ..Default::default()
+        }))
     }
 }
 
@@ -73,12 +73,12 @@ fn main() -> Result<()> {
         assert_eq!(g.trajectories.len(), 4);
         for t in &g.trajectories {
             t.validate()?;
-            assert!(t.reward == 0.0 || t.reward == 1.0);
+            assert_eq!(t.reward(), if t.outcome.correct { 1.0 } else { 0.0 });
         }
         println!(
             "{}: rewards {:?}",
             g.task_id,
-            g.trajectories.iter().map(|t| t.reward).collect::<Vec<_>>()
+            g.trajectories.iter().map(|t| t.reward()).collect::<Vec<_>>()
         );
     }
     Ok(())

@@ -1,7 +1,8 @@
 //! Padding variable-length (prompt, response) pairs into training tensors and computing the
 //! response tokens' log-probs with the differentiable path.
 
-use alp_core::{Perturbation, Result, TokenId};
+use alp_core::{Result, TokenId};
+use alp_model::Perturbation;
 use alp_model::{token_logprobs, Model, Numerics};
 use candle_core::{Device, Tensor};
 

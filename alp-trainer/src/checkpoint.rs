@@ -19,7 +19,7 @@ pub struct Manifest {
     /// Policy version of the weights.
     pub policy_version: u64,
     /// Held-out evaluation before RL (carried into the final summary).
-    pub eval_before_rl: Option<serde_json::Value>,
+    pub eval_before_rl: Option<crate::eval::EvalResult>,
     /// Seconds the run had used when this was written.
     pub wall_seconds: f64,
     /// The config of the run (TOML).
@@ -52,8 +52,8 @@ pub fn save(run: &Path, trainer: &Trainer, manifest: &Manifest) -> Result<PathBu
         .snapshot(DType::F32, &candle_core::Device::Cpu)?
         .save(&model_dir)?;
     trainer.tokenizer.save(&model_dir)?;
-    let mut state: BTreeMap<String, Tensor> = trainer.opt.state("opt")?;
-    state.extend(trainer.opt_sigma.state("opt_sigma")?);
+    let mut state: BTreeMap<String, Tensor> = trainer.opt.theta.state("opt")?;
+    state.extend(trainer.opt.sigma.state("opt_sigma")?);
     state.insert(
         "log_sigma".into(),
         trainer.perturb.log_sigma().as_tensor().clone(),
@@ -136,8 +136,8 @@ pub fn restore_state(dir: &Path, trainer: &mut Trainer, manifest: &Manifest) -> 
         })?
         .into_iter()
         .collect();
-    trainer.opt.load_state("opt", &state)?;
-    trainer.opt_sigma.load_state("opt_sigma", &state)?;
+    trainer.opt.theta.load_state("opt", &state)?;
+    trainer.opt.sigma.load_state("opt_sigma", &state)?;
     let ls = state.get("log_sigma").ok_or_else(|| Error::Parse {
         path: p.clone(),
         message: "no log_sigma".into(),

@@ -8,6 +8,68 @@ use alp_model::PerturbationConfig;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+/// A floating-point type of weights and activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    /// 32-bit float.
+    F32,
+    /// bfloat16.
+    Bf16,
+    /// IEEE half.
+    F16,
+}
+
+impl Dtype {
+    /// The candle dtype.
+    pub fn candle(self) -> candle_core::DType {
+        match self {
+            Dtype::F32 => candle_core::DType::F32,
+            Dtype::Bf16 => candle_core::DType::BF16,
+            Dtype::F16 => candle_core::DType::F16,
+        }
+    }
+}
+
+impl std::fmt::Display for Dtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Dtype::F32 => "f32",
+            Dtype::Bf16 => "bf16",
+            Dtype::F16 => "f16",
+        })
+    }
+}
+
+/// The RL environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EnvKind {
+    /// Multi-turn math with the calculator tool.
+    Tool,
+    /// Single-turn math.
+    Math,
+}
+
+impl EnvKind {
+    /// True for the tool environment.
+    pub fn is_tool(self) -> bool {
+        self == EnvKind::Tool
+    }
+}
+
+/// Where the model comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource<'a> {
+    /// The embedded default: a preset shape, random init, the built-in tokenizer; SFT warm start.
+    Embedded {
+        /// The preset name.
+        preset: &'a str,
+    },
+    /// A Hugging Face checkpoint (directory or cached repo id) with its own tokenizer.
+    Checkpoint(&'a str),
+}
+
 /// Which model to train.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -20,7 +82,7 @@ pub struct ModelSection {
     /// Seed of the embedded default's initialisation.
     pub init_seed: u64,
     /// Trainer dtype (f32, bf16, f16).
-    pub dtype: String,
+    pub dtype: Dtype,
     /// Device: cpu or cuda:N.
     pub device: String,
 }
@@ -31,9 +93,27 @@ impl Default for ModelSection {
             base: String::new(),
             preset: "alp-default".into(),
             init_seed: 0,
-            dtype: "f32".into(),
+            dtype: Dtype::F32,
             device: "cpu".into(),
         }
+    }
+}
+
+impl ModelSection {
+    /// The embedded default (empty `base`) or a checkpoint.
+    pub fn source(&self) -> ModelSource<'_> {
+        if self.base.is_empty() {
+            ModelSource::Embedded {
+                preset: &self.preset,
+            }
+        } else {
+            ModelSource::Checkpoint(&self.base)
+        }
+    }
+
+    /// True for the embedded default.
+    pub fn is_embedded(&self) -> bool {
+        matches!(self.source(), ModelSource::Embedded { .. })
     }
 }
 
@@ -95,9 +175,9 @@ pub struct RlSection {
     /// Global gradient-norm clip (0: off).
     pub grad_clip: f64,
     /// How many policy versions the sampler may lag (0: synchronous).
-    pub max_staleness: i64,
+    pub max_staleness: u64,
     /// Rollout dtype (bf16: a real engine mismatch).
-    pub rollout_dtype: String,
+    pub rollout_dtype: Dtype,
     /// Recompute log π_old with the trainer before the update (needed by methods that use it).
     pub recompute_logp_old: bool,
     /// Advantage estimator.
@@ -113,7 +193,7 @@ pub struct RlSection {
     /// Response tokens per episode.
     pub max_total_tokens: usize,
     /// Environment: `tool` (calculator, multi-turn) or `math` (single turn).
-    pub env: String,
+    pub env: EnvKind,
     /// Subtracted from the reward of episodes with malformed turns or tool errors.
     pub format_penalty: f32,
     /// Stop after this many consecutive non-finite losses or gradients.
@@ -137,7 +217,7 @@ impl Default for RlSection {
             weight_decay: 0.0,
             grad_clip: 1.0,
             max_staleness: 1,
-            rollout_dtype: "bf16".into(),
+            rollout_dtype: Dtype::Bf16,
             recompute_logp_old: true,
             advantage: AdvantageEstimator::Grpo,
             aggregation: Aggregation::TokenMean,
@@ -145,7 +225,7 @@ impl Default for RlSection {
             max_turns: 3,
             max_new_tokens: 16,
             max_total_tokens: 48,
-            env: "tool".into(),
+            env: EnvKind::Tool,
             format_penalty: 0.0,
             max_bad_steps: 5,
             perturb_always: false,
@@ -211,17 +291,47 @@ pub struct TrainConfig {
     pub checkpoint: CheckpointSection,
 }
 
-fn parse_scalar(v: &str) -> toml::Value {
-    if let Ok(i) = v.parse::<i64>() {
-        return toml::Value::Integer(i);
-    }
-    if let Ok(f) = v.parse::<f64>() {
-        return toml::Value::Float(f);
-    }
-    if let Ok(b) = v.parse::<bool>() {
-        return toml::Value::Boolean(b);
-    }
-    toml::Value::String(v.to_string())
+/// Parses the text of a `--set` value by the type of the value it replaces (`existing`): a
+/// string field takes the text as it is (so `123` or `true` can be a string), a number or
+/// boolean must parse as one, an array or table as a TOML value. Without an existing value
+/// (a field a new method brings), the text's own type is taken.
+fn parse_typed(key: &str, text: &str, existing: Option<&toml::Value>) -> Result<toml::Value> {
+    let bad = |what: &str| Error::config(key, format!("`{text}` is not {what}"));
+    Ok(match existing {
+        Some(toml::Value::String(_)) => toml::Value::String(text.to_string()),
+        Some(toml::Value::Integer(_)) => {
+            toml::Value::Integer(text.parse().map_err(|_| bad("an integer"))?)
+        }
+        Some(toml::Value::Float(_)) => {
+            let f: f64 = text.parse().map_err(|_| bad("a number"))?;
+            toml::Value::Float(f)
+        }
+        Some(toml::Value::Boolean(_)) => {
+            toml::Value::Boolean(text.parse().map_err(|_| bad("true or false"))?)
+        }
+        Some(_) => {
+            let doc: toml::Table = toml::from_str(&format!("v = {text}"))
+                .map_err(|_| bad("a TOML value of this field's type"))?;
+            doc.get("v").cloned().ok_or_else(|| bad("a value"))?
+        }
+        None => {
+            if let Ok(i) = text.parse::<i64>() {
+                toml::Value::Integer(i)
+            } else if let Ok(f) = text.parse::<f64>() {
+                toml::Value::Float(f)
+            } else if let Ok(b) = text.parse::<bool>() {
+                toml::Value::Boolean(b)
+            } else {
+                toml::Value::String(text.to_string())
+            }
+        }
+    })
+}
+
+/// The first line of a deserialisation error, without TOML's position prefix (the position of
+/// an internal document means nothing to the user).
+fn serde_message(e: &toml::de::Error) -> String {
+    e.message().lines().next().unwrap_or("invalid value").to_string()
 }
 
 impl TrainConfig {
@@ -252,14 +362,16 @@ impl TrainConfig {
     }
 
     /// Applies `key=value` overrides (`rl.lr=1e-5`, `rl.objective.method=grpo`,
-    /// `model.base=Qwen/Qwen2.5-0.5B-Instruct`).
+    /// `model.base=Qwen/Qwen2.5-0.5B-Instruct`). Each value is parsed by the type of the
+    /// field it sets, and an error names the full key.
     pub fn apply_overrides(&self, sets: &[String]) -> Result<Self> {
         let mut root = toml::Value::try_from(self).map_err(|e| Error::Msg(e.to_string()))?;
         for s in sets {
             let (key, value) = s
                 .split_once('=')
                 .ok_or_else(|| Error::config("--set", format!("`{s}` is not key=value")))?;
-            let parts: Vec<&str> = key.trim().split('.').collect();
+            let key = key.trim();
+            let parts: Vec<&str> = key.split('.').collect();
             let mut node = &mut root;
             for p in &parts[..parts.len() - 1] {
                 node = node
@@ -276,10 +388,16 @@ impl TrainConfig {
             } else if !table.contains_key(last) {
                 return Err(Error::config(key, "no such setting"));
             }
-            table.insert(last.to_string(), parse_scalar(value.trim()));
+            let v = parse_typed(key, value.trim(), table.get(last))?;
+            table.insert(last.to_string(), v);
+            // Checked one key at a time, so that a rejected value is named by its key.
+            let _: TrainConfig = root
+                .clone()
+                .try_into()
+                .map_err(|e: toml::de::Error| Error::config(key, serde_message(&e)))?;
         }
-        let text = toml::to_string(&root).map_err(|e| Error::Msg(e.to_string()))?;
-        Self::from_toml(&text).map_err(|e| Error::config("--set", e.to_string()))
+        root.try_into()
+            .map_err(|e: toml::de::Error| Error::config("--set", serde_message(&e)))
     }
 
     /// Cross-field checks; the error names the fields.
@@ -328,22 +446,10 @@ impl TrainConfig {
                 ),
             ));
         }
-        if rl.max_staleness < 0 {
-            return Err(Error::config(
-                "rl.max_staleness",
-                format!("{} is below 0", rl.max_staleness),
-            ));
-        }
-        if rl.env == "tool" && rl.max_turns == 0 {
+        if rl.env.is_tool() && rl.max_turns == 0 {
             return Err(Error::config(
                 "rl.max_turns",
                 "0 with rl.env = tool: a tool episode needs at least one turn",
-            ));
-        }
-        if rl.env != "tool" && rl.env != "math" {
-            return Err(Error::config(
-                "rl.env",
-                format!("`{}`; known: tool, math", rl.env),
             ));
         }
         if rl.ppo_epochs == 0 {
@@ -369,17 +475,42 @@ impl TrainConfig {
         if !(0.0..=1.0).contains(&self.sft.tool_fraction) {
             return Err(Error::config("sft.tool_fraction", "must lie in [0, 1]"));
         }
-        for (field, v) in [
-            ("model.dtype", &self.model.dtype),
-            ("rl.rollout_dtype", &rl.rollout_dtype),
-        ] {
-            alp_model::parse_dtype(v)
-                .map_err(|_| Error::config(field, format!("`{v}`; known: f32, bf16, f16")))?;
-        }
+        self.validate_numbers()?;
         alp_model::parse_device(&self.model.device)
             .map_err(|e| Error::config("model.device", e.to_string()))?;
         if self.model.base.is_empty() {
             alp_model::presets::by_name(&self.model.preset)?;
+        }
+        Ok(())
+    }
+
+    /// Numbers that must be finite and in range, each named.
+    fn validate_numbers(&self) -> Result<()> {
+        let rl = &self.rl;
+        let checks: [(&str, f64, bool); 7] = [
+            ("sft.lr", self.sft.lr, self.sft.lr > 0.0),
+            ("sft.weight_decay", self.sft.weight_decay, self.sft.weight_decay >= 0.0),
+            ("rl.grad_clip", rl.grad_clip, rl.grad_clip >= 0.0),
+            ("rl.weight_decay", rl.weight_decay, rl.weight_decay >= 0.0),
+            ("rl.temperature", rl.temperature as f64, rl.temperature >= 0.0),
+            (
+                "tasks.hard_fraction",
+                self.tasks.hard_fraction,
+                (0.0..=1.0).contains(&self.tasks.hard_fraction),
+            ),
+            (
+                "rl.format_penalty",
+                rl.format_penalty as f64,
+                (0.0..=1.0).contains(&rl.format_penalty),
+            ),
+        ];
+        for (field, v, ok) in checks {
+            if !(v.is_finite() && ok) {
+                return Err(Error::config(
+                    field,
+                    format!("{v} is out of range (see the field's documentation)"),
+                ));
+            }
         }
         Ok(())
     }

@@ -170,3 +170,103 @@ pub fn global_norm(groups: &[&[Option<Tensor>]]) -> Result<f64> {
     }
     Ok(sq.sqrt())
 }
+
+/// Gradients of one mini-batch for both parameter groups, summed over its micro-batches.
+#[derive(Debug, Clone, Default)]
+pub struct Gradients {
+    /// Gradients of the weights, in the θ group's parameter order (`None`: no gradient).
+    pub theta: Vec<Option<Tensor>>,
+    /// Gradients of log σ.
+    pub sigma: Vec<Option<Tensor>>,
+    /// False once a micro-batch had a non-finite loss (the mini-batch is then skipped).
+    pub finite_loss: bool,
+}
+
+fn add_grads(acc: &mut Vec<Option<Tensor>>, g: Vec<Option<Tensor>>) -> Result<()> {
+    if acc.is_empty() {
+        *acc = g;
+        return Ok(());
+    }
+    for (x, y) in acc.iter_mut().zip(g) {
+        *x = match (x.take(), y) {
+            (Some(a), Some(b)) => Some((a + b)?),
+            (a, None) => a,
+            (None, b) => b,
+        };
+    }
+    Ok(())
+}
+
+impl Gradients {
+    /// No gradient yet, loss finite.
+    pub fn new() -> Self {
+        Gradients {
+            finite_loss: true,
+            ..Default::default()
+        }
+    }
+}
+
+/// What [`Optimizer::apply`] did with a mini-batch's gradients.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Update {
+    /// Both groups stepped.
+    Applied {
+        /// Global norm of the θ gradients before clipping.
+        grad_norm: f64,
+        /// Norm of the log σ gradient, when that group stepped.
+        sigma_grad_norm: Option<f64>,
+    },
+    /// A non-finite loss or gradient: nothing changed.
+    Skipped,
+}
+
+/// The two AdamW groups of RL (weights θ with a global-norm clip; log σ on its own, unclipped,
+/// no weight decay), with gradient accumulation and the non-finite skip.
+pub struct Optimizer {
+    /// The weights' group.
+    pub theta: AdamW,
+    /// The log σ group.
+    pub sigma: AdamW,
+    /// Global-norm clip of θ (0: off).
+    pub grad_clip: f64,
+}
+
+impl Optimizer {
+    /// Adds the gradients of `store` (one micro-batch's backward) to `acc`.
+    pub fn accumulate(&self, acc: &mut Gradients, store: &GradStore) -> Result<()> {
+        add_grads(&mut acc.theta, self.theta.grads(store))?;
+        add_grads(&mut acc.sigma, self.sigma.grads(store))
+    }
+
+    /// Steps θ (clipped) and, with `step_sigma`, log σ; skips everything when the loss or the
+    /// θ gradient is not finite.
+    pub fn apply(&mut self, g: &Gradients, step_sigma: bool) -> Result<Update> {
+        let norm = if g.finite_loss && !g.theta.is_empty() {
+            global_norm(&[&g.theta])?
+        } else {
+            f64::NAN
+        };
+        if !norm.is_finite() {
+            return Ok(Update::Skipped);
+        }
+        let scale = if self.grad_clip > 0.0 && norm > self.grad_clip {
+            self.grad_clip / norm
+        } else {
+            1.0
+        };
+        self.theta.step(&g.theta, scale)?;
+        let mut sigma_grad_norm = None;
+        if step_sigma && !g.sigma.is_empty() {
+            let sn = global_norm(&[&g.sigma])?;
+            sigma_grad_norm = Some(sn);
+            if sn.is_finite() {
+                self.sigma.step(&g.sigma, 1.0)?;
+            }
+        }
+        Ok(Update::Applied {
+            grad_norm: norm,
+            sigma_grad_norm,
+        })
+    }
+}

@@ -1,46 +1,32 @@
 //! The end-of-run report: `summary.json`, `report.md`, and SVG plots of the metrics.
 
 use crate::config::TrainConfig;
-use crate::trainer::EvalResult;
+use crate::eval::EvalResult;
+use crate::metrics::{self as names, loss};
 use alp_core::{Error, Result};
 use plotters::prelude::*;
 use serde_json::{json, Value};
 use std::path::Path;
 
-fn eval_brief(e: &Value) -> Value {
-    json!({
-        "accuracy": e["accuracy"],
-        "accuracy_by_kind": e["accuracy_by_kind"],
-        "tool_call_rate": e["tool_call_rate"],
-        "tool_call_rate_sampled": e["tool_call_rate_sampled"],
-        "sampled_accuracy": e["sampled_accuracy"],
-        "pass_at_k": e["pass_at_k"],
-        "k": e["k"],
-        "tasks": e["tasks"],
-    })
-}
-
 /// Writes `summary.json` and `report.md`.
 pub fn write_summary(
     dir: &Path,
     cfg: &TrainConfig,
-    before: Option<&Value>,
+    before: Option<&EvalResult>,
     after: Option<&EvalResult>,
     wall_seconds: f64,
     steps: u64,
     interrupted: bool,
 ) -> Result<()> {
-    let after_v = after.map(|a| serde_json::to_value(a).unwrap_or(Value::Null));
-    let gain = match (before, &after_v) {
-        (Some(b), Some(a)) => a["accuracy"]
-            .as_f64()
-            .zip(b["accuracy"].as_f64())
-            .map(|(a, b)| 100.0 * (a - b)),
+    let gain = match (before, after) {
+        (Some(b), Some(a)) => Some(100.0 * (a.accuracy - b.accuracy)),
         _ => None,
     };
+    let before_v = before.map(|b| serde_json::to_value(b).unwrap_or(Value::Null));
+    let after_v = after.map(|a| serde_json::to_value(a).unwrap_or(Value::Null));
     let summary = json!({
-        "eval_before_rl": before.map(eval_brief),
-        "eval_after_rl": after_v.as_ref().map(eval_brief),
+        "eval_before_rl": before_v,
+        "eval_after_rl": after_v,
         "accuracy_gain_points": gain,
         "wall_seconds": wall_seconds,
         "rl_steps": steps,
@@ -88,7 +74,7 @@ pub fn write_summary(
         if interrupted { " (interrupted)" } else { "" }
     );
     md.push_str("| held-out | greedy accuracy | per kind | hard: tool calls (greedy) | hard: tool calls (T=1) | pass@k |\n| --- | --- | --- | --- | --- | --- |\n");
-    md.push_str(&row("before RL (after SFT)", before));
+    md.push_str(&row("before RL (after SFT)", before_v.as_ref()));
     md.push_str(&row("after RL", after_v.as_ref()));
     if let Some(g) = gain {
         md.push_str(&format!("\nAccuracy gain: {g:+.1} points.\n"));
@@ -162,76 +148,92 @@ fn plot(path: &Path, title: &str, curves: &[(String, Vec<(f64, f64)>)]) -> Resul
     Ok(())
 }
 
-/// Redraws `<run>/plots/*.svg` from `<run>/metrics.jsonl`.
-pub fn plot_run(dir: &Path) -> Result<()> {
+/// One plot: its file, title and named curves.
+#[derive(Debug, Clone)]
+pub struct PlotSpec {
+    /// File name under `plots/`.
+    pub file: &'static str,
+    /// Title.
+    pub title: &'static str,
+    /// Legend name and (step, value) points of every curve.
+    pub curves: Vec<(String, Vec<(f64, f64)>)>,
+}
+
+/// Reads `<run>/metrics.jsonl`: the step records and the evaluation records.
+fn read_metrics(dir: &Path) -> Result<(Vec<Value>, Vec<Value>)> {
     let mp = dir.join("metrics.jsonl");
     let text = std::fs::read_to_string(&mp).map_err(|e| Error::io(&mp, e))?;
-    let lines: Vec<Value> = text
-        .lines()
-        .enumerate()
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| Error::Parse {
-                path: mp.clone(),
-                message: format!("line {}: {e}", i + 1),
-            })
-        })
-        .collect::<Result<_>>()?;
-    let steps: Vec<Value> = lines
-        .iter()
-        .filter(|l| l.get("eval").is_none())
-        .cloned()
-        .collect();
-    let evals: Vec<Value> = lines
-        .iter()
-        .filter_map(|l| Some(json!({"step": l["step"], "accuracy": l.get("eval")?["accuracy"], "tool": l.get("eval")?["tool_call_rate"]})))
-        .collect();
-    let out = dir.join("plots");
-    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
-    plot(
-        &out.join("reward.svg"),
-        "reward (mean over the batch)",
-        &[
-            ("reward".into(), series(&steps, "reward/mean")),
-            ("train accuracy".into(), series(&steps, "accuracy")),
-        ],
-    )?;
-    plot(
-        &out.join("heldout_accuracy.svg"),
-        "held-out greedy accuracy and hard-task tool-call rate",
-        &[
-            ("accuracy".into(), series(&evals, "accuracy")),
-            ("tool-call rate".into(), series(&evals, "tool")),
-        ],
-    )?;
-    plot(
-        &out.join("ratio_tail.svg"),
-        "importance ratio tail (token level)",
-        &[
-            ("p99.9".into(), series(&steps, "ratio/token/p99.9")),
-            ("max".into(), series(&steps, "ratio/token/max")),
-        ],
-    )?;
-    plot(
-        &out.join("mismatch_kl.svg"),
-        "KL(μ‖π) estimates",
-        &[
-            ("k1".into(), series(&steps, "kl_mu_pi/k1")),
-            ("k3".into(), series(&steps, "kl_mu_pi/k3")),
-        ],
-    )?;
+    let mut steps = Vec::new();
+    let mut evals = Vec::new();
+    for (i, l) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let v: Value = serde_json::from_str(l).map_err(|e| Error::Parse {
+            path: mp.clone(),
+            message: format!("line {}: {e}", i + 1),
+        })?;
+        match v.get("eval") {
+            Some(e) => evals.push(json!({"step": v["step"], "accuracy": e["accuracy"], "tool": e["tool_call_rate"]})),
+            None => steps.push(v),
+        }
+    }
+    Ok((steps, evals))
+}
+
+/// The plots of a run and the series behind each of their curves, from `metrics.jsonl`; the
+/// metric names are the writer's constants.
+pub fn plot_specs(dir: &Path) -> Result<Vec<PlotSpec>> {
+    let (steps, evals) = read_metrics(dir)?;
+    let c = |name: &str, rows: &[Value], key: &str| (name.to_string(), series(rows, key));
     let n_sigma = steps
         .last()
         .and_then(|l| l.as_object())
-        .map(|o| o.keys().filter(|k| k.starts_with("sigma/layer")).count())
+        .map(|o| o.keys().filter(|k| k.starts_with(names::SIGMA_LAYER)).count())
         .unwrap_or(0);
-    let sig: Vec<(String, Vec<(f64, f64)>)> = (0..n_sigma)
-        .map(|i| {
-            (
-                format!("layer {i}"),
-                series(&steps, &format!("sigma/layer{i}")),
-            )
-        })
-        .collect();
-    plot(&out.join("sigma.svg"), "σ per layer", &sig)?;
+    Ok(vec![
+        PlotSpec {
+            file: "reward.svg",
+            title: "reward (mean over the batch)",
+            curves: vec![
+                c("reward", &steps, names::REWARD_MEAN),
+                c("train accuracy", &steps, names::ACCURACY),
+            ],
+        },
+        PlotSpec {
+            file: "heldout_accuracy.svg",
+            title: "held-out greedy accuracy and hard-task tool-call rate",
+            curves: vec![c("accuracy", &evals, "accuracy"), c("tool-call rate", &evals, "tool")],
+        },
+        PlotSpec {
+            file: "ratio_tail.svg",
+            title: "importance ratio tail (token level)",
+            curves: vec![
+                c("p99.9", &steps, loss::RATIO_TOKEN_P99_9),
+                c("max", &steps, loss::RATIO_TOKEN_MAX),
+            ],
+        },
+        PlotSpec {
+            file: "mismatch_kl.svg",
+            title: "KL(μ‖π) estimates",
+            curves: vec![
+                c("k1", &steps, loss::KL_MU_PI_K1),
+                c("k3", &steps, loss::KL_MU_PI_K3),
+            ],
+        },
+        PlotSpec {
+            file: "sigma.svg",
+            title: "σ per layer",
+            curves: (0..n_sigma)
+                .map(|i| c(&format!("layer {i}"), &steps, &names::sigma_layer(i)))
+                .collect(),
+        },
+    ])
+}
+
+/// Redraws `<run>/plots/*.svg` from `<run>/metrics.jsonl`.
+pub fn plot_run(dir: &Path) -> Result<()> {
+    let out = dir.join("plots");
+    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+    for p in plot_specs(dir)? {
+        plot(&out.join(p.file), p.title, &p.curves)?;
+    }
     Ok(())
 }

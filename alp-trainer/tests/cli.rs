@@ -42,7 +42,7 @@ fn init_then_logprobs_matches_cached_decode() {
     assert_eq!(lp.len(), 3);
 
     // Same numbers as a token-by-token cached decode through the library.
-    use alp_core::NoPerturbation;
+    use alp_model::NoPerturbation;
     use candle_core::{DType, Device, Tensor};
     let w = alp_model::ModelWeights::load(dir.path(), DType::F32, &Device::Cpu).unwrap();
     let m = w.build().unwrap();

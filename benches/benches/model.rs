@@ -1,6 +1,6 @@
 //! Prefill and decode-step throughput of the decoder (CPU by default; `ALP_BENCH_DEVICE=cuda:0`).
 use alp_benches::{bench_device, random_tokens};
-use alp_core::NoPerturbation;
+use alp_model::NoPerturbation;
 use alp_model::{presets, Config, ModelWeights};
 use candle_core::Tensor;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};

@@ -2,7 +2,7 @@
 //! tokens, for the embedded default's shape and the ~25M config. CPU by default;
 //! `ALP_BENCH_DEVICE=cuda:0` for a GPU (where the batch grows to 16 × 128).
 use alp_benches::{bench_device, random_tokens};
-use alp_core::NoPerturbation;
+use alp_model::NoPerturbation;
 use alp_model::{presets, token_logprobs, ModelWeights, Numerics};
 use alp_trainer::optim::{AdamW, AdamWParams};
 use alp_trainer::trainer::named_vars;

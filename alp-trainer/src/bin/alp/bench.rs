@@ -181,7 +181,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         let logits = model.forward_full(
             &input,
             &[],
-            &alp_core::NoPerturbation,
+            &alp_model::NoPerturbation,
             alp_model::Numerics::Differentiable,
         )?;
         let loss = alp_model::token_logprobs(&logits, &targets, 1.0)?

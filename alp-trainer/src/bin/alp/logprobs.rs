@@ -1,5 +1,5 @@
 //! `alp logprobs`.
-use alp_core::NoPerturbation;
+use alp_model::NoPerturbation;
 use alp_model::{load_pretrained, parse_device, parse_dtype, sequence_logprobs, Numerics};
 use anyhow::{bail, Result};
 use candle_core::Tensor;

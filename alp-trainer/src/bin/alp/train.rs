@@ -46,6 +46,7 @@ pub fn train(
             resume,
             interrupt: Some(flag),
             resume_overrides,
+            console: true,
             ..Default::default()
         },
     )?;
@@ -65,11 +66,12 @@ pub fn train(
 pub fn sft(config: Option<PathBuf>, sets: Vec<String>, out: PathBuf) -> Result<()> {
     let cfg = load_config(config.as_ref(), &sets)?;
     let mut t = alp_trainer::trainer::Trainer::new(cfg)?;
-    let losses = run::run_sft(
-        &mut t,
-        std::io::IsTerminal::is_terminal(&std::io::stdout()),
-        None,
-    )?;
+    let steps = t.cfg.sft.steps;
+    let losses = alp_trainer::sft::run_sft(&mut t, None, &mut |i, loss| {
+        if i % 50 == 0 || i + 1 == steps {
+            println!("sft step {}/{steps} loss {loss:.4}", i + 1);
+        }
+    })?;
     t.weights()?.save(&out)?;
     t.tokenizer.save(&out)?;
     println!(
@@ -92,7 +94,7 @@ pub fn eval(
     use alp_core::TaskSource;
     let mut cfg = load_config(config.as_ref(), &sets)?;
     let dir = alp_model::resolve_model_dir(&model)?;
-    let dtype = alp_model::parse_dtype(&cfg.model.dtype)?;
+    let dtype = cfg.model.dtype.candle();
     let device = alp_model::parse_device(&cfg.model.device)?;
     let weights = alp_model::ModelWeights::load(&dir, dtype, &device)?;
     let tok = alp_model::Tokenizer::load(&dir)?
@@ -137,7 +139,7 @@ pub fn eval(
             (list, false)
         }
     };
-    let e = t.evaluate_tasks(&list, tool, n)?;
+    let e = alp_trainer::eval::evaluate_tasks(&t, &list, tool, n)?;
     println!("{}", serde_json::to_string_pretty(&e)?);
     Ok(())
 }

@@ -1,0 +1,288 @@
+//! Step metrics and where they go: the names the trainer writes (constants, so that readers
+//! such as the plots cannot drift from the writer), [`StepMetrics`], and the [`MetricsSink`]
+//! trait with JSONL, console and in-memory sinks.
+
+use alp_core::{Error, Result};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub use alp_loss::names as loss;
+
+/// Mean reward of the batch.
+pub const REWARD_MEAN: &str = "reward/mean";
+/// Standard deviation of the batch's rewards.
+pub const REWARD_STD: &str = "reward/std";
+/// Share of episodes graded correct.
+pub const ACCURACY: &str = "accuracy";
+/// Share of groups whose rewards were all equal (no signal).
+pub const ZERO_VARIANCE_GROUPS: &str = "advantage/zero_variance_groups";
+/// Mean response length (generated and observation tokens).
+pub const LENGTH_RESPONSE: &str = "length/response_mean";
+/// Mean number of generated tokens.
+pub const LENGTH_GENERATED: &str = "length/generated_mean";
+/// Mean model turns per episode.
+pub const TURNS: &str = "turns/mean";
+/// Tool calls per episode.
+pub const TOOL_CALLS: &str = "tool/calls_per_episode";
+/// Failed tool calls per episode.
+pub const TOOL_ERRORS: &str = "tool/errors_per_episode";
+/// Share of episodes the runner truncated (turn or token limit).
+pub const TRUNCATED: &str = "episodes/truncated_frac";
+/// Policy versions between the sampling weights and the trainer's.
+pub const STALENESS: &str = "staleness";
+/// The objective's loss (mean over the step's optimizer updates).
+pub const LOSS: &str = "loss";
+/// Mean policy entropy over the trained tokens.
+pub const ENTROPY: &str = "entropy";
+/// Global gradient norm before clipping (mean over the step's updates).
+pub const GRAD_NORM: &str = "grad_norm";
+/// Gradient norm of the log σ group.
+pub const SIGMA_GRAD_NORM: &str = "sigma/grad_norm";
+/// Optimizer updates skipped for a non-finite loss or gradient.
+pub const SKIPPED_UPDATES: &str = "skipped_updates";
+/// Prefix of σ per layer: `sigma/layer<i>`.
+pub const SIGMA_LAYER: &str = "sigma/layer";
+/// Seconds the worker spent generating the batch.
+pub const TIME_ROLLOUT: &str = "time/rollout_s";
+/// Seconds the trainer waited for the batch.
+pub const TIME_WAIT: &str = "time/wait_for_rollout_s";
+/// Seconds of the update.
+pub const TIME_TRAIN: &str = "time/train_s";
+/// Seconds to publish the new weights.
+pub const TIME_SYNC: &str = "time/sync_s";
+/// Generated tokens per second of the rollout.
+pub const ROLLOUT_TOKENS_PER_S: &str = "throughput/rollout_tokens_per_s";
+/// The policy version that sampled the batch.
+pub const SAMPLED_BY: &str = "policy_version/sampled_by";
+
+/// `sigma/layer<i>`.
+pub fn sigma_layer(i: usize) -> String {
+    format!("{SIGMA_LAYER}{i}")
+}
+
+/// The metrics of one RL step: a typed map whose keys are the constants of this module and of
+/// [`alp_loss::names`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepMetrics {
+    /// The RL step these metrics belong to (1-based: the step just completed).
+    pub step: u64,
+    /// Values by name.
+    pub values: BTreeMap<String, f64>,
+}
+
+impl StepMetrics {
+    /// Empty metrics of `step`.
+    pub fn new(step: u64) -> Self {
+        StepMetrics {
+            step,
+            values: BTreeMap::new(),
+        }
+    }
+
+    /// The value of `name`, if recorded.
+    pub fn get(&self, name: &str) -> Option<f64> {
+        self.values.get(name).copied()
+    }
+
+    /// Records `name`.
+    pub fn set(&mut self, name: impl Into<String>, value: f64) {
+        self.values.insert(name.into(), value);
+    }
+
+    /// Records every entry of `other`.
+    pub fn extend(&mut self, other: impl IntoIterator<Item = (String, f64)>) {
+        self.values.extend(other);
+    }
+
+    /// One JSON object: `step`, `wall_s` and every value (non-finite ones as `null`).
+    pub fn to_json(&self, wall_s: f64) -> serde_json::Value {
+        let mut j = serde_json::json!({"step": self.step, "wall_s": wall_s});
+        for (k, v) in &self.values {
+            j[k] = serde_json::json!(v.is_finite().then_some(*v));
+        }
+        j
+    }
+}
+
+impl std::ops::Index<&str> for StepMetrics {
+    type Output = f64;
+    fn index(&self, name: &str) -> &f64 {
+        self.values
+            .get(name)
+            .unwrap_or_else(|| panic!("no metric `{name}` in step {}", self.step))
+    }
+}
+
+/// Where a run's records go. Every method has a default that ignores the record, so a sink
+/// implements only what it renders.
+pub trait MetricsSink {
+    /// One RL step's metrics.
+    fn step(&mut self, _metrics: &StepMetrics, _wall_s: f64) -> Result<()> {
+        Ok(())
+    }
+    /// A held-out evaluation after `step` RL steps (`tag` says which: "before RL", "step 50"…).
+    fn eval(&mut self, _step: u64, _tag: &str, _eval: &crate::eval::EvalResult) -> Result<()> {
+        Ok(())
+    }
+    /// A line of progress for people.
+    fn message(&mut self, _line: &str) {}
+}
+
+/// Appends one JSON line per step and per evaluation to `metrics.jsonl`.
+#[derive(Debug)]
+pub struct JsonlSink {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl JsonlSink {
+    /// Opens (appending) `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        Ok(JsonlSink {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    fn write(&mut self, v: &serde_json::Value) -> Result<()> {
+        writeln!(self.file, "{v}").map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+impl MetricsSink for JsonlSink {
+    fn step(&mut self, m: &StepMetrics, wall_s: f64) -> Result<()> {
+        self.write(&m.to_json(wall_s))
+    }
+    fn eval(&mut self, step: u64, _tag: &str, e: &crate::eval::EvalResult) -> Result<()> {
+        let j = serde_json::to_value(e).map_err(|e| Error::Msg(e.to_string()))?;
+        self.write(&serde_json::json!({"step": step, "eval": j}))
+    }
+}
+
+/// Keeps every record in memory (tests, notebooks, `alp compare`).
+#[derive(Debug, Clone, Default)]
+pub struct MemorySink {
+    /// The steps, in order.
+    pub steps: Vec<StepMetrics>,
+    /// The evaluations with their step and tag.
+    pub evals: Vec<(u64, String, crate::eval::EvalResult)>,
+    /// The progress lines.
+    pub messages: Vec<String>,
+}
+
+impl MetricsSink for MemorySink {
+    fn step(&mut self, m: &StepMetrics, _wall_s: f64) -> Result<()> {
+        self.steps.push(m.clone());
+        Ok(())
+    }
+    fn eval(&mut self, step: u64, tag: &str, e: &crate::eval::EvalResult) -> Result<()> {
+        self.evals.push((step, tag.to_string(), e.clone()));
+        Ok(())
+    }
+    fn message(&mut self, line: &str) {
+        self.messages.push(line.to_string());
+    }
+}
+
+/// Progress for people: a progress bar on a terminal, else one line per step; evaluations and
+/// messages as lines.
+pub struct ConsoleSink {
+    bar: Option<indicatif::ProgressBar>,
+    total_steps: u64,
+}
+
+impl ConsoleSink {
+    /// A console sink for a run of `total_steps` RL steps, starting at `first`; with
+    /// `progress_bar` (a terminal), steps update a bar instead of printing lines.
+    pub fn new(first: u64, total_steps: u64, progress_bar: bool) -> Self {
+        let bar = progress_bar.then(|| {
+            let b = indicatif::ProgressBar::new(total_steps.saturating_sub(first));
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "RL {bar:30} {pos}/{len} [{elapsed} < {eta}] {msg}",
+            ) {
+                b.set_style(style);
+            }
+            b
+        });
+        ConsoleSink { bar, total_steps }
+    }
+
+    fn line(&self, line: &str) {
+        match &self.bar {
+            Some(b) => b.println(line),
+            None => {
+                println!("{line}");
+                let _ = std::io::stdout().flush();
+            }
+        }
+    }
+}
+
+impl Drop for ConsoleSink {
+    fn drop(&mut self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+impl MetricsSink for ConsoleSink {
+    fn step(&mut self, m: &StepMetrics, _wall_s: f64) -> Result<()> {
+        let g = |k: &str| m.get(k).unwrap_or(f64::NAN);
+        let sigmas: Vec<f64> = m
+            .values
+            .iter()
+            .filter(|(k, _)| k.starts_with(SIGMA_LAYER))
+            .map(|(_, v)| *v)
+            .collect();
+        let line = format!(
+            "step {}/{} reward {:.3} acc {:.2} tool/ep {:.2} ratio max {:.3} σ̄ {:.4} ({:.1}s rollout, {:.1}s train)",
+            m.step,
+            self.total_steps,
+            g(REWARD_MEAN),
+            g(ACCURACY),
+            g(TOOL_CALLS),
+            g(loss::RATIO_TOKEN_MAX),
+            sigmas.iter().sum::<f64>() / sigmas.len().max(1) as f64,
+            g(TIME_ROLLOUT),
+            g(TIME_TRAIN),
+        );
+        match &self.bar {
+            Some(b) => {
+                b.set_message(line);
+                b.inc(1);
+            }
+            None => self.line(&line),
+        }
+        Ok(())
+    }
+    fn eval(&mut self, _step: u64, tag: &str, e: &crate::eval::EvalResult) -> Result<()> {
+        self.line(&crate::eval::eval_line(tag, e));
+        Ok(())
+    }
+    fn message(&mut self, line: &str) {
+        self.line(line);
+    }
+}
+
+/// Fans every record out to several sinks.
+#[derive(Default)]
+pub struct Sinks(pub Vec<Box<dyn MetricsSink>>);
+
+impl MetricsSink for Sinks {
+    fn step(&mut self, m: &StepMetrics, wall_s: f64) -> Result<()> {
+        self.0.iter_mut().try_for_each(|s| s.step(m, wall_s))
+    }
+    fn eval(&mut self, step: u64, tag: &str, e: &crate::eval::EvalResult) -> Result<()> {
+        self.0.iter_mut().try_for_each(|s| s.eval(step, tag, e))
+    }
+    fn message(&mut self, line: &str) {
+        self.0.iter_mut().for_each(|s| s.message(line))
+    }
+}

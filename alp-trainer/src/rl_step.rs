@@ -1,0 +1,281 @@
+//! The data path of one RL step, as plain pieces that [`crate::trainer::Trainer::rl_step`]
+//! strings together: rollout metrics from the typed outcomes; the step's mini-batches and
+//! micro-batches as tensors (with log π_old taken before the first update and each row scored
+//! at the temperature it was sampled with); one mini-batch's forward and backward to summed
+//! gradients, its loss normalised over the whole mini-batch; and the step's statistics, kept
+//! as sums and raw log-ratios so that every number is computed once over the whole step.
+
+use crate::batch::SeqBatch;
+use crate::metrics::{self as names, StepMetrics};
+use crate::optim::{Gradients, Optimizer};
+use alp_core::{Error, Result, Trajectory, TrajectoryGroup};
+use alp_loss::{Advantages, Aggregation, LossInputs, Objective, RatioCollector};
+use alp_model::{Model, Perturbation};
+use candle_core::{DType, Device, Tensor};
+use std::collections::BTreeMap;
+
+/// Rollout-side metrics of a batch: rewards, accuracy, lengths, tool use, truncation.
+pub fn rollout_metrics(trajs: &[&Trajectory], adv: &Advantages, m: &mut StepMetrics) {
+    let n = trajs.len().max(1) as f64;
+    let mean = |f: &dyn Fn(&Trajectory) -> f64| trajs.iter().map(|t| f(t)).sum::<f64>() / n;
+    let r_mean = mean(&|t| t.reward() as f64);
+    m.set(names::REWARD_MEAN, r_mean);
+    m.set(
+        names::REWARD_STD,
+        mean(&|t| (t.reward() as f64 - r_mean).powi(2)).sqrt(),
+    );
+    m.set(names::ACCURACY, mean(&|t| t.outcome.correct as u8 as f64));
+    m.set(
+        names::ZERO_VARIANCE_GROUPS,
+        adv.zero_variance_groups as f64 / adv.groups.max(1) as f64,
+    );
+    m.set(names::LENGTH_RESPONSE, mean(&|t| t.response.len() as f64));
+    m.set(names::LENGTH_GENERATED, mean(&|t| t.num_generated() as f64));
+    m.set(names::TURNS, mean(&|t| t.num_turns as f64));
+    m.set(names::TOOL_CALLS, mean(&|t| t.outcome.tool_calls as f64));
+    m.set(names::TOOL_ERRORS, mean(&|t| t.outcome.tool_errors as f64));
+    m.set(names::TRUNCATED, mean(&|t| t.outcome.truncated as u8 as f64));
+}
+
+/// The trajectories of a batch in order, checked: equal group sizes, and log-probs the trainer
+/// can reproduce (no truncated sampling: the trainer scores over the full vocabulary).
+pub fn flatten(groups: &[TrajectoryGroup]) -> Result<(Vec<&Trajectory>, usize)> {
+    let trajs: Vec<&Trajectory> = groups.iter().flat_map(|g| g.trajectories.iter()).collect();
+    if trajs.is_empty() {
+        return Err(Error::invalid("rl_step: an empty rollout batch"));
+    }
+    let group_size = groups[0].trajectories.len();
+    if groups.iter().any(|g| g.trajectories.len() != group_size) {
+        return Err(Error::invalid("rl_step: groups of different sizes"));
+    }
+    if let Some(t) = trajs.iter().find(|t| t.sampling.truncates()) {
+        return Err(Error::invalid(format!(
+            "a trajectory was sampled with truncation (top_k {}, top_p {}, min_p {}); the trainer scores over the full vocabulary, so its ratio would be biased. Sample RL rollouts without top-k/top-p/min-p",
+            t.sampling.top_k, t.sampling.top_p, t.sampling.min_p
+        )));
+    }
+    Ok((trajs, group_size))
+}
+
+/// The tensors of one micro-batch.
+pub struct MicroBatch {
+    /// Padded token ids and the loss mask.
+    pub batch: SeqBatch,
+    /// log μ, `[rows, T]`.
+    pub logp_infer: Tensor,
+    /// Advantages, `[rows]`.
+    pub advantages: Tensor,
+    /// log π_old, `[rows, T]`, when recomputed.
+    pub logp_old: Option<Tensor>,
+    /// Sampling temperature of each row.
+    pub temperatures: Vec<f64>,
+}
+
+/// One optimizer update's worth of micro-batches and the normaliser of its loss.
+pub struct MiniBatch {
+    /// The micro-batches.
+    pub micros: Vec<MicroBatch>,
+    /// [`Aggregation::normaliser`] over every sequence of the mini-batch.
+    pub normaliser: f64,
+}
+
+/// `[rows, T]` log-probs of the response tokens of `b` under `logits`, each row at its own
+/// sampling temperature.
+pub fn score(b: &SeqBatch, logits: &Tensor, temperatures: &[f64]) -> Result<Tensor> {
+    let t0 = temperatures.first().copied().unwrap_or(1.0);
+    if temperatures.iter().all(|&t| t == t0) {
+        return b.logprobs_at(logits, t0);
+    }
+    let t = Tensor::from_vec(
+        temperatures.iter().map(|&t| t as f32).collect::<Vec<_>>(),
+        (temperatures.len(), 1, 1),
+        logits.device(),
+    )?;
+    b.logprobs_at(&logits.broadcast_div(&t.to_dtype(logits.dtype())?)?, 1.0)
+}
+
+/// Builds the step's mini-batches (`mini_batch` rows each, split into `micro_batch` rows);
+/// with `recompute_old`, log π_old of every row under `model` before any update.
+pub fn build_minibatches(
+    trajs: &[&Trajectory],
+    adv: &[f32],
+    (mini_batch, micro_batch): (usize, usize),
+    agg: Aggregation,
+    old_model: Option<&Model>,
+    device: &Device,
+) -> Result<Vec<MiniBatch>> {
+    let order: Vec<usize> = (0..trajs.len()).collect();
+    let mut minis = Vec::new();
+    for mb in order.chunks(mini_batch.max(1)) {
+        let normaliser = agg.normaliser(mb.iter().map(|&i| trajs[i].num_generated()));
+        let micros = mb
+            .chunks(micro_batch.max(1))
+            .map(|rows| micro(trajs, adv, rows, old_model, device))
+            .collect::<Result<_>>()?;
+        minis.push(MiniBatch { micros, normaliser });
+    }
+    Ok(minis)
+}
+
+fn micro(
+    trajs: &[&Trajectory],
+    adv: &[f32],
+    rows: &[usize],
+    old_model: Option<&Model>,
+    device: &Device,
+) -> Result<MicroBatch> {
+    let seqs: Vec<(&[u32], &[u32], &[u8])> = rows
+        .iter()
+        .map(|&i| {
+            let t = trajs[i];
+            (t.prompt.as_slice(), t.response.as_slice(), t.loss_mask.as_slice())
+        })
+        .collect();
+    let batch = SeqBatch::new(&seqs, device)?;
+    let infer: Vec<&[f32]> = rows.iter().map(|&i| trajs[i].logp_infer.as_slice()).collect();
+    let logp_infer = batch.pad_rows(&infer)?;
+    let a: Vec<f32> = rows.iter().map(|&i| adv[i]).collect();
+    let advantages = Tensor::from_vec(a, rows.len(), device)?;
+    let temperatures: Vec<f64> = rows
+        .iter()
+        .map(|&i| trajs[i].sampling.scoring_temperature())
+        .collect();
+    let logp_old = match old_model {
+        Some(m) => {
+            let l = batch.response_logits(m, &alp_model::NoPerturbation)?;
+            Some(score(&batch, &l, &temperatures)?.detach())
+        }
+        None => None,
+    };
+    Ok(MicroBatch {
+        batch,
+        logp_infer,
+        advantages,
+        logp_old,
+        temperatures,
+    })
+}
+
+/// What a step gathers over all its forwards, reduced once by [`StepStats::finish`].
+#[derive(Default)]
+pub struct StepStats {
+    /// Every token's log-ratios (π/μ, π_old/μ, π/π_old) of every forward of the step.
+    pub ratios: RatioCollector,
+    /// Token-weighted sums of the objectives' fractions and the entropy: name → (Σ v·w, Σ w).
+    weighted: BTreeMap<String, (f64, f64)>,
+    /// Loss of every mini-batch whose loss was finite.
+    losses: Vec<f64>,
+    grad_norms: Vec<f64>,
+    sigma_grad_norms: Vec<f64>,
+    /// Updates skipped for a non-finite loss or gradient.
+    pub skipped: usize,
+}
+
+impl StepStats {
+    fn weigh(&mut self, name: &str, value: f64, weight: f64) {
+        let e = self.weighted.entry(name.to_string()).or_default();
+        e.0 += value * weight;
+        e.1 += weight;
+    }
+
+    /// Records an optimizer update's outcome.
+    pub fn update(&mut self, u: crate::optim::Update) {
+        match u {
+            crate::optim::Update::Applied {
+                grad_norm,
+                sigma_grad_norm,
+            } => {
+                self.grad_norms.push(grad_norm);
+                self.sigma_grad_norms.extend(sigma_grad_norm);
+            }
+            crate::optim::Update::Skipped => self.skipped += 1,
+        }
+    }
+
+    /// Writes the step's statistics into `m`.
+    pub fn finish(&self, m: &mut StepMetrics) {
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        if !self.losses.is_empty() {
+            m.set(names::LOSS, mean(&self.losses));
+        }
+        if !self.grad_norms.is_empty() {
+            m.set(names::GRAD_NORM, mean(&self.grad_norms));
+        }
+        if !self.sigma_grad_norms.is_empty() {
+            m.set(names::SIGMA_GRAD_NORM, mean(&self.sigma_grad_norms));
+        }
+        for (k, (s, w)) in &self.weighted {
+            if *w > 0.0 {
+                m.set(k.clone(), s / w);
+            }
+        }
+        m.extend(self.ratios.report());
+        m.set(names::SKIPPED_UPDATES, self.skipped as f64);
+    }
+}
+
+/// What one mini-batch's forward and backward need besides the data.
+pub struct StepContext<'a> {
+    /// The model being trained.
+    pub model: &'a Model,
+    /// The perturbation of the training forward (identity for non-ALP methods).
+    pub perturb: &'a dyn Perturbation,
+    /// The objective.
+    pub objective: &'a Objective,
+    /// The loss aggregation.
+    pub aggregation: Aggregation,
+}
+
+/// Forward and backward of every micro-batch of `mini`, gradients summed into one
+/// [`Gradients`]; `before_micro(i)` runs before the i-th forward (it sets the noise context).
+/// Stops at the first non-finite loss (the gradients are then marked unusable).
+pub fn backward_minibatch(
+    cx: &StepContext,
+    opt: &Optimizer,
+    mini: &MiniBatch,
+    stats: &mut StepStats,
+    before_micro: &mut dyn FnMut(),
+) -> Result<Gradients> {
+    let mut grads = Gradients::new();
+    let mut loss_total = 0.0;
+    for m in &mini.micros {
+        before_micro();
+        let b = &m.batch;
+        let logits = b.response_logits(cx.model, cx.perturb)?;
+        let logp = score(b, &logits, &m.temperatures)?;
+        let tokens = b.mask.sum_all()?.to_scalar::<f32>()? as f64;
+        let ent = alp_loss::entropy_from_logits(&logits, 1024)?.reshape(b.mask.shape())?;
+        let ent = (ent * &b.mask)?.sum_all()?.to_scalar::<f32>()? as f64;
+        stats.weigh(names::ENTROPY, ent / tokens.max(1.0), tokens);
+        let inputs = LossInputs {
+            logp: &logp,
+            logp_old: m.logp_old.as_ref(),
+            logp_infer: &m.logp_infer,
+            advantages: &m.advantages,
+            mask: &b.mask,
+        };
+        let out = cx
+            .objective
+            .compute_part(&inputs, cx.aggregation, mini.normaliser)?;
+        let value = out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        stats
+            .ratios
+            .add(&logp.detach(), m.logp_old.as_ref(), &m.logp_infer, &b.mask)?;
+        if !value.is_finite() {
+            grads.finite_loss = false;
+            break;
+        }
+        loss_total += value;
+        let w = out.metrics.get(names::loss::TOKENS).copied().unwrap_or(0.0);
+        for (k, v) in &out.metrics {
+            if k != names::loss::TOKENS {
+                stats.weigh(k, *v, w);
+            }
+        }
+        opt.accumulate(&mut grads, &out.loss.backward()?)?;
+    }
+    if grads.finite_loss {
+        stats.losses.push(loss_total);
+    }
+    Ok(grads)
+}

@@ -1,0 +1,223 @@
+//! The library entry point of a training run: [`Session`] builds a run from a config (or
+//! resumes one), and is driven step by step — SFT, evaluations, RL steps, checkpoints —
+//! returning typed metrics. It prints nothing and touches no signal handler; the `alp` binary,
+//! the examples and `alp compare` drive it (the schedule of `alp train` is
+//! [`crate::run::train`]).
+
+use crate::checkpoint::{self, Manifest};
+use crate::config::TrainConfig;
+use crate::default_task;
+use crate::eval::{self, EvalResult};
+use crate::metrics::{self as names, StepMetrics};
+use crate::trainer::Trainer;
+use alp_core::{Error, Result, Task, TaskSource};
+use alp_envs::math::Split;
+use alp_model::Tokenizer;
+use alp_rollout::{run_episodes, Engine, EngineConfig, RolloutWorker};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A run in progress: the trainer, its run directory and its rollout worker.
+pub struct Session {
+    /// The model, optimizers and counters.
+    pub trainer: Trainer,
+    /// The run directory.
+    pub dir: PathBuf,
+    /// Held-out evaluation before RL (from the checkpoint when resumed).
+    pub eval_before: Option<EvalResult>,
+    /// True when this session continues a checkpoint.
+    pub resumed: bool,
+    worker: Option<RolloutWorker>,
+    prior_wall: f64,
+    started: Instant,
+}
+
+/// A fresh default directory name: `runs/run-<seconds>-<pid>-<n>`, unique within a process and
+/// across processes started in the same second.
+pub fn default_run_dir() -> PathBuf {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    PathBuf::from("runs").join(format!("run-{ts}-{}-{n}", std::process::id()))
+}
+
+impl Session {
+    /// A fresh run of `cfg` in `dir` (created; `config.toml` written).
+    pub fn create(cfg: TrainConfig, dir: PathBuf) -> Result<Self> {
+        cfg.validate()?;
+        let trainer = Trainer::new(cfg)?;
+        Self::open(trainer, dir, None)
+    }
+
+    /// Continues the newest checkpoint under `path` (a run directory or a checkpoint), its
+    /// saved config edited by `overrides`; the run directory is `out` or the checkpoint's run.
+    pub fn resume(path: &Path, overrides: &[String], out: Option<PathBuf>) -> Result<Self> {
+        let ck = checkpoint::latest(path)?;
+        let man = checkpoint::read_manifest(&ck)?;
+        let cfg = TrainConfig::from_toml(&man.config)?.apply_overrides(overrides)?;
+        cfg.validate()?;
+        let dir = out.unwrap_or_else(|| {
+            ck.parent()
+                .and_then(|p| p.parent())
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| path.to_path_buf())
+        });
+        let device = alp_model::parse_device(&cfg.model.device)?;
+        let weights = checkpoint::load_weights(&ck, cfg.model.dtype.candle(), &device)?;
+        let tok = Tokenizer::load(&ck.join("model"))?.ok_or_else(|| Error::MissingFile {
+            path: ck.join("model/tokenizer.json"),
+            hint: "the checkpoint has no tokenizer".into(),
+        })?;
+        let tok = if cfg.model.is_embedded() {
+            tok.with_chat_template(default_task::CHAT_TEMPLATE)
+                .with_eos_token(default_task::EOS)?
+        } else {
+            tok
+        };
+        let mut t = Trainer::from_weights(cfg, &weights, tok)?;
+        checkpoint::restore_state(&ck, &mut t, &man)?;
+        Self::open(t, dir, Some(man))
+    }
+
+    fn open(trainer: Trainer, dir: PathBuf, man: Option<Manifest>) -> Result<Self> {
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let cfg_path = dir.join("config.toml");
+        std::fs::write(&cfg_path, trainer.cfg.to_toml()?).map_err(|e| Error::io(&cfg_path, e))?;
+        Ok(Session {
+            trainer,
+            dir,
+            eval_before: man.as_ref().and_then(|m| m.eval_before_rl.clone()),
+            resumed: man.is_some(),
+            worker: None,
+            prior_wall: man.map(|m| m.wall_seconds).unwrap_or(0.0),
+            started: Instant::now(),
+        })
+    }
+
+    /// The run's settings.
+    pub fn config(&self) -> &TrainConfig {
+        &self.trainer.cfg
+    }
+
+    /// Seconds of the run so far, earlier sessions included.
+    pub fn wall_seconds(&self) -> f64 {
+        self.prior_wall + self.started.elapsed().as_secs_f64()
+    }
+
+    /// Whether this run still has its SFT warm start to do (a fresh run of the embedded default).
+    pub fn needs_sft(&self) -> bool {
+        !self.resumed && self.config().model.is_embedded() && self.config().sft.steps > 0
+    }
+
+    /// Runs the SFT warm start; see [`crate::sft::run_sft`].
+    pub fn sft(
+        &mut self,
+        stop: Option<&AtomicBool>,
+        progress: &mut dyn FnMut(usize, f64),
+    ) -> Result<Vec<f64>> {
+        crate::sft::run_sft(&mut self.trainer, stop, progress)
+    }
+
+    /// Held-out evaluation on `eval.tasks` tasks with `k` samples at temperature 1.
+    pub fn evaluate(&self, k: usize) -> Result<EvalResult> {
+        eval::evaluate(&self.trainer, self.config().eval.tasks, k)
+    }
+
+    /// Writes a checkpoint of the current state.
+    pub fn save_checkpoint(&self) -> Result<PathBuf> {
+        let t = &self.trainer;
+        let man = Manifest {
+            step: t.step,
+            policy_version: t.version,
+            eval_before_rl: self.eval_before.clone(),
+            wall_seconds: self.wall_seconds(),
+            config: t.cfg.to_toml()?,
+        };
+        checkpoint::save(&self.dir, t, &man)
+    }
+
+    /// RL steps done.
+    pub fn step_index(&self) -> u64 {
+        self.trainer.step
+    }
+
+    /// Starts the rollout worker at the current step (done by the first [`Session::step`]).
+    fn start_worker(&mut self) -> Result<()> {
+        let t = &self.trainer;
+        let cfg = t.cfg.clone();
+        let tok = t.tokenizer.clone();
+        let env = t.make_env();
+        let mut tasks = t.task_stream(Split::Train, cfg.seed);
+        let tools = t.tools_spec();
+        let (p, g, seed) = (cfg.rl.prompts_per_step, cfg.rl.group_size, cfg.seed);
+        let ep_template = t.episode_config(cfg.rl.temperature, 0);
+        let tok_b = tok.clone();
+        self.worker = Some(RolloutWorker::spawn_from(
+            t.step,
+            t.version,
+            Arc::new(t.rollout_snapshot()?),
+            cfg.rl.max_staleness,
+            // The snapshot is already in the rollout dtype on the device: build over it, no copy.
+            move |w| Ok(Engine::new(Arc::new(w.build()?), EngineConfig::default())?.with_tokenizer(tok_b.clone())),
+            move |engine, step, version| {
+                tasks.seek(step * p as u64);
+                let batch: Vec<Task> = (0..p).filter_map(|_| tasks.next_task()).collect();
+                let mut ec = ep_template.clone();
+                ec.sampling.seed = alp_core::mix_seed(seed, step);
+                run_episodes(engine, &tok, &batch, &env, g, &ec, tools.as_ref(), version)
+            },
+        )?);
+        Ok(())
+    }
+
+    /// One RL step: the next rollout batch from the worker, the update, the new weights
+    /// published; returns the step's metrics (timings included).
+    pub fn step(&mut self) -> Result<StepMetrics> {
+        if self.worker.is_none() {
+            self.start_worker()?;
+        }
+        let worker = self.worker.as_ref().expect("started above");
+        let tw = Instant::now();
+        let batch = worker.recv()?;
+        let wait = tw.elapsed().as_secs_f64();
+        let tt = Instant::now();
+        let mut m = self.trainer.rl_step(&batch.groups, batch.policy_version)?;
+        let train_s = tt.elapsed().as_secs_f64();
+        let ts = Instant::now();
+        worker.publish(self.trainer.version, Arc::new(self.trainer.rollout_snapshot()?))?;
+        let gen_tokens: usize = batch
+            .groups
+            .iter()
+            .flat_map(|g| &g.trajectories)
+            .map(|t| t.num_generated())
+            .sum();
+        m.set(names::TIME_SYNC, ts.elapsed().as_secs_f64());
+        m.set(names::TIME_ROLLOUT, batch.generate_seconds);
+        m.set(names::TIME_WAIT, wait);
+        m.set(names::TIME_TRAIN, train_s);
+        m.set(
+            names::ROLLOUT_TOKENS_PER_S,
+            gen_tokens as f64 / batch.generate_seconds.max(1e-9),
+        );
+        m.set(names::SAMPLED_BY, batch.policy_version as f64);
+        Ok(m)
+    }
+
+    /// Stops the rollout worker (batches sampled ahead are dropped).
+    pub fn stop_worker(&mut self) {
+        if let Some(w) = self.worker.take() {
+            let _ = w.shutdown();
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.stop_worker();
+    }
+}
