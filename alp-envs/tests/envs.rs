@@ -320,3 +320,33 @@ fn tool_env_episodes() {
     .unwrap_err();
     assert!(err.to_string().contains("max_malformed_turns"));
 }
+
+#[test]
+fn alp_envs_compiles_no_tensor_library() {
+    let out = std::process::Command::new(env!("CARGO"))
+        .args([
+            "tree",
+            "-p",
+            "alp-envs",
+            "-e",
+            "normal",
+            "--offline",
+            "--prefix",
+            "none",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo tree runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tree = String::from_utf8_lossy(&out.stdout);
+    assert!(tree.contains("alp-core"), "{tree}");
+    let candle: Vec<&str> = tree
+        .lines()
+        .filter(|l| l.contains("candle") || l.contains("gemm"))
+        .collect();
+    assert!(candle.is_empty(), "alp-envs pulls in {candle:?}");
+}

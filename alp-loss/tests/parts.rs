@@ -165,3 +165,34 @@ fn chunked_entropy_matches_unchunked_and_known_values() {
         assert!((h - 8f32.ln()).abs() < 1e-6);
     }
 }
+
+#[test]
+fn step_ratio_statistics_are_computed_over_all_tokens_not_averaged_over_parts() {
+    use alp_loss::RatioCollector;
+    let dev = Device::Cpu;
+    // Part A: ratios 1 everywhere; part B: one token with ratio 50.
+    let a_lp = Tensor::new(&[[-1.0f64, -1.0, -1.0, -1.0]], &dev).unwrap();
+    let a_inf = a_lp.clone();
+    let b_lp = Tensor::new(&[[-1.0f64, -1.0]], &dev).unwrap();
+    let b_inf = Tensor::new(&[[-1.0f64, -1.0 - 50f64.ln()]], &dev).unwrap();
+    let (ma, mb) = (
+        Tensor::ones((1, 4), DType::F64, &dev).unwrap(),
+        Tensor::ones((1, 2), DType::F64, &dev).unwrap(),
+    );
+    let mut c = RatioCollector::new();
+    c.add(&a_lp, None, &a_inf, &ma).unwrap();
+    c.add(&b_lp, None, &b_inf, &mb).unwrap();
+    let r = c.report();
+    assert_eq!(c.tokens(), 6);
+    // Over all six tokens at once (numpy-style interpolation): 1 + 0.995·49 at q = 0.999.
+    let all = [1.0, 1.0, 1.0, 1.0, 1.0, 50.0];
+    assert!((r["ratio/token/p99_9"] - alp_loss::diagnostics::quantile(&all, 0.999)).abs() < 1e-9);
+    assert!((r["ratio/token/max"] - 50.0).abs() < 1e-9);
+    // The mean of the parts' p99.9s is something else.
+    let pa = mismatch_report(&a_lp, None, &a_inf, &ma).unwrap()["ratio/token/p99_9"];
+    let pb = mismatch_report(&b_lp, None, &b_inf, &mb).unwrap()["ratio/token/p99_9"];
+    assert!(((pa + pb) / 2.0 - r["ratio/token/p99_9"]).abs() > 1.0);
+    // Names come from the constants.
+    assert!(r.contains_key(alp_loss::names::RATIO_TOKEN_P99_9));
+    assert!(r.contains_key(alp_loss::names::KL_MU_PI_K3));
+}

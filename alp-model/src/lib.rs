@@ -36,8 +36,8 @@ pub use kv_cache::KvCache;
 pub use loader::{expected_tensors, resolve_model_dir, weight_files, ModelWeights};
 pub use logprobs::{sequence_logprobs, token_logprobs};
 pub use perturbation::{
-    seeded_rng, LayerSelection, LayerwiseGaussian, NoPerturbation, Perturbation, PerturbationConfig,
-    SigmaMode,
+    seeded_rng, LayerSelection, LayerwiseGaussian, NoPerturbation, Perturbation,
+    PerturbationConfig, SigmaMode,
 };
 pub use tokenizer::Tokenizer;
 

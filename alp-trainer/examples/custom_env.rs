@@ -78,7 +78,10 @@ fn main() -> Result<()> {
         println!(
             "{}: rewards {:?}",
             g.task_id,
-            g.trajectories.iter().map(|t| t.reward()).collect::<Vec<_>>()
+            g.trajectories
+                .iter()
+                .map(|t| t.reward())
+                .collect::<Vec<_>>()
         );
     }
     Ok(())

@@ -331,7 +331,11 @@ fn parse_typed(key: &str, text: &str, existing: Option<&toml::Value>) -> Result<
 /// The first line of a deserialisation error, without TOML's position prefix (the position of
 /// an internal document means nothing to the user).
 fn serde_message(e: &toml::de::Error) -> String {
-    e.message().lines().next().unwrap_or("invalid value").to_string()
+    e.message()
+        .lines()
+        .next()
+        .unwrap_or("invalid value")
+        .to_string()
 }
 
 impl TrainConfig {
@@ -400,8 +404,28 @@ impl TrainConfig {
             .map_err(|e: toml::de::Error| Error::config("--set", serde_message(&e)))
     }
 
-    /// Cross-field checks; the error names the fields.
+    /// Cross-field checks, every field before any work starts; the error names the fields.
     pub fn validate(&self) -> Result<()> {
+        self.validate_rl_batch()?;
+        self.validate_rl_limits()?;
+        self.validate_numbers()?;
+        if self.sft.steps > 0 && self.sft.batch_size == 0 {
+            return Err(Error::config("sft.batch_size", "must be at least 1"));
+        }
+        if !(0.0..=1.0).contains(&self.sft.tool_fraction) {
+            return Err(Error::config("sft.tool_fraction", "must lie in [0, 1]"));
+        }
+        alp_model::parse_device(&self.model.device)
+            .map_err(|e| Error::config("model.device", e.to_string()))?;
+        if let ModelSource::Embedded { preset } = self.model.source() {
+            alp_model::presets::by_name(preset)?;
+        }
+        Ok(())
+    }
+
+    /// The batch shape of RL: prompts × group = a whole number of mini-batches, micro-batches
+    /// inside them, a group large enough for its advantage estimator.
+    fn validate_rl_batch(&self) -> Result<()> {
         let rl = &self.rl;
         rl.objective.validate()?;
         let batch = rl.prompts_per_step * rl.group_size;
@@ -437,6 +461,12 @@ impl TrainConfig {
                 format!("1 with rl.advantage = {:?}: a group-normalised advantage needs at least 2 responses per task", rl.advantage),
             ));
         }
+        Ok(())
+    }
+
+    /// The method's needs, the environment's turns, epochs, learning rates and token limits.
+    fn validate_rl_limits(&self) -> Result<()> {
+        let rl = &self.rl;
         if rl.objective.needs_logp_old() && !rl.recompute_logp_old {
             return Err(Error::config(
                 "rl.recompute_logp_old",
@@ -469,18 +499,6 @@ impl TrainConfig {
                 "must be at least 1",
             ));
         }
-        if self.sft.steps > 0 && self.sft.batch_size == 0 {
-            return Err(Error::config("sft.batch_size", "must be at least 1"));
-        }
-        if !(0.0..=1.0).contains(&self.sft.tool_fraction) {
-            return Err(Error::config("sft.tool_fraction", "must lie in [0, 1]"));
-        }
-        self.validate_numbers()?;
-        alp_model::parse_device(&self.model.device)
-            .map_err(|e| Error::config("model.device", e.to_string()))?;
-        if self.model.base.is_empty() {
-            alp_model::presets::by_name(&self.model.preset)?;
-        }
         Ok(())
     }
 
@@ -489,10 +507,18 @@ impl TrainConfig {
         let rl = &self.rl;
         let checks: [(&str, f64, bool); 7] = [
             ("sft.lr", self.sft.lr, self.sft.lr > 0.0),
-            ("sft.weight_decay", self.sft.weight_decay, self.sft.weight_decay >= 0.0),
+            (
+                "sft.weight_decay",
+                self.sft.weight_decay,
+                self.sft.weight_decay >= 0.0,
+            ),
             ("rl.grad_clip", rl.grad_clip, rl.grad_clip >= 0.0),
             ("rl.weight_decay", rl.weight_decay, rl.weight_decay >= 0.0),
-            ("rl.temperature", rl.temperature as f64, rl.temperature >= 0.0),
+            (
+                "rl.temperature",
+                rl.temperature as f64,
+                rl.temperature >= 0.0,
+            ),
             (
                 "tasks.hard_fraction",
                 self.tasks.hard_fraction,

@@ -68,7 +68,12 @@ pub fn evaluate(trainer: &Trainer, n: usize, k: usize) -> Result<EvalResult> {
 
 /// Evaluates on given tasks with a tool (`tool`) or single-turn math environment: greedy,
 /// then with `k > 0` k samples per task at temperature 1.
-pub fn evaluate_tasks(trainer: &Trainer, tasks: &[Task], tool: bool, k: usize) -> Result<EvalResult> {
+pub fn evaluate_tasks(
+    trainer: &Trainer,
+    tasks: &[Task],
+    tool: bool,
+    k: usize,
+) -> Result<EvalResult> {
     let engine = Engine::from_weights(
         &trainer.weights()?,
         trainer.cfg.model.dtype.candle(),
@@ -133,7 +138,11 @@ fn greedy_stats(tasks: &[Task], groups: &[TrajectoryGroup]) -> EvalResult {
 fn sampled_stats(res: &mut EvalResult, tasks: &[Task], groups: &[TrajectoryGroup], k: usize) {
     let (mut acc, mut pass, mut calls, mut hard_n) = (0.0, 0.0, 0.0, 0.0);
     for (t, g) in tasks.iter().zip(groups) {
-        let oks = g.trajectories.iter().filter(|tr| tr.outcome.correct).count();
+        let oks = g
+            .trajectories
+            .iter()
+            .filter(|tr| tr.outcome.correct)
+            .count();
         acc += oks as f64 / k as f64;
         pass += (oks > 0) as u8 as f64;
         if is_hard(&t.kind) {

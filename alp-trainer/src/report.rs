@@ -165,13 +165,19 @@ fn read_metrics(dir: &Path) -> Result<(Vec<Value>, Vec<Value>)> {
     let text = std::fs::read_to_string(&mp).map_err(|e| Error::io(&mp, e))?;
     let mut steps = Vec::new();
     let mut evals = Vec::new();
-    for (i, l) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (i, l) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let v: Value = serde_json::from_str(l).map_err(|e| Error::Parse {
             path: mp.clone(),
             message: format!("line {}: {e}", i + 1),
         })?;
         match v.get("eval") {
-            Some(e) => evals.push(json!({"step": v["step"], "accuracy": e["accuracy"], "tool": e["tool_call_rate"]})),
+            Some(e) => evals.push(
+                json!({"step": v["step"], "accuracy": e["accuracy"], "tool": e["tool_call_rate"]}),
+            ),
             None => steps.push(v),
         }
     }
@@ -186,7 +192,11 @@ pub fn plot_specs(dir: &Path) -> Result<Vec<PlotSpec>> {
     let n_sigma = steps
         .last()
         .and_then(|l| l.as_object())
-        .map(|o| o.keys().filter(|k| k.starts_with(names::SIGMA_LAYER)).count())
+        .map(|o| {
+            o.keys()
+                .filter(|k| k.starts_with(names::SIGMA_LAYER))
+                .count()
+        })
         .unwrap_or(0);
     Ok(vec![
         PlotSpec {
@@ -200,7 +210,10 @@ pub fn plot_specs(dir: &Path) -> Result<Vec<PlotSpec>> {
         PlotSpec {
             file: "heldout_accuracy.svg",
             title: "held-out greedy accuracy and hard-task tool-call rate",
-            curves: vec![c("accuracy", &evals, "accuracy"), c("tool-call rate", &evals, "tool")],
+            curves: vec![
+                c("accuracy", &evals, "accuracy"),
+                c("tool-call rate", &evals, "tool"),
+            ],
         },
         PlotSpec {
             file: "ratio_tail.svg",

@@ -34,7 +34,10 @@ pub fn rollout_metrics(trajs: &[&Trajectory], adv: &Advantages, m: &mut StepMetr
     m.set(names::TURNS, mean(&|t| t.num_turns as f64));
     m.set(names::TOOL_CALLS, mean(&|t| t.outcome.tool_calls as f64));
     m.set(names::TOOL_ERRORS, mean(&|t| t.outcome.tool_errors as f64));
-    m.set(names::TRUNCATED, mean(&|t| t.outcome.truncated as u8 as f64));
+    m.set(
+        names::TRUNCATED,
+        mean(&|t| t.outcome.truncated as u8 as f64),
+    );
 }
 
 /// The trajectories of a batch in order, checked: equal group sizes, and log-probs the trainer
@@ -128,11 +131,18 @@ fn micro(
         .iter()
         .map(|&i| {
             let t = trajs[i];
-            (t.prompt.as_slice(), t.response.as_slice(), t.loss_mask.as_slice())
+            (
+                t.prompt.as_slice(),
+                t.response.as_slice(),
+                t.loss_mask.as_slice(),
+            )
         })
         .collect();
     let batch = SeqBatch::new(&seqs, device)?;
-    let infer: Vec<&[f32]> = rows.iter().map(|&i| trajs[i].logp_infer.as_slice()).collect();
+    let infer: Vec<&[f32]> = rows
+        .iter()
+        .map(|&i| trajs[i].logp_infer.as_slice())
+        .collect();
     let logp_infer = batch.pad_rows(&infer)?;
     let a: Vec<f32> = rows.iter().map(|&i| adv[i]).collect();
     let advantages = Tensor::from_vec(a, rows.len(), device)?;

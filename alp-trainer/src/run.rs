@@ -75,7 +75,9 @@ pub fn train_with(
     let end = opts
         .max_steps_this_run
         .map_or(total, |n| (first + n).min(total));
-    let mut sinks = Sinks(vec![Box::new(JsonlSink::open(&s.dir.join("metrics.jsonl"))?)]);
+    let mut sinks = Sinks(vec![Box::new(JsonlSink::open(
+        &s.dir.join("metrics.jsonl"),
+    )?)]);
     if opts.console {
         let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
         sinks.0.push(Box::new(ConsoleSink::new(first, total, tty)));
@@ -199,7 +201,12 @@ fn warm_start(s: &mut Session, opts: &RunOptions, out: &mut dyn MetricsSink) -> 
 
 /// RL steps until `end`, with evaluations and checkpoints at their cadence; true when
 /// interrupted.
-fn rl_steps(s: &mut Session, opts: &RunOptions, end: u64, out: &mut dyn MetricsSink) -> Result<bool> {
+fn rl_steps(
+    s: &mut Session,
+    opts: &RunOptions,
+    end: u64,
+    out: &mut dyn MetricsSink,
+) -> Result<bool> {
     let cfg = s.config().clone();
     while s.step_index() < end {
         if opts.interrupted() {
@@ -209,7 +216,11 @@ fn rl_steps(s: &mut Session, opts: &RunOptions, end: u64, out: &mut dyn MetricsS
         let m = s.step()?;
         out.step(&m, s.wall_seconds())?;
         let step = s.step_index() as usize;
-        if cfg.eval.every > 0 && step % cfg.eval.every == 0 && step < cfg.rl.steps && !opts.skip_eval {
+        if cfg.eval.every > 0
+            && step % cfg.eval.every == 0
+            && step < cfg.rl.steps
+            && !opts.skip_eval
+        {
             let e = s.evaluate(0)?;
             out.eval(s.step_index(), &format!("step {step}"), &e)?;
         }

@@ -163,7 +163,10 @@ impl Session {
             Arc::new(t.rollout_snapshot()?),
             cfg.rl.max_staleness,
             // The snapshot is already in the rollout dtype on the device: build over it, no copy.
-            move |w| Ok(Engine::new(Arc::new(w.build()?), EngineConfig::default())?.with_tokenizer(tok_b.clone())),
+            move |w| {
+                Ok(Engine::new(Arc::new(w.build()?), EngineConfig::default())?
+                    .with_tokenizer(tok_b.clone()))
+            },
             move |engine, step, version| {
                 tasks.seek(step * p as u64);
                 let batch: Vec<Task> = (0..p).filter_map(|_| tasks.next_task()).collect();
@@ -189,7 +192,10 @@ impl Session {
         let mut m = self.trainer.rl_step(&batch.groups, batch.policy_version)?;
         let train_s = tt.elapsed().as_secs_f64();
         let ts = Instant::now();
-        worker.publish(self.trainer.version, Arc::new(self.trainer.rollout_snapshot()?))?;
+        worker.publish(
+            self.trainer.version,
+            Arc::new(self.trainer.rollout_snapshot()?),
+        )?;
         let gen_tokens: usize = batch
             .groups
             .iter()

@@ -252,7 +252,10 @@ impl Trainer {
         let adv = compute_advantages(rl.advantage, &rewards, group_size)?;
         let mut m = StepMetrics::new(self.step + 1);
         rl_step::rollout_metrics(&trajs, &adv, &mut m);
-        m.set(names::STALENESS, self.version.saturating_sub(sampled_by) as f64);
+        m.set(
+            names::STALENESS,
+            self.version.saturating_sub(sampled_by) as f64,
+        );
         let minis = rl_step::build_minibatches(
             &trajs,
             &adv.values,
@@ -269,15 +272,20 @@ impl Trainer {
             for mini in &minis {
                 let cx = StepContext {
                     model: &self.model,
-                    perturb: if use_perturb { &self.perturb } else { &NoPerturbation },
+                    perturb: if use_perturb {
+                        &self.perturb
+                    } else {
+                        &NoPerturbation
+                    },
                     objective: &rl.objective,
                     aggregation: rl.aggregation,
                 };
                 let (perturb, step) = (&self.perturb, self.step);
-                let mut grads = rl_step::backward_minibatch(&cx, &self.opt, mini, &mut stats, &mut || {
-                    perturb.set_context(step, micro_index);
-                    micro_index += 1;
-                })?;
+                let mut grads =
+                    rl_step::backward_minibatch(&cx, &self.opt, mini, &mut stats, &mut || {
+                        perturb.set_context(step, micro_index);
+                        micro_index += 1;
+                    })?;
                 inspect(&mut grads);
                 stats.update(self.opt.apply(&grads, step_sigma)?);
             }

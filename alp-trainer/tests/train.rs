@@ -8,6 +8,7 @@ use alp_rollout::{run_episodes, Engine, EngineConfig};
 use alp_trainer::checkpoint;
 use alp_trainer::config::TrainConfig;
 use alp_trainer::default_task::ArithmeticTasks;
+use alp_trainer::metrics;
 use alp_trainer::run::{train, RunOptions};
 use alp_trainer::trainer::Trainer;
 use candle_core::{DType, Device};
@@ -408,4 +409,190 @@ fn logp_old_is_the_policy_the_step_starts_from_in_every_mini_batch_and_epoch() {
             > 1e-4
     });
     assert!(moved, "the updates moved the weights");
+}
+
+/// θ gradients of a one-mini-batch step (4 trajectories) with `micro_batch` rows per
+/// micro-batch, and the step's metrics.
+fn step_grads(
+    aggregation: &str,
+    micro_batch: usize,
+    groups: &[alp_core::TrajectoryGroup],
+) -> (Vec<Vec<f32>>, alp_trainer::StepMetrics) {
+    let cfg = small()
+        .apply_overrides(&[
+            "rl.objective.method=grpo".into(),
+            format!("rl.aggregation={aggregation}"),
+            "rl.mini_batch=4".into(),
+            format!("rl.micro_batch={micro_batch}"),
+        ])
+        .unwrap();
+    let mut t = Trainer::new(cfg).unwrap();
+    let mut grads = Vec::new();
+    let m = t
+        .rl_step_with(groups, 0, &mut |g| {
+            grads = g
+                .theta
+                .iter()
+                .flatten()
+                .map(|x| x.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                .collect();
+        })
+        .unwrap();
+    (grads, m)
+}
+
+/// Two groups of two whose responses differ in length, with advantages that are not zero.
+fn uneven_batch() -> Vec<alp_core::TrajectoryGroup> {
+    let t = Trainer::new(small()).unwrap();
+    let mut groups = batch_at(&t, 5, 1.0);
+    for g in &mut groups {
+        g.trajectories[0].outcome.reward = 1.0;
+    }
+    // Shorten two responses, so that the micro-batches hold unequal token counts.
+    for (g, keep) in [(0, 2), (1, 4)] {
+        let t = &mut groups[g].trajectories[1];
+        t.response.truncate(keep);
+        t.loss_mask.truncate(keep);
+        t.logp_infer.truncate(keep);
+    }
+    let lens: Vec<usize> = groups
+        .iter()
+        .flat_map(|g| g.trajectories.iter().map(|t| t.num_generated()))
+        .collect();
+    assert!(
+        lens.iter().any(|&l| l != lens[0]),
+        "the test needs responses of unequal lengths: {lens:?}"
+    );
+    groups
+}
+
+#[test]
+fn micro_batch_split_gives_the_mini_batch_loss_and_gradient_for_every_aggregation() {
+    let groups = uneven_batch();
+    for agg in ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"] {
+        let (whole, mw) = step_grads(agg, 4, &groups);
+        let (split, ms) = step_grads(agg, 1, &groups);
+        let (lw, ls) = (mw[metrics::LOSS], ms[metrics::LOSS]);
+        assert!(
+            (lw - ls).abs() <= 1e-6 * lw.abs().max(1e-3),
+            "{agg}: loss {lw} in one piece, {ls} split"
+        );
+        let (mut diff, mut norm) = (0.0f64, 0.0f64);
+        for (a, b) in whole.iter().zip(&split) {
+            for (x, y) in a.iter().zip(b) {
+                diff += ((x - y) as f64).powi(2);
+                norm += (*x as f64).powi(2);
+            }
+        }
+        let rel = (diff / norm).sqrt();
+        assert!(
+            norm > 0.0 && rel <= 1e-6,
+            "{agg}: gradient relative difference {rel}"
+        );
+    }
+}
+
+#[test]
+fn step_ratio_tails_are_those_of_all_the_steps_tokens() {
+    let mut groups = uneven_batch();
+    // Different tails per micro-batch: a large ratio in the first, a small one in the third.
+    groups[0].trajectories[0].logp_infer[0] -= 30f32.ln();
+    groups[1].trajectories[0].logp_infer[0] += 2f32.ln();
+    let t = Trainer::new(small()).unwrap();
+    // Every token at once, under the weights the step starts from.
+    let trajs: Vec<&alp_core::Trajectory> =
+        groups.iter().flat_map(|g| g.trajectories.iter()).collect();
+    let rows: Vec<(&[u32], &[u32], &[u8])> = trajs
+        .iter()
+        .map(|t| {
+            (
+                t.prompt.as_slice(),
+                t.response.as_slice(),
+                t.loss_mask.as_slice(),
+            )
+        })
+        .collect();
+    let b = alp_trainer::batch::SeqBatch::new(&rows, &Device::Cpu).unwrap();
+    let logp = b
+        .response_logprobs(&t.model, &alp_model::NoPerturbation)
+        .unwrap();
+    let infer: Vec<&[f32]> = trajs.iter().map(|t| t.logp_infer.as_slice()).collect();
+    let all =
+        alp_loss::mismatch_report(&logp, None, &b.pad_rows(&infer).unwrap(), &b.mask).unwrap();
+    let (_, m) = step_grads("token-mean", 1, &groups);
+    for key in [
+        metrics::loss::RATIO_TOKEN_P99_9,
+        metrics::loss::RATIO_TOKEN_MAX,
+        metrics::loss::RATIO_TOKEN_MIN,
+        metrics::loss::RATIO_SEQ_MAX,
+    ] {
+        let (want, got) = (all[key], m[key]);
+        assert!(
+            (want - got).abs() <= 1e-4 * want.abs(),
+            "{key}: step {got}, all tokens {want}"
+        );
+    }
+    assert!(m[metrics::loss::RATIO_TOKEN_MAX] > 25.0);
+}
+
+#[test]
+fn every_plotted_curve_has_data_after_a_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small()
+        .apply_overrides(&["rl.steps=2".into(), "eval.every=1".into()])
+        .unwrap();
+    train(
+        cfg,
+        RunOptions {
+            out: Some(dir.path().into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let specs = alp_trainer::report::plot_specs(dir.path()).unwrap();
+    assert_eq!(specs.len(), 5);
+    for p in &specs {
+        assert!(!p.curves.is_empty(), "{}: no curves", p.file);
+        for (name, pts) in &p.curves {
+            assert!(
+                !pts.is_empty(),
+                "{}: the curve `{name}` has no data",
+                p.file
+            );
+        }
+        let svg = std::fs::read_to_string(dir.path().join("plots").join(p.file)).unwrap();
+        for (name, _) in &p.curves {
+            assert!(
+                svg.contains(name.as_str()),
+                "{}: legend lacks `{name}`",
+                p.file
+            );
+        }
+    }
+}
+
+#[test]
+fn set_parses_a_value_by_the_type_of_its_field() {
+    let c = TrainConfig::default()
+        .apply_overrides(&["model.base=123".into(), "model.device=true".into()])
+        .unwrap();
+    assert_eq!(
+        (c.model.base.as_str(), c.model.device.as_str()),
+        ("123", "true")
+    );
+    let c = TrainConfig::default()
+        .apply_overrides(&["rl.lr=1".into(), "rl.max_staleness=3".into()])
+        .unwrap();
+    assert_eq!((c.rl.lr, c.rl.max_staleness), (1.0, 3));
+    for (set, key) in [
+        ("rl.steps=1.5", "rl.steps"),
+        ("rl.perturb_always=yes", "rl.perturb_always"),
+        ("rl.env=chess", "rl.env"),
+    ] {
+        let e = TrainConfig::default()
+            .apply_overrides(&[set.into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(key) && !e.contains("line "), "{set}: {e}");
+    }
 }
