@@ -75,13 +75,74 @@ pub struct Completion {
     pub finish_reason: FinishReason,
 }
 
+/// Where a request is in its life (waiting ones are the scheduler's queue; rows of the running
+/// batch carry the others).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeqState {
+    /// Not admitted yet (no room in the batch or the token budget).
+    Waiting,
+    /// Admitted; its prompt is being prefilled.
+    Prefilling,
+    /// In the running batch, one token per decode step.
+    Decoding,
+    /// Done, with the reason.
+    Finished(FinishReason),
+}
+
+/// A running sequence: its row of the KV cache and what it generated so far.
 struct Row {
     req: usize,
     rng: ChaCha8Rng,
     tokens: Vec<TokenId>,
     logprobs: Vec<f32>,
     next_input: TokenId,
-    done: bool,
+    state: SeqState,
+}
+
+impl Row {
+    fn done(&self) -> bool {
+        matches!(self.state, SeqState::Finished(_))
+    }
+}
+
+/// Admission of waiting requests into the running batch, within the batch size and the token
+/// budget (what the running sequences' KV caches may grow to), in arrival order.
+struct Scheduler {
+    waiting: VecDeque<usize>,
+    reservations: Vec<usize>,
+    max_batch: usize,
+    token_budget: usize,
+}
+
+impl Scheduler {
+    fn new(engine: &Engine, requests: &[Request]) -> Self {
+        Scheduler {
+            waiting: (0..requests.len()).collect(),
+            reservations: requests.iter().map(|r| engine.reservation(r)).collect(),
+            max_batch: engine.config.max_batch,
+            token_budget: engine.config.token_budget,
+        }
+    }
+
+    /// The requests to admit now, given the running rows; they move to `Prefilling`. Returns
+    /// them and the number of live sequences after admission.
+    fn admit(&mut self, rows: &[Row]) -> (Vec<usize>, usize) {
+        let live: Vec<&Row> = rows.iter().filter(|r| !r.done()).collect();
+        let mut used: usize = live.iter().map(|r| self.reservations[r.req]).sum();
+        let mut n = live.len();
+        let mut admit = Vec::new();
+        while let Some(&i) = self.waiting.front() {
+            let need = self.reservations[i];
+            if n >= self.max_batch || used + need > self.token_budget {
+                break;
+            }
+            admit.push(i);
+            self.waiting.pop_front();
+            used += need;
+            n += 1;
+        }
+        (admit, n)
+    }
 }
 
 /// Counters of one `generate` call.
@@ -303,29 +364,11 @@ impl Engine {
     fn generate_batch(&self, requests: &[Request]) -> Result<(Vec<Completion>, GenerateStats)> {
         let mut stats = GenerateStats::default();
         let mut results: Vec<Option<Completion>> = vec![None; requests.len()];
-        let mut waiting: VecDeque<usize> = (0..requests.len()).collect();
+        let mut scheduler = Scheduler::new(self, requests);
         let mut rows: Vec<Row> = Vec::new();
         let mut cache: Option<KvCache> = None;
         loop {
-            // Admission: fill free rows within the batch and token budgets.
-            let mut used: usize = rows
-                .iter()
-                .filter(|r| !r.done)
-                .map(|r| self.reservation(&requests[r.req]))
-                .sum();
-            let mut live = rows.iter().filter(|r| !r.done).count();
-            let mut admit = Vec::new();
-            while let Some(&i) = waiting.front() {
-                let need = self.reservation(&requests[i]);
-                if live < self.config.max_batch && used + need <= self.config.token_budget {
-                    admit.push(i);
-                    waiting.pop_front();
-                    used += need;
-                    live += 1;
-                } else {
-                    break;
-                }
-            }
+            let (admit, live) = scheduler.admit(&rows);
             if live == 0 {
                 break;
             }
@@ -341,7 +384,7 @@ impl Engine {
                         tokens: Vec::new(),
                         logprobs: Vec::new(),
                         next_input: 0,
-                        done: false,
+                        state: SeqState::Prefilling,
                     })
                     .collect();
                 for (j, row) in new_rows.iter_mut().enumerate() {
@@ -356,7 +399,7 @@ impl Engine {
                 stats.prefill_seconds += t_prefill.elapsed().as_secs_f64();
             } else {
                 // Drop finished rows when they are the majority (one copy, amortised).
-                let dead = rows.iter().filter(|r| r.done).count();
+                let dead = rows.iter().filter(|r| r.done()).count();
                 if dead * 2 > rows.len() {
                     let (c, r) = self.rebuild(cache.as_ref(), rows, None, requests)?;
                     cache = Some(c);
@@ -364,7 +407,7 @@ impl Engine {
                     stats.rebuilds += 1;
                 }
             }
-            if rows.iter().all(|r| r.done) {
+            if rows.iter().all(|r| r.done()) {
                 continue;
             }
             // One decode step for every running row.
@@ -372,7 +415,7 @@ impl Engine {
             let c = cache.as_mut().expect("rows imply a cache");
             let ids: Vec<TokenId> = rows
                 .iter()
-                .map(|r| if r.done { 0 } else { r.next_input })
+                .map(|r| if r.done() { 0 } else { r.next_input })
                 .collect();
             let input = Tensor::from_vec(ids, (rows.len(), 1), self.model.device())?;
             let logits = self
@@ -383,9 +426,9 @@ impl Engine {
             stats.decode_steps += 1;
             stats.peak_batch = stats
                 .peak_batch
-                .max(rows.iter().filter(|r| !r.done).count());
+                .max(rows.iter().filter(|r| !r.done()).count());
             for (row, l) in rows.iter_mut().zip(&logits) {
-                if !row.done {
+                if !row.done() {
                     self.advance(row, l, requests, &mut results)?;
                 }
             }
@@ -410,7 +453,7 @@ impl Engine {
         let mut parts: Vec<(&KvCache, usize)> = Vec::new();
         let mut kept: Vec<Row> = Vec::with_capacity(rows.len());
         for (r, row) in rows.into_iter().enumerate() {
-            if !row.done {
+            if !row.done() {
                 let c = cache.ok_or_else(|| Error::Msg("running rows without a cache".into()))?;
                 parts.push((c, r));
                 kept.push(row);
@@ -476,6 +519,22 @@ impl Engine {
         Ok((cache, logits))
     }
 
+    /// Whether a stop string ends within the newest token of `tokens`. Earlier tokens were
+    /// checked when they were new, so only a window that can hold a stop string ending in the
+    /// newest token is decoded (each token decodes to at least one byte; two more tokens
+    /// cover a character split across tokens): O(stop length) per token, not O(length).
+    fn tail_has_stop(&self, tokens: &[TokenId], stops: &[String]) -> Result<bool> {
+        let tk = self.tokenizer.as_ref().ok_or_else(|| {
+            Error::invalid("stop strings need a tokenizer (Engine::with_tokenizer)")
+        })?;
+        let longest = stops.iter().map(|s| s.len()).max().unwrap_or(0);
+        let from = tokens.len().saturating_sub(longest + 2);
+        // A match in the window ends in the newest token: one ending earlier would have
+        // finished the sequence then.
+        let text = tk.decode(&tokens[from..], false)?;
+        Ok(stops.iter().any(|s| text.contains(s.as_str())))
+    }
+
     /// Samples the next token of `row`, records it, and finishes the row if a stop rule fires.
     fn advance(
         &self,
@@ -494,11 +553,7 @@ impl Engine {
             Some(FinishReason::Eos)
         } else if p.stop_tokens.contains(&tok) {
             Some(FinishReason::StopToken)
-        } else if !p.stop_strings.is_empty() && {
-            let tk = self.tokenizer.as_ref().expect("checked in generate");
-            let text = tk.decode(&row.tokens, false)?;
-            p.stop_strings.iter().any(|s| text.contains(s.as_str()))
-        } {
+        } else if !p.stop_strings.is_empty() && self.tail_has_stop(&row.tokens, &p.stop_strings)? {
             Some(FinishReason::StopString)
         } else if row.tokens.len() >= p.max_new_tokens
             || req.prompt.len() + row.tokens.len() >= self.max_context()
@@ -507,8 +562,9 @@ impl Engine {
         } else {
             None
         };
+        row.state = SeqState::Decoding;
         if let Some(finish_reason) = reason {
-            row.done = true;
+            row.state = SeqState::Finished(finish_reason);
             results[row.req] = Some(Completion {
                 tokens: std::mem::take(&mut row.tokens),
                 logprobs: std::mem::take(&mut row.logprobs),

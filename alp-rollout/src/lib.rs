@@ -27,7 +27,7 @@ pub mod episodes;
 pub mod sampling;
 pub mod worker;
 
-pub use engine::{Completion, Engine, EngineConfig, GenerateStats, Request};
+pub use engine::{Completion, Engine, EngineConfig, GenerateStats, Request, SeqState};
 pub use episodes::{observation_tokens, run_episodes, sampling_info, EpisodeConfig};
 pub use sampling::{sample, SamplingParams};
 pub use worker::{RolloutBatch, RolloutWorker};

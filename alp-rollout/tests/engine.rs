@@ -303,6 +303,34 @@ fn stop_rules_give_the_right_reason() {
 }
 
 #[test]
+fn incremental_stop_strings_match_a_full_decode_of_every_prefix() {
+    let tok = Arc::new(word_tokenizer());
+    let eng = engine(4).with_tokenizer(tok.clone());
+    let base = Request {
+        prompt: vec![9, 8, 7],
+        params: SamplingParams::greedy(12),
+    };
+    let free = eng.generate(std::slice::from_ref(&base)).unwrap()[0].clone();
+    let full = |k: usize| tok.decode(&free.tokens[..k], false).unwrap();
+    let stops = [
+        // Spanning three tokens, inside a word's tail, and never present.
+        tok.decode(&free.tokens[3..6], false).unwrap(),
+        full(5)[full(5).len() - 2..].to_string(),
+        "no such text".to_string(),
+    ];
+    for stop in stops {
+        // The slow reference: the shortest prefix whose whole decode contains the stop string.
+        let want = (1..=free.tokens.len())
+            .find(|&k| full(k).contains(&stop))
+            .unwrap_or(free.tokens.len());
+        let mut r = base.clone();
+        r.params.stop_strings = vec![stop.clone()];
+        let c = eng.generate(&[r]).unwrap()[0].clone();
+        assert_eq!(c.tokens, free.tokens[..want], "stop `{stop}`");
+    }
+}
+
+#[test]
 fn bad_input_is_an_error_not_a_panic() {
     let eng = Engine::new(
         model(),
