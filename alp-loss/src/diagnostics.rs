@@ -112,6 +112,22 @@ pub fn kl_mu_pi(log_ratio_pi_mu: &[f64]) -> (f64, f64) {
     (k1, k3)
 }
 
+/// The log-probs of one micro-batch's tokens that the diagnostics compare, all `[rows, T]`.
+#[derive(Debug, Clone, Copy)]
+pub struct RatioInputs<'a> {
+    /// log π of the training forward (perturbed for ALP).
+    pub logp: &'a Tensor,
+    /// log π_old: the unperturbed policy the step starts from.
+    pub logp_old: Option<&'a Tensor>,
+    /// The trainer's log-prob under the weights version that sampled the tokens (its
+    /// numerics, not the engine's).
+    pub logp_sampler: Option<&'a Tensor>,
+    /// log μ stored by the engine.
+    pub logp_infer: &'a Tensor,
+    /// The loss mask.
+    pub mask: &'a Tensor,
+}
+
 /// The per-token and per-sequence log-ratios of a whole step, collected micro-batch by
 /// micro-batch; [`RatioCollector::report`] computes every statistic once over all of them (a
 /// step's p99.9 is not the mean of its micro-batches' p99.9s).
@@ -119,10 +135,12 @@ pub fn kl_mu_pi(log_ratio_pi_mu: &[f64]) -> (f64, f64) {
 pub struct RatioCollector {
     tok: Vec<f64>,
     seq: Vec<f64>,
+    unperturbed_tok: Vec<f64>,
+    unperturbed_seq: Vec<f64>,
     engine_tok: Vec<f64>,
     engine_seq: Vec<f64>,
+    stale_tok: Vec<f64>,
     drift_tok: Vec<f64>,
-    has_old: bool,
 }
 
 impl RatioCollector {
@@ -132,7 +150,7 @@ impl RatioCollector {
     }
 
     /// Adds the masked tokens of one micro-batch: log π (`logp`), optionally log π_old, and
-    /// log μ (`logp_infer`), all `[rows, T]`.
+    /// log μ (`logp_infer`); π_old is taken as the sampling version (no staleness).
     pub fn add(
         &mut self,
         logp: &Tensor,
@@ -140,15 +158,33 @@ impl RatioCollector {
         logp_infer: &Tensor,
         mask: &Tensor,
     ) -> Result<()> {
-        let (tok, seq) = log_ratios(logp, logp_infer, mask)?;
+        self.add_inputs(&RatioInputs {
+            logp,
+            logp_old,
+            logp_sampler: logp_old,
+            logp_infer,
+            mask,
+        })
+    }
+
+    /// Adds the masked tokens of one micro-batch.
+    pub fn add_inputs(&mut self, x: &RatioInputs) -> Result<()> {
+        let (tok, seq) = log_ratios(x.logp, x.logp_infer, x.mask)?;
         self.tok.extend(tok);
         self.seq.extend(seq);
-        if let Some(old) = logp_old {
-            let (etok, eseq) = log_ratios(old, logp_infer, mask)?;
-            self.engine_tok.extend(etok);
-            self.engine_seq.extend(eseq);
-            self.drift_tok.extend(log_ratios(logp, old, mask)?.0);
-            self.has_old = true;
+        if let Some(old) = x.logp_old {
+            let (t, s) = log_ratios(old, x.logp_infer, x.mask)?;
+            self.unperturbed_tok.extend(t);
+            self.unperturbed_seq.extend(s);
+            self.drift_tok.extend(log_ratios(x.logp, old, x.mask)?.0);
+            if let Some(v) = x.logp_sampler {
+                self.stale_tok.extend(log_ratios(old, v, x.mask)?.0);
+            }
+        }
+        if let Some(v) = x.logp_sampler {
+            let (t, s) = log_ratios(v, x.logp_infer, x.mask)?;
+            self.engine_tok.extend(t);
+            self.engine_seq.extend(s);
         }
         Ok(())
     }
@@ -158,9 +194,10 @@ impl RatioCollector {
         self.tok.len()
     }
 
-    /// Ratio π/μ quantiles at token and sequence level, KL(μ‖π) k1/k3, effective sample
-    /// sizes and, when log π_old was given, the engine (π_old vs μ) and drift (π vs π_old)
-    /// parts, each computed over everything collected.
+    /// Ratio π/μ quantiles at token and sequence level, KL(μ‖π) k1/k3 and effective sample
+    /// sizes of the training forward; the unperturbed ratio π_old/μ on the same tokens; the
+    /// engine part (sampling version vs μ), the staleness part (π_old vs the sampling version)
+    /// and the drift of the updates (π vs π_old) — each over everything collected.
     pub fn report(&self) -> BTreeMap<String, f64> {
         let mut out = BTreeMap::new();
         let exp = |v: &[f64]| {
@@ -175,12 +212,30 @@ impl RatioCollector {
         out.insert(names::KL_MU_PI_K3.into(), k3);
         out.insert(names::ESS_TOKEN.into(), effective_sample_size(&self.tok));
         out.insert(names::ESS_SEQ.into(), effective_sample_size(&self.seq));
-        if self.has_old {
+        if !self.unperturbed_tok.is_empty() {
+            out.extend(summary(
+                names::UNPERTURBED_RATIO_TOKEN,
+                &exp(&self.unperturbed_tok),
+            ));
+            out.extend(summary(
+                names::UNPERTURBED_RATIO_SEQ,
+                &exp(&self.unperturbed_seq),
+            ));
+            out.insert(
+                names::UNPERTURBED_KL_K3.into(),
+                kl_mu_pi(&self.unperturbed_tok).1,
+            );
+            out.extend(summary(names::DRIFT_RATIO_TOKEN, &exp(&self.drift_tok)));
+            out.insert(names::DRIFT_KL_K3.into(), kl_mu_pi(&self.drift_tok).1);
+        }
+        if !self.engine_tok.is_empty() {
             out.extend(summary(names::ENGINE_RATIO_TOKEN, &exp(&self.engine_tok)));
             out.extend(summary(names::ENGINE_RATIO_SEQ, &exp(&self.engine_seq)));
             out.insert(names::ENGINE_KL_K3.into(), kl_mu_pi(&self.engine_tok).1);
-            out.extend(summary(names::DRIFT_RATIO_TOKEN, &exp(&self.drift_tok)));
-            out.insert(names::DRIFT_KL_K3.into(), kl_mu_pi(&self.drift_tok).1);
+        }
+        if !self.stale_tok.is_empty() {
+            out.extend(summary(names::STALE_RATIO_TOKEN, &exp(&self.stale_tok)));
+            out.insert(names::STALE_KL_K3.into(), kl_mu_pi(&self.stale_tok).1);
         }
         out
     }

@@ -9,8 +9,15 @@ pub const RATIO_SEQ: &str = "ratio/seq";
 pub const ENGINE_RATIO_TOKEN: &str = "mismatch/engine/ratio_token";
 /// Engine part, sequence level.
 pub const ENGINE_RATIO_SEQ: &str = "mismatch/engine/ratio_seq";
-/// Drift part (current policy vs π_old), token level.
+/// Drift of the step's updates (current policy vs π_old), token level.
 pub const DRIFT_RATIO_TOKEN: &str = "mismatch/drift/ratio_token";
+/// Staleness part (π_old, the current weights, vs the weights version that sampled), token level.
+pub const STALE_RATIO_TOKEN: &str = "mismatch/staleness/ratio_token";
+/// The unperturbed ratio π_old/μ on the trained tokens (for ALP the training ratio is
+/// perturbed; tails are compared on this one), token level.
+pub const UNPERTURBED_RATIO_TOKEN: &str = "ratio_unperturbed/token";
+/// The unperturbed ratio, sequence level.
+pub const UNPERTURBED_RATIO_SEQ: &str = "ratio_unperturbed/seq";
 
 /// Statistic suffixes of a ratio summary.
 pub mod stat {
@@ -58,6 +65,14 @@ pub const ESS_SEQ: &str = "ess/seq";
 pub const ENGINE_KL_K3: &str = "mismatch/engine/kl_k3";
 /// k3 KL of the drift part.
 pub const DRIFT_KL_K3: &str = "mismatch/drift/kl_k3";
+/// k3 KL of the staleness part.
+pub const STALE_KL_K3: &str = "mismatch/staleness/kl_k3";
+/// k3 KL(μ‖π_old) of the unperturbed ratio.
+pub const UNPERTURBED_KL_K3: &str = "ratio_unperturbed/kl_k3";
+/// `ratio_unperturbed/token/p99_9`.
+pub const UNPERTURBED_RATIO_TOKEN_P99_9: &str = "ratio_unperturbed/token/p99_9";
+/// `ratio_unperturbed/token/max`.
+pub const UNPERTURBED_RATIO_TOKEN_MAX: &str = "ratio_unperturbed/token/max";
 
 /// Share of tokens clipped below (A < 0, ratio < 1 − ε_low).
 pub const CLIP_FRAC_LOW: &str = "clip_frac/low";

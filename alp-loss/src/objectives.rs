@@ -53,15 +53,16 @@ macro_rules! config_struct {
 }
 
 config_struct!(
-    /// PPO-style clip `[1 − eps_low, 1 + eps_high]` with an optional dual clip `c` (> 1).
+    /// PPO-style clip `[1 − eps_low, 1 + eps_high]` with an optional dual clip `c` (> 1); the
+    /// reference runs its baselines with c = 3.
     Grpo {
         /// Lower clip ε.
         eps_low: f64 = 0.2,
         /// Upper clip ε (clip-higher).
         eps_high: f64 = 0.28,
-        /// Dual clip c for negative advantages (0 or absent: off).
+        /// Dual clip c for negative advantages (0: off).
         #[serde(with = "dual_clip_serde")]
-        dual_clip: Option<f64> = None,
+        dual_clip: Option<f64> = Some(3.0),
     }
 );
 config_struct!(
@@ -77,25 +78,30 @@ config_struct!(
         eps_high: f64 = 0.28,
         /// Dual clip c (0: off).
         #[serde(with = "dual_clip_serde")]
-        dual_clip: Option<f64> = None,
+        dual_clip: Option<f64> = Some(3.0),
     }
 );
 config_struct!(
-    /// Masked importance sampling: GRPO surrogate × (π_old/μ ∈ [lower, upper]).
+    /// Masked importance sampling (the reference's "mask" mode): GRPO surrogate × detached
+    /// w = r · 1[lower ≤ r ≤ upper], r = π_old/μ at the chosen level — the importance weight
+    /// itself, zeroed outside the range; with `veto` > 0 a sequence with any token ratio
+    /// below `veto` gets weight 0.
     Mis {
         /// Token, sequence or geometric ratio.
         level: Level = Level::Sequence,
-        /// Lower bound of the accepted ratio.
+        /// Lower bound of the kept ratio.
         lower: f64 = 0.0,
-        /// Upper bound of the accepted ratio.
+        /// Upper bound of the kept ratio.
         upper: f64 = 5.0,
+        /// Veto threshold on any token's π_old/μ (0: off).
+        veto: f64 = 0.0,
         /// Lower clip ε.
         eps_low: f64 = 0.2,
         /// Upper clip ε.
         eps_high: f64 = 0.28,
         /// Dual clip c (0: off).
         #[serde(with = "dual_clip_serde")]
-        dual_clip: Option<f64> = None,
+        dual_clip: Option<f64> = Some(3.0),
     }
 );
 config_struct!(
@@ -111,11 +117,13 @@ config_struct!(
         eps_high: f64 = 0.28,
         /// Dual clip c (0: off).
         #[serde(with = "dual_clip_serde")]
-        dual_clip: Option<f64> = None,
+        dual_clip: Option<f64> = Some(3.0),
     }
 );
 config_struct!(
-    /// GSPO: sequence ratio exp(mean log π/π_old), GSPO-token gradient, tight clip.
+    /// GSPO: sequence ratio exp(mean log π/π_old), GSPO-token gradient, tight clip; as the
+    /// paper's baseline, times the detached sequence-level masked IS weight of π_old/μ kept in
+    /// [0, `is_upper`] (`is_upper` = 0: plain GSPO, which ignores μ), dual clip 100.
     Gspo {
         /// Lower clip ε.
         eps_low: f64 = 3e-4,
@@ -123,7 +131,9 @@ config_struct!(
         eps_high: f64 = 4e-4,
         /// Dual clip c (0: off).
         #[serde(with = "dual_clip_serde")]
-        dual_clip: Option<f64> = None,
+        dual_clip: Option<f64> = Some(100.0),
+        /// Upper bound of the sequence-level MIS weight π_old/μ (0: no weight).
+        is_upper: f64 = 5.0,
     }
 );
 config_struct!(
@@ -159,6 +169,9 @@ pub enum Objective {
     Grpo(Grpo),
     /// The GRPO surrogate on π/μ (no recompute).
     Bypass(Grpo),
+    /// The GRPO clip on the summed sequence log-ratio against μ (GSPO-token form), no
+    /// perturbation: Seq-ALP without δ and with the narrow clip.
+    SeqBypass(Grpo),
     /// Truncated importance sampling.
     Tis(Tis),
     /// Masked importance sampling.
@@ -185,6 +198,7 @@ impl Default for Objective {
 pub const METHODS: &[&str] = &[
     "grpo",
     "bypass",
+    "seq-bypass",
     "tis",
     "mis",
     "icepop",
@@ -206,6 +220,7 @@ impl Objective {
         match self {
             Objective::Grpo(_) => "grpo",
             Objective::Bypass(_) => "bypass",
+            Objective::SeqBypass(_) => "seq-bypass",
             Objective::Tis(_) => "tis",
             Objective::Mis(_) => "mis",
             Objective::Icepop(_) => "icepop",
@@ -230,7 +245,10 @@ impl Objective {
     pub fn needs_logp_old(&self) -> bool {
         !matches!(
             self,
-            Objective::Bypass(_) | Objective::AlpToken(_) | Objective::AlpSeq(_)
+            Objective::Bypass(_)
+                | Objective::SeqBypass(_)
+                | Objective::AlpToken(_)
+                | Objective::AlpSeq(_)
         )
     }
 
@@ -242,7 +260,9 @@ impl Objective {
     fn clip(&self) -> Clip {
         let c = |lo, hi, dual| Clip { lo, hi, dual };
         match *self {
-            Objective::Grpo(g) | Objective::Bypass(g) => c(g.eps_low, g.eps_high, g.dual_clip),
+            Objective::Grpo(g) | Objective::Bypass(g) | Objective::SeqBypass(g) => {
+                c(g.eps_low, g.eps_high, g.dual_clip)
+            }
             Objective::Tis(t) => c(t.eps_low, t.eps_high, t.dual_clip),
             Objective::Mis(m) => c(m.eps_low, m.eps_high, m.dual_clip),
             Objective::Icepop(i) => c(i.eps_low, i.eps_high, i.dual_clip),
@@ -280,6 +300,12 @@ impl Objective {
                 f("upper"),
                 format!("need 0 <= lower < upper, got [{}, {}]", m.lower, m.upper),
             )),
+            Objective::Mis(m) if !(m.veto >= 0.0 && m.veto.is_finite()) => {
+                Err(Error::config(f("veto"), "must be >= 0 (0: off)"))
+            }
+            Objective::Gspo(g) if !(g.is_upper >= 0.0 && g.is_upper.is_finite()) => {
+                Err(Error::config(f("is_upper"), "must be >= 0 (0: off)"))
+            }
             Objective::Icepop(i) if !(i.alpha >= 0.0 && i.beta > i.alpha) => Err(Error::config(
                 f("beta"),
                 format!("need 0 <= alpha < beta, got [{}, {}]", i.alpha, i.beta),
@@ -345,10 +371,22 @@ impl Objective {
                 let l = surrogate(&r, &p.adv, &clip)?;
                 (r, l, None)
             }
-            Objective::Gspo(_) => {
-                let r = seq_token_ratio(&p, old()?, true)?;
+            Objective::SeqBypass(_) => {
+                let r = seq_token_ratio(&p, &p.logp_infer, false)?;
                 let l = surrogate(&r, &p.adv, &clip)?;
                 (r, l, None)
+            }
+            Objective::Gspo(g) => {
+                let old = old()?;
+                let r = seq_token_ratio(&p, old, true)?;
+                let l = surrogate(&r, &p.adv, &clip)?;
+                if g.is_upper > 0.0 {
+                    let lw = level_log_ratio(&p, old, Level::Sequence)?;
+                    let w = masked_weight(&lw, 0.0, g.is_upper)?;
+                    (r, (l * &w)?, Some(w))
+                } else {
+                    (r, l, None)
+                }
             }
             Objective::Tis(t) => {
                 let old = old()?;
@@ -365,7 +403,10 @@ impl Objective {
                 let old = old()?;
                 let r = exp_clamped(&(&p.logp - old)?)?;
                 let lw = level_log_ratio(&p, old, m.level)?;
-                let w = in_range(&lw, m.lower, m.upper)?;
+                let mut w = masked_weight(&lw, m.lower, m.upper)?;
+                if m.veto > 0.0 {
+                    w = (w * veto_keep(&p, old, m.veto)?)?;
+                }
                 let l = (surrogate(&r, &p.adv, &clip)? * &w)?;
                 (r, l, Some(w))
             }
@@ -456,6 +497,22 @@ fn in_range(log_ratio: &Tensor, lower: f64, upper: f64) -> Result<Tensor> {
     let ok = (log_ratio.ge(lo)?.to_dtype(log_ratio.dtype())?
         * log_ratio.le(upper.ln())?.to_dtype(log_ratio.dtype())?)?;
     Ok(ok)
+}
+
+/// The MIS weight r·1[lower ≤ r ≤ upper] with r = exp(clamp(log_ratio, ±20)) (detached).
+fn masked_weight(log_ratio: &Tensor, lower: f64, upper: f64) -> Result<Tensor> {
+    let r = exp_clamped(log_ratio)?.detach();
+    Ok((in_range(log_ratio, lower, upper)? * r)?)
+}
+
+/// `[batch, T]`: 0 on every token of a sequence in which some masked token has
+/// π_old/μ < `veto`, else 1.
+fn veto_keep(p: &Prepared, old: &Tensor, veto: f64) -> Result<Tensor> {
+    let d = (old - &p.logp_infer)?.detach();
+    // Masked positions are 0 (ratio 1), so they never veto.
+    let low = d.lt(veto.ln())?.to_dtype(d.dtype())?;
+    let any = low.max_keepdim(D::Minus1)?;
+    Ok((any.neg()? + 1.0)?.broadcast_as(d.shape())?.contiguous()?)
 }
 
 /// max(−Aρ, −A·clip(ρ, 1−lo, 1+hi)), then for A < 0 min(·, −A·c).

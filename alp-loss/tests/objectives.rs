@@ -104,6 +104,16 @@ fn naive_token(obj: &Objective, d: &Data, i: usize, t: usize, x: f64) -> f64 {
             g.eps_high,
             g.dual_clip,
         ),
+        Objective::SeqBypass(g) => {
+            let (s, _) = row_sum(d, i, |u| d.logp[i][u] - d.infer[i][u]);
+            clipf(
+                cl(s + x - d.logp[i][t]).exp(),
+                a,
+                g.eps_low,
+                g.eps_high,
+                g.dual_clip,
+            )
+        }
         Objective::AlpToken(p) => clipf(
             cl(x - d.infer[i][t]).exp(),
             a,
@@ -124,7 +134,17 @@ fn naive_token(obj: &Objective, d: &Data, i: usize, t: usize, x: f64) -> f64 {
         }
         Objective::Gspo(g) => {
             let (s, n) = row_sum(d, i, |u| d.logp[i][u] - d.old[i][u]);
-            clipf(
+            let w = if g.is_upper > 0.0 {
+                let r = cl(level_lw(d, i, t, Level::Sequence)).exp();
+                if r <= g.is_upper {
+                    r
+                } else {
+                    0.0
+                }
+            } else {
+                1.0
+            };
+            w * clipf(
                 cl(s / n + x - d.logp[i][t]).exp(),
                 a,
                 g.eps_low,
@@ -143,9 +163,13 @@ fn naive_token(obj: &Objective, d: &Data, i: usize, t: usize, x: f64) -> f64 {
             )
         }
         Objective::Mis(m) => {
-            let r = level_lw(d, i, t, m.level).exp();
-            let w = if r >= m.lower && r <= m.upper {
-                1.0
+            // The weight is the ratio itself inside the range; a veto zeroes the sequence.
+            let r = cl(level_lw(d, i, t, m.level)).exp();
+            let vetoed = m.veto > 0.0
+                && (0..d.mask[i].len())
+                    .any(|u| d.mask[i][u] != 0.0 && (d.old[i][u] - d.infer[i][u]).exp() < m.veto);
+            let w = if r >= m.lower && r <= m.upper && !vetoed {
+                r
             } else {
                 0.0
             };
@@ -261,6 +285,11 @@ fn all_objectives() -> Vec<Objective> {
             dual_clip: Some(2.0),
             ..Default::default()
         }),
+        Objective::Grpo(Grpo {
+            dual_clip: None,
+            ..Default::default()
+        }),
+        Objective::SeqBypass(Grpo::default()),
         Objective::Tis(Tis {
             level: Level::Token,
             cap: 2.0,
@@ -279,6 +308,21 @@ fn all_objectives() -> Vec<Objective> {
             ..Default::default()
         }),
         Objective::Mis(Mis::default()),
+        // The veto zeroes row 1 (a token with π_old/μ ≈ 1e-3 < 1e-2); with the sequence level,
+        // the range [0, 1.5] cuts the rows whose summed ratio exceeds it.
+        Objective::Mis(Mis {
+            level: Level::Token,
+            lower: 0.0,
+            upper: 5.0,
+            veto: 1e-2,
+            ..Default::default()
+        }),
+        Objective::Mis(Mis {
+            level: Level::Sequence,
+            upper: 1.5,
+            veto: 0.5,
+            ..Default::default()
+        }),
         Objective::Mis(Mis {
             level: Level::Geometric,
             lower: 0.8,
@@ -287,6 +331,11 @@ fn all_objectives() -> Vec<Objective> {
         }),
         Objective::Icepop(IcePop::default()),
         Objective::Gspo(Gspo::default()),
+        Objective::Gspo(Gspo {
+            is_upper: 0.0,
+            dual_clip: None,
+            ..Default::default()
+        }),
         Objective::Cispo(Cispo::default()),
         Objective::Cispo(Cispo {
             eps_max: 0.3,

@@ -41,6 +41,32 @@ impl std::fmt::Display for Dtype {
     }
 }
 
+/// Quantisation of the rollout engine's weights (fake-quantised: rounded to the grid and
+/// stored in the rollout dtype), a stronger engine mismatch like a low-precision inference
+/// engine's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RolloutQuant {
+    /// The rollout dtype only.
+    #[default]
+    None,
+    /// Symmetric int8 per output row of every matrix.
+    Int8,
+    /// Symmetric int4 per output row of every matrix.
+    Int4,
+}
+
+impl RolloutQuant {
+    /// Largest quantised magnitude (127 for int8, 7 for int4); None without quantisation.
+    pub fn levels(self) -> Option<f64> {
+        match self {
+            RolloutQuant::None => None,
+            RolloutQuant::Int8 => Some(127.0),
+            RolloutQuant::Int4 => Some(7.0),
+        }
+    }
+}
+
 /// The RL environment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -178,6 +204,8 @@ pub struct RlSection {
     pub max_staleness: u64,
     /// Rollout dtype (bf16: a real engine mismatch).
     pub rollout_dtype: Dtype,
+    /// Quantisation of the rollout weights (none, int8, int4).
+    pub rollout_quant: RolloutQuant,
     /// Recompute log π_old with the trainer before the update (needed by methods that use it).
     pub recompute_logp_old: bool,
     /// Advantage estimator.
@@ -218,6 +246,7 @@ impl Default for RlSection {
             grad_clip: 1.0,
             max_staleness: 1,
             rollout_dtype: Dtype::Bf16,
+            rollout_quant: RolloutQuant::None,
             recompute_logp_old: true,
             advantage: AdvantageEstimator::Grpo,
             aggregation: Aggregation::TokenMean,
@@ -544,8 +573,12 @@ impl TrainConfig {
     /// The settings that make the data off-policy, in one line.
     pub fn off_policy_budget(&self) -> String {
         format!(
-            "off-policy budget: rollouts in {} vs trainer in {}, max staleness {}, {} PPO epoch(s) × {} mini-batch(es)",
+            "off-policy budget: rollouts in {}{} vs trainer in {}, max staleness {}, {} PPO epoch(s) × {} mini-batch(es)",
             self.rl.rollout_dtype,
+            match self.rl.rollout_quant {
+                RolloutQuant::None => String::new(),
+                q => format!(" ({q:?} weights)").to_lowercase(),
+            },
             self.model.dtype,
             self.rl.max_staleness,
             self.rl.ppo_epochs,

@@ -70,6 +70,9 @@ pub struct MicroBatch {
     pub advantages: Tensor,
     /// log π_old, `[rows, T]`, when recomputed.
     pub logp_old: Option<Tensor>,
+    /// The trainer's log-probs under the weights version that sampled the rows (for the
+    /// engine/staleness split of the mismatch), when that version is at hand.
+    pub logp_sampler: Option<Tensor>,
     /// Sampling temperature of each row.
     pub temperatures: Vec<f64>,
 }
@@ -97,14 +100,26 @@ pub fn score(b: &SeqBatch, logits: &Tensor, temperatures: &[f64]) -> Result<Tens
     b.logprobs_at(&logits.broadcast_div(&t.to_dtype(logits.dtype())?)?, 1.0)
 }
 
-/// Builds the step's mini-batches (`mini_batch` rows each, split into `micro_batch` rows);
-/// with `recompute_old`, log π_old of every row under `model` before any update.
+/// The models that score a step's rows before any update.
+#[derive(Clone, Copy)]
+pub struct Scorers<'a> {
+    /// The current weights, for log π_old (None: not recomputed).
+    pub old: Option<&'a Model>,
+    /// The weights version that sampled the batch, when it is not the current one and is
+    /// still kept (None with `sampler_is_old`: the current weights sampled it).
+    pub sampler: Option<&'a Model>,
+    /// True when the current weights are the version that sampled the batch.
+    pub sampler_is_old: bool,
+}
+
+/// Builds the step's mini-batches (`mini_batch` rows each, split into `micro_batch` rows),
+/// with log π_old and the sampling version's log-probs taken before any update.
 pub fn build_minibatches(
     trajs: &[&Trajectory],
     adv: &[f32],
     (mini_batch, micro_batch): (usize, usize),
     agg: Aggregation,
-    old_model: Option<&Model>,
+    scorers: Scorers,
     device: &Device,
 ) -> Result<Vec<MiniBatch>> {
     let order: Vec<usize> = (0..trajs.len()).collect();
@@ -113,7 +128,7 @@ pub fn build_minibatches(
         let normaliser = agg.normaliser(mb.iter().map(|&i| trajs[i].num_generated()));
         let micros = mb
             .chunks(micro_batch.max(1))
-            .map(|rows| micro(trajs, adv, rows, old_model, device))
+            .map(|rows| micro(trajs, adv, rows, scorers, device))
             .collect::<Result<_>>()?;
         minis.push(MiniBatch { micros, normaliser });
     }
@@ -124,7 +139,7 @@ fn micro(
     trajs: &[&Trajectory],
     adv: &[f32],
     rows: &[usize],
-    old_model: Option<&Model>,
+    scorers: Scorers,
     device: &Device,
 ) -> Result<MicroBatch> {
     let seqs: Vec<(&[u32], &[u32], &[u8])> = rows
@@ -150,18 +165,25 @@ fn micro(
         .iter()
         .map(|&i| trajs[i].sampling.scoring_temperature())
         .collect();
-    let logp_old = match old_model {
-        Some(m) => {
+    let score_with = |m: Option<&Model>| -> Result<Option<Tensor>> {
+        m.map(|m| {
             let l = batch.response_logits(m, &alp_model::NoPerturbation)?;
-            Some(score(&batch, &l, &temperatures)?.detach())
-        }
-        None => None,
+            Ok(score(&batch, &l, &temperatures)?.detach())
+        })
+        .transpose()
+    };
+    let logp_old = score_with(scorers.old)?;
+    let logp_sampler = if scorers.sampler_is_old {
+        logp_old.clone()
+    } else {
+        score_with(scorers.sampler)?
     };
     Ok(MicroBatch {
         batch,
         logp_infer,
         advantages,
         logp_old,
+        logp_sampler,
         temperatures,
     })
 }
@@ -268,9 +290,13 @@ pub fn backward_minibatch(
             .objective
             .compute_part(&inputs, cx.aggregation, mini.normaliser)?;
         let value = out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        stats
-            .ratios
-            .add(&logp.detach(), m.logp_old.as_ref(), &m.logp_infer, &b.mask)?;
+        stats.ratios.add_inputs(&alp_loss::RatioInputs {
+            logp: &logp.detach(),
+            logp_old: m.logp_old.as_ref(),
+            logp_sampler: m.logp_sampler.as_ref(),
+            logp_infer: &m.logp_infer,
+            mask: &b.mask,
+        })?;
         if !value.is_finite() {
             grads.finite_loss = false;
             break;

@@ -148,6 +148,7 @@ impl Session {
 
     /// Starts the rollout worker at the current step (done by the first [`Session::step`]).
     fn start_worker(&mut self) -> Result<()> {
+        self.trainer.remember_version()?;
         let t = &self.trainer;
         let cfg = t.cfg.clone();
         let tok = t.tokenizer.clone();

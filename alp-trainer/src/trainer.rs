@@ -43,6 +43,9 @@ pub struct Trainer {
     pub step: u64,
     /// Consecutive steps skipped for a non-finite loss or gradient.
     pub bad_steps: usize,
+    /// Unperturbed copies of the recent weight versions that may still be sampling (async
+    /// runs), to split the mismatch into its engine and staleness parts.
+    history: std::collections::VecDeque<(u64, Model)>,
 }
 
 impl Trainer {
@@ -121,6 +124,7 @@ impl Trainer {
             version: 0,
             step: 0,
             bad_steps: 0,
+            history: Default::default(),
         })
     }
 
@@ -129,10 +133,40 @@ impl Trainer {
         ModelWeights::from_varmap(self.model.config(), &self.varmap)
     }
 
-    /// A copy of the weights in the rollout dtype, for the sampler.
+    /// Keeps an unperturbed f32 copy of the current version while batches sampled by it may
+    /// still arrive (only with `rl.max_staleness` > 0; synchronous runs need none).
+    pub fn remember_version(&mut self) -> Result<()> {
+        let keep = self.cfg.rl.max_staleness as usize;
+        if keep == 0 || self.history.iter().any(|(v, _)| *v == self.version) {
+            return Ok(());
+        }
+        let m = self
+            .weights()?
+            .snapshot(candle_core::DType::F32, &self.device)?
+            .build()?;
+        self.history.push_back((self.version, m));
+        while self.history.len() > keep + 1 {
+            self.history.pop_front();
+        }
+        Ok(())
+    }
+
+    /// A copy of the weights for the sampler: quantised as `rl.rollout_quant` says, in the
+    /// rollout dtype.
     pub fn rollout_snapshot(&self) -> Result<ModelWeights> {
-        self.weights()?
-            .snapshot(self.cfg.rl.rollout_dtype.candle(), &self.device)
+        let w = self.weights()?;
+        let dtype = self.cfg.rl.rollout_dtype.candle();
+        let Some(levels) = self.cfg.rl.rollout_quant.levels() else {
+            return w.snapshot(dtype, &self.device);
+        };
+        let mut out = w.snapshot(candle_core::DType::F32, &self.device)?;
+        for t in out.tensors.values_mut() {
+            if t.rank() == 2 {
+                *t = fake_quantize(t, levels)?;
+            }
+            *t = t.to_dtype(dtype)?;
+        }
+        Ok(out)
     }
 
     /// One SFT step on `examples` with learning rate `lr`; returns the mean token NLL.
@@ -256,12 +290,22 @@ impl Trainer {
             names::STALENESS,
             self.version.saturating_sub(sampled_by) as f64,
         );
+        let sampler_is_old = sampled_by == self.version;
+        let scorers = rl_step::Scorers {
+            old: rl.recompute_logp_old.then_some(&self.model),
+            sampler: self
+                .history
+                .iter()
+                .find(|(v, _)| *v == sampled_by && !sampler_is_old)
+                .map(|(_, m)| m),
+            sampler_is_old: sampler_is_old && rl.recompute_logp_old,
+        };
         let minis = rl_step::build_minibatches(
             &trajs,
             &adv.values,
             (rl.mini_batch, rl.micro_batch),
             rl.aggregation,
-            rl.recompute_logp_old.then_some(&self.model),
+            scorers,
             &self.device,
         )?;
         let use_perturb = rl.objective.is_alp() || rl.perturb_always;
@@ -297,6 +341,7 @@ impl Trainer {
         }
         self.step += 1;
         self.version += 1;
+        self.remember_version()?;
         Ok(m)
     }
 
@@ -320,6 +365,14 @@ impl Trainer {
         );
         Ok(())
     }
+}
+
+/// Symmetric per-row quantisation of a matrix to `levels` steps each side of 0, returned
+/// dequantised (what a weight-only quantised engine computes with).
+pub fn fake_quantize(w: &candle_core::Tensor, levels: f64) -> Result<candle_core::Tensor> {
+    let scale = (w.abs()?.max_keepdim(1)? / levels)?.maximum(1e-12)?;
+    let q = w.broadcast_div(&scale)?.round()?.clamp(-levels, levels)?;
+    Ok(q.broadcast_mul(&scale)?)
 }
 
 /// The variables of a VarMap, sorted by name (a stable order for optimizer state).

@@ -443,8 +443,12 @@ fn step_grads(
 
 /// Two groups of two whose responses differ in length, with advantages that are not zero.
 fn uneven_batch() -> Vec<alp_core::TrajectoryGroup> {
-    let t = Trainer::new(small()).unwrap();
-    let mut groups = batch_at(&t, 5, 1.0);
+    uneven_batch_of(&Trainer::new(small()).unwrap())
+}
+
+/// [`uneven_batch`] sampled (in f32) from the current weights of `t`.
+fn uneven_batch_of(t: &Trainer) -> Vec<alp_core::TrajectoryGroup> {
+    let mut groups = batch_at(t, 5, 1.0);
     for g in &mut groups {
         g.trajectories[0].outcome.reward = 1.0;
     }
@@ -595,4 +599,78 @@ fn set_parses_a_value_by_the_type_of_its_field() {
             .to_string();
         assert!(e.contains(key) && !e.contains("line "), "{set}: {e}");
     }
+}
+
+#[test]
+fn stale_batches_split_the_mismatch_into_engine_and_staleness() {
+    // f32 rollouts: the engine part is float noise even for a batch two versions old, while
+    // the staleness part shows the updates since.
+    let mut cfg = small()
+        .apply_overrides(&[
+            "rl.objective.method=grpo".into(),
+            "rl.max_staleness=2".into(),
+            "rl.lr=0.01".into(),
+        ])
+        .unwrap();
+    cfg.rl.grad_clip = 0.0;
+    let mut t = Trainer::new(cfg).unwrap();
+    t.remember_version().unwrap();
+    let mut old = uneven_batch_of(&t);
+    for _ in 0..2 {
+        t.rl_step(&uneven_batch_of(&t), t.version).unwrap();
+    }
+    for g in &mut old {
+        g.trajectories[0].outcome.reward = 1.0;
+    }
+    let m = t.rl_step(&old, 0).unwrap();
+    assert_eq!(m[metrics::STALENESS], 2.0);
+    let (lo, hi) = (
+        m[metrics::loss::ENGINE_RATIO_TOKEN_MIN],
+        m[metrics::loss::ENGINE_RATIO_TOKEN_MAX],
+    );
+    assert!(
+        (hi - 1.0).abs() < 1e-3 && (lo - 1.0).abs() < 1e-3,
+        "engine [{lo}, {hi}]"
+    );
+    let s = |k: &str| m[format!("{}/{k}", metrics::loss::STALE_RATIO_TOKEN).as_str()];
+    assert!(
+        s("max") > 1.01 || s("min") < 0.99,
+        "staleness [{}, {}]",
+        s("min"),
+        s("max")
+    );
+}
+
+#[test]
+fn quantised_rollouts_round_every_matrix_to_its_grid() {
+    let cfg = small()
+        .apply_overrides(&[
+            "rl.rollout_quant=int4".into(),
+            "rl.rollout_dtype=f32".into(),
+        ])
+        .unwrap();
+    let t = Trainer::new(cfg).unwrap();
+    let snap = t.rollout_snapshot().unwrap();
+    let w = &snap.tensors["model.layers.0.mlp.down_proj.weight"];
+    let rows: Vec<Vec<f32>> = w.to_vec2().unwrap();
+    for r in rows.iter().take(4) {
+        let scale = r.iter().fold(0f32, |a, x| a.max(x.abs())) / 7.0;
+        for x in r {
+            let q = x / scale;
+            assert!(
+                (q - q.round()).abs() < 1e-3 && q.abs() <= 7.001,
+                "{x} / {scale}"
+            );
+        }
+    }
+    let orig = &t.weights().unwrap().tensors["model.layers.0.mlp.down_proj.weight"];
+    let d = (orig - w)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(d > 0.0);
 }
