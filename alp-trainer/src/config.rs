@@ -416,8 +416,14 @@ impl TrainConfig {
                 .as_table_mut()
                 .ok_or_else(|| Error::config(key, "not a table"))?;
             if last == "method" && parts.len() >= 2 && parts[parts.len() - 2] == "objective" {
-                // A new method starts from its own defaults.
-                table.clear();
+                // A new method starts from its own defaults (so that its fields can be set).
+                let obj = Objective::from_name(value.trim())
+                    .map_err(|e| Error::config(key, e.to_string()))?;
+                let defaults = toml::Value::try_from(obj).map_err(|e| Error::Msg(e.to_string()))?;
+                if let toml::Value::Table(t) = defaults {
+                    *table = t;
+                }
+                continue;
             } else if !table.contains_key(last) {
                 return Err(Error::config(key, "no such setting"));
             }

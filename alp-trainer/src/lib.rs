@@ -28,6 +28,8 @@
 
 pub mod batch;
 pub mod checkpoint;
+pub mod compare;
+pub mod compare_report;
 pub mod config;
 pub mod default_task;
 pub mod eval;

@@ -33,6 +33,9 @@ pub struct RunOptions {
     pub out: Option<PathBuf>,
     /// Resume from this run directory or checkpoint.
     pub resume: Option<PathBuf>,
+    /// Start a fresh run (this config) from the weights of this run or checkpoint, skipping
+    /// SFT (e.g. a shared warm start).
+    pub warm_start: Option<PathBuf>,
     /// Stop after this many RL steps in this invocation (for tests and staged runs).
     pub max_steps_this_run: Option<u64>,
     /// Skip evaluations (tests).
@@ -66,9 +69,11 @@ pub fn train_with(
     opts: RunOptions,
     extra: &mut dyn MetricsSink,
 ) -> Result<RunOutcome> {
-    let mut s = match &opts.resume {
-        Some(r) => Session::resume(r, &opts.resume_overrides, opts.out.clone())?,
-        None => Session::create(cfg, opts.out.clone().unwrap_or_else(default_run_dir))?,
+    let out_dir = || opts.out.clone().unwrap_or_else(default_run_dir);
+    let mut s = match (&opts.resume, &opts.warm_start) {
+        (Some(r), _) => Session::resume(r, &opts.resume_overrides, opts.out.clone())?,
+        (None, Some(w)) => Session::start_from(w, cfg, out_dir())?,
+        (None, None) => Session::create(cfg, out_dir())?,
     };
     let first = s.step_index();
     let total = s.config().rl.steps as u64;

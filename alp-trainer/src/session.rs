@@ -29,6 +29,8 @@ pub struct Session {
     pub eval_before: Option<EvalResult>,
     /// True when this session continues a checkpoint.
     pub resumed: bool,
+    /// True when this run started from another run's weights (no SFT of its own).
+    pub warm: bool,
     worker: Option<RolloutWorker>,
     prior_wall: f64,
     started: Instant,
@@ -54,6 +56,36 @@ impl Session {
         Self::open(trainer, dir, None)
     }
 
+    /// A fresh run of `cfg` in `dir` that starts from the weights of the newest checkpoint
+    /// under `warm` (e.g. a shared SFT warm start): fresh optimizer and perturbation from
+    /// `cfg`, no SFT, the checkpoint's evaluation before RL carried over.
+    pub fn start_from(warm: &Path, cfg: TrainConfig, dir: PathBuf) -> Result<Self> {
+        cfg.validate()?;
+        let ck = checkpoint::latest(warm)?;
+        let man = checkpoint::read_manifest(&ck)?;
+        let device = alp_model::parse_device(&cfg.model.device)?;
+        let weights = checkpoint::load_weights(&ck, cfg.model.dtype.candle(), &device)?;
+        let tok = Self::checkpoint_tokenizer(&ck, &cfg)?;
+        let trainer = Trainer::from_weights(cfg, &weights, tok)?;
+        let mut s = Self::open(trainer, dir, None)?;
+        s.eval_before = man.eval_before_rl;
+        s.warm = true;
+        Ok(s)
+    }
+
+    fn checkpoint_tokenizer(ck: &Path, cfg: &TrainConfig) -> Result<Tokenizer> {
+        let tok = Tokenizer::load(&ck.join("model"))?.ok_or_else(|| Error::MissingFile {
+            path: ck.join("model/tokenizer.json"),
+            hint: "the checkpoint has no tokenizer".into(),
+        })?;
+        if cfg.model.is_embedded() {
+            tok.with_chat_template(default_task::CHAT_TEMPLATE)
+                .with_eos_token(default_task::EOS)
+        } else {
+            Ok(tok)
+        }
+    }
+
     /// Continues the newest checkpoint under `path` (a run directory or a checkpoint), its
     /// saved config edited by `overrides`; the run directory is `out` or the checkpoint's run.
     pub fn resume(path: &Path, overrides: &[String], out: Option<PathBuf>) -> Result<Self> {
@@ -69,16 +101,7 @@ impl Session {
         });
         let device = alp_model::parse_device(&cfg.model.device)?;
         let weights = checkpoint::load_weights(&ck, cfg.model.dtype.candle(), &device)?;
-        let tok = Tokenizer::load(&ck.join("model"))?.ok_or_else(|| Error::MissingFile {
-            path: ck.join("model/tokenizer.json"),
-            hint: "the checkpoint has no tokenizer".into(),
-        })?;
-        let tok = if cfg.model.is_embedded() {
-            tok.with_chat_template(default_task::CHAT_TEMPLATE)
-                .with_eos_token(default_task::EOS)?
-        } else {
-            tok
-        };
+        let tok = Self::checkpoint_tokenizer(&ck, &cfg)?;
         let mut t = Trainer::from_weights(cfg, &weights, tok)?;
         checkpoint::restore_state(&ck, &mut t, &man)?;
         Self::open(t, dir, Some(man))
@@ -93,6 +116,7 @@ impl Session {
             dir,
             eval_before: man.as_ref().and_then(|m| m.eval_before_rl.clone()),
             resumed: man.is_some(),
+            warm: false,
             worker: None,
             prior_wall: man.map(|m| m.wall_seconds).unwrap_or(0.0),
             started: Instant::now(),
@@ -111,7 +135,7 @@ impl Session {
 
     /// Whether this run still has its SFT warm start to do (a fresh run of the embedded default).
     pub fn needs_sft(&self) -> bool {
-        !self.resumed && self.config().model.is_embedded() && self.config().sft.steps > 0
+        !self.resumed && !self.warm && self.config().model.is_embedded() && self.config().sft.steps > 0
     }
 
     /// Runs the SFT warm start; see [`crate::sft::run_sft`].

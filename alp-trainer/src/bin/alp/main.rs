@@ -52,6 +52,25 @@ enum Command {
         #[arg(long)]
         resume: Option<PathBuf>,
     },
+    /// The paper's comparison: one shared SFT warm start, then every method × seed × mismatch
+    /// setting with the same tasks and budget; writes compare.json, report.md and plots.
+    Compare {
+        /// smoke (minutes), default (every method × 3 seeds at two mismatch settings) or full.
+        #[arg(long, default_value = "default")]
+        preset: String,
+        /// Comma-separated methods (default: the preset's), e.g. grpo,bypass,alp-seq.
+        #[arg(long, value_delimiter = ',')]
+        methods: Vec<String>,
+        /// Seeds per method and setting (default: the preset's).
+        #[arg(long)]
+        seeds: Option<usize>,
+        /// Override a setting of every run, e.g. --set rl.steps=60.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Output directory (resumable: finished runs are kept and not redone).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// The SFT warm start alone; writes the model to --out.
     Sft {
         /// A TOML config.
@@ -190,6 +209,13 @@ fn main() -> Result<()> {
             resume,
         } => train::train(config, sets, out, resume),
         Command::Sft { config, sets, out } => train::sft(config, sets, out),
+        Command::Compare {
+            preset,
+            methods,
+            seeds,
+            sets,
+            out,
+        } => train::compare(&preset, &methods, seeds, &sets, &out),
         Command::Eval {
             model,
             config,

@@ -143,3 +143,69 @@ pub fn eval(
     println!("{}", serde_json::to_string_pretty(&e)?);
     Ok(())
 }
+
+/// The CPU's model name (lscpu), for the report.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cpu}, {cores} cores")
+}
+
+pub fn compare(
+    preset: &str,
+    methods: &[String],
+    seeds: Option<usize>,
+    sets: &[String],
+    out: &std::path::Path,
+) -> Result<()> {
+    use alp_trainer::compare;
+    let mut plan = compare::preset(preset)?;
+    if !methods.is_empty() {
+        plan = plan.with_methods(methods)?;
+    }
+    if let Some(s) = seeds {
+        anyhow::ensure!(s >= 1, "--seeds must be at least 1");
+        plan.seeds = s;
+    }
+    // Every run's config is checked before any work starts.
+    for s in &plan.settings {
+        for a in &plan.arms {
+            let mut all = plan.base.clone();
+            all.extend(sets.iter().cloned());
+            all.extend(a.sets.iter().cloned());
+            all.extend(s.sets.iter().cloned());
+            TrainConfig::default()
+                .apply_overrides(&all)
+                .and_then(|c| c.validate())
+                .with_context(|| format!("method {} in setting {}", a.name, s.name))?;
+        }
+    }
+    let t0 = std::time::Instant::now();
+    println!(
+        "alp compare --preset {preset}: {} methods × {} seeds × {} settings into {}",
+        plan.arms.len(),
+        plan.seeds,
+        plan.settings.len(),
+        out.display()
+    );
+    let m = machine();
+    let rows = compare::run_all(&plan, sets, out, &mut |l| println!("{l}"), &mut |rows| {
+        // The report so far, rewritten after every method.
+        alp_trainer::compare_report::write(out, &plan, rows, &m, t0.elapsed().as_secs_f64())
+    })?;
+    alp_trainer::compare_report::write(out, &plan, &rows, &m, t0.elapsed().as_secs_f64())?;
+    println!(
+        "wrote {0}/compare.json and {0}/report.md ({1:.0} s)",
+        out.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,0 +1,381 @@
+//! `alp compare`: the paper's comparison at this scale. One shared SFT warm start, then every
+//! method (a row of the paper's table, or an ablation) × seed × mismatch setting with the same
+//! tasks and budget, each a full RL run of its own directory; then `compare.json` and
+//! `report.md` with plots. Resumable: a run whose `summary.json` exists is not redone.
+
+use crate::config::TrainConfig;
+use crate::metrics::{loss, MemorySink, StepMetrics};
+use crate::run::{self, RunOptions};
+use crate::session::Session;
+use alp_core::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// One method row: a name and the `--set` overrides that make it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Arm {
+    /// The row's name (`alp-seq`, `mis-token`, …).
+    pub name: String,
+    /// Its settings.
+    pub sets: Vec<String>,
+}
+
+fn arm(name: &str, sets: &[&str]) -> Arm {
+    Arm {
+        name: name.into(),
+        sets: sets.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+/// The method rows with the reference's values (clip 0.2/0.28 and dual clip 3 for the GRPO
+/// family, MIS in [0, 5], GSPO with its sequence MIS weight and dual clip 100, ALP's clip
+/// [0.5, 4] with dual clip 3), then the ablations.
+pub fn all_arms() -> Vec<Arm> {
+    let m = |x: &str| format!("rl.objective.method={x}");
+    let a = |name: &str, method: &str, extra: &[&str]| {
+        let mut sets = vec![m(method)];
+        sets.extend(extra.iter().map(|s| s.to_string()));
+        Arm {
+            name: name.into(),
+            sets,
+        }
+    };
+    vec![
+        a("grpo", "grpo", &[]),
+        a("bypass", "bypass", &[]),
+        a("seq-bypass", "seq-bypass", &[]),
+        a("tis", "tis", &[]),
+        a("mis-token", "mis", &["rl.objective.level=token"]),
+        a("mis-seq", "mis", &["rl.objective.level=sequence"]),
+        a("icepop", "icepop", &[]),
+        a("gspo", "gspo", &[]),
+        a("cispo", "cispo", &[]),
+        a("alp-token", "alp-token", &[]),
+        a("alp-seq", "alp-seq", &[]),
+        a("alp-seq-early", "alp-seq", &["perturbation.layers.kind=early"]),
+        a("alp-seq-middle", "alp-seq", &["perturbation.layers.kind=middle"]),
+        a("alp-seq-late", "alp-seq", &["perturbation.layers.kind=late"]),
+        a("alp-seq-logits", "alp-seq", &["perturbation.layers.kind=logits_only"]),
+        a("alp-seq-fixed-sigma", "alp-seq", &["perturbation.learnable=false"]),
+        // The ALP loss with the perturbation off: what the wide clip does without the noise.
+        a("alp-loss-no-noise", "alp-seq", &["perturbation.sigma_init=0", "perturbation.learnable=false"]),
+    ]
+}
+
+/// The main rows (no ablations).
+pub const MAIN_METHODS: &[&str] = &[
+    "bypass", "grpo", "alp-seq", "seq-bypass", "mis-token", "mis-seq", "alp-token", "tis",
+    "icepop", "gspo", "cispo",
+];
+
+/// A mismatch setting: a name and its overrides.
+pub type Setting = Arm;
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Preset name.
+    pub preset: String,
+    /// Overrides of every run (budget, evaluation).
+    pub base: Vec<String>,
+    /// Mismatch settings.
+    pub settings: Vec<Setting>,
+    /// Method rows.
+    pub arms: Vec<Arm>,
+    /// Seeds per (setting, method).
+    pub seeds: usize,
+}
+
+/// `smoke` (every method, a few steps, minutes), `default` (every main method × 3 seeds at
+/// the default mismatch and a high-mismatch setting), `full` (with ablations and a sweep up
+/// to quantised rollouts, long staleness, large learning rates and several PPO epochs).
+pub fn preset(name: &str) -> Result<Plan> {
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    // The regime where a probe saw GRPO collapse: staleness bound 8, lr 3e-4, 2 PPO epochs
+    // over 2 mini-batches.
+    let high = arm(
+        "high-mismatch",
+        &["rl.max_staleness=8", "rl.lr=3e-4", "rl.ppo_epochs=2", "rl.mini_batch=32", "rl.micro_batch=32"],
+    );
+    let default_setting = arm("default", &[]);
+    let all = all_arms();
+    let main: Vec<Arm> = MAIN_METHODS
+        .iter()
+        .filter_map(|m| all.iter().find(|a| a.name == *m).cloned())
+        .collect();
+    Ok(match name {
+        "smoke" => Plan {
+            preset: name.into(),
+            base: s(&[
+                "sft.steps=300", "sft.batch_size=16", "rl.steps=4", "rl.prompts_per_step=2",
+                "rl.group_size=4", "rl.mini_batch=4", "rl.micro_batch=4", "eval.tasks=8",
+                "eval.pass_k=2", "eval.every=0", "checkpoint.every=0",
+            ]),
+            settings: vec![arm("default", &[])],
+            arms: all_arms(),
+            seeds: 1,
+        },
+        "default" => Plan {
+            preset: name.into(),
+            base: s(&[
+                "rl.steps=40", "rl.prompts_per_step=8", "rl.group_size=8", "rl.mini_batch=64",
+                "rl.micro_batch=64", "eval.tasks=100", "eval.pass_k=4", "eval.every=20",
+                "checkpoint.every=0",
+            ]),
+            settings: vec![high, default_setting],
+            arms: main,
+            seeds: 3,
+        },
+        "full" => Plan {
+            preset: name.into(),
+            base: s(&["rl.steps=100", "eval.tasks=200", "eval.pass_k=8", "eval.every=25", "checkpoint.every=0"]),
+            settings: vec![
+                default_setting,
+                high,
+                arm("int4-rollouts", &["rl.rollout_quant=int4", "rl.max_staleness=8", "rl.lr=3e-4", "rl.ppo_epochs=2"]),
+                arm("staleness-16-lr-1e-3", &["rl.max_staleness=16", "rl.lr=1e-3", "rl.ppo_epochs=4"]),
+            ],
+            arms: all_arms(),
+            seeds: 5,
+        },
+        other => {
+            return Err(Error::config(
+                "--preset",
+                format!("unknown preset `{other}`; known: smoke, default, full"),
+            ))
+        }
+    })
+}
+
+impl Plan {
+    /// Keeps only the named methods (in the given order); an unknown name lists the known ones.
+    pub fn with_methods(mut self, names: &[String]) -> Result<Self> {
+        let all = all_arms();
+        self.arms = names
+            .iter()
+            .map(|n| {
+                all.iter().find(|a| &a.name == n).cloned().ok_or_else(|| {
+                    let known: Vec<&str> = all.iter().map(|a| a.name.as_str()).collect();
+                    Error::config("--methods", format!("unknown method `{n}`; known: {}", known.join(", ")))
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(self)
+    }
+}
+
+/// One finished run, as the report reads it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    /// The seed.
+    pub seed: u64,
+    /// Greedy held-out accuracy after RL.
+    pub final_accuracy: f64,
+    /// Mean accuracy over k samples at temperature 1 after RL (avg@k).
+    pub final_avg_at_k: f64,
+    /// Largest per-step unperturbed ratio p99.9 (π_old/μ; comparable across methods).
+    pub ratio_p99_9_max: f64,
+    /// Largest unperturbed ratio of the run.
+    pub ratio_max: f64,
+    /// Largest training-ratio p99.9 (perturbed for ALP).
+    pub train_ratio_p99_9_max: f64,
+    /// Steps whose k3 KL(μ‖π_old) exceeded 10× the run's median.
+    pub kl_spikes: usize,
+    /// The step at which the run collapsed, if it did.
+    pub collapsed_at: Option<u64>,
+    /// Mean measured mismatch of the first 3 steps: engine k3 KL, staleness k3 KL, staleness
+    /// in versions, unperturbed ratio p99.9.
+    pub early_mismatch: [f64; 4],
+    /// (step, held-out greedy accuracy) of every evaluation, before RL included.
+    pub heldout: Vec<(f64, f64)>,
+    /// Per step: reward mean, unperturbed ratio p99.9, unperturbed ratio max.
+    pub curves: Vec<[f64; 4]>,
+    /// Final σ per layer (ALP).
+    pub sigma: Vec<f64>,
+}
+
+/// Collapse: the reward (moving mean over 5 steps) falls below half its best so far and
+/// stays there to the end, or a loss is not finite. Returns the step.
+pub fn collapse_step(steps: &[StepMetrics]) -> Option<u64> {
+    if let Some(s) = steps.iter().find(|m| m.get(crate::metrics::LOSS).is_some_and(|l| !l.is_finite())) {
+        return Some(s.step);
+    }
+    let r: Vec<f64> = steps.iter().map(|m| m.get(crate::metrics::REWARD_MEAN).unwrap_or(0.0)).collect();
+    let ma: Vec<f64> = (0..r.len())
+        .map(|i| {
+            let w = &r[i.saturating_sub(4)..=i];
+            w.iter().sum::<f64>() / w.len() as f64
+        })
+        .collect();
+    let mut best = f64::NEG_INFINITY;
+    let mut first_low: Option<usize> = None;
+    for (i, &x) in ma.iter().enumerate() {
+        best = best.max(x);
+        let low = best > 0.0 && x < 0.5 * best;
+        first_low = match (low, first_low) {
+            (true, None) => Some(i),
+            (true, f) => f,
+            (false, _) => None,
+        };
+    }
+    first_low.map(|i| steps[i].step)
+}
+
+fn max_of(steps: &[StepMetrics], key: &str) -> f64 {
+    steps.iter().filter_map(|m| m.get(key)).fold(f64::NAN, f64::max)
+}
+
+/// Reduces one run's records to a [`RunResult`].
+pub fn summarise(seed: u64, sink: &MemorySink) -> RunResult {
+    let st = &sink.steps;
+    let g = |m: &StepMetrics, k: &str| m.get(k).unwrap_or(f64::NAN);
+    let kl: Vec<f64> = st.iter().filter_map(|m| m.get(loss::UNPERTURBED_KL_K3)).collect();
+    let median = alp_loss::diagnostics::quantile(&kl, 0.5);
+    let first: Vec<&StepMetrics> = st.iter().take(3).collect();
+    let early = |k: &str| first.iter().map(|m| g(m, k)).sum::<f64>() / first.len().max(1) as f64;
+    let last_eval = sink.evals.last().map(|e| &e.2);
+    RunResult {
+        seed,
+        final_accuracy: last_eval.map_or(f64::NAN, |e| e.accuracy),
+        final_avg_at_k: last_eval.map_or(f64::NAN, |e| e.sampled_accuracy),
+        ratio_p99_9_max: max_of(st, loss::UNPERTURBED_RATIO_TOKEN_P99_9),
+        ratio_max: max_of(st, loss::UNPERTURBED_RATIO_TOKEN_MAX),
+        train_ratio_p99_9_max: max_of(st, loss::RATIO_TOKEN_P99_9),
+        kl_spikes: kl.iter().filter(|&&x| median > 0.0 && x > 10.0 * median).count(),
+        collapsed_at: collapse_step(st),
+        early_mismatch: [
+            early(loss::ENGINE_KL_K3),
+            early(loss::STALE_KL_K3),
+            early(crate::metrics::STALENESS),
+            early(loss::UNPERTURBED_RATIO_TOKEN_P99_9),
+        ],
+        heldout: sink.evals.iter().map(|(s, _, e)| (*s as f64, e.accuracy)).collect(),
+        curves: st
+            .iter()
+            .map(|m| {
+                [
+                    m.step as f64,
+                    g(m, crate::metrics::REWARD_MEAN),
+                    g(m, loss::UNPERTURBED_RATIO_TOKEN_P99_9),
+                    g(m, loss::UNPERTURBED_RATIO_TOKEN_MAX),
+                ]
+            })
+            .collect(),
+        sigma: st
+            .last()
+            .map(|m| {
+                m.values
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(crate::metrics::SIGMA_LAYER))
+                    .map(|(_, v)| *v)
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+/// The shared warm start: SFT and the evaluation before RL, saved as `DIR/sft` (reused when
+/// it exists).
+pub fn warm_start(plan: &Plan, extra: &[String], dir: &Path, log: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+    let sft_dir = dir.join("sft");
+    if crate::checkpoint::latest(&sft_dir).is_ok() {
+        log(&format!("reusing the warm start in {}", sft_dir.display()));
+        return Ok(sft_dir);
+    }
+    let mut sets = plan.base.clone();
+    sets.extend(extra.iter().cloned());
+    let cfg = TrainConfig::default().apply_overrides(&sets)?;
+    let mut s = Session::create(cfg, sft_dir.clone())?;
+    log(&format!("SFT warm start ({} steps)", s.config().sft.steps));
+    s.sft(None, &mut |_, _| {})?;
+    let e = s.evaluate(s.config().eval.pass_k)?;
+    log(&crate::eval::eval_line("after SFT", &e));
+    s.eval_before = Some(e);
+    s.save_checkpoint()?;
+    Ok(sft_dir)
+}
+
+/// Runs (or reads back) one (setting, method, seed).
+pub fn run_one(
+    plan: &Plan,
+    extra: &[String],
+    sft_dir: &Path,
+    (setting, arm, seed): (&Setting, &Arm, u64),
+    dir: &Path,
+) -> Result<RunResult> {
+    let run_dir = dir.join("runs").join(&setting.name).join(&arm.name).join(format!("seed{seed}"));
+    let cached = run_dir.join("result.json");
+    if let Ok(text) = std::fs::read_to_string(&cached) {
+        if let Ok(r) = serde_json::from_str(&text) {
+            return Ok(r);
+        }
+    }
+    if run_dir.exists() {
+        // An unfinished run from an interrupted compare: start it again.
+        std::fs::remove_dir_all(&run_dir).map_err(|e| Error::io(&run_dir, e))?;
+    }
+    let mut sets = plan.base.clone();
+    sets.extend(extra.iter().cloned());
+    sets.extend(arm.sets.iter().cloned());
+    sets.extend(setting.sets.iter().cloned());
+    sets.push(format!("seed={seed}"));
+    let mut sink = MemorySink::default();
+    let cfg = TrainConfig::default().apply_overrides(&sets)?;
+    let out = run::train_with(
+        cfg,
+        RunOptions {
+            warm_start: Some(sft_dir.to_path_buf()),
+            out: Some(run_dir.clone()),
+            ..Default::default()
+        },
+        &mut sink,
+    );
+    // A run that blew up is a result (collapsed), not an abort of the comparison.
+    let mut r = summarise(seed, &sink);
+    if let Err(e) = out {
+        r.collapsed_at = r.collapsed_at.or(Some(sink.steps.len() as u64));
+        std::fs::write(run_dir.join("error.txt"), e.to_string()).map_err(|e| Error::io(&run_dir, e))?;
+    }
+    let text = serde_json::to_string(&r).map_err(|e| Error::Msg(e.to_string()))?;
+    std::fs::write(&cached, text).map_err(|e| Error::io(&cached, e))?;
+    Ok(r)
+}
+
+/// The results of one (setting, method): setting name, method name, one result per seed.
+pub type Row = (String, String, Vec<RunResult>);
+
+/// Every run of the plan, in order; `log` gets a line per run and `progress` the rows so far
+/// after every (setting, method) (to write a partial report).
+pub fn run_all(
+    plan: &Plan,
+    extra: &[String],
+    dir: &Path,
+    log: &mut dyn FnMut(&str),
+    progress: &mut dyn FnMut(&[Row]) -> Result<()>,
+) -> Result<Vec<Row>> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let sft = warm_start(plan, extra, dir, log)?;
+    let mut out = Vec::new();
+    for setting in &plan.settings {
+        for arm in &plan.arms {
+            let mut results = Vec::new();
+            for seed in 0..plan.seeds as u64 {
+                let t0 = std::time::Instant::now();
+                let r = run_one(plan, extra, &sft, (setting, arm, seed), dir)?;
+                log(&format!(
+                    "{} / {} / seed {seed}: accuracy {:.1}%, unperturbed ratio p99.9 ≤ {:.3}{} ({:.0} s)",
+                    setting.name,
+                    arm.name,
+                    100.0 * r.final_accuracy,
+                    r.ratio_p99_9_max,
+                    r.collapsed_at.map(|s| format!(", collapsed at step {s}")).unwrap_or_default(),
+                    t0.elapsed().as_secs_f64()
+                ));
+                results.push(r);
+            }
+            out.push((setting.name.clone(), arm.name.clone(), results));
+            progress(&out)?;
+        }
+    }
+    Ok(out)
+}

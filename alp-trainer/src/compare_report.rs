@@ -1,0 +1,291 @@
+//! The report of `alp compare`: `compare.json`, `report.md` (tables, the paper's three
+//! questions answered with mean ± std over seeds and a noise test), and plots with a band over
+//! seeds.
+
+use crate::compare::{Plan, RunResult};
+use alp_core::{Error, Result};
+use plotters::prelude::*;
+use serde_json::{json, Value};
+use std::path::Path;
+
+/// Mean and (sample) standard deviation; std 0 for one value.
+pub fn mean_std(v: &[f64]) -> (f64, f64) {
+    let v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let m = v.iter().sum::<f64>() / v.len() as f64;
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64
+    } else {
+        0.0
+    };
+    (m, var.sqrt())
+}
+
+/// Whether two sets of seeds differ by more than their noise: |Δmean| > 2·SE of the
+/// difference (Welch), and both have at least two seeds.
+pub fn exceeds_noise(a: &[f64], b: &[f64]) -> bool {
+    let ((ma, sa), (mb, sb)) = (mean_std(a), mean_std(b));
+    if a.len() < 2 || b.len() < 2 {
+        return false;
+    }
+    let se = (sa * sa / a.len() as f64 + sb * sb / b.len() as f64).sqrt();
+    (ma - mb).abs() > 2.0 * se
+}
+
+type Rows = [(String, String, Vec<RunResult>)];
+
+fn acc(r: &[RunResult]) -> Vec<f64> {
+    r.iter().map(|x| 100.0 * x.final_accuracy).collect()
+}
+
+fn find<'a>(rows: &'a Rows, setting: &str, method: &str) -> Option<&'a [RunResult]> {
+    rows.iter()
+        .find(|(s, m, _)| s == setting && m == method)
+        .map(|(_, _, r)| r.as_slice())
+}
+
+/// `compare.json`: per (setting, method) the per-seed results, mean, std, tails and collapses.
+pub fn to_json(plan: &Plan, rows: &Rows, machine: &str) -> Value {
+    let methods: Vec<Value> = rows
+        .iter()
+        .map(|(setting, method, r)| {
+            let (m, s) = mean_std(&acc(r));
+            let degraded = r.iter().filter(|x| x.collapsed_at.is_some()).count();
+            json!({
+                "method": method,
+                "setting": setting,
+                "final_accuracy_per_seed": acc(r),
+                "final_accuracy_mean": m,
+                "final_accuracy_std": s,
+                "avg_at_k_mean": mean_std(&r.iter().map(|x| 100.0 * x.final_avg_at_k).collect::<Vec<_>>()).0,
+                "ratio_p99_9_max": r.iter().map(|x| x.ratio_p99_9_max).fold(f64::NAN, f64::max),
+                "ratio_max": r.iter().map(|x| x.ratio_max).fold(f64::NAN, f64::max),
+                "train_ratio_p99_9_max": r.iter().map(|x| x.train_ratio_p99_9_max).fold(f64::NAN, f64::max),
+                "kl_spikes": r.iter().map(|x| x.kl_spikes).sum::<usize>(),
+                "collapsed_seeds": degraded,
+                "collapsed_at": r.iter().map(|x| x.collapsed_at).collect::<Vec<_>>(),
+                "seeds": r,
+            })
+        })
+        .collect();
+    json!({"preset": plan.preset, "machine": machine, "seeds": plan.seeds, "settings": plan.settings, "methods": methods})
+}
+
+fn pm(v: &[f64]) -> String {
+    let (m, s) = mean_std(v);
+    format!("{m:.1} ± {s:.1}")
+}
+
+/// Mean ± std of ratios, with three decimals.
+fn pm3(v: &[f64]) -> String {
+    let (m, s) = mean_std(v);
+    format!("{m:.3} ± {s:.3}")
+}
+
+/// Mean ± std in scientific notation (KL values).
+fn pme(v: &[f64]) -> String {
+    let (m, s) = mean_std(v);
+    format!("{m:.2e} ± {s:.1e}")
+}
+
+/// The table of one setting.
+fn table(rows: &Rows, setting: &str) -> String {
+    let mut md = String::from("| method | held-out accuracy % (mean ± std) | per seed | avg@k % | unperturbed ratio p99.9 (max over run, mean over seeds) | unperturbed ratio max | training ratio p99.9 | collapsed |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    for (_, method, r) in rows.iter().filter(|(s, _, _)| s == setting) {
+        let f = |g: &dyn Fn(&RunResult) -> f64| r.iter().map(g).collect::<Vec<f64>>();
+        md.push_str(&format!(
+            "| {method} | {} | {} | {} | {} | {} | {} | {}/{} |\n",
+            pm(&acc(r)),
+            acc(r).iter().map(|x| format!("{x:.1}")).collect::<Vec<_>>().join(", "),
+            pm(&f(&|x| 100.0 * x.final_avg_at_k)),
+            pm3(&f(&|x| x.ratio_p99_9_max)),
+            pm3(&f(&|x| x.ratio_max)),
+            pm3(&f(&|x| x.train_ratio_p99_9_max)),
+            r.iter().filter(|x| x.collapsed_at.is_some()).count(),
+            r.len()
+        ));
+    }
+    md
+}
+
+/// The measured mismatch of a setting's first steps, over all its runs.
+fn mismatch_line(rows: &Rows, setting: &str) -> String {
+    let all: Vec<&RunResult> = rows.iter().filter(|(s, _, _)| s == setting).flat_map(|(_, _, r)| r).collect();
+    let col = |i: usize| all.iter().map(|r| r.early_mismatch[i]).collect::<Vec<f64>>();
+    format!(
+        "Measured at the first 3 steps of every run: engine k3 KL(μ‖π_sampler) {}, staleness k3 KL(π_sampler‖π_old) {}, staleness {} versions, unperturbed ratio p99.9 {}.",
+        pme(&col(0)),
+        pme(&col(1)),
+        pm(&col(2)),
+        pm3(&col(3)),
+    )
+}
+
+fn verdict(a: &[f64], b: &[f64]) -> &'static str {
+    if exceeds_noise(a, b) {
+        "the difference exceeds the seed noise (|Δ| > 2 SE)"
+    } else {
+        "the difference is within the seed noise"
+    }
+}
+
+/// The paper's three questions, answered from the runs.
+fn questions(plan: &Plan, rows: &Rows) -> String {
+    let mut md = String::from("## The paper's three questions\n\n");
+    for s in &plan.settings {
+        let get = |m: &str| find(rows, &s.name, m);
+        md.push_str(&format!("### Setting `{}`\n\n", s.name));
+        if let Some(alp) = get("alp-seq") {
+            let tail = |r: &[RunResult]| r.iter().map(|x| x.ratio_p99_9_max).collect::<Vec<f64>>();
+            for base in ["bypass", "grpo"] {
+                if let Some(b) = get(base) {
+                    md.push_str(&format!(
+                        "1. Ratio tails ({base} vs alp-seq, unperturbed π_old/μ p99.9, max over the run): {} vs {}; {}.\n",
+                        pm3(&tail(b)), pm3(&tail(alp)), verdict(&tail(b), &tail(alp))
+                    ));
+                }
+            }
+            let best = rows
+                .iter()
+                .filter(|(st, m, _)| st == &s.name && !m.starts_with("alp"))
+                .max_by(|x, y| mean_std(&acc(&x.2)).0.total_cmp(&mean_std(&acc(&y.2)).0));
+            if let Some((_, bm, br)) = best {
+                md.push_str(&format!(
+                    "2. Final accuracy: alp-seq {} vs the best baseline ({bm}) {}; {}.\n",
+                    pm(&acc(alp)), pm(&acc(br)), verdict(&acc(alp), &acc(br))
+                ));
+            }
+            for sub in ["alp-seq-early", "alp-seq-middle", "alp-seq-late", "alp-seq-logits"] {
+                if let Some(r) = get(sub) {
+                    md.push_str(&format!(
+                        "3. All layers vs {sub}: {} vs {}; {}.\n",
+                        pm(&acc(alp)), pm(&acc(r)), verdict(&acc(alp), &acc(r))
+                    ));
+                }
+            }
+            if get("alp-seq-early").is_none() {
+                md.push_str("3. Layer subsets were not run in this preset (they are in `--preset full`).\n");
+            }
+            if let Some(r) = get("alp-loss-no-noise") {
+                md.push_str(&format!(
+                    "- The ALP loss without the perturbation: {} vs alp-seq {}; {}.\n",
+                    pm(&acc(r)), pm(&acc(alp)), verdict(&acc(r), &acc(alp))
+                ));
+            }
+        }
+        md.push('\n');
+    }
+    md
+}
+
+/// Writes `compare.json`, `report.md` and `plots/*.svg` under `dir`.
+pub fn write(dir: &Path, plan: &Plan, rows: &Rows, machine: &str, wall_s: f64) -> Result<()> {
+    let j = to_json(plan, rows, machine);
+    let p = dir.join("compare.json");
+    let text = serde_json::to_string_pretty(&j).map_err(|e| Error::Msg(e.to_string()))?;
+    std::fs::write(&p, text).map_err(|e| Error::io(&p, e))?;
+    let plots = dir.join("plots");
+    std::fs::create_dir_all(&plots).map_err(|e| Error::io(&plots, e))?;
+    let mut md = format!(
+        "# alp compare: preset `{}`\n\nMachine: {machine}. {} seeds per method and setting; wall time {:.0} min. Each run starts from the same SFT warm start (`sft/`) with the same tasks and budget; every run's directory is under `runs/<setting>/<method>/seed<k>/`.\n\nAccuracy is greedy held-out accuracy after RL; avg@k the mean over k samples at T = 1. Tails are compared on the unperturbed ratio π_old/μ (the policy each step starts from over the sampler), the same tokens for every method; ALP's own training ratio is perturbed and wider by construction (last ratio column). A run is `collapsed` when its reward (5-step mean) falls below half its best and stays there, or its loss is not finite.\n\n",
+        plan.preset, plan.seeds, wall_s / 60.0
+    );
+    for s in &plan.settings {
+        md.push_str(&format!("## Setting `{}` (`{}`)\n\n{}\n\n", s.name, s.sets.join(" "), mismatch_line(rows, &s.name)));
+        md.push_str(&table(rows, &s.name));
+        for (kind, file) in [(0usize, "heldout"), (1, "reward"), (2, "ratio_p99_9"), (3, "ratio_max")] {
+            let name = format!("{}_{file}.svg", s.name);
+            plot_band(&plots.join(&name), &format!("{} — {file}", s.name), rows, &s.name, kind)?;
+            md.push_str(&format!("\n![{file}](plots/{name})"));
+        }
+        md.push_str("\n\n");
+        sigma_plot(&plots.join(format!("{}_sigma.svg", s.name)), rows, &s.name)?;
+        md.push_str(&format!("σ per layer of alp-seq at the end (mean over seeds): ![sigma](plots/{}_sigma.svg)\n\n", s.name));
+    }
+    md.push_str(&questions(plan, rows));
+    let p = dir.join("report.md");
+    std::fs::write(&p, md).map_err(|e| Error::io(&p, e))
+}
+
+/// Per method: mean over seeds (line) and mean ± std (band) of a curve: 0 held-out accuracy,
+/// 1 reward, 2 unperturbed p99.9, 3 unperturbed max.
+fn band(r: &[RunResult], kind: usize) -> Vec<(f64, f64, f64)> {
+    let series: Vec<Vec<(f64, f64)>> = r
+        .iter()
+        .map(|x| match kind {
+            0 => x.heldout.clone(),
+            k => x.curves.iter().map(|c| (c[0], c[k])).collect(),
+        })
+        .collect();
+    let n = series.iter().map(|s| s.len()).min().unwrap_or(0);
+    (0..n)
+        .map(|i| {
+            let v: Vec<f64> = series.iter().map(|s| s[i].1).collect();
+            let (m, sd) = mean_std(&v);
+            (series[0][i].0, m, sd)
+        })
+        .filter(|p| p.1.is_finite())
+        .collect()
+}
+
+fn plot_band(path: &Path, title: &str, rows: &Rows, setting: &str, kind: usize) -> Result<()> {
+    let curves: Vec<(&String, Vec<(f64, f64, f64)>)> = rows
+        .iter()
+        .filter(|(s, _, _)| s == setting)
+        .map(|(_, m, r)| (m, band(r, kind)))
+        .collect();
+    let pts: Vec<&(f64, f64, f64)> = curves.iter().flat_map(|c| c.1.iter()).collect();
+    let (x0, x1) = pts.iter().fold((0.0f64, 1.0f64), |a, p| (a.0.min(p.0), a.1.max(p.0)));
+    let (mut y0, mut y1) = pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |a, p| (a.0.min(p.1 - p.2), a.1.max(p.1 + p.2)));
+    if !(y0.is_finite() && y1.is_finite()) || y1 <= y0 {
+        (y0, y1) = (0.0, 1.0);
+    }
+    let err = |e: &dyn std::fmt::Display| Error::Msg(format!("plot {}: {e}", path.display()));
+    let root = SVGBackend::new(path, (820, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(50)
+        .build_cartesian_2d(x0..x1.max(x0 + 1.0), y0..y1 + 0.05 * (y1 - y0))
+        .map_err(|e| err(&e))?;
+    chart.configure_mesh().x_desc("RL step").draw().map_err(|e| err(&e))?;
+    for (i, (name, c)) in curves.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let mut poly: Vec<(f64, f64)> = c.iter().map(|p| (p.0, p.1 + p.2)).collect();
+        poly.extend(c.iter().rev().map(|p| (p.0, p.1 - p.2)));
+        chart.draw_series(std::iter::once(Polygon::new(poly, color.mix(0.12).filled()))).map_err(|e| err(&e))?;
+        chart
+            .draw_series(LineSeries::new(c.iter().map(|p| (p.0, p.1)), color.stroke_width(2)))
+            .map_err(|e| err(&e))?
+            .label(name.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+    }
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))
+}
+
+fn sigma_plot(path: &Path, rows: &Rows, setting: &str) -> Result<()> {
+    let Some(r) = find(rows, setting, "alp-seq") else { return Ok(()) };
+    let n = r.iter().map(|x| x.sigma.len()).min().unwrap_or(0);
+    let v: Vec<(f64, f64)> = (0..n).map(|l| (l as f64, mean_std(&r.iter().map(|x| x.sigma[l]).collect::<Vec<_>>()).0)).collect();
+    let err = |e: &dyn std::fmt::Display| Error::Msg(format!("plot {}: {e}", path.display()));
+    let root = SVGBackend::new(path, (520, 320)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let ymax = v.iter().map(|p| p.1).fold(1e-6, f64::max) * 1.1;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("σ per layer (alp-seq)", ("sans-serif", 16))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d(-0.5..(n as f64 - 0.5).max(0.5), 0.0..ymax)
+        .map_err(|e| err(&e))?;
+    chart.configure_mesh().x_desc("layer").draw().map_err(|e| err(&e))?;
+    chart
+        .draw_series(v.iter().map(|&(x, y)| Rectangle::new([(x - 0.3, 0.0), (x + 0.3, y)], BLUE.mix(0.6).filled())))
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))
+}
