@@ -52,20 +52,53 @@ pub fn all_arms() -> Vec<Arm> {
         a("cispo", "cispo", &[]),
         a("alp-token", "alp-token", &[]),
         a("alp-seq", "alp-seq", &[]),
-        a("alp-seq-early", "alp-seq", &["perturbation.layers.kind=early"]),
-        a("alp-seq-middle", "alp-seq", &["perturbation.layers.kind=middle"]),
-        a("alp-seq-late", "alp-seq", &["perturbation.layers.kind=late"]),
-        a("alp-seq-logits", "alp-seq", &["perturbation.layers.kind=logits_only"]),
-        a("alp-seq-fixed-sigma", "alp-seq", &["perturbation.learnable=false"]),
+        a(
+            "alp-seq-early",
+            "alp-seq",
+            &["perturbation.layers.kind=early"],
+        ),
+        a(
+            "alp-seq-middle",
+            "alp-seq",
+            &["perturbation.layers.kind=middle"],
+        ),
+        a(
+            "alp-seq-late",
+            "alp-seq",
+            &["perturbation.layers.kind=late"],
+        ),
+        a(
+            "alp-seq-logits",
+            "alp-seq",
+            &["perturbation.layers.kind=logits_only"],
+        ),
+        a(
+            "alp-seq-fixed-sigma",
+            "alp-seq",
+            &["perturbation.learnable=false"],
+        ),
         // The ALP loss with the perturbation off: what the wide clip does without the noise.
-        a("alp-loss-no-noise", "alp-seq", &["perturbation.sigma_init=0", "perturbation.learnable=false"]),
+        a(
+            "alp-loss-no-noise",
+            "alp-seq",
+            &["perturbation.sigma_init=0", "perturbation.learnable=false"],
+        ),
     ]
 }
 
 /// The main rows (no ablations).
 pub const MAIN_METHODS: &[&str] = &[
-    "bypass", "grpo", "alp-seq", "seq-bypass", "mis-token", "mis-seq", "alp-token", "tis",
-    "icepop", "gspo", "cispo",
+    "bypass",
+    "grpo",
+    "alp-seq",
+    "seq-bypass",
+    "mis-token",
+    "mis-seq",
+    "alp-token",
+    "tis",
+    "icepop",
+    "gspo",
+    "cispo",
 ];
 
 /// A mismatch setting: a name and its overrides.
@@ -95,7 +128,13 @@ pub fn preset(name: &str) -> Result<Plan> {
     // over 2 mini-batches.
     let high = arm(
         "high-mismatch",
-        &["rl.max_staleness=8", "rl.lr=3e-4", "rl.ppo_epochs=2", "rl.mini_batch=32", "rl.micro_batch=32"],
+        &[
+            "rl.max_staleness=8",
+            "rl.lr=3e-4",
+            "rl.ppo_epochs=2",
+            "rl.mini_batch=32",
+            "rl.micro_batch=32",
+        ],
     );
     let default_setting = arm("default", &[]);
     let all = all_arms();
@@ -107,9 +146,17 @@ pub fn preset(name: &str) -> Result<Plan> {
         "smoke" => Plan {
             preset: name.into(),
             base: s(&[
-                "sft.steps=300", "sft.batch_size=16", "rl.steps=4", "rl.prompts_per_step=2",
-                "rl.group_size=4", "rl.mini_batch=4", "rl.micro_batch=4", "eval.tasks=8",
-                "eval.pass_k=2", "eval.every=0", "checkpoint.every=0",
+                "sft.steps=300",
+                "sft.batch_size=16",
+                "rl.steps=4",
+                "rl.prompts_per_step=2",
+                "rl.group_size=4",
+                "rl.mini_batch=4",
+                "rl.micro_batch=4",
+                "eval.tasks=8",
+                "eval.pass_k=2",
+                "eval.every=0",
+                "checkpoint.every=0",
             ]),
             settings: vec![arm("default", &[])],
             arms: all_arms(),
@@ -118,8 +165,14 @@ pub fn preset(name: &str) -> Result<Plan> {
         "default" => Plan {
             preset: name.into(),
             base: s(&[
-                "rl.steps=40", "rl.prompts_per_step=8", "rl.group_size=8", "rl.mini_batch=64",
-                "rl.micro_batch=64", "eval.tasks=100", "eval.pass_k=4", "eval.every=20",
+                "rl.steps=40",
+                "rl.prompts_per_step=8",
+                "rl.group_size=8",
+                "rl.mini_batch=64",
+                "rl.micro_batch=64",
+                "eval.tasks=100",
+                "eval.pass_k=4",
+                "eval.every=20",
                 "checkpoint.every=0",
             ]),
             settings: vec![high, default_setting],
@@ -128,12 +181,29 @@ pub fn preset(name: &str) -> Result<Plan> {
         },
         "full" => Plan {
             preset: name.into(),
-            base: s(&["rl.steps=100", "eval.tasks=200", "eval.pass_k=8", "eval.every=25", "checkpoint.every=0"]),
+            base: s(&[
+                "rl.steps=100",
+                "eval.tasks=200",
+                "eval.pass_k=8",
+                "eval.every=25",
+                "checkpoint.every=0",
+            ]),
             settings: vec![
                 default_setting,
                 high,
-                arm("int4-rollouts", &["rl.rollout_quant=int4", "rl.max_staleness=8", "rl.lr=3e-4", "rl.ppo_epochs=2"]),
-                arm("staleness-16-lr-1e-3", &["rl.max_staleness=16", "rl.lr=1e-3", "rl.ppo_epochs=4"]),
+                arm(
+                    "int4-rollouts",
+                    &[
+                        "rl.rollout_quant=int4",
+                        "rl.max_staleness=8",
+                        "rl.lr=3e-4",
+                        "rl.ppo_epochs=2",
+                    ],
+                ),
+                arm(
+                    "staleness-16-lr-1e-3",
+                    &["rl.max_staleness=16", "rl.lr=1e-3", "rl.ppo_epochs=4"],
+                ),
             ],
             arms: all_arms(),
             seeds: 5,
@@ -156,7 +226,10 @@ impl Plan {
             .map(|n| {
                 all.iter().find(|a| &a.name == n).cloned().ok_or_else(|| {
                     let known: Vec<&str> = all.iter().map(|a| a.name.as_str()).collect();
-                    Error::config("--methods", format!("unknown method `{n}`; known: {}", known.join(", ")))
+                    Error::config(
+                        "--methods",
+                        format!("unknown method `{n}`; known: {}", known.join(", ")),
+                    )
                 })
             })
             .collect::<Result<_>>()?;
@@ -197,10 +270,16 @@ pub struct RunResult {
 /// Collapse: the reward (moving mean over 5 steps) falls below half its best so far and
 /// stays there to the end, or a loss is not finite. Returns the step.
 pub fn collapse_step(steps: &[StepMetrics]) -> Option<u64> {
-    if let Some(s) = steps.iter().find(|m| m.get(crate::metrics::LOSS).is_some_and(|l| !l.is_finite())) {
+    if let Some(s) = steps
+        .iter()
+        .find(|m| m.get(crate::metrics::LOSS).is_some_and(|l| !l.is_finite()))
+    {
         return Some(s.step);
     }
-    let r: Vec<f64> = steps.iter().map(|m| m.get(crate::metrics::REWARD_MEAN).unwrap_or(0.0)).collect();
+    let r: Vec<f64> = steps
+        .iter()
+        .map(|m| m.get(crate::metrics::REWARD_MEAN).unwrap_or(0.0))
+        .collect();
     let ma: Vec<f64> = (0..r.len())
         .map(|i| {
             let w = &r[i.saturating_sub(4)..=i];
@@ -222,14 +301,20 @@ pub fn collapse_step(steps: &[StepMetrics]) -> Option<u64> {
 }
 
 fn max_of(steps: &[StepMetrics], key: &str) -> f64 {
-    steps.iter().filter_map(|m| m.get(key)).fold(f64::NAN, f64::max)
+    steps
+        .iter()
+        .filter_map(|m| m.get(key))
+        .fold(f64::NAN, f64::max)
 }
 
 /// Reduces one run's records to a [`RunResult`].
 pub fn summarise(seed: u64, sink: &MemorySink) -> RunResult {
     let st = &sink.steps;
     let g = |m: &StepMetrics, k: &str| m.get(k).unwrap_or(f64::NAN);
-    let kl: Vec<f64> = st.iter().filter_map(|m| m.get(loss::UNPERTURBED_KL_K3)).collect();
+    let kl: Vec<f64> = st
+        .iter()
+        .filter_map(|m| m.get(loss::UNPERTURBED_KL_K3))
+        .collect();
     let median = alp_loss::diagnostics::quantile(&kl, 0.5);
     let first: Vec<&StepMetrics> = st.iter().take(3).collect();
     let early = |k: &str| first.iter().map(|m| g(m, k)).sum::<f64>() / first.len().max(1) as f64;
@@ -241,7 +326,10 @@ pub fn summarise(seed: u64, sink: &MemorySink) -> RunResult {
         ratio_p99_9_max: max_of(st, loss::UNPERTURBED_RATIO_TOKEN_P99_9),
         ratio_max: max_of(st, loss::UNPERTURBED_RATIO_TOKEN_MAX),
         train_ratio_p99_9_max: max_of(st, loss::RATIO_TOKEN_P99_9),
-        kl_spikes: kl.iter().filter(|&&x| median > 0.0 && x > 10.0 * median).count(),
+        kl_spikes: kl
+            .iter()
+            .filter(|&&x| median > 0.0 && x > 10.0 * median)
+            .count(),
         collapsed_at: collapse_step(st),
         early_mismatch: [
             early(loss::ENGINE_KL_K3),
@@ -249,7 +337,11 @@ pub fn summarise(seed: u64, sink: &MemorySink) -> RunResult {
             early(crate::metrics::STALENESS),
             early(loss::UNPERTURBED_RATIO_TOKEN_P99_9),
         ],
-        heldout: sink.evals.iter().map(|(s, _, e)| (*s as f64, e.accuracy)).collect(),
+        heldout: sink
+            .evals
+            .iter()
+            .map(|(s, _, e)| (*s as f64, e.accuracy))
+            .collect(),
         curves: st
             .iter()
             .map(|m| {
@@ -276,7 +368,12 @@ pub fn summarise(seed: u64, sink: &MemorySink) -> RunResult {
 
 /// The shared warm start: SFT and the evaluation before RL, saved as `DIR/sft` (reused when
 /// it exists).
-pub fn warm_start(plan: &Plan, extra: &[String], dir: &Path, log: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+pub fn warm_start(
+    plan: &Plan,
+    extra: &[String],
+    dir: &Path,
+    log: &mut dyn FnMut(&str),
+) -> Result<PathBuf> {
     let sft_dir = dir.join("sft");
     if crate::checkpoint::latest(&sft_dir).is_ok() {
         log(&format!("reusing the warm start in {}", sft_dir.display()));
@@ -303,9 +400,20 @@ pub fn run_one(
     (setting, arm, seed): (&Setting, &Arm, u64),
     dir: &Path,
 ) -> Result<RunResult> {
-    let run_dir = dir.join("runs").join(&setting.name).join(&arm.name).join(format!("seed{seed}"));
-    let cached = run_dir.join("result.json");
+    let run_dir = dir
+        .join("runs")
+        .join(&setting.name)
+        .join(&arm.name)
+        .join(format!("seed{seed}"));
+    // TOML keeps NaN (a metric a method does not have) where JSON cannot.
+    let cached = run_dir.join("result.toml");
     if let Ok(text) = std::fs::read_to_string(&cached) {
+        if let Ok(r) = toml::from_str(&text) {
+            return Ok(r);
+        }
+    }
+    // Written by an earlier version (read when it has no NaN).
+    if let Ok(text) = std::fs::read_to_string(run_dir.join("result.json")) {
         if let Ok(r) = serde_json::from_str(&text) {
             return Ok(r);
         }
@@ -334,9 +442,10 @@ pub fn run_one(
     let mut r = summarise(seed, &sink);
     if let Err(e) = out {
         r.collapsed_at = r.collapsed_at.or(Some(sink.steps.len() as u64));
-        std::fs::write(run_dir.join("error.txt"), e.to_string()).map_err(|e| Error::io(&run_dir, e))?;
+        std::fs::write(run_dir.join("error.txt"), e.to_string())
+            .map_err(|e| Error::io(&run_dir, e))?;
     }
-    let text = serde_json::to_string(&r).map_err(|e| Error::Msg(e.to_string()))?;
+    let text = toml::to_string(&r).map_err(|e| Error::Msg(e.to_string()))?;
     std::fs::write(&cached, text).map_err(|e| Error::io(&cached, e))?;
     Ok(r)
 }

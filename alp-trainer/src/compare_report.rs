@@ -98,7 +98,11 @@ fn table(rows: &Rows, setting: &str) -> String {
         md.push_str(&format!(
             "| {method} | {} | {} | {} | {} | {} | {} | {}/{} |\n",
             pm(&acc(r)),
-            acc(r).iter().map(|x| format!("{x:.1}")).collect::<Vec<_>>().join(", "),
+            acc(r)
+                .iter()
+                .map(|x| format!("{x:.1}"))
+                .collect::<Vec<_>>()
+                .join(", "),
             pm(&f(&|x| 100.0 * x.final_avg_at_k)),
             pm3(&f(&|x| x.ratio_p99_9_max)),
             pm3(&f(&|x| x.ratio_max)),
@@ -112,8 +116,16 @@ fn table(rows: &Rows, setting: &str) -> String {
 
 /// The measured mismatch of a setting's first steps, over all its runs.
 fn mismatch_line(rows: &Rows, setting: &str) -> String {
-    let all: Vec<&RunResult> = rows.iter().filter(|(s, _, _)| s == setting).flat_map(|(_, _, r)| r).collect();
-    let col = |i: usize| all.iter().map(|r| r.early_mismatch[i]).collect::<Vec<f64>>();
+    let all: Vec<&RunResult> = rows
+        .iter()
+        .filter(|(s, _, _)| s == setting)
+        .flat_map(|(_, _, r)| r)
+        .collect();
+    let col = |i: usize| {
+        all.iter()
+            .map(|r| r.early_mismatch[i])
+            .collect::<Vec<f64>>()
+    };
     format!(
         "Measured at the first 3 steps of every run: engine k3 KL(μ‖π_sampler) {}, staleness k3 KL(π_sampler‖π_old) {}, staleness {} versions, unperturbed ratio p99.9 {}.",
         pme(&col(0)),
@@ -154,24 +166,37 @@ fn questions(plan: &Plan, rows: &Rows) -> String {
             if let Some((_, bm, br)) = best {
                 md.push_str(&format!(
                     "2. Final accuracy: alp-seq {} vs the best baseline ({bm}) {}; {}.\n",
-                    pm(&acc(alp)), pm(&acc(br)), verdict(&acc(alp), &acc(br))
+                    pm(&acc(alp)),
+                    pm(&acc(br)),
+                    verdict(&acc(alp), &acc(br))
                 ));
             }
-            for sub in ["alp-seq-early", "alp-seq-middle", "alp-seq-late", "alp-seq-logits"] {
+            for sub in [
+                "alp-seq-early",
+                "alp-seq-middle",
+                "alp-seq-late",
+                "alp-seq-logits",
+            ] {
                 if let Some(r) = get(sub) {
                     md.push_str(&format!(
                         "3. All layers vs {sub}: {} vs {}; {}.\n",
-                        pm(&acc(alp)), pm(&acc(r)), verdict(&acc(alp), &acc(r))
+                        pm(&acc(alp)),
+                        pm(&acc(r)),
+                        verdict(&acc(alp), &acc(r))
                     ));
                 }
             }
             if get("alp-seq-early").is_none() {
-                md.push_str("3. Layer subsets were not run in this preset (they are in `--preset full`).\n");
+                md.push_str(
+                    "3. Layer subsets were not run in this preset (they are in `--preset full`).\n",
+                );
             }
             if let Some(r) = get("alp-loss-no-noise") {
                 md.push_str(&format!(
                     "- The ALP loss without the perturbation: {} vs alp-seq {}; {}.\n",
-                    pm(&acc(r)), pm(&acc(alp)), verdict(&acc(r), &acc(alp))
+                    pm(&acc(r)),
+                    pm(&acc(alp)),
+                    verdict(&acc(r), &acc(alp))
                 ));
             }
         }
@@ -193,25 +218,47 @@ pub fn write(dir: &Path, plan: &Plan, rows: &Rows, machine: &str, wall_s: f64) -
         plan.preset, plan.seeds, wall_s / 60.0
     );
     for s in &plan.settings {
-        md.push_str(&format!("## Setting `{}` (`{}`)\n\n{}\n\n", s.name, s.sets.join(" "), mismatch_line(rows, &s.name)));
+        md.push_str(&format!(
+            "## Setting `{}` (`{}`)\n\n{}\n\n",
+            s.name,
+            s.sets.join(" "),
+            mismatch_line(rows, &s.name)
+        ));
         md.push_str(&table(rows, &s.name));
-        for (kind, file) in [(0usize, "heldout"), (1, "reward"), (2, "ratio_p99_9"), (3, "ratio_max")] {
+        for (kind, file) in [
+            (0usize, "heldout"),
+            (1, "reward"),
+            (2, "ratio_p99_9"),
+            (3, "ratio_max"),
+        ] {
             let name = format!("{}_{file}.svg", s.name);
-            plot_band(&plots.join(&name), &format!("{} — {file}", s.name), rows, &s.name, kind)?;
+            plot_band(
+                &plots.join(&name),
+                &format!("{} — {file}", s.name),
+                rows,
+                &s.name,
+                kind,
+            )?;
             md.push_str(&format!("\n![{file}](plots/{name})"));
         }
         md.push_str("\n\n");
         sigma_plot(&plots.join(format!("{}_sigma.svg", s.name)), rows, &s.name)?;
-        md.push_str(&format!("σ per layer of alp-seq at the end (mean over seeds): ![sigma](plots/{}_sigma.svg)\n\n", s.name));
+        md.push_str(&format!(
+            "σ per layer of alp-seq at the end (mean over seeds): ![sigma](plots/{}_sigma.svg)\n\n",
+            s.name
+        ));
     }
     md.push_str(&questions(plan, rows));
     let p = dir.join("report.md");
     std::fs::write(&p, md).map_err(|e| Error::io(&p, e))
 }
 
+/// (step, mean, std) points of a curve over seeds.
+type Band = Vec<(f64, f64, f64)>;
+
 /// Per method: mean over seeds (line) and mean ± std (band) of a curve: 0 held-out accuracy,
 /// 1 reward, 2 unperturbed p99.9, 3 unperturbed max.
-fn band(r: &[RunResult], kind: usize) -> Vec<(f64, f64, f64)> {
+fn band(r: &[RunResult], kind: usize) -> Band {
     let series: Vec<Vec<(f64, f64)>> = r
         .iter()
         .map(|x| match kind {
@@ -231,14 +278,18 @@ fn band(r: &[RunResult], kind: usize) -> Vec<(f64, f64, f64)> {
 }
 
 fn plot_band(path: &Path, title: &str, rows: &Rows, setting: &str, kind: usize) -> Result<()> {
-    let curves: Vec<(&String, Vec<(f64, f64, f64)>)> = rows
+    let curves: Vec<(&String, Band)> = rows
         .iter()
         .filter(|(s, _, _)| s == setting)
         .map(|(_, m, r)| (m, band(r, kind)))
         .collect();
     let pts: Vec<&(f64, f64, f64)> = curves.iter().flat_map(|c| c.1.iter()).collect();
-    let (x0, x1) = pts.iter().fold((0.0f64, 1.0f64), |a, p| (a.0.min(p.0), a.1.max(p.0)));
-    let (mut y0, mut y1) = pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |a, p| (a.0.min(p.1 - p.2), a.1.max(p.1 + p.2)));
+    let (x0, x1) = pts
+        .iter()
+        .fold((0.0f64, 1.0f64), |a, p| (a.0.min(p.0), a.1.max(p.0)));
+    let (mut y0, mut y1) = pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |a, p| {
+        (a.0.min(p.1 - p.2), a.1.max(p.1 + p.2))
+    });
     if !(y0.is_finite() && y1.is_finite()) || y1 <= y0 {
         (y0, y1) = (0.0, 1.0);
     }
@@ -252,26 +303,54 @@ fn plot_band(path: &Path, title: &str, rows: &Rows, setting: &str, kind: usize) 
         .y_label_area_size(50)
         .build_cartesian_2d(x0..x1.max(x0 + 1.0), y0..y1 + 0.05 * (y1 - y0))
         .map_err(|e| err(&e))?;
-    chart.configure_mesh().x_desc("RL step").draw().map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("RL step")
+        .draw()
+        .map_err(|e| err(&e))?;
     for (i, (name, c)) in curves.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         let mut poly: Vec<(f64, f64)> = c.iter().map(|p| (p.0, p.1 + p.2)).collect();
         poly.extend(c.iter().rev().map(|p| (p.0, p.1 - p.2)));
-        chart.draw_series(std::iter::once(Polygon::new(poly, color.mix(0.12).filled()))).map_err(|e| err(&e))?;
         chart
-            .draw_series(LineSeries::new(c.iter().map(|p| (p.0, p.1)), color.stroke_width(2)))
+            .draw_series(std::iter::once(Polygon::new(
+                poly,
+                color.mix(0.12).filled(),
+            )))
+            .map_err(|e| err(&e))?;
+        chart
+            .draw_series(LineSeries::new(
+                c.iter().map(|p| (p.0, p.1)),
+                color.stroke_width(2),
+            ))
             .map_err(|e| err(&e))?
             .label(name.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+            });
     }
-    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| err(&e))?;
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))
 }
 
 fn sigma_plot(path: &Path, rows: &Rows, setting: &str) -> Result<()> {
-    let Some(r) = find(rows, setting, "alp-seq") else { return Ok(()) };
+    let Some(r) = find(rows, setting, "alp-seq") else {
+        return Ok(());
+    };
     let n = r.iter().map(|x| x.sigma.len()).min().unwrap_or(0);
-    let v: Vec<(f64, f64)> = (0..n).map(|l| (l as f64, mean_std(&r.iter().map(|x| x.sigma[l]).collect::<Vec<_>>()).0)).collect();
+    let v: Vec<(f64, f64)> = (0..n)
+        .map(|l| {
+            (
+                l as f64,
+                mean_std(&r.iter().map(|x| x.sigma[l]).collect::<Vec<_>>()).0,
+            )
+        })
+        .collect();
     let err = |e: &dyn std::fmt::Display| Error::Msg(format!("plot {}: {e}", path.display()));
     let root = SVGBackend::new(path, (520, 320)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
@@ -283,9 +362,17 @@ fn sigma_plot(path: &Path, rows: &Rows, setting: &str) -> Result<()> {
         .y_label_area_size(60)
         .build_cartesian_2d(-0.5..(n as f64 - 0.5).max(0.5), 0.0..ymax)
         .map_err(|e| err(&e))?;
-    chart.configure_mesh().x_desc("layer").draw().map_err(|e| err(&e))?;
     chart
-        .draw_series(v.iter().map(|&(x, y)| Rectangle::new([(x - 0.3, 0.0), (x + 0.3, y)], BLUE.mix(0.6).filled())))
+        .configure_mesh()
+        .x_desc("layer")
+        .draw()
+        .map_err(|e| err(&e))?;
+    chart
+        .draw_series(
+            v.iter().map(|&(x, y)| {
+                Rectangle::new([(x - 0.3, 0.0), (x + 0.3, y)], BLUE.mix(0.6).filled())
+            }),
+        )
         .map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))
 }

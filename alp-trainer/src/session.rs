@@ -135,7 +135,10 @@ impl Session {
 
     /// Whether this run still has its SFT warm start to do (a fresh run of the embedded default).
     pub fn needs_sft(&self) -> bool {
-        !self.resumed && !self.warm && self.config().model.is_embedded() && self.config().sft.steps > 0
+        !self.resumed
+            && !self.warm
+            && self.config().model.is_embedded()
+            && self.config().sft.steps > 0
     }
 
     /// Runs the SFT warm start; see [`crate::sft::run_sft`].

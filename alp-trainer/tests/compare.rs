@@ -1,0 +1,126 @@
+//! `alp compare` as a library: a tiny plan end to end, resumability, collapse detection and
+//! the noise test of the report.
+
+use alp_trainer::compare::{self, Plan};
+use alp_trainer::compare_report;
+use alp_trainer::metrics::{self, StepMetrics};
+
+fn tiny_plan() -> Plan {
+    let mut p = compare::preset("smoke").unwrap();
+    p.base
+        .extend(["sft.steps=20".to_string(), "rl.steps=2".to_string()]);
+    p = p
+        .with_methods(&["bypass".into(), "alp-seq".into()])
+        .unwrap();
+    p.seeds = 2;
+    p
+}
+
+#[test]
+fn a_tiny_comparison_writes_its_report_and_is_not_redone() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = tiny_plan();
+    let mut lines = Vec::new();
+    let mut partial = 0;
+    let rows = compare::run_all(
+        &plan,
+        &[],
+        dir.path(),
+        &mut |l| lines.push(l.to_string()),
+        &mut |r| {
+            partial = r.len();
+            Ok(())
+        },
+    )
+    .unwrap();
+    assert_eq!((rows.len(), partial), (2, 2));
+    assert!(rows.iter().all(|r| r.2.len() == 2));
+    // Different seeds sample different tasks: their curves differ.
+    let r = &rows[0].2;
+    assert_ne!(r[0].curves, r[1].curves);
+    compare_report::write(dir.path(), &plan, &rows, "test machine", 1.0).unwrap();
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("compare.json")).unwrap())
+            .unwrap();
+    let methods: Vec<&str> = j["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["method"].as_str().unwrap())
+        .collect();
+    assert_eq!(methods, ["bypass", "alp-seq"]);
+    let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(md.contains("| bypass |") && md.contains("three questions"));
+    assert!(dir.path().join("plots/default_heldout.svg").exists());
+    // Run again: every run is read back, not redone.
+    let t0 = std::time::Instant::now();
+    let again = compare::run_all(&plan, &[], dir.path(), &mut |_| {}, &mut |_| Ok(())).unwrap();
+    assert_eq!(format!("{again:?}"), format!("{rows:?}"));
+    assert!(t0.elapsed().as_secs_f64() < 5.0);
+}
+
+#[test]
+fn every_method_row_and_preset_is_a_valid_config() {
+    for name in ["smoke", "default", "full"] {
+        let p = compare::preset(name).unwrap();
+        for s in &p.settings {
+            for a in &p.arms {
+                let mut sets = p.base.clone();
+                sets.extend(a.sets.iter().cloned());
+                sets.extend(s.sets.iter().cloned());
+                alp_trainer::config::TrainConfig::default()
+                    .apply_overrides(&sets)
+                    .and_then(|c| c.validate())
+                    .unwrap_or_else(|e| panic!("{name}/{}/{}: {e}", s.name, a.name));
+            }
+        }
+    }
+    assert!(compare::preset("huge").is_err());
+    assert!(tiny_plan().with_methods(&["nope".into()]).is_err());
+}
+
+fn steps(rewards: &[f64]) -> Vec<StepMetrics> {
+    rewards
+        .iter()
+        .enumerate()
+        .map(|(i, &r)| {
+            let mut m = StepMetrics::new(i as u64 + 1);
+            m.set(metrics::REWARD_MEAN, r);
+            m.set(metrics::LOSS, 0.1);
+            m
+        })
+        .collect()
+}
+
+#[test]
+fn collapse_is_a_lasting_fall_below_half_the_best_reward() {
+    assert_eq!(compare::collapse_step(&steps(&[0.5; 20])), None);
+    // A dip that recovers is not a collapse.
+    let mut dip = vec![0.6; 10];
+    dip.extend([0.0; 4]);
+    dip.extend([0.6; 10]);
+    assert_eq!(compare::collapse_step(&steps(&dip)), None);
+    // A fall that lasts: the first step whose 5-step mean is below half the best.
+    let mut fall = vec![0.6; 10];
+    fall.extend([0.0; 10]);
+    assert_eq!(compare::collapse_step(&steps(&fall)), Some(13));
+    // A non-finite loss collapses at once.
+    let mut s = steps(&[0.5; 5]);
+    s[2].set(metrics::LOSS, f64::NAN);
+    assert_eq!(compare::collapse_step(&s), Some(3));
+}
+
+#[test]
+fn the_noise_test_needs_a_difference_beyond_two_standard_errors() {
+    assert_eq!(compare_report::mean_std(&[1.0, 3.0]), (2.0, 2f64.sqrt()));
+    assert!(!compare_report::exceeds_noise(
+        &[40.0, 45.0, 50.0],
+        &[42.0, 47.0, 52.0]
+    ));
+    assert!(compare_report::exceeds_noise(
+        &[40.0, 40.5, 41.0],
+        &[45.0, 45.5, 46.0]
+    ));
+    // One seed is never enough to call a difference.
+    assert!(!compare_report::exceeds_noise(&[40.0], &[60.0]));
+}
