@@ -110,6 +110,18 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         files.dedup();
         let mut out = vec![];
         for f in files {
+            // A shard must be a plain file name inside the checkpoint directory.
+            let plain = std::path::Path::new(&f)
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !plain {
+                return Err(Error::Parse {
+                    path: index.clone(),
+                    message: format!(
+                        "shard `{f}` lies outside the checkpoint directory; shard names must be relative paths without `..`"
+                    ),
+                });
+            }
             let p = dir.join(&f);
             if !p.exists() {
                 return Err(Error::MissingFile {

@@ -162,9 +162,17 @@ impl RolloutWorker {
             .as_ref()
             .ok_or_else(|| Error::Msg("the rollout worker is shut down".into()))?
             .send((version, weights))
-            .map_err(|_| {
-                Error::Msg("the rollout worker has stopped (see the error it returned)".into())
-            })
+            .map_err(|_| self.stopped_error())
+    }
+
+    /// Why the worker stopped: the error it returned, if one is waiting in the channel.
+    fn stopped_error(&self) -> Error {
+        while let Ok(r) = self.out_rx.try_recv() {
+            if let Err(e) = r {
+                return Error::Msg(format!("the rollout worker stopped: {e}"));
+            }
+        }
+        Error::Msg("the rollout worker stopped without an error".into())
     }
 
     /// The next batch (blocking). An error inside the worker is returned here.

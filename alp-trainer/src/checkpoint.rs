@@ -31,8 +31,36 @@ pub fn checkpoint_dir(run: &Path, step: u64) -> PathBuf {
     run.join("checkpoints").join(format!("step-{step:06}"))
 }
 
+/// The first tensor of `w` with a NaN or an infinity, if any.
+pub fn first_non_finite(w: &ModelWeights) -> Result<Option<String>> {
+    for (name, t) in &w.tensors {
+        let s = t
+            .to_dtype(DType::F32)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        if !s.is_finite() {
+            return Ok(Some(name.clone()));
+        }
+    }
+    Ok(None)
+}
+
 /// Writes a checkpoint of `trainer` under `run` and points `<run>/checkpoints/latest` at it.
+/// Weights that are not finite are never written (the error names the first bad tensor and
+/// `latest` stays on the last good checkpoint). Every file operation leaves either the old or
+/// the new state complete: the new checkpoint is written aside, an existing one of the same
+/// step is moved aside before the new one is renamed in, and `latest` moves last.
 pub fn save(run: &Path, trainer: &Trainer, manifest: &Manifest) -> Result<PathBuf> {
+    let weights = trainer
+        .weights()?
+        .snapshot(DType::F32, &candle_core::Device::Cpu)?;
+    if let Some(name) = first_non_finite(&weights)? {
+        return Err(Error::NonFinite(format!(
+            "not writing a checkpoint of step {}: tensor `{name}` is not finite (the last finite checkpoint stays `latest`)",
+            manifest.step
+        )));
+    }
     let root = run.join("checkpoints");
     std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
     let final_dir = checkpoint_dir(run, manifest.step);
@@ -47,10 +75,7 @@ pub fn save(run: &Path, trainer: &Trainer, manifest: &Manifest) -> Result<PathBu
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     // The model in Hugging Face format (f32 keeps resume bit-exact) and its tokenizer.
     let model_dir = tmp.join("model");
-    trainer
-        .weights()?
-        .snapshot(DType::F32, &candle_core::Device::Cpu)?
-        .save(&model_dir)?;
+    weights.save(&model_dir)?;
     trainer.tokenizer.save(&model_dir)?;
     let mut state: BTreeMap<String, Tensor> = trainer.opt.theta.state("opt")?;
     state.extend(trainer.opt.sigma.state("opt_sigma")?);
@@ -67,8 +92,15 @@ pub fn save(run: &Path, trainer: &Trainer, manifest: &Manifest) -> Result<PathBu
     let man = serde_json::to_string_pretty(manifest).map_err(|e| Error::Msg(e.to_string()))?;
     let man_path = tmp.join("manifest.json");
     std::fs::write(&man_path, man).map_err(|e| Error::io(&man_path, e))?;
+    // Replacing a checkpoint of the same step: move the old one aside first, so that a crash
+    // leaves it (recoverable by the fallback in `latest`) or the new one in place.
+    let aside = root.join(format!(
+        ".old-step-{:06}-{}",
+        manifest.step,
+        std::process::id()
+    ));
     if final_dir.exists() {
-        std::fs::remove_dir_all(&final_dir).map_err(|e| Error::io(&final_dir, e))?;
+        std::fs::rename(&final_dir, &aside).map_err(|e| Error::io(&final_dir, e))?;
     }
     std::fs::rename(&tmp, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
     let latest = root.join("latest");
@@ -82,28 +114,86 @@ pub fn save(run: &Path, trainer: &Trainer, manifest: &Manifest) -> Result<PathBu
     )
     .map_err(|e| Error::io(&latest_tmp, e))?;
     std::fs::rename(&latest_tmp, &latest).map_err(|e| Error::io(&latest, e))?;
+    if aside.exists() {
+        std::fs::remove_dir_all(&aside).map_err(|e| Error::io(&aside, e))?;
+    }
     Ok(final_dir)
 }
 
-/// The newest complete checkpoint of a run (or the checkpoint directory itself).
+/// Whether a checkpoint directory is complete: its manifest parses and its weights load.
+fn is_complete(dir: &Path) -> std::result::Result<(), String> {
+    read_manifest(dir).map_err(|e| e.to_string())?;
+    if !dir.join("trainer_state.safetensors").exists() {
+        return Err("trainer_state.safetensors is missing".into());
+    }
+    load_weights(dir, DType::F32, &candle_core::Device::Cpu)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// The `step-N` directories of a run, newest first.
+fn step_dirs(root: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(root)
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("step-"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v.reverse();
+    v
+}
+
+/// The newest complete checkpoint of a run (or the checkpoint directory itself). The one
+/// `latest` names is taken when it is complete; otherwise the newest complete `step-N`, with a
+/// warning naming what was skipped and why.
 pub fn latest(path: &Path) -> Result<PathBuf> {
     if path.join("manifest.json").exists() {
         return Ok(path.to_path_buf());
     }
     let root = path.join("checkpoints");
-    let pointer = root.join("latest");
-    let name = std::fs::read_to_string(&pointer).map_err(|_| Error::MissingFile {
-        path: pointer.clone(),
-        hint: "no checkpoint in this run directory; --resume takes a run directory that has written one".into(),
-    })?;
-    let dir = root.join(name.trim());
-    if !dir.join("manifest.json").exists() {
-        return Err(Error::MissingFile {
-            path: dir.join("manifest.json"),
-            hint: "the checkpoint is incomplete".into(),
-        });
+    let named = std::fs::read_to_string(root.join("latest"))
+        .ok()
+        .map(|n| root.join(n.trim()));
+    if let Some(dir) = &named {
+        if is_complete(dir).is_ok() {
+            return Ok(dir.clone());
+        }
     }
-    Ok(dir)
+    let mut skipped = Vec::new();
+    if let Some(dir) = &named {
+        if let Err(why) = is_complete(dir) {
+            skipped.push(format!("{} ({why})", dir.display()));
+        }
+    }
+    for dir in step_dirs(&root) {
+        if Some(&dir) == named.as_ref() {
+            continue;
+        }
+        match is_complete(&dir) {
+            Ok(()) => {
+                for s in &skipped {
+                    eprintln!("warning: skipped the damaged checkpoint {s}");
+                }
+                eprintln!("resuming from {}", dir.display());
+                return Ok(dir);
+            }
+            Err(why) => skipped.push(format!("{} ({why})", dir.display())),
+        }
+    }
+    Err(Error::MissingFile {
+        path: root.join("latest"),
+        hint: if skipped.is_empty() {
+            "no checkpoint in this run directory; --resume takes a run directory that has written one".into()
+        } else {
+            format!("no complete checkpoint; skipped: {}", skipped.join("; "))
+        },
+    })
 }
 
 /// Reads a checkpoint's manifest.

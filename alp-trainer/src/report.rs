@@ -91,7 +91,27 @@ fn series(lines: &[Value], key: &str) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// Largest magnitude plotted: beyond it a value (an overflowed ratio) would make the axis range
+/// infinite; such points are left out and the title says so.
+const PLOT_LIMIT: f64 = 1e100;
+
 fn plot(path: &Path, title: &str, curves: &[(String, Vec<(f64, f64)>)]) -> Result<()> {
+    let ok = |p: &&(f64, f64)| p.0.is_finite() && p.1.is_finite() && p.1.abs() <= PLOT_LIMIT;
+    let dropped = curves
+        .iter()
+        .flat_map(|c| c.1.iter())
+        .filter(|p| !ok(p))
+        .count();
+    let curves: Vec<(String, Vec<(f64, f64)>)> = curves
+        .iter()
+        .map(|(n, c)| (n.clone(), c.iter().filter(ok).copied().collect()))
+        .collect();
+    let title = if dropped > 0 {
+        format!("{title} ({dropped} points beyond ±1e100 left out)")
+    } else {
+        title.to_string()
+    };
+    let (title, curves) = (title.as_str(), curves.as_slice());
     let pts: Vec<&(f64, f64)> = curves.iter().flat_map(|c| c.1.iter()).collect();
     let (x0, x1) = pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |a, p| {
         (a.0.min(p.0), a.1.max(p.0))

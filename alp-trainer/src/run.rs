@@ -46,6 +46,8 @@ pub struct RunOptions {
     pub resume_overrides: Vec<String>,
     /// Print progress to the terminal (a bar when stdout is one).
     pub console: bool,
+    /// Replace what a non-empty `out` directory holds (otherwise refused).
+    pub overwrite: bool,
 }
 
 impl RunOptions {
@@ -69,11 +71,15 @@ pub fn train_with(
     opts: RunOptions,
     extra: &mut dyn MetricsSink,
 ) -> Result<RunOutcome> {
-    let out_dir = || opts.out.clone().unwrap_or_else(default_run_dir);
+    let out_dir = || -> Result<PathBuf> {
+        let d = opts.out.clone().unwrap_or_else(default_run_dir);
+        crate::session::claim_dir(&d, opts.overwrite)?;
+        Ok(d)
+    };
     let mut s = match (&opts.resume, &opts.warm_start) {
         (Some(r), _) => Session::resume(r, &opts.resume_overrides, opts.out.clone())?,
-        (None, Some(w)) => Session::start_from(w, cfg, out_dir())?,
-        (None, None) => Session::create(cfg, out_dir())?,
+        (None, Some(w)) => Session::start_from(w, cfg, out_dir()?)?,
+        (None, None) => Session::create(cfg, out_dir()?)?,
     };
     let first = s.step_index();
     let total = s.config().rl.steps as u64;

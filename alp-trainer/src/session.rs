@@ -48,6 +48,25 @@ pub fn default_run_dir() -> PathBuf {
     PathBuf::from("runs").join(format!("run-{ts}-{}-{n}", std::process::id()))
 }
 
+/// Makes `dir` this run's own: refuses a directory that already holds files (another run's
+/// checkpoints and metrics) unless `overwrite`, which clears it first.
+pub fn claim_dir(dir: &Path, overwrite: bool) -> Result<()> {
+    let holds_files = std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some());
+    if holds_files {
+        if !overwrite {
+            return Err(Error::config(
+                "--out",
+                format!(
+                    "{} already holds files (another run or model); pass --resume {0} to continue a run there, --force to replace what it holds, or choose another directory",
+                    dir.display()
+                ),
+            ));
+        }
+        std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    Ok(())
+}
+
 impl Session {
     /// A fresh run of `cfg` in `dir` (created; `config.toml` written).
     pub fn create(cfg: TrainConfig, dir: PathBuf) -> Result<Self> {

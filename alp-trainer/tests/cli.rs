@@ -269,3 +269,74 @@ fn default_checkpoint() -> tempfile::TempDir {
         .unwrap();
     dir
 }
+
+#[test]
+fn resume_with_another_config_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("other.toml");
+    std::fs::write(&cfg, "seed = 3\n").unwrap();
+    let out = alp()
+        .args(["train", "--resume"])
+        .arg(dir.path())
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--config"), "{}", stderr(&out));
+}
+
+#[test]
+fn non_finite_weights_make_logprobs_an_error_naming_the_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = alp_model::presets::tiny();
+    let mut w = alp_model::ModelWeights::random(
+        &cfg,
+        0,
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let name = "model.layers.0.mlp.up_proj.weight".to_string();
+    let t = &w.tensors[&name];
+    w.tensors.insert(name.clone(), (t * f64::NAN).unwrap());
+    w.save(dir.path()).unwrap();
+    let out = alp()
+        .args(["logprobs", "--tokens", "1,5,9", "--model"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(stderr(&out).contains(&name), "{}", stderr(&out));
+}
+
+#[test]
+fn a_shard_index_cannot_reach_outside_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = alp()
+        .args(["init", "--preset", "tiny", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        r#"{"weight_map": {"model.embed_tokens.weight": "../../../../etc/passwd"}}"#,
+    )
+    .unwrap();
+    let out = alp()
+        .args(["logprobs", "--tokens", "1,5", "--model"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("outside the checkpoint"),
+        "{}",
+        stderr(&out)
+    );
+}

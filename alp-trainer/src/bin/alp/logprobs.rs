@@ -16,6 +16,21 @@ pub fn run(model: &str, tokens: &str, dtype: &str, device: &str) -> Result<()> {
         .model
         .forward_full(&ids, &[], &NoPerturbation, Numerics::Fused)?;
     let lp = sequence_logprobs(&logits, &toks)?;
+    if let Some(i) = lp.iter().position(|x| !x.is_finite()) {
+        let bad = p.weights.tensors.iter().find(|(_, t)| {
+            t.to_dtype(candle_core::DType::F32)
+                .and_then(|t| t.sum_all())
+                .and_then(|s| s.to_scalar::<f32>())
+                .is_ok_and(|s| !s.is_finite())
+        });
+        match bad {
+            Some((name, _)) => bail!(
+                "log-prob {i} is {}: the weights of {model} are not finite (first non-finite tensor: `{name}`)",
+                lp[i]
+            ),
+            None => bail!("log-prob {i} is {} (the forward overflowed in {dtype})", lp[i]),
+        }
+    }
     println!("{}", serde_json::json!({ "logprobs": lp }));
     Ok(())
 }

@@ -51,6 +51,10 @@ enum Command {
         /// Resume from a run directory (its latest checkpoint) or a checkpoint.
         #[arg(long)]
         resume: Option<PathBuf>,
+        /// Replace what an existing --out directory holds (without it, a non-empty --out is
+        /// refused).
+        #[arg(long)]
+        force: bool,
     },
     /// The paper's comparison: one shared SFT warm start, then every method × seed × mismatch
     /// setting with the same tasks and budget; writes compare.json, report.md and plots.
@@ -82,6 +86,9 @@ enum Command {
         /// Output model directory.
         #[arg(long)]
         out: PathBuf,
+        /// Replace an existing model directory.
+        #[arg(long)]
+        force: bool,
     },
     /// Evaluate a model on held-out tasks of the default mix.
     Eval {
@@ -207,8 +214,14 @@ fn main() -> Result<()> {
             sets,
             out,
             resume,
-        } => train::train(config, sets, out, resume),
-        Command::Sft { config, sets, out } => train::sft(config, sets, out),
+            force,
+        } => train::train(config, sets, out, resume, force),
+        Command::Sft {
+            config,
+            sets,
+            out,
+            force,
+        } => train::sft(config, sets, out, force),
         Command::Compare {
             preset,
             methods,

@@ -22,7 +22,11 @@ pub fn train(
     sets: Vec<String>,
     out: Option<PathBuf>,
     resume: Option<PathBuf>,
+    force: bool,
 ) -> Result<()> {
+    if resume.is_some() && config.is_some() {
+        anyhow::bail!("--resume continues the run with its saved config; --config cannot change it (use --set key=value to edit single settings, or start a new run)");
+    }
     // On resume the run's saved config is the base and --set edits it.
     let (cfg, resume_overrides) = if resume.is_some() {
         (TrainConfig::default(), sets)
@@ -47,6 +51,7 @@ pub fn train(
             interrupt: Some(flag),
             resume_overrides,
             console: true,
+            overwrite: force,
             ..Default::default()
         },
     )?;
@@ -63,8 +68,9 @@ pub fn train(
     Ok(())
 }
 
-pub fn sft(config: Option<PathBuf>, sets: Vec<String>, out: PathBuf) -> Result<()> {
+pub fn sft(config: Option<PathBuf>, sets: Vec<String>, out: PathBuf, force: bool) -> Result<()> {
     let cfg = load_config(config.as_ref(), &sets)?;
+    alp_trainer::session::claim_dir(&out, force)?;
     let mut t = alp_trainer::trainer::Trainer::new(cfg)?;
     let steps = t.cfg.sft.steps;
     let losses = alp_trainer::sft::run_sft(&mut t, None, &mut |i, loss| {

@@ -1,0 +1,185 @@
+//! Nothing lost, nothing silently wrong: run directories belong to one run, checkpoints are
+//! finite and crash-safe, resume falls back past a damaged checkpoint, plots of absurd values
+//! terminate.
+
+use alp_trainer::checkpoint;
+use alp_trainer::config::TrainConfig;
+use alp_trainer::run::{train, RunOptions};
+use candle_core::{DType, Device};
+use std::path::Path;
+
+fn small(extra: &[&str]) -> TrainConfig {
+    let mut sets: Vec<String> = [
+        "sft.steps=2",
+        "sft.batch_size=4",
+        "rl.steps=2",
+        "rl.prompts_per_step=2",
+        "rl.group_size=2",
+        "rl.mini_batch=4",
+        "rl.micro_batch=4",
+        "rl.max_new_tokens=6",
+        "rl.max_total_tokens=16",
+        "rl.max_staleness=0",
+        "eval.tasks=4",
+        "eval.pass_k=0",
+        "eval.every=0",
+        "checkpoint.every=1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    sets.extend(extra.iter().map(|s| s.to_string()));
+    TrainConfig::default().apply_overrides(&sets).unwrap()
+}
+
+fn opts(out: &Path) -> RunOptions {
+    RunOptions {
+        out: Some(out.into()),
+        skip_eval: true,
+        ..Default::default()
+    }
+}
+
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v = Vec::new();
+    for e in walk(dir) {
+        v.push((e.display().to_string(), std::fs::read(&e).unwrap()));
+    }
+    v.sort();
+    v
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_second_run_into_the_same_directory_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("R");
+    train(small(&[]), opts(&out)).unwrap();
+    let before = snapshot(&out);
+    let err = train(small(&["seed=7", "rl.steps=1"]), opts(&out))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--resume") && err.contains("--force"), "{err}");
+    assert_eq!(
+        snapshot(&out),
+        before,
+        "the refused run changed the first run's files"
+    );
+    // With overwrite the directory is the new run's alone: no stale step of the old run.
+    train(
+        small(&["seed=7", "rl.steps=1"]),
+        RunOptions {
+            overwrite: true,
+            ..opts(&out)
+        },
+    )
+    .unwrap();
+    let steps: Vec<u64> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(steps, [1]);
+    assert!(!out.join("checkpoints/step-000002").exists());
+    // Default names never collide, even within one second.
+    let (a, b) = (
+        alp_trainer::session::default_run_dir(),
+        alp_trainer::session::default_run_dir(),
+    );
+    assert_ne!(a, b);
+}
+
+#[test]
+fn a_blown_up_run_keeps_latest_on_finite_weights_and_names_the_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("L");
+    let err = train(
+        small(&[
+            "rl.lr=1e308",
+            "rl.grad_clip=0",
+            "rl.max_bad_steps=1",
+            "rl.steps=3",
+        ]),
+        opts(&out),
+    );
+    let ck = checkpoint::latest(&out).unwrap();
+    let w = checkpoint::load_weights(&ck, DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(
+        checkpoint::first_non_finite(&w).unwrap(),
+        None,
+        "latest = {}",
+        ck.display()
+    );
+    if let Err(e) = err {
+        let e = e.to_string();
+        assert!(
+            e.contains("non-finite") || e.contains("worker stopped:"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn resume_skips_a_damaged_newest_checkpoint_and_a_missing_pointer() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("C");
+    train(small(&[]), opts(&out)).unwrap();
+    let root = out.join("checkpoints");
+    assert_eq!(checkpoint::latest(&out).unwrap(), root.join("step-000002"));
+    // Truncated weights in the newest: the one before is taken.
+    let f = root.join("step-000002/model/model.safetensors");
+    let bytes = std::fs::read(&f).unwrap();
+    std::fs::write(&f, &bytes[..bytes.len() / 2]).unwrap();
+    assert_eq!(checkpoint::latest(&out).unwrap(), root.join("step-000001"));
+    // An emptied manifest, and no pointer at all: still the newest complete one.
+    std::fs::write(root.join("step-000001/manifest.json"), "").unwrap();
+    std::fs::remove_file(root.join("latest")).unwrap();
+    assert_eq!(checkpoint::latest(&out).unwrap(), root.join("step-000000"));
+    // And a resume from there runs to the end.
+    train(
+        TrainConfig::default(),
+        RunOptions {
+            resume: Some(out.clone()),
+            ..opts(&out)
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        checkpoint::read_manifest(&checkpoint::latest(&out).unwrap())
+            .unwrap()
+            .step,
+        2
+    );
+}
+
+#[test]
+fn plotting_absurd_values_terminates_and_says_what_it_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = [
+        r#"{"step":1,"reward/mean":0.5,"ratio/token/max":1e308,"ratio/token/p99_9":-1e308}"#,
+        r#"{"step":2,"reward/mean":0.6,"ratio/token/max":2.0,"ratio/token/p99_9":1.5}"#,
+    ];
+    std::fs::write(dir.path().join("metrics.jsonl"), lines.join("\n")).unwrap();
+    alp_trainer::report::plot_run(dir.path()).unwrap();
+    let svg = std::fs::read_to_string(dir.path().join("plots/ratio_tail.svg")).unwrap();
+    assert!(
+        svg.contains("left out"),
+        "the title says that points were left out"
+    );
+}
