@@ -280,3 +280,56 @@ fn agrees_with_recorded_math_verify_verdicts() {
         "{we_accept_they_reject:?}"
     );
 }
+
+#[test]
+fn large_numbers_compare_exactly_and_overflow_is_never_equality() {
+    use alp_envs::math::grade;
+    let cases = [
+        ("2^1000000", "\\boxed{2^1000001}", false),
+        ("2^1000000", "\\boxed{2^{1000000}}", true),
+        ("10^400", "\\boxed{10^401}", false),
+        ("10^400", "\\boxed{10^{400}}", true),
+        ("\\infty", "\\boxed{10^400}", false),
+        ("\\infty", "\\boxed{\\infty}", true),
+        ("10000000001", "\\boxed{10000000000}", false),
+        ("2^53+1", "\\boxed{2^53}", false),
+        ("2^53+1", "\\boxed{9007199254740993}", true),
+        (
+            "123456789012345678901234567890",
+            "\\boxed{123456789012345678901234567891}",
+            false,
+        ),
+        (
+            "123456789012345678901234567890",
+            "\\boxed{123456789012345678901234567890}",
+            true,
+        ),
+        ("\\frac{1}{3}", "\\boxed{\\frac{2}{6}}", true),
+        (
+            "\\frac{1}{3}",
+            "\\boxed{\\frac{10000000001}{30000000000}}",
+            false,
+        ),
+    ];
+    for (gold, pred, want) in cases {
+        assert_eq!(grade(gold, pred).correct, want, "{gold} vs {pred}");
+    }
+    // A box far before the last 100,000 characters still decides the answer.
+    let long = format!("\\boxed{{42}} {}", "7 ".repeat(60_000));
+    assert!(grade("42", &long).correct);
+    assert!(!grade("7", &long).correct);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+    #[test]
+    fn two_different_integers_are_never_equal(a in proptest::num::i64::ANY, d in 1i64..1_000_000, big in 0u32..40) {
+        use alp_envs::math::grade;
+        let x = format!("{a}{}", "0".repeat(big as usize));
+        let y = format!("{}{}", a.wrapping_add(d), "0".repeat(big as usize));
+        proptest::prop_assume!(x != y);
+        proptest::prop_assert!(!grade(&x, &format!("\\boxed{{{y}}}")).correct, "{} vs {}", x, y);
+        proptest::prop_assert!(!grade(&y, &format!("\\boxed{{{x}}}")).correct, "{} vs {}", y, x);
+        proptest::prop_assert!(grade(&x, &format!("\\boxed{{{x}}}")).correct, "{}", x);
+    }
+}

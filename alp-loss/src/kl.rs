@@ -52,6 +52,27 @@ impl Default for KlPenalty {
 }
 
 impl KlPenalty {
+    /// One micro-batch's part of the penalty, reduced with the whole mini-batch's
+    /// `normaliser` (see [`Aggregation::reduce_part`]); the parts sum to [`KlPenalty::term`].
+    pub fn term_part(
+        &self,
+        logp: &Tensor,
+        logp_ref: &Tensor,
+        mask: &Tensor,
+        agg: Aggregation,
+        normaliser: f64,
+    ) -> Result<Tensor> {
+        let m = mask.ne(0.0)?;
+        let z = logp.zeros_like()?;
+        let kl = kl_per_token(
+            self.estimator,
+            &m.where_cond(logp, &z)?,
+            &m.where_cond(&logp_ref.to_dtype(logp.dtype())?, &z)?,
+        )?;
+        let part = agg.reduce_part(&kl, &mask.to_dtype(logp.dtype())?, normaliser)?;
+        Ok((part * self.coef)?)
+    }
+
     /// The penalty term (scalar) under `mask`, reduced like the policy loss.
     pub fn term(
         &self,

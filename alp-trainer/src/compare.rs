@@ -119,14 +119,14 @@ pub struct Plan {
     pub seeds: usize,
 }
 
-/// `smoke` (every method, a few steps, minutes), `default` (every main method × 3 seeds at
-/// the default mismatch and a high-mismatch setting), `full` (with ablations and a sweep up
-/// to quantised rollouts, long staleness, large learning rates and several PPO epochs).
-pub fn preset(name: &str) -> Result<Plan> {
-    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-    // The regime where a probe saw GRPO collapse: staleness bound 8, lr 3e-4, 2 PPO epochs
-    // over 2 mini-batches.
-    let high = arm(
+fn sets(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}
+
+/// The regime where a probe saw GRPO collapse: staleness bound 8, lr 3e-4, 2 PPO epochs over
+/// 2 mini-batches.
+fn high_mismatch() -> Setting {
+    arm(
         "high-mismatch",
         &[
             "rl.max_staleness=8",
@@ -135,86 +135,104 @@ pub fn preset(name: &str) -> Result<Plan> {
             "rl.mini_batch=32",
             "rl.micro_batch=32",
         ],
-    );
-    let default_setting = arm("default", &[]);
+    )
+}
+
+/// Every method (ablations included) for a few steps after a short warm start: minutes.
+fn smoke_plan() -> Plan {
+    Plan {
+        preset: "smoke".into(),
+        base: sets(&[
+            "sft.steps=300",
+            "sft.batch_size=16",
+            "rl.steps=4",
+            "rl.prompts_per_step=2",
+            "rl.group_size=4",
+            "rl.mini_batch=4",
+            "rl.micro_batch=4",
+            "eval.tasks=8",
+            "eval.pass_k=2",
+            "eval.every=0",
+            "checkpoint.every=0",
+        ]),
+        settings: vec![arm("default", &[])],
+        arms: all_arms(),
+        seeds: 1,
+    }
+}
+
+/// Every main method × 3 seeds at the high-mismatch setting and at the default one.
+fn default_plan() -> Plan {
     let all = all_arms();
-    let main: Vec<Arm> = MAIN_METHODS
-        .iter()
-        .filter_map(|m| all.iter().find(|a| a.name == *m).cloned())
-        .collect();
-    Ok(match name {
-        "smoke" => Plan {
-            preset: name.into(),
-            base: s(&[
-                "sft.steps=300",
-                "sft.batch_size=16",
-                "rl.steps=4",
-                "rl.prompts_per_step=2",
-                "rl.group_size=4",
-                "rl.mini_batch=4",
-                "rl.micro_batch=4",
-                "eval.tasks=8",
-                "eval.pass_k=2",
-                "eval.every=0",
-                "checkpoint.every=0",
-            ]),
-            settings: vec![arm("default", &[])],
-            arms: all_arms(),
-            seeds: 1,
-        },
-        "default" => Plan {
-            preset: name.into(),
-            base: s(&[
-                "rl.steps=40",
-                "rl.prompts_per_step=8",
-                "rl.group_size=8",
-                "rl.mini_batch=64",
-                "rl.micro_batch=64",
-                "eval.tasks=100",
-                "eval.pass_k=4",
-                "eval.every=20",
-                "checkpoint.every=0",
-            ]),
-            settings: vec![high, default_setting],
-            arms: main,
-            seeds: 3,
-        },
-        "full" => Plan {
-            preset: name.into(),
-            base: s(&[
-                "rl.steps=100",
-                "eval.tasks=200",
-                "eval.pass_k=8",
-                "eval.every=25",
-                "checkpoint.every=0",
-            ]),
-            settings: vec![
-                default_setting,
-                high,
-                arm(
-                    "int4-rollouts",
-                    &[
-                        "rl.rollout_quant=int4",
-                        "rl.max_staleness=8",
-                        "rl.lr=3e-4",
-                        "rl.ppo_epochs=2",
-                    ],
-                ),
-                arm(
-                    "staleness-16-lr-1e-3",
-                    &["rl.max_staleness=16", "rl.lr=1e-3", "rl.ppo_epochs=4"],
-                ),
-            ],
-            arms: all_arms(),
-            seeds: 5,
-        },
-        other => {
-            return Err(Error::config(
-                "--preset",
-                format!("unknown preset `{other}`; known: smoke, default, full"),
-            ))
-        }
-    })
+    Plan {
+        preset: "default".into(),
+        base: sets(&[
+            "rl.steps=40",
+            "rl.prompts_per_step=8",
+            "rl.group_size=8",
+            "rl.mini_batch=64",
+            "rl.micro_batch=64",
+            "eval.tasks=100",
+            "eval.pass_k=4",
+            "eval.every=20",
+            "checkpoint.every=0",
+        ]),
+        settings: vec![high_mismatch(), arm("default", &[])],
+        arms: MAIN_METHODS
+            .iter()
+            .filter_map(|m| all.iter().find(|a| a.name == *m).cloned())
+            .collect(),
+        seeds: 3,
+    }
+}
+
+/// Everything, ablations included, × 5 seeds, with a mismatch sweep up to int4 rollouts,
+/// staleness 16, lr 1e-3 and 4 PPO epochs.
+fn full_plan() -> Plan {
+    Plan {
+        preset: "full".into(),
+        base: sets(&[
+            "rl.steps=100",
+            "eval.tasks=200",
+            "eval.pass_k=8",
+            "eval.every=25",
+            "checkpoint.every=0",
+        ]),
+        settings: vec![
+            arm("default", &[]),
+            high_mismatch(),
+            arm(
+                "int4-rollouts",
+                &[
+                    "rl.rollout_quant=int4",
+                    "rl.max_staleness=8",
+                    "rl.lr=3e-4",
+                    "rl.ppo_epochs=2",
+                ],
+            ),
+            arm(
+                "staleness-16-lr-1e-3",
+                &["rl.max_staleness=16", "rl.lr=1e-3", "rl.ppo_epochs=4"],
+            ),
+        ],
+        arms: all_arms(),
+        seeds: 5,
+    }
+}
+
+/// `smoke` (every method, a few steps, minutes), `default` (every main method × 3 seeds at
+/// the default mismatch and a high-mismatch setting), `full` (with ablations and a sweep up
+/// to quantised rollouts, long staleness, large learning rates and several PPO epochs).
+pub fn preset(name: &str) -> Result<Plan> {
+    match name {
+        "smoke" => Ok(smoke_plan()),
+        "default" => Ok(default_plan()),
+        "full" => Ok(full_plan()),
+        other => Err(Error::config(
+            "--preset",
+            format!("unknown preset `{other}`; known: smoke, default, full"),
+        )),
+    }
 }
 
 impl Plan {

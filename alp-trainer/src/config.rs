@@ -3,7 +3,7 @@
 //! fields.
 
 use alp_core::{Error, Result};
-use alp_loss::{AdvantageEstimator, Aggregation, Objective};
+use alp_loss::{AdvantageEstimator, Aggregation, KlPenalty, Objective};
 use alp_model::PerturbationConfig;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -228,6 +228,9 @@ pub struct RlSection {
     pub max_bad_steps: usize,
     /// Turn the perturbation on for non-ALP methods too.
     pub perturb_always: bool,
+    /// KL-to-reference term (`estimator` k1/k2/k3, `coef`; 0 = off); the reference is the
+    /// policy RL starts from (the SFT warm start or the base checkpoint).
+    pub kl: KlPenalty,
 }
 
 impl Default for RlSection {
@@ -258,6 +261,7 @@ impl Default for RlSection {
             format_penalty: 0.0,
             max_bad_steps: 5,
             perturb_always: false,
+            kl: KlPenalty::default(),
         }
     }
 }
@@ -540,7 +544,8 @@ impl TrainConfig {
     /// Numbers that must be finite and in range, each named.
     fn validate_numbers(&self) -> Result<()> {
         let rl = &self.rl;
-        let checks: [(&str, f64, bool); 7] = [
+        let checks: [(&str, f64, bool); 8] = [
+            ("rl.kl.coef", rl.kl.coef, rl.kl.coef >= 0.0),
             ("sft.lr", self.sft.lr, self.sft.lr > 0.0),
             (
                 "sft.weight_decay",

@@ -33,6 +33,8 @@ pub const TRUNCATED: &str = "episodes/truncated_frac";
 pub const STALENESS: &str = "staleness";
 /// The objective's loss (mean over the step's optimizer updates).
 pub const LOSS: &str = "loss";
+/// The KL-to-reference estimate (per token, before the coefficient), when the term is on.
+pub const KL_REF: &str = "kl_ref";
 /// Mean policy entropy over the trained tokens.
 pub const ENTROPY: &str = "entropy";
 /// Global gradient norm before clipping (mean over the step's updates).

@@ -73,6 +73,8 @@ pub struct MicroBatch {
     /// The trainer's log-probs under the weights version that sampled the rows (for the
     /// engine/staleness split of the mismatch), when that version is at hand.
     pub logp_sampler: Option<Tensor>,
+    /// log π_ref under the reference policy, when a KL term is on.
+    pub logp_ref: Option<Tensor>,
     /// Sampling temperature of each row.
     pub temperatures: Vec<f64>,
 }
@@ -110,6 +112,8 @@ pub struct Scorers<'a> {
     pub sampler: Option<&'a Model>,
     /// True when the current weights are the version that sampled the batch.
     pub sampler_is_old: bool,
+    /// The reference policy of a KL term.
+    pub reference: Option<&'a Model>,
 }
 
 /// Builds the step's mini-batches (`mini_batch` rows each, split into `micro_batch` rows),
@@ -178,12 +182,14 @@ fn micro(
     } else {
         score_with(scorers.sampler)?
     };
+    let logp_ref = score_with(scorers.reference)?;
     Ok(MicroBatch {
         batch,
         logp_infer,
         advantages,
         logp_old,
         logp_sampler,
+        logp_ref,
         temperatures,
     })
 }
@@ -256,6 +262,8 @@ pub struct StepContext<'a> {
     pub objective: &'a Objective,
     /// The loss aggregation.
     pub aggregation: Aggregation,
+    /// The KL-to-reference term (coefficient 0: off).
+    pub kl: alp_loss::KlPenalty,
 }
 
 /// Forward and backward of every micro-batch of `mini`, gradients summed into one
@@ -286,9 +294,22 @@ pub fn backward_minibatch(
             advantages: &m.advantages,
             mask: &b.mask,
         };
-        let out = cx
+        let mut out = cx
             .objective
             .compute_part(&inputs, cx.aggregation, mini.normaliser)?;
+        if let (Some(r), true) = (&m.logp_ref, cx.kl.coef > 0.0) {
+            let term = cx
+                .kl
+                .term_part(&logp, r, &b.mask, cx.aggregation, mini.normaliser)?;
+            let v = term.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            stats.weigh(
+                names::KL_REF,
+                v * mini.normaliser / cx.kl.coef / tokens.max(1.0),
+                tokens,
+            );
+            let term = term.to_dtype(out.loss.dtype())?;
+            out.loss = (&out.loss + term)?;
+        }
         let value = out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         stats.ratios.add_inputs(&alp_loss::RatioInputs {
             logp: &logp.detach(),

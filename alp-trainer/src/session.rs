@@ -123,6 +123,15 @@ impl Session {
         let tok = Self::checkpoint_tokenizer(&ck, &cfg)?;
         let mut t = Trainer::from_weights(cfg, &weights, tok)?;
         checkpoint::restore_state(&ck, &mut t, &man)?;
+        // The KL term's reference is the policy RL started from: the run's step-0 checkpoint.
+        let first = checkpoint::checkpoint_dir(&dir, 0);
+        if t.cfg.rl.kl.coef > 0.0 && first.exists() {
+            t.set_reference(&checkpoint::load_weights(
+                &first,
+                t.cfg.model.dtype.candle(),
+                &device,
+            )?)?;
+        }
         Self::open(t, dir, Some(man))
     }
 

@@ -46,6 +46,8 @@ pub struct Trainer {
     /// Unperturbed copies of the recent weight versions that may still be sampling (async
     /// runs), to split the mismatch into its engine and staleness parts.
     history: std::collections::VecDeque<(u64, Model)>,
+    /// The reference policy of the KL term (set when RL starts, if the term is on).
+    reference: Option<Model>,
 }
 
 impl Trainer {
@@ -125,12 +127,23 @@ impl Trainer {
             step: 0,
             bad_steps: 0,
             history: Default::default(),
+            reference: None,
         })
     }
 
     /// The current weights (sharing storage with the trainable variables).
     pub fn weights(&self) -> Result<ModelWeights> {
         ModelWeights::from_varmap(self.model.config(), &self.varmap)
+    }
+
+    /// Sets the reference policy of the KL term (`rl.kl.coef` > 0) to `weights`, in f32.
+    pub fn set_reference(&mut self, weights: &ModelWeights) -> Result<()> {
+        self.reference = Some(
+            weights
+                .snapshot(candle_core::DType::F32, &self.device)?
+                .build()?,
+        );
+        Ok(())
     }
 
     /// Keeps an unperturbed f32 copy of the current version while batches sampled by it may
@@ -290,16 +303,11 @@ impl Trainer {
             names::STALENESS,
             self.version.saturating_sub(sampled_by) as f64,
         );
-        let sampler_is_old = sampled_by == self.version;
-        let scorers = rl_step::Scorers {
-            old: rl.recompute_logp_old.then_some(&self.model),
-            sampler: self
-                .history
-                .iter()
-                .find(|(v, _)| *v == sampled_by && !sampler_is_old)
-                .map(|(_, m)| m),
-            sampler_is_old: sampler_is_old && rl.recompute_logp_old,
-        };
+        if rl.kl.coef > 0.0 && self.reference.is_none() {
+            let w = self.weights()?;
+            self.set_reference(&w)?;
+        }
+        let scorers = self.scorers(sampled_by)?;
         let minis = rl_step::build_minibatches(
             &trajs,
             &adv.values,
@@ -323,6 +331,7 @@ impl Trainer {
                     },
                     objective: &rl.objective,
                     aggregation: rl.aggregation,
+                    kl: rl.kl,
                 };
                 let (perturb, step) = (&self.perturb, self.step);
                 let mut grads =
@@ -343,6 +352,26 @@ impl Trainer {
         self.version += 1;
         self.remember_version()?;
         Ok(m)
+    }
+
+    /// The models that score a batch sampled by `sampled_by` before the update: the current
+    /// weights (log π_old), the kept copy of the sampling version, the KL reference (built
+    /// from the current weights the first time the term is used).
+    fn scorers(&self, sampled_by: u64) -> Result<rl_step::Scorers<'_>> {
+        let rl = &self.cfg.rl;
+        let sampler_is_old = sampled_by == self.version;
+        Ok(rl_step::Scorers {
+            old: rl.recompute_logp_old.then_some(&self.model),
+            sampler: self
+                .history
+                .iter()
+                .find(|(v, _)| *v == sampled_by && !sampler_is_old)
+                .map(|(_, m)| m),
+            sampler_is_old: sampler_is_old && rl.recompute_logp_old,
+            reference: (rl.kl.coef > 0.0)
+                .then_some(())
+                .and(self.reference.as_ref()),
+        })
     }
 
     /// The non-finite policy: a step with skipped updates counts as bad, `rl.max_bad_steps`

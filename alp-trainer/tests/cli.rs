@@ -340,3 +340,26 @@ fn a_shard_index_cannot_reach_outside_the_checkpoint() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_line_that_is_not_utf8_is_one_bad_line_not_the_end_of_grading() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("p.jsonl");
+    let mut bytes = br#"{"answer": "4", "prediction": "\\boxed{4}"}"#.to_vec();
+    bytes.extend_from_slice(b"\n\xff\xfe not utf8\n");
+    bytes.extend_from_slice(br#"{"answer": "5", "prediction": "\\boxed{5}"}"#);
+    bytes.push(b'\n');
+    std::fs::write(&f, bytes).unwrap();
+    let out = alp().args(["grade", "--input"]).arg(&f).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(
+        (lines[0]["correct"].as_bool(), lines[2]["correct"].as_bool()),
+        (Some(true), Some(true))
+    );
+    assert!(lines[1]["error"].as_str().unwrap().contains("UTF-8"));
+}

@@ -674,3 +674,32 @@ fn quantised_rollouts_round_every_matrix_to_its_grid() {
         .unwrap();
     assert!(d > 0.0);
 }
+
+#[test]
+fn a_kl_term_to_the_reference_is_added_to_the_loss() {
+    let groups = uneven_batch();
+    let (_, plain) = step_grads("token-mean", 4, &groups);
+    let cfg = small()
+        .apply_overrides(&[
+            "rl.objective.method=grpo".into(),
+            "rl.mini_batch=4".into(),
+            "rl.micro_batch=1".into(),
+            "rl.kl.coef=0.5".into(),
+            "rl.kl.estimator=k1".into(),
+        ])
+        .unwrap();
+    let mut t = Trainer::new(cfg).unwrap();
+    let m = t.rl_step(&groups, 0).unwrap();
+    // The reference is the policy the step starts from: k1 over the first forward is 0, so the
+    // loss is unchanged and the estimate is 0 (to float noise).
+    assert!(m[metrics::KL_REF].abs() < 1e-5, "{}", m[metrics::KL_REF]);
+    assert!((m[metrics::LOSS] - plain[metrics::LOSS]).abs() < 1e-5);
+    // After an update the policy has moved away from the reference.
+    let m2 = t.rl_step(&groups, 1).unwrap();
+    assert!(m2[metrics::KL_REF].abs() > 1e-7, "{}", m2[metrics::KL_REF]);
+    assert!(TrainConfig::default()
+        .apply_overrides(&["rl.kl.coef=-1".into()])
+        .unwrap()
+        .validate()
+        .is_err());
+}

@@ -403,16 +403,40 @@ fn points(seed: u64, n: usize) -> impl Iterator<Item = f64> {
     })
 }
 
+/// ±∞ written as such (not a number too large for f64).
+fn infinity_sign(e: &Expr) -> Option<i8> {
+    match e {
+        Expr::Inf => Some(1),
+        Expr::Neg(a) => infinity_sign(a).map(|s| -s),
+        _ => None,
+    }
+}
+
+/// Two constant expressions: integers and rationals compare exactly (any size); a value too
+/// large for f64 is never equal to another by overflow; otherwise the numeric tolerance.
+fn constants_equal(a: &Expr, b: &Expr, inexact: bool) -> bool {
+    if let (Some(x), Some(y)) = (a.exact_value(), b.exact_value()) {
+        return x == y;
+    }
+    if let (Some(x), Some(y)) = (infinity_sign(a), infinity_sign(b)) {
+        return x == y;
+    }
+    let empty = BTreeMap::new();
+    match (a.eval(&empty), b.eval(&empty)) {
+        (Some(x), Some(y)) if x.is_finite() && y.is_finite() => {
+            // An exact rational against an irrational form (√2, π) keeps the tolerance.
+            numbers_equal(x, y, inexact)
+        }
+        _ => a == b,
+    }
+}
+
 fn exprs_equal(a: &Expr, b: &Expr) -> bool {
     let va = a.variables();
     let vb = b.variables();
     let inexact = !a.is_exact() || !b.is_exact();
     if va.is_empty() && vb.is_empty() {
-        let empty = BTreeMap::new();
-        return match (a.eval(&empty), b.eval(&empty)) {
-            (Some(x), Some(y)) => numbers_equal(x, y, inexact),
-            _ => false,
-        };
+        return constants_equal(a, b, inexact);
     }
     if va != vb {
         return false;

@@ -8,6 +8,9 @@
 //! and `|x|`. Every step is bounded: input length, nesting depth and factorial size are capped,
 //! and evaluation is plain f64 arithmetic, so no input can make it hang.
 
+use num_bigint::BigInt;
+use num_rational::BigRational;
+use num_traits::{Pow, Signed, Zero};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Longest input the parser accepts (characters).
@@ -16,6 +19,26 @@ pub const MAX_EXPR_LEN: usize = 2000;
 pub const MAX_DEPTH: usize = 100;
 
 /// A parsed expression.
+/// Largest numerator or denominator (in bits) that exact comparison computes; beyond it the
+/// comparison says "not equal" unless the expressions are identical.
+pub const MAX_EXACT_BITS: u64 = 4_000_000;
+
+/// `base^exp` for an integer exponent, within [`MAX_EXACT_BITS`].
+fn exact_pow(base: &BigRational, exp: &BigRational) -> Option<BigRational> {
+    if !exp.is_integer() {
+        return None;
+    }
+    let e: i64 = exp.to_integer().try_into().ok()?;
+    let size = base.numer().bits().max(base.denom().bits()).max(1);
+    if size.saturating_mul(e.unsigned_abs()) > MAX_EXACT_BITS {
+        return None;
+    }
+    if e < 0 && base.is_zero() {
+        return None;
+    }
+    Some(Pow::pow(base, e as i32))
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Expr {
     /// A number literal; `exact` is false for literals written with a decimal point.
@@ -25,6 +48,8 @@ pub enum Expr {
         /// True for integer literals.
         exact: bool,
     },
+    /// An integer literal too large for f64 to hold exactly (its decimal digits).
+    BigInt(String),
     /// A free variable.
     Var(String),
     /// π.
@@ -64,6 +89,7 @@ impl Expr {
     pub fn eval(&self, vars: &BTreeMap<String, f64>) -> Option<f64> {
         let v = match self {
             Expr::Num { value, .. } => *value,
+            Expr::BigInt(d) => d.parse().ok()?,
             Expr::Var(name) => *vars.get(name)?,
             Expr::Pi => std::f64::consts::PI,
             Expr::E => std::f64::consts::E,
@@ -161,6 +187,42 @@ impl Expr {
             }
             _ => {}
         }
+    }
+
+    /// The exact rational value of an expression built from integer literals with `+ − × ÷`,
+    /// factorials and integer powers; `None` for anything else (π, roots, variables, decimal
+    /// literals, division by zero) or when the result would exceed [`MAX_EXACT_BITS`] bits.
+    pub fn exact_value(&self) -> Option<BigRational> {
+        let r = match self {
+            Expr::Num { value, exact: true } if value.fract() == 0.0 && value.abs() < 9.1e15 => {
+                BigRational::from_integer(BigInt::from(*value as i64))
+            }
+            Expr::BigInt(d) => BigRational::from_integer(d.parse::<BigInt>().ok()?),
+            Expr::Neg(a) => -a.exact_value()?,
+            Expr::Add(a, b) => a.exact_value()? + b.exact_value()?,
+            Expr::Sub(a, b) => a.exact_value()? - b.exact_value()?,
+            Expr::Mul(a, b) => a.exact_value()? * b.exact_value()?,
+            Expr::Div(a, b) => {
+                let d = b.exact_value()?;
+                if d.is_zero() {
+                    return None;
+                }
+                a.exact_value()? / d
+            }
+            Expr::Pow(a, b) => exact_pow(&a.exact_value()?, &b.exact_value()?)?,
+            Expr::Factorial(a) => {
+                let n = a.exact_value()?;
+                if !n.is_integer() || n.is_negative() || n > BigRational::from_integer(5000.into())
+                {
+                    return None;
+                }
+                let n: u64 = n.to_integer().try_into().ok()?;
+                BigRational::from_integer((1..=n).map(BigInt::from).product())
+            }
+            _ => return None,
+        };
+        let bits = r.numer().bits().max(r.denom().bits());
+        (bits <= MAX_EXACT_BITS).then_some(r)
     }
 
     /// True when no literal was written with a decimal point (the value is exact, as a
@@ -615,6 +677,10 @@ fn letter(c: char) -> Expr {
 fn parse_number(s: &str) -> Option<Expr> {
     let value: f64 = s.parse().ok()?;
     let exact = !s.contains('.') && !s.contains(['e', 'E']);
+    if exact && value.abs() >= 9_007_199_254_740_992.0 {
+        // Beyond 2^53 an f64 is not the literal: keep its digits for exact comparison.
+        return Some(Expr::BigInt(s.trim_start_matches('0').to_string()));
+    }
     Some(Expr::Num { value, exact })
 }
 

@@ -51,11 +51,21 @@ pub struct Extracted {
     pub source: AnswerSource,
 }
 
+/// The part of a long text the extractor reads: its last `MAX_TEXT_LEN` bytes, but starting
+/// no later than the last `\boxed`/`\fbox` (so a cut never drops the box that decides the
+/// answer; the box is found with one linear scan).
 fn tail(text: &str) -> &str {
     if text.len() <= MAX_TEXT_LEN {
         return text;
     }
     let mut start = text.len() - MAX_TEXT_LEN;
+    let last_box = [r"\boxed", r"\fbox"]
+        .iter()
+        .filter_map(|b| text.rfind(b))
+        .max();
+    if let Some(b) = last_box {
+        start = start.min(b);
+    }
     while !text.is_char_boundary(start) {
         start += 1;
     }

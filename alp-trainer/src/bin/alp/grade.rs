@@ -35,23 +35,27 @@ pub fn run(input: &Path, strict: bool) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let (mut total, mut correct, mut bad) = (0usize, 0usize, 0usize);
-    for (i, line) in reader.lines().enumerate() {
+    for (i, bytes) in reader.split(b'\n').enumerate() {
         let n = i + 1;
-        let line = line.with_context(|| format!("reading line {n} of {}", input.display()))?;
-        if line.trim().is_empty() {
+        let bytes = bytes.with_context(|| format!("reading line {n} of {}", input.display()))?;
+        // A line that is not UTF-8 is one bad line, not the end of the run.
+        let text = String::from_utf8(bytes);
+        if text.as_ref().is_ok_and(|l| l.trim().is_empty()) {
             continue;
         }
         total += 1;
-        let parsed: std::result::Result<(String, String), String> =
-            serde_json::from_str::<Value>(&line)
-                .map_err(|e| format!("invalid JSON: {e}"))
-                .and_then(|v| {
-                    let obj = v
-                        .as_object()
-                        .ok_or("the line is not a JSON object")?
-                        .clone();
-                    Ok((text_field(&obj, "answer")?, text_field(&obj, "prediction")?))
-                });
+        let parsed: std::result::Result<(String, String), String> = text
+            .map_err(|_| "the line is not valid UTF-8".to_string())
+            .and_then(|line| {
+                serde_json::from_str::<Value>(&line).map_err(|e| format!("invalid JSON: {e}"))
+            })
+            .and_then(|v| {
+                let obj = v
+                    .as_object()
+                    .ok_or("the line is not a JSON object")?
+                    .clone();
+                Ok((text_field(&obj, "answer")?, text_field(&obj, "prediction")?))
+            });
         let record = match parsed {
             Ok((answer, prediction)) => {
                 let v = grade_with(&answer, &prediction, mode);

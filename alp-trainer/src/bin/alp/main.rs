@@ -199,6 +199,8 @@ enum BenchCommand {
     Train(bench::TrainArgs),
 }
 
+/// Parses the command line and dispatches: one short arm per subcommand (its length is the
+/// number of subcommands, not logic).
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
