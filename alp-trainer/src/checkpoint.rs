@@ -24,6 +24,9 @@ pub struct Manifest {
     pub wall_seconds: f64,
     /// The config of the run (TOML).
     pub config: String,
+    /// SFT steps done (all of them once RL has started).
+    #[serde(default)]
+    pub sft_steps_done: Option<usize>,
 }
 
 /// `<run>/checkpoints/step-<N>`.

@@ -8,7 +8,8 @@ use plotters::prelude::*;
 use serde_json::{json, Value};
 use std::path::Path;
 
-/// Writes `summary.json` and `report.md`.
+/// Writes `summary.json` and `report.md`. (Each argument is one field of the summary.)
+#[allow(clippy::too_many_arguments)]
 pub fn write_summary(
     dir: &Path,
     cfg: &TrainConfig,
@@ -17,6 +18,7 @@ pub fn write_summary(
     wall_seconds: f64,
     steps: u64,
     interrupted: bool,
+    phase: &str,
 ) -> Result<()> {
     let gain = match (before, after) {
         (Some(b), Some(a)) => Some(100.0 * (a.accuracy - b.accuracy)),
@@ -31,6 +33,7 @@ pub fn write_summary(
         "wall_seconds": wall_seconds,
         "rl_steps": steps,
         "interrupted": interrupted,
+        "phase": phase,
         "method": cfg.rl.objective.name(),
         "off_policy": {"rollout_dtype": cfg.rl.rollout_dtype, "trainer_dtype": cfg.model.dtype, "max_staleness": cfg.rl.max_staleness, "ppo_epochs": cfg.rl.ppo_epochs},
     });

@@ -95,8 +95,35 @@ pub fn train_with(
     }
     let mut out = Tee(&mut sinks, extra);
     banner(&s, &mut out)?;
-    if s.needs_sft() {
+    let did_sft = s.needs_sft();
+    if did_sft {
         warm_start(&mut s, &opts, &mut out)?;
+        if s.needs_sft() {
+            // Interrupted during SFT: keep it, resumable as SFT, and say so.
+            s.save_checkpoint()?;
+            report::write_summary(
+                &s.dir,
+                s.config(),
+                None,
+                None,
+                s.wall_seconds(),
+                0,
+                true,
+                s.phase(),
+            )?;
+            out.message(&format!(
+                "interrupted during SFT after {} of {} steps; `alp train --resume {}` continues the SFT",
+                s.sft_steps_done,
+                s.config().sft.steps,
+                s.dir.display()
+            ));
+            return Ok(RunOutcome {
+                dir: s.dir.clone(),
+                before: None,
+                after: None,
+                interrupted: true,
+            });
+        }
     }
     let mut before = None;
     if s.eval_before.is_none() && !opts.skip_eval {
@@ -105,7 +132,7 @@ pub fn train_with(
         s.eval_before = Some(e.clone());
         before = Some(e);
     }
-    if !s.resumed {
+    if !s.resumed || did_sft {
         s.save_checkpoint()?;
     }
     let interrupted = match rl_steps(&mut s, &opts, end, &mut out) {
@@ -199,8 +226,8 @@ fn warm_start(s: &mut Session, opts: &RunOptions, out: &mut dyn MetricsSink) -> 
             ));
         }
     })?;
-    if losses.len() < sft.steps {
-        out.message(&format!("SFT interrupted after {} steps", losses.len()));
+    if s.needs_sft() {
+        out.message(&format!("SFT interrupted after {} steps", s.sft_steps_done));
     }
     out.message(&format!(
         "SFT done in {:.0} s, final loss {:.4}",
@@ -269,6 +296,7 @@ fn finish(
         wall,
         s.step_index(),
         interrupted,
+        s.phase(),
     )?;
     report::plot_run(&s.dir)?;
     out.message(&format!(

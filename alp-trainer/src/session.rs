@@ -31,6 +31,8 @@ pub struct Session {
     pub resumed: bool,
     /// True when this run started from another run's weights (no SFT of its own).
     pub warm: bool,
+    /// SFT steps done so far.
+    pub sft_steps_done: usize,
     worker: Option<RolloutWorker>,
     prior_wall: f64,
     started: Instant,
@@ -89,6 +91,7 @@ impl Session {
         let mut s = Self::open(trainer, dir, None)?;
         s.eval_before = man.eval_before_rl;
         s.warm = true;
+        s.sft_steps_done = s.config().sft.steps;
         Ok(s)
     }
 
@@ -145,6 +148,9 @@ impl Session {
             eval_before: man.as_ref().and_then(|m| m.eval_before_rl.clone()),
             resumed: man.is_some(),
             warm: false,
+            sft_steps_done: man
+                .as_ref()
+                .map_or(0, |m| m.sft_steps_done.unwrap_or(usize::MAX)),
             worker: None,
             prior_wall: man.map(|m| m.wall_seconds).unwrap_or(0.0),
             started: Instant::now(),
@@ -161,12 +167,21 @@ impl Session {
         self.prior_wall + self.started.elapsed().as_secs_f64()
     }
 
-    /// Whether this run still has its SFT warm start to do (a fresh run of the embedded default).
+    /// Whether this run still has SFT warm-start steps to do (the embedded default, fresh or
+    /// resumed from an interrupted SFT).
     pub fn needs_sft(&self) -> bool {
-        !self.resumed
-            && !self.warm
+        !self.warm
             && self.config().model.is_embedded()
-            && self.config().sft.steps > 0
+            && self.sft_steps_done < self.config().sft.steps
+    }
+
+    /// The phase the run is in: `sft` until its warm start is complete, then `rl`.
+    pub fn phase(&self) -> &'static str {
+        if self.needs_sft() {
+            "sft"
+        } else {
+            "rl"
+        }
     }
 
     /// Runs the SFT warm start; see [`crate::sft::run_sft`].
@@ -175,7 +190,10 @@ impl Session {
         stop: Option<&AtomicBool>,
         progress: &mut dyn FnMut(usize, f64),
     ) -> Result<Vec<f64>> {
-        crate::sft::run_sft(&mut self.trainer, stop, progress)
+        let start = self.sft_steps_done;
+        let losses = crate::sft::run_sft(&mut self.trainer, start, stop, progress)?;
+        self.sft_steps_done = start + losses.len();
+        Ok(losses)
     }
 
     /// Held-out evaluation on `eval.tasks` tasks with `k` samples at temperature 1.
@@ -192,6 +210,7 @@ impl Session {
             eval_before_rl: self.eval_before.clone(),
             wall_seconds: self.wall_seconds(),
             config: t.cfg.to_toml()?,
+            sft_steps_done: Some(self.sft_steps_done),
         };
         checkpoint::save(&self.dir, t, &man)
     }

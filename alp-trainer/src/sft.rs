@@ -16,10 +16,12 @@ pub fn lr_at(cfg: &crate::config::SftSection, s: usize) -> f64 {
     }
 }
 
-/// Runs the SFT warm start of `t`; `progress(step, loss)` is called after every step. Stops
-/// early (keeping what it learned) when `stop` is set. Returns the loss of every step run.
+/// Runs the SFT warm start of `t` from step `start` (0, or where an interrupted SFT stopped);
+/// `progress(step, loss)` is called after every step. Stops early (keeping what it learned)
+/// when `stop` is set. Returns the loss of every step run.
 pub fn run_sft(
     t: &mut Trainer,
+    start: usize,
     stop: Option<&AtomicBool>,
     progress: &mut dyn FnMut(usize, f64),
 ) -> Result<Vec<f64>> {
@@ -35,7 +37,12 @@ pub fn run_sft(
         sft.steps * sft.batch_size,
     )?;
     let mut losses = Vec::with_capacity(sft.steps);
-    for (s, batch) in data.chunks(sft.batch_size).take(sft.steps).enumerate() {
+    for (s, batch) in data
+        .chunks(sft.batch_size)
+        .take(sft.steps)
+        .enumerate()
+        .skip(start)
+    {
         if stop.is_some_and(|f| f.load(Ordering::SeqCst)) {
             break;
         }

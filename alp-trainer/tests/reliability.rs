@@ -183,3 +183,50 @@ fn plotting_absurd_values_terminates_and_says_what_it_left_out() {
         "the title says that points were left out"
     );
 }
+
+fn weights(run: &Path) -> Vec<Vec<f32>> {
+    let w = checkpoint::load_weights(&checkpoint::latest(run).unwrap(), DType::F32, &Device::Cpu)
+        .unwrap();
+    w.tensors
+        .values()
+        .map(|t| t.flatten_all().unwrap().to_vec1().unwrap())
+        .collect()
+}
+
+#[test]
+fn an_interrupted_sft_resumes_as_sft_and_ends_where_an_uninterrupted_run_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small(&["sft.steps=30", "rl.steps=1"]);
+    let whole = dir.path().join("whole");
+    train(cfg.clone(), opts(&whole)).unwrap();
+    // Ctrl-C before the first SFT step.
+    let cut = dir.path().join("cut");
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let out = train(
+        cfg.clone(),
+        RunOptions {
+            interrupt: Some(flag),
+            ..opts(&cut)
+        },
+    )
+    .unwrap();
+    assert!(out.interrupted);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cut.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(
+        (summary["phase"].as_str(), summary["interrupted"].as_bool()),
+        (Some("sft"), Some(true))
+    );
+    let man = checkpoint::read_manifest(&checkpoint::latest(&cut).unwrap()).unwrap();
+    assert_eq!(man.sft_steps_done, Some(0));
+    // Resume: the SFT runs, then RL, and the run ends with the uninterrupted run's weights.
+    train(
+        TrainConfig::default(),
+        RunOptions {
+            resume: Some(cut.clone()),
+            ..opts(&cut)
+        },
+    )
+    .unwrap();
+    assert_eq!(weights(&cut), weights(&whole));
+}

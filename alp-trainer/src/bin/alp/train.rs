@@ -55,6 +55,10 @@ pub fn train(
             ..Default::default()
         },
     )?;
+    if outcome.interrupted {
+        // The conventional status of a run stopped by Ctrl-C (its state is saved).
+        std::process::exit(130);
+    }
     if let (Some(b), Some(a)) = (&outcome.before, &outcome.after) {
         println!(
             "held-out accuracy {:.1}% → {:.1}% ({:+.1} points); hard-task tool-call rate {:.0}% → {:.0}%",
@@ -73,7 +77,7 @@ pub fn sft(config: Option<PathBuf>, sets: Vec<String>, out: PathBuf, force: bool
     alp_trainer::session::claim_dir(&out, force)?;
     let mut t = alp_trainer::trainer::Trainer::new(cfg)?;
     let steps = t.cfg.sft.steps;
-    let losses = alp_trainer::sft::run_sft(&mut t, None, &mut |i, loss| {
+    let losses = alp_trainer::sft::run_sft(&mut t, 0, None, &mut |i, loss| {
         if i % 50 == 0 || i + 1 == steps {
             println!("sft step {}/{steps} loss {loss:.4}", i + 1);
         }
