@@ -445,6 +445,7 @@ impl TrainConfig {
 
     /// Cross-field checks, every field before any work starts; the error names the fields.
     pub fn validate(&self) -> Result<()> {
+        self.validate_sizes()?;
         self.validate_rl_batch()?;
         self.validate_rl_limits()?;
         self.validate_numbers()?;
@@ -537,6 +538,29 @@ impl TrainConfig {
                 "rl.max_new_tokens / rl.max_total_tokens",
                 "must be at least 1",
             ));
+        }
+        Ok(())
+    }
+
+    /// Sizes whose memory grows with them, bounded before anything is allocated.
+    fn validate_sizes(&self) -> Result<()> {
+        let rl = &self.rl;
+        let per_step = rl.prompts_per_step.saturating_mul(rl.group_size);
+        let caps: [(&str, usize, usize); 6] = [
+            ("rl.prompts_per_step × rl.group_size", per_step, 1 << 16),
+            ("rl.max_total_tokens", rl.max_total_tokens, 1 << 20),
+            ("rl.max_new_tokens", rl.max_new_tokens, 1 << 20),
+            ("sft.batch_size", self.sft.batch_size, 1 << 16),
+            ("eval.tasks", self.eval.tasks, 1 << 20),
+            ("eval.pass_k", self.eval.pass_k, 1 << 10),
+        ];
+        for (field, v, cap) in caps {
+            if v > cap {
+                return Err(Error::config(
+                    field,
+                    format!("{v} is more than this machine can hold at once (at most {cap})"),
+                ));
+            }
         }
         Ok(())
     }

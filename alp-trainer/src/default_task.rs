@@ -228,7 +228,27 @@ pub fn demonstration(
     })
 }
 
-/// `n` demonstrations from the train split (seeded).
+/// The endless, seeded stream of demonstrations from the train split (made one at a time, so
+/// a long SFT never holds them all).
+pub fn demonstration_stream<'a>(
+    tok: &'a Tokenizer,
+    mix: &TaskMix,
+    tool_fraction: f64,
+    seed: u64,
+) -> impl Iterator<Item = Result<SftExample>> + 'a {
+    let mut tasks = ArithmeticTasks::new(mix, Split::Train, seed ^ 0x5F7);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    std::iter::from_fn(move || {
+        Some(
+            tasks
+                .next_task()
+                .ok_or_else(|| alp_core::Error::Msg("task stream ended".into()))
+                .and_then(|t| demonstration(tok, &t, tool_fraction, &mut rng)),
+        )
+    })
+}
+
+/// The first `n` demonstrations of [`demonstration_stream`].
 pub fn demonstrations(
     tok: &Tokenizer,
     mix: &TaskMix,
@@ -236,15 +256,8 @@ pub fn demonstrations(
     seed: u64,
     n: usize,
 ) -> Result<Vec<SftExample>> {
-    let mut tasks = ArithmeticTasks::new(mix, Split::Train, seed ^ 0x5F7);
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    (0..n)
-        .map(|_| {
-            let t = tasks
-                .next_task()
-                .ok_or_else(|| alp_core::Error::Msg("task stream ended".into()))?;
-            demonstration(tok, &t, tool_fraction, &mut rng)
-        })
+    demonstration_stream(tok, mix, tool_fraction, seed)
+        .take(n)
         .collect()
 }
 

@@ -29,24 +29,20 @@ pub fn run_sft(
     if sft.steps == 0 {
         return Ok(vec![]);
     }
-    let data = default_task::demonstrations(
-        &t.tokenizer,
-        &t.cfg.tasks,
-        sft.tool_fraction,
-        t.cfg.seed,
-        sft.steps * sft.batch_size,
-    )?;
-    let mut losses = Vec::with_capacity(sft.steps);
-    for (s, batch) in data
-        .chunks(sft.batch_size)
-        .take(sft.steps)
-        .enumerate()
-        .skip(start)
-    {
+    let tok = t.tokenizer.clone();
+    let mut data =
+        default_task::demonstration_stream(&tok, &t.cfg.tasks, sft.tool_fraction, t.cfg.seed);
+    // Resuming: the stream is deterministic, so the batches already trained are skipped.
+    for _ in 0..start * sft.batch_size {
+        data.next().transpose()?;
+    }
+    let mut losses = Vec::new();
+    for s in start..sft.steps {
         if stop.is_some_and(|f| f.load(Ordering::SeqCst)) {
             break;
         }
-        let loss = t.sft_step(batch, lr_at(&sft, s))?;
+        let batch: Vec<_> = data.by_ref().take(sft.batch_size).collect::<Result<_>>()?;
+        let loss = t.sft_step(&batch, lr_at(&sft, s))?;
         losses.push(loss);
         progress(s, loss);
     }

@@ -363,3 +363,77 @@ fn a_line_that_is_not_utf8_is_one_bad_line_not_the_end_of_grading() {
     );
     assert!(lines[1]["error"].as_str().unwrap().contains("UTF-8"));
 }
+
+#[test]
+fn init_force_into_a_sharded_checkpoint_replaces_the_old_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    // An old sharded checkpoint: the model of seed 1 as two shards and an index.
+    let cfg = alp_model::presets::tiny();
+    let old = alp_model::ModelWeights::random(
+        &cfg,
+        1,
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    old.save(dir.path()).unwrap();
+    let names: Vec<String> = old.tensors.keys().cloned().collect();
+    let (a, b) = names.split_at(names.len() / 2);
+    let shard = |n: &[String], f: &str| {
+        let m: std::collections::HashMap<String, candle_core::Tensor> = n
+            .iter()
+            .map(|k| (k.clone(), old.tensors[k].clone()))
+            .collect();
+        candle_core::safetensors::save(&m, dir.path().join(f)).unwrap();
+    };
+    shard(a, "model-00001-of-00002.safetensors");
+    shard(b, "model-00002-of-00002.safetensors");
+    let map: serde_json::Map<String, serde_json::Value> = a
+        .iter()
+        .map(|k| (k.clone(), "model-00001-of-00002.safetensors".into()))
+        .chain(
+            b.iter()
+                .map(|k| (k.clone(), "model-00002-of-00002.safetensors".into())),
+        )
+        .collect();
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        serde_json::json!({ "weight_map": map }).to_string(),
+    )
+    .unwrap();
+    std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+    let out = alp()
+        .args([
+            "init", "--preset", "tiny", "--seed", "2", "--force", "--out",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let loaded = alp_model::ModelWeights::load(
+        dir.path(),
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let new = alp_model::ModelWeights::random(
+        &cfg,
+        2,
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let k = &names[0];
+    let d = (&loaded.tensors[k] - &new.tensors[k])
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap();
+    assert_eq!(
+        d.to_scalar::<f32>().unwrap(),
+        0.0,
+        "the new model is what loads"
+    );
+    assert!(!dir.path().join("model.safetensors.index.json").exists());
+}

@@ -85,6 +85,8 @@ fn config_round_trips_and_validation_names_the_fields() {
         (&["tasks.hard_fraction=2"], "tasks.hard_fraction"),
         (&["rl.temperature=nan"], "rl.temperature"),
         (&["rl.steps=many"], "rl.steps"),
+        (&["rl.prompts_per_step=1000000000"], "rl.prompts_per_step"),
+        (&["eval.tasks=1000000000"], "eval.tasks"),
         (&["rl.rollout_dtype=f8"], "rl.rollout_dtype"),
         (&["rl.env=chess"], "rl.env"),
         (&["model.preset=huge"], "preset"),

@@ -6,11 +6,25 @@ use anyhow::{bail, Result};
 use candle_core::Device;
 
 pub fn run(cfg: &Config, out: &Path, seed: u64, dtype: &str, force: bool) -> Result<()> {
-    if out.join("model.safetensors").exists() && !force {
+    let holds =
+        out.join("model.safetensors").exists() || out.join("model.safetensors.index.json").exists();
+    if holds && !force {
         bail!(
             "{} already holds a checkpoint; pass --force to overwrite it or choose another --out",
             out.display()
         );
+    }
+    if holds {
+        // The old weights must go, shards and index included: the loader prefers an index.
+        for f in alp_model::weight_files(out).unwrap_or_default() {
+            std::fs::remove_file(&f)?;
+        }
+        for f in ["model.safetensors.index.json", "model.safetensors"] {
+            let p = out.join(f);
+            if p.exists() {
+                std::fs::remove_file(&p)?;
+            }
+        }
     }
     let w = ModelWeights::random(cfg, seed, parse_dtype(dtype)?, &Device::Cpu)?;
     w.save(out)?;
