@@ -62,15 +62,20 @@ impl KlPenalty {
         agg: Aggregation,
         normaliser: f64,
     ) -> Result<Tensor> {
+        let kl = self.masked_kl(logp, logp_ref, mask)?;
+        let part = agg.reduce_part(&kl, &mask.to_dtype(logp.dtype())?, normaliser)?;
+        Ok((part * self.coef)?)
+    }
+
+    /// Per-token KL with masked positions zeroed on both sides (garbage there never leaks).
+    fn masked_kl(&self, logp: &Tensor, logp_ref: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let m = mask.ne(0.0)?;
         let z = logp.zeros_like()?;
-        let kl = kl_per_token(
+        kl_per_token(
             self.estimator,
             &m.where_cond(logp, &z)?,
             &m.where_cond(&logp_ref.to_dtype(logp.dtype())?, &z)?,
-        )?;
-        let part = agg.reduce_part(&kl, &mask.to_dtype(logp.dtype())?, normaliser)?;
-        Ok((part * self.coef)?)
+        )
     }
 
     /// The penalty term (scalar) under `mask`, reduced like the policy loss.
@@ -81,13 +86,7 @@ impl KlPenalty {
         mask: &Tensor,
         agg: Aggregation,
     ) -> Result<Tensor> {
-        let m = mask.ne(0.0)?;
-        let z = logp.zeros_like()?;
-        let kl = kl_per_token(
-            self.estimator,
-            &m.where_cond(logp, &z)?,
-            &m.where_cond(logp_ref, &z)?,
-        )?;
+        let kl = self.masked_kl(logp, logp_ref, mask)?;
         Ok((agg.reduce(&kl, &mask.to_dtype(logp.dtype())?)? * self.coef)?)
     }
 }

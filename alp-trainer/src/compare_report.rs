@@ -278,64 +278,12 @@ fn band(r: &[RunResult], kind: usize) -> Band {
 }
 
 fn plot_band(path: &Path, title: &str, rows: &Rows, setting: &str, kind: usize) -> Result<()> {
-    let curves: Vec<(&String, Band)> = rows
+    let curves: Vec<crate::report::Curve> = rows
         .iter()
         .filter(|(s, _, _)| s == setting)
-        .map(|(_, m, r)| (m, band(r, kind)))
+        .map(|(_, m, r)| (m.clone(), band(r, kind)))
         .collect();
-    let pts: Vec<&(f64, f64, f64)> = curves.iter().flat_map(|c| c.1.iter()).collect();
-    let (x0, x1) = pts
-        .iter()
-        .fold((0.0f64, 1.0f64), |a, p| (a.0.min(p.0), a.1.max(p.0)));
-    let (mut y0, mut y1) = pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |a, p| {
-        (a.0.min(p.1 - p.2), a.1.max(p.1 + p.2))
-    });
-    if !(y0.is_finite() && y1.is_finite()) || y1 <= y0 {
-        (y0, y1) = (0.0, 1.0);
-    }
-    let err = |e: &dyn std::fmt::Display| Error::Msg(format!("plot {}: {e}", path.display()));
-    let root = SVGBackend::new(path, (820, 480)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 18))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(50)
-        .build_cartesian_2d(x0..x1.max(x0 + 1.0), y0..y1 + 0.05 * (y1 - y0))
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("RL step")
-        .draw()
-        .map_err(|e| err(&e))?;
-    for (i, (name, c)) in curves.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        let mut poly: Vec<(f64, f64)> = c.iter().map(|p| (p.0, p.1 + p.2)).collect();
-        poly.extend(c.iter().rev().map(|p| (p.0, p.1 - p.2)));
-        chart
-            .draw_series(std::iter::once(Polygon::new(
-                poly,
-                color.mix(0.12).filled(),
-            )))
-            .map_err(|e| err(&e))?;
-        chart
-            .draw_series(LineSeries::new(
-                c.iter().map(|p| (p.0, p.1)),
-                color.stroke_width(2),
-            ))
-            .map_err(|e| err(&e))?
-            .label(name.as_str())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
-            });
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))
+    crate::report::plot_curves(path, title, &curves)
 }
 
 fn sigma_plot(path: &Path, rows: &Rows, setting: &str) -> Result<()> {

@@ -98,14 +98,57 @@ fn series(lines: &[Value], key: &str) -> Vec<(f64, f64)> {
 /// infinite; such points are left out and the title says so.
 const PLOT_LIMIT: f64 = 1e100;
 
+/// A named curve of (x, y, spread) points; a spread > 0 draws a band of y ± spread.
+pub type Curve = (String, Vec<(f64, f64, f64)>);
+
 fn plot(path: &Path, title: &str, curves: &[(String, Vec<(f64, f64)>)]) -> Result<()> {
-    let ok = |p: &&(f64, f64)| p.0.is_finite() && p.1.is_finite() && p.1.abs() <= PLOT_LIMIT;
+    let curves: Vec<Curve> = curves
+        .iter()
+        .map(|(n, c)| (n.clone(), c.iter().map(|p| (p.0, p.1, 0.0)).collect()))
+        .collect();
+    plot_curves(path, title, &curves)
+}
+
+/// The axis ranges of `curves` (bands included), never empty or infinite.
+fn ranges(curves: &[Curve]) -> ((f64, f64), (f64, f64)) {
+    let pts: Vec<&(f64, f64, f64)> = curves.iter().flat_map(|c| c.1.iter()).collect();
+    type Point = (f64, f64, f64);
+    let fold = |f: &dyn Fn(&Point) -> (f64, f64)| {
+        pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |a, p| {
+            let (lo, hi) = f(p);
+            (a.0.min(lo), a.1.max(hi))
+        })
+    };
+    let (x0, x1) = fold(&|p| (p.0, p.0));
+    let (y0, y1) = fold(&|p| (p.1 - p.2, p.1 + p.2));
+    let x = if pts.is_empty() {
+        (0.0, 1.0)
+    } else if x1 > x0 {
+        (x0, x1)
+    } else {
+        (x0 - 1.0, x1 + 1.0)
+    };
+    let y = if pts.is_empty() {
+        (0.0, 1.0)
+    } else if y1 > y0 {
+        (y0, y1 + 0.05 * (y1 - y0))
+    } else {
+        (y0 - 0.5, y1 + 0.5)
+    };
+    (x, y)
+}
+
+/// Draws named curves (with their bands) against the RL step into an SVG.
+pub fn plot_curves(path: &Path, title: &str, curves: &[Curve]) -> Result<()> {
+    let ok = |p: &&(f64, f64, f64)| {
+        p.0.is_finite() && p.1.is_finite() && p.2.is_finite() && p.1.abs() + p.2 <= PLOT_LIMIT
+    };
     let dropped = curves
         .iter()
         .flat_map(|c| c.1.iter())
         .filter(|p| !ok(p))
         .count();
-    let curves: Vec<(String, Vec<(f64, f64)>)> = curves
+    let curves: Vec<Curve> = curves
         .iter()
         .map(|(n, c)| (n.clone(), c.iter().filter(ok).copied().collect()))
         .collect();
@@ -114,33 +157,12 @@ fn plot(path: &Path, title: &str, curves: &[(String, Vec<(f64, f64)>)]) -> Resul
     } else {
         title.to_string()
     };
-    let (title, curves) = (title.as_str(), curves.as_slice());
-    let pts: Vec<&(f64, f64)> = curves.iter().flat_map(|c| c.1.iter()).collect();
-    let (x0, x1) = pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |a, p| {
-        (a.0.min(p.0), a.1.max(p.0))
-    });
-    let (y0, y1) = pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |a, p| {
-        (a.0.min(p.1), a.1.max(p.1))
-    });
-    let (x0, x1) = if pts.is_empty() {
-        (0.0, 1.0)
-    } else if x1 > x0 {
-        (x0, x1)
-    } else {
-        (x0 - 1.0, x1 + 1.0)
-    };
-    let (y0, y1) = if pts.is_empty() {
-        (0.0, 1.0)
-    } else if y1 > y0 {
-        (y0, y1 + 0.05 * (y1 - y0))
-    } else {
-        (y0 - 0.5, y1 + 0.5)
-    };
+    let ((x0, x1), (y0, y1)) = ranges(&curves);
     let err = |e: &dyn std::fmt::Display| Error::Msg(format!("plot {}: {e}", path.display()));
-    let root = SVGBackend::new(path, (720, 420)).into_drawing_area();
+    let root = SVGBackend::new(path, (760, 440)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
+        .caption(title, ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(32)
         .y_label_area_size(56)
@@ -153,8 +175,21 @@ fn plot(path: &Path, title: &str, curves: &[(String, Vec<(f64, f64)>)]) -> Resul
         .map_err(|e| err(&e))?;
     for (i, (name, c)) in curves.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
+        if c.iter().any(|p| p.2 > 0.0) {
+            let mut band: Vec<(f64, f64)> = c.iter().map(|p| (p.0, p.1 + p.2)).collect();
+            band.extend(c.iter().rev().map(|p| (p.0, p.1 - p.2)));
+            chart
+                .draw_series(std::iter::once(Polygon::new(
+                    band,
+                    color.mix(0.12).filled(),
+                )))
+                .map_err(|e| err(&e))?;
+        }
         chart
-            .draw_series(LineSeries::new(c.iter().copied(), color.stroke_width(2)))
+            .draw_series(LineSeries::new(
+                c.iter().map(|p| (p.0, p.1)),
+                color.stroke_width(2),
+            ))
             .map_err(|e| err(&e))?
             .label(name.clone())
             .legend(move |(x, y)| {
