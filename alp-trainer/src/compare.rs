@@ -236,6 +236,24 @@ pub fn preset(name: &str) -> Result<Plan> {
 }
 
 impl Plan {
+    /// Keeps only the named mismatch settings.
+    pub fn with_settings(mut self, names: &[String]) -> Result<Self> {
+        for n in names {
+            if !self.settings.iter().any(|s| &s.name == n) {
+                let known: Vec<&str> = self.settings.iter().map(|s| s.name.as_str()).collect();
+                return Err(Error::config(
+                    "--settings",
+                    format!(
+                        "unknown setting `{n}` in this preset; known: {}",
+                        known.join(", ")
+                    ),
+                ));
+            }
+        }
+        self.settings.retain(|s| names.contains(&s.name));
+        Ok(self)
+    }
+
     /// Keeps only the named methods (in the given order); an unknown name lists the known ones.
     pub fn with_methods(mut self, names: &[String]) -> Result<Self> {
         let all = all_arms();

@@ -68,6 +68,9 @@ enum Command {
         /// Seeds per method and setting (default: the preset's).
         #[arg(long)]
         seeds: Option<usize>,
+        /// Comma-separated mismatch settings of the preset to run (default: all).
+        #[arg(long, value_delimiter = ',')]
+        settings: Vec<String>,
         /// Override a setting of every run, e.g. --set rl.steps=60.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
@@ -228,9 +231,10 @@ fn main() -> Result<()> {
             preset,
             methods,
             seeds,
+            settings,
             sets,
             out,
-        } => train::compare(&preset, &methods, seeds, &sets, &out),
+        } => train::compare(&preset, &methods, seeds, &settings, &sets, &out),
         Command::Eval {
             model,
             config,

@@ -173,6 +173,7 @@ pub fn compare(
     preset: &str,
     methods: &[String],
     seeds: Option<usize>,
+    settings: &[String],
     sets: &[String],
     out: &std::path::Path,
 ) -> Result<()> {
@@ -180,6 +181,9 @@ pub fn compare(
     let mut plan = compare::preset(preset)?;
     if !methods.is_empty() {
         plan = plan.with_methods(methods)?;
+    }
+    if !settings.is_empty() {
+        plan = plan.with_settings(settings)?;
     }
     if let Some(s) = seeds {
         anyhow::ensure!(s >= 1, "--seeds must be at least 1");
