@@ -71,16 +71,7 @@ pub fn train_with(
     opts: RunOptions,
     extra: &mut dyn MetricsSink,
 ) -> Result<RunOutcome> {
-    let out_dir = || -> Result<PathBuf> {
-        let d = opts.out.clone().unwrap_or_else(default_run_dir);
-        crate::session::claim_dir(&d, opts.overwrite)?;
-        Ok(d)
-    };
-    let mut s = match (&opts.resume, &opts.warm_start) {
-        (Some(r), _) => Session::resume(r, &opts.resume_overrides, opts.out.clone())?,
-        (None, Some(w)) => Session::start_from(w, cfg, out_dir()?)?,
-        (None, None) => Session::create(cfg, out_dir()?)?,
-    };
+    let mut s = open_session(cfg, &opts)?;
     let first = s.step_index();
     let total = s.config().rl.steps as u64;
     let end = opts
@@ -99,30 +90,7 @@ pub fn train_with(
     if did_sft {
         warm_start(&mut s, &opts, &mut out)?;
         if s.needs_sft() {
-            // Interrupted during SFT: keep it, resumable as SFT, and say so.
-            s.save_checkpoint()?;
-            report::write_summary(
-                &s.dir,
-                s.config(),
-                None,
-                None,
-                s.wall_seconds(),
-                0,
-                true,
-                s.phase(),
-            )?;
-            out.message(&format!(
-                "interrupted during SFT after {} of {} steps; `alp train --resume {}` continues the SFT",
-                s.sft_steps_done,
-                s.config().sft.steps,
-                s.dir.display()
-            ));
-            return Ok(RunOutcome {
-                dir: s.dir.clone(),
-                before: None,
-                after: None,
-                interrupted: true,
-            });
+            return stopped_in_sft(&s, &mut out);
         }
     }
     let mut before = None;
@@ -154,6 +122,47 @@ pub fn train_with(
         before,
         after,
         interrupted,
+    })
+}
+
+/// The run's session: resumed, started from a warm start, or fresh in a directory of its own.
+fn open_session(cfg: TrainConfig, opts: &RunOptions) -> Result<Session> {
+    let out_dir = || -> Result<PathBuf> {
+        let d = opts.out.clone().unwrap_or_else(default_run_dir);
+        crate::session::claim_dir(&d, opts.overwrite)?;
+        Ok(d)
+    };
+    match (&opts.resume, &opts.warm_start) {
+        (Some(r), _) => Session::resume(r, &opts.resume_overrides, opts.out.clone()),
+        (None, Some(w)) => Session::start_from(w, cfg, out_dir()?),
+        (None, None) => Session::create(cfg, out_dir()?),
+    }
+}
+
+/// Interrupted during SFT: the state is saved (resumable as SFT) and the summary says so.
+fn stopped_in_sft(s: &Session, out: &mut dyn MetricsSink) -> Result<RunOutcome> {
+    s.save_checkpoint()?;
+    report::write_summary(
+        &s.dir,
+        s.config(),
+        None,
+        None,
+        s.wall_seconds(),
+        0,
+        true,
+        s.phase(),
+    )?;
+    out.message(&format!(
+        "interrupted during SFT after {} of {} steps; `alp train --resume {}` continues the SFT",
+        s.sft_steps_done,
+        s.config().sft.steps,
+        s.dir.display()
+    ));
+    Ok(RunOutcome {
+        dir: s.dir.clone(),
+        before: None,
+        after: None,
+        interrupted: true,
     })
 }
 
