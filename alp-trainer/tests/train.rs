@@ -366,20 +366,26 @@ fn trainer_recomputation_matches_the_engine_on_the_same_weights() {
     }
 }
 
+/// A GRPO trainer with a large, unclipped learning rate (updates that really move the policy)
+/// and one more setting.
+fn fast_grpo(extra: &str) -> Trainer {
+    let mut cfg = small()
+        .apply_overrides(&[
+            "rl.objective.method=grpo".into(),
+            extra.into(),
+            "rl.lr=0.01".into(),
+        ])
+        .unwrap();
+    cfg.rl.grad_clip = 0.0;
+    Trainer::new(cfg).unwrap()
+}
+
 #[test]
 fn logp_old_is_the_policy_the_step_starts_from_in_every_mini_batch_and_epoch() {
     // Two mini-batches × two epochs with a large learning rate: the later updates move the
     // policy, but log π_old (the engine part compares it with the f32 sampler on the same
     // weights) must still be the pre-step policy.
-    let mut cfg = small()
-        .apply_overrides(&[
-            "rl.objective.method=grpo".into(),
-            "rl.ppo_epochs=2".into(),
-            "rl.lr=0.01".into(),
-        ])
-        .unwrap();
-    cfg.rl.grad_clip = 0.0;
-    let mut t = Trainer::new(cfg).unwrap();
+    let mut t = fast_grpo("rl.ppo_epochs=2");
     let before = t
         .weights()
         .unwrap()
@@ -607,15 +613,7 @@ fn set_parses_a_value_by_the_type_of_its_field() {
 fn stale_batches_split_the_mismatch_into_engine_and_staleness() {
     // f32 rollouts: the engine part is float noise even for a batch two versions old, while
     // the staleness part shows the updates since.
-    let mut cfg = small()
-        .apply_overrides(&[
-            "rl.objective.method=grpo".into(),
-            "rl.max_staleness=2".into(),
-            "rl.lr=0.01".into(),
-        ])
-        .unwrap();
-    cfg.rl.grad_clip = 0.0;
-    let mut t = Trainer::new(cfg).unwrap();
+    let mut t = fast_grpo("rl.max_staleness=2");
     t.remember_version().unwrap();
     let mut old = uneven_batch_of(&t);
     for _ in 0..2 {
