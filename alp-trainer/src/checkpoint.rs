@@ -37,12 +37,9 @@ pub fn checkpoint_dir(run: &Path, step: u64) -> PathBuf {
 /// The first tensor of `w` with a NaN or an infinity, if any.
 pub fn first_non_finite(w: &ModelWeights) -> Result<Option<String>> {
     for (name, t) in &w.tensors {
-        let s = t
-            .to_dtype(DType::F32)?
-            .abs()?
-            .max_all()?
-            .to_scalar::<f32>()?;
-        if !s.is_finite() {
+        // Element by element: a reduction (max, sum) could skip a NaN or overflow on finite values.
+        let v = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        if v.iter().any(|x| !x.is_finite()) {
             return Ok(Some(name.clone()));
         }
     }

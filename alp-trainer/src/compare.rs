@@ -448,12 +448,6 @@ pub fn run_one(
             return Ok(r);
         }
     }
-    // Written by an earlier version (read when it has no NaN).
-    if let Ok(text) = std::fs::read_to_string(run_dir.join("result.json")) {
-        if let Ok(r) = serde_json::from_str(&text) {
-            return Ok(r);
-        }
-    }
     if run_dir.exists() {
         // An unfinished run from an interrupted compare: start it again.
         std::fs::remove_dir_all(&run_dir).map_err(|e| Error::io(&run_dir, e))?;

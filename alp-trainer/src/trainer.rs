@@ -138,12 +138,15 @@ impl Trainer {
 
     /// Sets the reference policy of the KL term (`rl.kl.coef` > 0) to `weights`, in f32.
     pub fn set_reference(&mut self, weights: &ModelWeights) -> Result<()> {
-        self.reference = Some(
-            weights
-                .snapshot(candle_core::DType::F32, &self.device)?
-                .build()?,
-        );
+        self.reference = Some(self.frozen(weights)?);
         Ok(())
+    }
+
+    /// An unperturbed f32 inference copy of `weights` (no storage shared with the trainer).
+    fn frozen(&self, weights: &ModelWeights) -> Result<Model> {
+        weights
+            .snapshot(candle_core::DType::F32, &self.device)?
+            .build()
     }
 
     /// Keeps an unperturbed f32 copy of the current version while batches sampled by it may
@@ -153,10 +156,7 @@ impl Trainer {
         if keep == 0 || self.history.iter().any(|(v, _)| *v == self.version) {
             return Ok(());
         }
-        let m = self
-            .weights()?
-            .snapshot(candle_core::DType::F32, &self.device)?
-            .build()?;
+        let m = self.frozen(&self.weights()?)?;
         self.history.push_back((self.version, m));
         while self.history.len() > keep + 1 {
             self.history.pop_front();

@@ -46,6 +46,18 @@ fn quiet() -> RunOptions {
     }
 }
 
+/// Largest |a − b| over two tensors of the same shape.
+fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 fn weights_of(run: &Path) -> BTreeMap<String, Vec<f32>> {
     let ck = checkpoint::latest(run).unwrap();
     let w = checkpoint::load_weights(&ck, DType::F32, &Device::Cpu).unwrap();
@@ -228,14 +240,7 @@ fn a_nan_skips_the_update_and_repeated_nans_stop_with_an_error() {
     assert!(m["skipped_updates"] >= 1.0);
     let after = t.weights().unwrap();
     for (k, v) in &before.tensors {
-        let d = (v - &after.tensors[k])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs_diff(v, &after.tensors[k]);
         assert_eq!(d, 0.0, "{k} changed despite the NaN");
     }
     // A clean step updates again.
@@ -405,17 +410,11 @@ fn logp_old_is_the_policy_the_step_starts_from_in_every_mini_batch_and_epoch() {
         (max - 1.0).abs() < 1e-3 && (min - 1.0).abs() < 1e-3,
         "engine ratio in [{min}, {max}]"
     );
-    let moved = before.tensors.iter().any(|(k, v)| {
-        (v - &t.weights().unwrap().tensors[k])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            > 1e-4
-    });
+    let after = t.weights().unwrap();
+    let moved = before
+        .tensors
+        .iter()
+        .any(|(k, v)| max_abs_diff(v, &after.tensors[k]) > 1e-4);
     assert!(moved, "the updates moved the weights");
 }
 
@@ -664,15 +663,7 @@ fn quantised_rollouts_round_every_matrix_to_its_grid() {
         }
     }
     let orig = &t.weights().unwrap().tensors["model.layers.0.mlp.down_proj.weight"];
-    let d = (orig - w)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    assert!(d > 0.0);
+    assert!(max_abs_diff(orig, w) > 0.0);
 }
 
 #[test]

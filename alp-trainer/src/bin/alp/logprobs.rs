@@ -17,14 +17,8 @@ pub fn run(model: &str, tokens: &str, dtype: &str, device: &str) -> Result<()> {
         .forward_full(&ids, &[], &NoPerturbation, Numerics::Fused)?;
     let lp = sequence_logprobs(&logits, &toks)?;
     if let Some(i) = lp.iter().position(|x| !x.is_finite()) {
-        let bad = p.weights.tensors.iter().find(|(_, t)| {
-            t.to_dtype(candle_core::DType::F32)
-                .and_then(|t| t.sum_all())
-                .and_then(|s| s.to_scalar::<f32>())
-                .is_ok_and(|s| !s.is_finite())
-        });
-        match bad {
-            Some((name, _)) => bail!(
+        match alp_trainer::checkpoint::first_non_finite(&p.weights)? {
+            Some(name) => bail!(
                 "log-prob {i} is {}: the weights of {model} are not finite (first non-finite tensor: `{name}`)",
                 lp[i]
             ),
