@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod memory;
 pub mod seed;
 pub mod traits;
 pub mod trajectory;

@@ -38,6 +38,28 @@ fn token_string(v: Option<&serde_json::Value>) -> Option<String> {
     }
 }
 
+/// Most instructions a chat template may run (real templates need a few thousand per message).
+pub const TEMPLATE_FUEL: u64 = 20_000_000;
+/// Most bytes a rendered chat template may have.
+pub const TEMPLATE_MAX_OUTPUT: usize = 64 << 20;
+
+/// A `Vec` that refuses to grow past [`TEMPLATE_MAX_OUTPUT`].
+struct BoundedWriter(Vec<u8>);
+
+impl std::io::Write for BoundedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > TEMPLATE_MAX_OUTPUT {
+            self.0.resize(TEMPLATE_MAX_OUTPUT, 0);
+            return Err(std::io::Error::other("chat template output too large"));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl Tokenizer {
     /// Loads the tokenizer of a model directory; `Ok(None)` when it has no `tokenizer.json`
     /// (callers then give token ids).
@@ -168,6 +190,20 @@ impl Tokenizer {
             .to_vec())
     }
 
+    /// The characters of `text` that this tokenizer cannot represent (they encode to its
+    /// unknown token, or are dropped): what does not come back from a round trip.
+    pub fn unrepresentable_chars(&self, text: &str) -> Result<Vec<char>> {
+        let back = self.decode(&self.encode(text, false)?, false)?;
+        if back == text {
+            return Ok(Vec::new());
+        }
+        let kept: std::collections::HashSet<char> = back.chars().collect();
+        let mut lost: Vec<char> = text.chars().filter(|c| !kept.contains(c)).collect();
+        lost.sort_unstable();
+        lost.dedup();
+        Ok(lost)
+    }
+
     /// Decodes ids to text.
     pub fn decode(&self, ids: &[TokenId], skip_special_tokens: bool) -> Result<String> {
         self.inner
@@ -190,6 +226,8 @@ impl Tokenizer {
             )
         })?;
         let mut env = minijinja::Environment::new();
+        // A template is code from the checkpoint: bound its steps and its output.
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function(
             "raise_exception",
@@ -211,8 +249,28 @@ impl Tokenizer {
             bos_token => self.bos_token.clone().unwrap_or_default(),
             eos_token => self.eos_token.clone().unwrap_or_default(),
         };
-        t.render(ctx)
-            .map_err(|e| Error::Tokenizer(format!("rendering the chat template: {e}")))
+        let mut out = BoundedWriter(Vec::new());
+        match t.render_captured_to(ctx, &mut out) {
+            Ok(_) => {}
+            Err(_) if out.0.len() >= TEMPLATE_MAX_OUTPUT => {
+                return Err(Error::Tokenizer(format!(
+                    "the chat template's output passed {} MB: it is not a chat template this program can use",
+                    TEMPLATE_MAX_OUTPUT >> 20
+                )))
+            }
+            Err(e) if e.kind() == minijinja::ErrorKind::OutOfFuel => {
+                return Err(Error::Tokenizer(format!(
+                    "the chat template ran past {TEMPLATE_FUEL} steps (a loop too long for a chat prompt)"
+                )))
+            }
+            Err(e) => {
+                return Err(Error::Tokenizer(format!(
+                    "rendering the chat template: {e}"
+                )))
+            }
+        }
+        String::from_utf8(out.0)
+            .map_err(|e| Error::Tokenizer(format!("the chat template's output is not UTF-8: {e}")))
     }
 
     /// Writes `tokenizer.json`, and `tokenizer_config.json` / `generation_config.json` with the

@@ -283,3 +283,50 @@ fn chat_template_eos_and_hub_cache() {
     assert!(e.to_string().contains("acme/absent"), "{e}");
     std::env::remove_var("HF_HUB_CACHE");
 }
+
+#[test]
+fn a_chat_template_that_runs_away_is_stopped_with_an_error() {
+    let msgs = [ChatMessage::new("user", "hi")];
+    // 10k × 10k iterations: bounded in steps.
+    let looping = Tokenizer::from_tokenizer(common::word_tokenizer(5)).with_chat_template(
+        "{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}",
+    );
+    let t = std::time::Instant::now();
+    let e = looping
+        .apply_chat_template(&msgs, true, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("steps"), "{e}");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        t.elapsed()
+    );
+    // Huge output in few steps: bounded in bytes.
+    let wide = Tokenizer::from_tokenizer(common::word_tokenizer(5))
+        .with_chat_template("{% for i in range(100000) %}{{ 'x' * 100000 }}{% endfor %}");
+    let e = wide
+        .apply_chat_template(&msgs, true, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("MB"), "{e}");
+    // A real-sized conversation is far inside both bounds.
+    let qwen_like = Tokenizer::from_tokenizer(common::word_tokenizer(5)).with_chat_template(
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}",
+    );
+    let long: Vec<ChatMessage> = (0..2000)
+        .map(|i| {
+            ChatMessage::new(
+                if i % 2 == 0 { "user" } else { "assistant" },
+                "w1 ".repeat(200),
+            )
+        })
+        .collect();
+    assert!(
+        qwen_like
+            .apply_chat_template(&long, true, None)
+            .unwrap()
+            .len()
+            > 1_000_000
+    );
+}

@@ -62,6 +62,7 @@ pub fn save(run: &Path, trainer: &Trainer, manifest: &Manifest) -> Result<PathBu
         )));
     }
     let root = run.join("checkpoints");
+    crash_point("create the checkpoints directory");
     std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
     let final_dir = checkpoint_dir(run, manifest.step);
     let tmp = root.join(format!(
@@ -70,12 +71,16 @@ pub fn save(run: &Path, trainer: &Trainer, manifest: &Manifest) -> Result<PathBu
         std::process::id()
     ));
     if tmp.exists() {
+        crash_point("remove a stale temporary directory");
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
+    crash_point("create the temporary directory");
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     // The model in Hugging Face format (f32 keeps resume bit-exact) and its tokenizer.
     let model_dir = tmp.join("model");
+    crash_point("write the weights");
     weights.save(&model_dir)?;
+    crash_point("write the tokenizer");
     trainer.tokenizer.save(&model_dir)?;
     let mut state: BTreeMap<String, Tensor> = trainer.opt.theta.state("opt")?;
     state.extend(trainer.opt.sigma.state("opt_sigma")?);
@@ -88,9 +93,11 @@ pub fn save(run: &Path, trainer: &Trainer, manifest: &Manifest) -> Result<PathBu
         .map(|(k, t)| Ok((k, t.to_device(&candle_core::Device::Cpu)?)))
         .collect::<Result<_>>()?;
     let state_path = tmp.join("trainer_state.safetensors");
+    crash_point("write the trainer state");
     candle_core::safetensors::save(&state.into_iter().collect(), &state_path)?;
     let man = serde_json::to_string_pretty(manifest).map_err(|e| Error::Msg(e.to_string()))?;
     let man_path = tmp.join("manifest.json");
+    crash_point("write the manifest");
     std::fs::write(&man_path, man).map_err(|e| Error::io(&man_path, e))?;
     // Replacing a checkpoint of the same step: move the old one aside first, so that a crash
     // leaves it (recoverable by the fallback in `latest`) or the new one in place.
@@ -100,11 +107,14 @@ pub fn save(run: &Path, trainer: &Trainer, manifest: &Manifest) -> Result<PathBu
         std::process::id()
     ));
     if final_dir.exists() {
+        crash_point("move the old checkpoint of this step aside");
         std::fs::rename(&final_dir, &aside).map_err(|e| Error::io(&final_dir, e))?;
     }
+    crash_point("rename the new checkpoint into place");
     std::fs::rename(&tmp, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
     let latest = root.join("latest");
     let latest_tmp = root.join(".latest.tmp");
+    crash_point("write the new latest pointer");
     std::fs::write(
         &latest_tmp,
         final_dir
@@ -113,11 +123,32 @@ pub fn save(run: &Path, trainer: &Trainer, manifest: &Manifest) -> Result<PathBu
             .unwrap_or_default(),
     )
     .map_err(|e| Error::io(&latest_tmp, e))?;
+    crash_point("move latest");
     std::fs::rename(&latest_tmp, &latest).map_err(|e| Error::io(&latest, e))?;
     if aside.exists() {
+        crash_point("remove the old checkpoint");
         std::fs::remove_dir_all(&aside).map_err(|e| Error::io(&aside, e))?;
     }
     Ok(final_dir)
+}
+
+/// The environment variable of the crash-safety test: `ALP_TEST_CRASH_AT_CHECKPOINT_OP=k`
+/// aborts the process (no unwinding, no cleanup: as `kill -9` would) just before the k-th file
+/// operation of checkpoint writes in this process, counting from 1.
+pub const CRASH_ENV: &str = "ALP_TEST_CRASH_AT_CHECKPOINT_OP";
+
+/// Called before every file operation of [`save`]; aborts there when [`CRASH_ENV`] says so.
+fn crash_point(label: &str) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static AT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    static DONE: AtomicU64 = AtomicU64::new(0);
+    let at = *AT.get_or_init(|| std::env::var(CRASH_ENV).ok().and_then(|v| v.parse().ok()));
+    if let Some(k) = at {
+        if DONE.fetch_add(1, Ordering::SeqCst) + 1 == k {
+            eprintln!("{CRASH_ENV}={k}: aborting before: {label}");
+            std::process::abort();
+        }
+    }
 }
 
 /// Whether a checkpoint directory is complete: its manifest parses and its weights load.
@@ -131,22 +162,28 @@ fn is_complete(dir: &Path) -> std::result::Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// The `step-N` directories of a run, newest first.
+/// The step a checkpoint directory's name says, and whether it is the one in place (`step-N`)
+/// rather than one moved aside by a replace that did not finish (`.old-step-N-<pid>`).
+fn step_of(name: &str) -> Option<(u64, bool)> {
+    if let Some(n) = name.strip_prefix("step-") {
+        return Some((n.parse().ok()?, true));
+    }
+    let n = name.strip_prefix(".old-step-")?.split('-').next()?;
+    Some((n.parse().ok()?, false))
+}
+
+/// The checkpoint directories of a run, newest first (of one step, the one in place first).
 fn step_dirs(root: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(root)
+    let mut v: Vec<((u64, bool), PathBuf)> = std::fs::read_dir(root)
         .map(|d| {
             d.filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with("step-"))
-                })
+                .filter_map(|p| Some((step_of(p.file_name()?.to_str()?)?, p)))
                 .collect()
         })
         .unwrap_or_default();
     v.sort();
     v.reverse();
-    v
+    v.into_iter().map(|(_, p)| p).collect()
 }
 
 /// The newest complete checkpoint of a run (or the checkpoint directory itself). The one

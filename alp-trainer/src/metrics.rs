@@ -161,10 +161,60 @@ impl MetricsSink for JsonlSink {
     fn step(&mut self, m: &StepMetrics, wall_s: f64) -> Result<()> {
         self.write(&m.to_json(wall_s))
     }
-    fn eval(&mut self, step: u64, _tag: &str, e: &crate::eval::EvalResult) -> Result<()> {
+    fn eval(&mut self, step: u64, tag: &str, e: &crate::eval::EvalResult) -> Result<()> {
         let j = serde_json::to_value(e).map_err(|e| Error::Msg(e.to_string()))?;
-        self.write(&serde_json::json!({"step": step, "eval": j}))
+        self.write(&serde_json::json!({"step": step, "tag": tag, "eval": j}))
     }
+}
+
+/// The evaluation tag of the evaluation after RL (written after the final checkpoint).
+pub const TAG_AFTER_RL: &str = "after RL";
+
+/// Before a resume from RL step `from` (`None`: the run starts over), moves the records of
+/// `metrics.jsonl` that the resumed run will write again — steps after `from`, and the
+/// evaluation after RL — to `metrics.dropped.jsonl` beside it, so that the file holds each
+/// step once and nothing is lost. Returns how many records were moved.
+pub fn trim_for_resume(path: &Path, from: Option<u64>) -> Result<usize> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let redone = |line: &str| -> bool {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            return false;
+        };
+        let step = v.get("step").and_then(|s| s.as_u64());
+        match from {
+            None => true,
+            Some(k) => {
+                step.is_some_and(|s| s > k)
+                    || v.get("tag").and_then(|t| t.as_str()) == Some(TAG_AFTER_RL)
+            }
+        }
+    };
+    let (drop, keep): (Vec<&str>, Vec<&str>) = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .partition(|l| redone(l));
+    if drop.is_empty() {
+        return Ok(0);
+    }
+    let dropped = path.with_file_name("metrics.dropped.jsonl");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&dropped)
+        .map_err(|e| Error::io(&dropped, e))?;
+    for l in &drop {
+        writeln!(f, "{l}").map_err(|e| Error::io(&dropped, e))?;
+    }
+    f.sync_all().map_err(|e| Error::io(&dropped, e))?;
+    let tmp = path.with_extension("jsonl.tmp");
+    let body: String = keep.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&tmp, body).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    Ok(drop.len())
 }
 
 /// Keeps every record in memory (tests, notebooks, `alp compare`).

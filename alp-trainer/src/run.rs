@@ -71,20 +71,34 @@ pub fn train_with(
     opts: RunOptions,
     extra: &mut dyn MetricsSink,
 ) -> Result<RunOutcome> {
-    let mut s = open_session(cfg, &opts)?;
+    let (mut s, restarted) = open_session(cfg, &opts)?;
     let first = s.step_index();
     let total = s.config().rl.steps as u64;
     let end = opts
         .max_steps_this_run
         .map_or(total, |n| (first + n).min(total));
-    let mut sinks = Sinks(vec![Box::new(JsonlSink::open(
-        &s.dir.join("metrics.jsonl"),
-    )?)]);
+    let metrics_path = s.dir.join("metrics.jsonl");
+    let moved = match (&restarted, s.resumed) {
+        (Some(_), _) => crate::metrics::trim_for_resume(&metrics_path, None)?,
+        (None, true) => crate::metrics::trim_for_resume(&metrics_path, Some(first))?,
+        (None, false) => 0,
+    };
+    let mut sinks = Sinks(vec![Box::new(JsonlSink::open(&metrics_path)?)]);
     if opts.console {
         let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
         sinks.0.push(Box::new(ConsoleSink::new(first, total, tty)));
     }
     let mut out = Tee(&mut sinks, extra);
+    if let Some(why) = restarted {
+        out.message(&format!(
+            "{why}\nstarting the run over from its config.toml"
+        ));
+    }
+    if moved > 0 {
+        out.message(&format!(
+            "moved {moved} records that this run writes again from metrics.jsonl to metrics.dropped.jsonl"
+        ));
+    }
     banner(&s, &mut out)?;
     let did_sft = s.needs_sft();
     if did_sft {
@@ -126,16 +140,27 @@ pub fn train_with(
 }
 
 /// The run's session: resumed, started from a warm start, or fresh in a directory of its own.
-fn open_session(cfg: TrainConfig, opts: &RunOptions) -> Result<Session> {
+/// A resumed run directory that has its `config.toml` but no complete checkpoint yet (it
+/// stopped during its first save) starts over; the reason comes back with the session.
+fn open_session(cfg: TrainConfig, opts: &RunOptions) -> Result<(Session, Option<String>)> {
     let out_dir = || -> Result<PathBuf> {
         let d = opts.out.clone().unwrap_or_else(default_run_dir);
         crate::session::claim_dir(&d, opts.overwrite)?;
         Ok(d)
     };
     match (&opts.resume, &opts.warm_start) {
-        (Some(r), _) => Session::resume(r, &opts.resume_overrides, opts.out.clone()),
-        (None, Some(w)) => Session::start_from(w, cfg, out_dir()?),
-        (None, None) => Session::create(cfg, out_dir()?),
+        (Some(r), _) => match crate::checkpoint::latest(r) {
+            Err(e) if opts.out.is_none() && r.join("config.toml").is_file() => Ok((
+                Session::restart(r, &opts.resume_overrides)?,
+                Some(e.to_string()),
+            )),
+            _ => Ok((
+                Session::resume(r, &opts.resume_overrides, opts.out.clone())?,
+                None,
+            )),
+        },
+        (None, Some(w)) => Ok((Session::start_from(w, cfg, out_dir()?)?, None)),
+        (None, None) => Ok((Session::create(cfg, out_dir()?)?, None)),
     }
 }
 
@@ -293,7 +318,7 @@ fn finish(
         None
     } else {
         let e = s.evaluate(s.config().eval.pass_k)?;
-        out.eval(s.step_index(), "after RL", &e)?;
+        out.eval(s.step_index(), crate::metrics::TAG_AFTER_RL, &e)?;
         Some(e)
     };
     let wall = s.wall_seconds();

@@ -95,6 +95,15 @@ impl Session {
         Ok(s)
     }
 
+    /// Starts the run in `dir` over from its `config.toml` (edited by `overrides`): what
+    /// `--resume` does for a run that stopped before its first complete checkpoint.
+    pub fn restart(dir: &Path, overrides: &[String]) -> Result<Self> {
+        let p = dir.join("config.toml");
+        let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+        let cfg = TrainConfig::from_toml(&text)?.apply_overrides(overrides)?;
+        Self::create(cfg, dir.to_path_buf())
+    }
+
     fn checkpoint_tokenizer(ck: &Path, cfg: &TrainConfig) -> Result<Tokenizer> {
         let tok = Tokenizer::load(&ck.join("model"))?.ok_or_else(|| Error::MissingFile {
             path: ck.join("model/tokenizer.json"),

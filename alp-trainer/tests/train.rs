@@ -275,12 +275,6 @@ fn a_killed_write_leaves_the_last_checkpoint_loadable() {
     std::fs::write(torn.join("model/model.safetensors"), b"\x10\x00\x00").unwrap();
     assert_eq!(checkpoint::latest(dir.path()).unwrap(), good);
     assert_eq!(weights_of(dir.path()), w);
-    // Resuming works from it and the next save replaces the torn directory's place.
-    let mut cfg = small();
-    cfg.rl.steps = 3;
-    let mut c2 = cfg.clone();
-    c2.rl.steps = 3;
-    let _ = c2;
     let man = checkpoint::read_manifest(&good).unwrap();
     assert_eq!(man.step, 2);
 }

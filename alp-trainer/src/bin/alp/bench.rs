@@ -59,6 +59,19 @@ pub fn rollout(a: RolloutArgs) -> Result<()> {
     if a.batch == 0 || a.prompt_len == 0 || a.new_tokens == 0 {
         bail!("--batch, --prompt-len and --new-tokens must be positive");
     }
+    // The KV cache of every row at full length, and its prompt and outputs.
+    let c = model.config();
+    let len = a.prompt_len.saturating_add(a.new_tokens) as u64;
+    let kv = 2
+        * (c.num_hidden_layers * c.num_kv_heads() * c.head_dim()) as u64
+        * dtype.size_in_bytes() as u64;
+    alp_core::memory::check_fits(
+        "--batch",
+        a.batch,
+        len.saturating_mul(kv + 16),
+        "the KV cache of its rows",
+        None,
+    )?;
     let vocab = model.config().vocab_size as u32;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let requests: Vec<Request> = (0..a.batch)
@@ -164,6 +177,16 @@ pub fn train(a: TrainArgs) -> Result<()> {
     if a.batch == 0 || a.seq_len < 2 || a.steps == 0 {
         bail!("--batch and --steps must be positive and --seq-len at least 2");
     }
+    // Logits and their gradient, and the activations kept for backward, per row (f32).
+    let c = weights.config.clone();
+    let per_token = 4 * (4 * c.vocab_size + 24 * c.num_hidden_layers * c.hidden_size) as u64;
+    alp_core::memory::check_fits(
+        "--batch",
+        a.batch,
+        per_token.saturating_mul(a.seq_len as u64),
+        "the activations of a training step",
+        None,
+    )?;
     let (model, varmap) = weights.build_trainable()?;
     let mut opt = AdamW::new(
         alp_trainer::trainer::named_vars(&varmap)?,

@@ -18,6 +18,9 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if a.n == 0 {
+        anyhow::bail!("--n 0 asks for no completion; give --n 1 or more");
+    }
     let device = parse_device(&a.device)?;
     let p = load_pretrained(&a.model, parse_dtype(&a.dtype)?, &device)?;
     let tok = p.tokenizer.with_context(|| {
@@ -31,7 +34,17 @@ pub fn run(a: Args) -> Result<()> {
     } else {
         a.prompt.clone()
     };
+    let lost = tok.unrepresentable_chars(&a.prompt)?;
+    if !lost.is_empty() {
+        eprintln!(
+            "warning: --prompt has characters outside the tokenizer's vocabulary, read as its unknown token: {}",
+            lost.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>().join(" ")
+        );
+    }
     let prompt = tok.encode(&text, !a.chat)?;
+    // Every completion is held until printed: its prompt copy, tokens, log-probs and text.
+    let each = 256 + 4 * prompt.len() as u64 + 16 * a.params.max_new_tokens as u64;
+    alp_core::memory::check_fits("--n", a.n, each, "the completions it holds", None)?;
     let tok = Arc::new(tok);
     let engine =
         Engine::new(Arc::new(p.model), EngineConfig::default())?.with_tokenizer(tok.clone());

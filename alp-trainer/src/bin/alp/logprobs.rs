@@ -1,6 +1,8 @@
 //! `alp logprobs`.
 use alp_model::NoPerturbation;
-use alp_model::{load_pretrained, parse_device, parse_dtype, sequence_logprobs, Numerics};
+use alp_model::{
+    parse_device, parse_dtype, resolve_model_dir, sequence_logprobs, ModelWeights, Numerics,
+};
 use anyhow::{bail, Result};
 use candle_core::Tensor;
 
@@ -10,14 +12,14 @@ pub fn run(model: &str, tokens: &str, dtype: &str, device: &str) -> Result<()> {
         bail!("--tokens needs at least two ids: the first is context, the rest are scored");
     }
     let device = parse_device(device)?;
-    let p = load_pretrained(model, parse_dtype(dtype)?, &device)?;
+    // Token ids in, log-probs out: the weights alone (a tokenizer, even a broken one, is not read).
+    let weights = ModelWeights::load(&resolve_model_dir(model)?, parse_dtype(dtype)?, &device)?;
+    let lm = weights.build()?;
     let ids = Tensor::new(toks.as_slice(), &device)?.unsqueeze(0)?;
-    let logits = p
-        .model
-        .forward_full(&ids, &[], &NoPerturbation, Numerics::Fused)?;
+    let logits = lm.forward_full(&ids, &[], &NoPerturbation, Numerics::Fused)?;
     let lp = sequence_logprobs(&logits, &toks)?;
     if let Some(i) = lp.iter().position(|x| !x.is_finite()) {
-        match alp_trainer::checkpoint::first_non_finite(&p.weights)? {
+        match alp_trainer::checkpoint::first_non_finite(&weights)? {
             Some(name) => bail!(
                 "log-prob {i} is {}: the weights of {model} are not finite (first non-finite tensor: `{name}`)",
                 lp[i]

@@ -103,6 +103,15 @@ pub fn eval(
 ) -> Result<()> {
     use alp_core::TaskSource;
     let mut cfg = load_config(config.as_ref(), &sets)?;
+    // Every sampled episode (limit × n) is held until graded.
+    let each = 512 + 16 * cfg.rl.max_total_tokens as u64;
+    alp_core::memory::check_fits(
+        "--limit × --n",
+        limit.saturating_mul(n.max(1)),
+        each,
+        "the episodes it samples",
+        None,
+    )?;
     let dir = alp_model::resolve_model_dir(&model)?;
     let dtype = cfg.model.dtype.candle();
     let device = alp_model::parse_device(&cfg.model.device)?;
@@ -144,6 +153,12 @@ pub fn eval(
                 alp_envs::math::load_jsonl(p, &format, "dataset", alp_envs::math::OnError::Skip)?;
             for e in &skipped {
                 eprintln!("{path}:{}: skipped: {}", e.line, e.message);
+            }
+            if list.is_empty() {
+                anyhow::bail!(
+                    "--tasks {path} holds no task ({} lines skipped): each line needs a prompt and an answer (GSM8K `question`/`answer`, MATH `problem`/`solution`, or `prompt`/`answer`)",
+                    skipped.len()
+                );
             }
             list.truncate(limit);
             (list, false)
