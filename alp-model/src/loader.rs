@@ -215,6 +215,18 @@ impl ModelWeights {
     /// zero biases; deterministic in `seed`.
     pub fn random(cfg: &Config, seed: u64, dtype: DType, device: &Device) -> Result<Self> {
         cfg.validate()?;
+        // Initialised in f32 on the host, then converted: both copies at once at worst.
+        let params = expected_tensors(cfg)
+            .iter()
+            .map(|(_, s)| s.iter().fold(1usize, |a, &d| a.saturating_mul(d)))
+            .fold(0usize, usize::saturating_add);
+        alp_core::memory::check_fits(
+            "a config of num_parameters =",
+            params,
+            4 + dtype.size_in_bytes() as u64,
+            "its random weights",
+            None,
+        )?;
         let mut rng = crate::perturbation::seeded_rng(seed);
         let normal = Normal::new(0.0f32, cfg.initializer_range as f32)
             .map_err(|e| Error::config("initializer_range", e.to_string()))?;

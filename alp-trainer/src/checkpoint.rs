@@ -186,6 +186,12 @@ fn step_dirs(root: &Path) -> Vec<PathBuf> {
     v.into_iter().map(|(_, p)| p).collect()
 }
 
+/// Whether a run directory has any checkpoint directory, complete or not (a run that stopped
+/// during its first save has none).
+pub fn has_any(run: &Path) -> bool {
+    !step_dirs(&run.join("checkpoints")).is_empty()
+}
+
 /// The newest complete checkpoint of a run (or the checkpoint directory itself). The one
 /// `latest` names is taken when it is complete; otherwise the newest complete `step-N`, with a
 /// warning naming what was skipped and why.

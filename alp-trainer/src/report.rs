@@ -301,9 +301,11 @@ pub fn plot_specs(dir: &Path) -> Result<Vec<PlotSpec>> {
 
 /// Redraws `<run>/plots/*.svg` from `<run>/metrics.jsonl`.
 pub fn plot_run(dir: &Path) -> Result<()> {
+    // Read first: a missing or malformed metrics file creates nothing.
+    let specs = plot_specs(dir)?;
     let out = dir.join("plots");
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
-    for p in plot_specs(dir)? {
+    for p in specs {
         plot(&out.join(p.file), p.title, &p.curves)?;
     }
     Ok(())

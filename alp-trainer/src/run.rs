@@ -150,10 +150,16 @@ fn open_session(cfg: TrainConfig, opts: &RunOptions) -> Result<(Session, Option<
     };
     match (&opts.resume, &opts.warm_start) {
         (Some(r), _) => match crate::checkpoint::latest(r) {
-            Err(e) if opts.out.is_none() && r.join("config.toml").is_file() => Ok((
-                Session::restart(r, &opts.resume_overrides)?,
-                Some(e.to_string()),
-            )),
+            Err(e)
+                if opts.out.is_none()
+                    && r.join("config.toml").is_file()
+                    && !crate::checkpoint::has_any(r) =>
+            {
+                Ok((
+                    Session::restart(r, &opts.resume_overrides)?,
+                    Some(e.to_string()),
+                ))
+            }
             _ => Ok((
                 Session::resume(r, &opts.resume_overrides, opts.out.clone())?,
                 None,

@@ -437,3 +437,57 @@ fn init_force_into_a_sharded_checkpoint_replaces_the_old_weights() {
     );
     assert!(!dir.path().join("model.safetensors.index.json").exists());
 }
+
+#[test]
+fn ctrl_c_during_sft_exits_130_with_a_finite_sft_checkpoint() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let mut child = alp()
+        .args([
+            "train",
+            "--set",
+            "sft.steps=100000",
+            "--set",
+            "sft.batch_size=4",
+        ])
+        .args(["--set", "eval.tasks=4", "--set", "rl.steps=1", "--out"])
+        .arg(&run)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for the first SFT progress line, then Ctrl-C.
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    for l in lines.by_ref() {
+        if l.unwrap().starts_with("sft step 1/") {
+            break;
+        }
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("interrupted during SFT")),
+        "{rest:?}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["phase"], "sft");
+    let ck = alp_trainer::checkpoint::latest(&run).unwrap();
+    let man = alp_trainer::checkpoint::read_manifest(&ck).unwrap();
+    let done = man.sft_steps_done.unwrap();
+    assert!((1..100_000).contains(&done), "{done}");
+    let w = alp_trainer::checkpoint::load_weights(
+        &ck,
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(alp_trainer::checkpoint::first_non_finite(&w).unwrap(), None);
+}

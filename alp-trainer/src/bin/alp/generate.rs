@@ -18,6 +18,9 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    a.params
+        .validate()
+        .context("a sampling option (--temperature, --top-p, --max-new-tokens) is out of range")?;
     if a.n == 0 {
         anyhow::bail!("--n 0 asks for no completion; give --n 1 or more");
     }

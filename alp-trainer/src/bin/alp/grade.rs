@@ -71,6 +71,12 @@ pub fn run(input: &Path, strict: bool) -> Result<()> {
         writeln!(out, "{record}")?;
     }
     out.flush()?;
+    if total == 0 {
+        anyhow::bail!(
+            "--input {} has no lines to grade (each line: {{\"answer\": ..., \"prediction\": ...}})",
+            input.display()
+        );
+    }
     let acc = if total > 0 {
         correct as f64 / total as f64
     } else {
@@ -86,5 +92,11 @@ pub fn run(input: &Path, strict: bool) -> Result<()> {
             String::new()
         }
     );
+    if bad == total {
+        anyhow::bail!(
+            "no line of --input {} could be graded (each line: {{\"answer\": ..., \"prediction\": ...}})",
+            input.display()
+        );
+    }
     Ok(())
 }

@@ -135,10 +135,10 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         n: usize,
         /// Temperature (0 = greedy).
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
         temperature: f32,
         /// Top-p (1 = off).
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
         top_p: f32,
         /// Top-k (0 = off).
         #[arg(long, default_value_t = 0)]
@@ -244,6 +244,16 @@ fn main() -> Result<()> {
             n,
         } => train::eval(model, config, sets, tasks, limit, n),
         Command::Plot { run } => {
+            let specs = alp_trainer::report::plot_specs(&run)?;
+            if specs
+                .iter()
+                .all(|p| p.curves.iter().all(|c| c.1.is_empty()))
+            {
+                bail!(
+                    "{} has no step or evaluation records to plot",
+                    run.join("metrics.jsonl").display()
+                );
+            }
             alp_trainer::report::plot_run(&run)?;
             println!("wrote {}/plots", run.display());
             Ok(())
