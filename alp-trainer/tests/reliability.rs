@@ -230,3 +230,22 @@ fn an_interrupted_sft_resumes_as_sft_and_ends_where_an_uninterrupted_run_does() 
     .unwrap();
     assert_eq!(weights(&cut), weights(&whole));
 }
+
+#[test]
+fn a_billion_sft_steps_stream_their_demonstrations() {
+    // Demonstrations built up front would never get to the first step (or abort on memory).
+    let cfg = small(&["sft.steps=1000000000"]);
+    let mut t = alp_trainer::trainer::Trainer::new(cfg).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let mut seen = Vec::new();
+    let losses = alp_trainer::sft::run_sft(&mut t, 0, Some(&stop), &mut |i, loss| {
+        seen.push((i, loss));
+        if i == 2 {
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    })
+    .unwrap();
+    assert_eq!(losses.len(), 3);
+    assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), [0, 1, 2]);
+    assert!(losses.iter().all(|l| l.is_finite() && *l > 0.0));
+}
