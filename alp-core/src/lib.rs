@@ -25,7 +25,9 @@ pub mod trajectory;
 pub use error::{Error, Result};
 pub use seed::{mix_seed, splitmix64, splitmix_finalize, GOLDEN_GAMMA};
 pub use traits::{ChatMessage, Environment, Step, Task, TaskSource};
-pub use trajectory::{FinishReason, Outcome, SamplingInfo, Trajectory, TrajectoryGroup};
+pub use trajectory::{
+    FinishReason, Outcome, SamplingInfo, SamplingSupports, Trajectory, TrajectoryGroup,
+};
 
 /// A token id, as the tokenizer and the embedding table see it.
 pub type TokenId = u32;

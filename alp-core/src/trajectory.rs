@@ -108,6 +108,81 @@ impl SamplingInfo {
     }
 }
 
+/// The vocabulary subsets that truncated sampling (top-k, top-p, min-p) drew each response
+/// token from — DeepSeek-V3.2's "keep sampling mask" — so that the trainer scores every token
+/// over the same support the sampler renormalised over. Compressed-row layout: the support of
+/// token `i` is `ids[offsets[i]..offsets[i + 1]]`; an empty range means the full vocabulary
+/// (a token that was not truncated, a tool-output token, or one whose support passed the
+/// bound and is counted in `overflowed`). Memory: 4 bytes per token plus 4 per kept id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SamplingSupports {
+    /// `len + 1` offsets into `ids`.
+    pub offsets: Vec<u32>,
+    /// The kept token ids of every token, back to back.
+    pub ids: Vec<TokenId>,
+    /// Tokens whose support had more ids than the bound (scored over the full vocabulary).
+    pub overflowed: u32,
+}
+
+impl Default for SamplingSupports {
+    fn default() -> Self {
+        SamplingSupports {
+            offsets: vec![0],
+            ids: Vec::new(),
+            overflowed: 0,
+        }
+    }
+}
+
+impl SamplingSupports {
+    /// Appends one token's support (`None`: the full vocabulary).
+    pub fn push(&mut self, support: Option<&[TokenId]>) {
+        if let Some(s) = support {
+            self.ids.extend_from_slice(s);
+        }
+        self.offsets.push(self.ids.len() as u32);
+    }
+
+    /// Appends `n` tokens scored over the full vocabulary (e.g. tool output).
+    pub fn push_full(&mut self, n: usize) {
+        let end = self.ids.len() as u32;
+        self.offsets.extend(std::iter::repeat_n(end, n));
+    }
+
+    /// Appends every token of `other`.
+    pub fn extend(&mut self, other: &SamplingSupports) {
+        for i in 0..other.len() {
+            self.push(other.get(i));
+        }
+        self.overflowed += other.overflowed;
+    }
+
+    /// Number of tokens.
+    pub fn len(&self) -> usize {
+        self.offsets.len().saturating_sub(1)
+    }
+
+    /// True when no token is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The support of token `i` (`None`: the full vocabulary).
+    pub fn get(&self, i: usize) -> Option<&[TokenId]> {
+        let (a, b) = (self.offsets[i] as usize, self.offsets[i + 1] as usize);
+        (b > a).then(|| &self.ids[a..b])
+    }
+
+    /// The largest support.
+    pub fn max_len(&self) -> usize {
+        self.offsets
+            .windows(2)
+            .map(|w| (w[1] - w[0]) as usize)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
 /// One sampled response (possibly spanning several turns with tool outputs in between).
 ///
 /// `response` holds every token after the prompt: generated tokens and observation (tool
@@ -135,6 +210,10 @@ pub struct Trajectory {
     pub finish_reason: FinishReason,
     /// Number of model turns.
     pub num_turns: u32,
+    /// The support each response token was sampled from, when sampling truncated and the
+    /// sampling mask was kept (None: every token over the full vocabulary).
+    #[serde(default)]
+    pub supports: Option<SamplingSupports>,
 }
 
 impl Trajectory {
@@ -159,6 +238,7 @@ impl Trajectory {
             sampling: SamplingInfo::default(),
             finish_reason,
             num_turns: 1,
+            supports: None,
         }
     }
 
@@ -191,6 +271,17 @@ impl Trajectory {
         }
         if self.prompt.is_empty() {
             return Err(Error::invalid("trajectory has an empty prompt"));
+        }
+        if let Some(s) = &self.supports {
+            let consistent = s.offsets.first() == Some(&0)
+                && s.offsets.windows(2).all(|w| w[0] <= w[1])
+                && s.offsets.last().is_some_and(|&e| e as usize == s.ids.len());
+            if s.len() != n || !consistent {
+                return Err(Error::invalid(format!(
+                    "trajectory supports cover {} tokens (offsets consistent: {consistent}) but the response has {n}",
+                    s.len()
+                )));
+            }
         }
         if let Some(i) = self
             .logp_infer

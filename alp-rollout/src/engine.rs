@@ -1,7 +1,7 @@
 //! The batched sampling engine with continuous batching.
 
-use crate::sampling::{sample, SamplingParams};
-use alp_core::{Error, FinishReason, Result, TokenId};
+use crate::sampling::{sample_kept, SamplingParams, Support};
+use alp_core::{Error, FinishReason, Result, SamplingSupports, TokenId};
 use alp_model::NoPerturbation;
 use alp_model::{KvCache, Model, ModelWeights, Tokenizer};
 use candle_core::{DType, Device, Tensor};
@@ -73,6 +73,9 @@ pub struct Completion {
     pub logprobs: Vec<f32>,
     /// Why it stopped.
     pub finish_reason: FinishReason,
+    /// The support of every generated token, when the request truncates and keeps its
+    /// sampling mask.
+    pub supports: Option<SamplingSupports>,
 }
 
 /// Where a request is in its life (waiting ones are the scheduler's queue; rows of the running
@@ -95,6 +98,7 @@ struct Row {
     rng: ChaCha8Rng,
     tokens: Vec<TokenId>,
     logprobs: Vec<f32>,
+    supports: Option<SamplingSupports>,
     next_input: TokenId,
     state: SeqState,
 }
@@ -383,6 +387,10 @@ impl Engine {
                         rng: ChaCha8Rng::seed_from_u64(requests[i].params.seed),
                         tokens: Vec::new(),
                         logprobs: Vec::new(),
+                        supports: {
+                            let p = &requests[i].params;
+                            (p.truncates() && p.keep_sampling_mask).then(SamplingSupports::default)
+                        },
                         next_input: 0,
                         state: SeqState::Prefilling,
                     })
@@ -545,9 +553,20 @@ impl Engine {
     ) -> Result<()> {
         let req = &requests[row.req];
         let p = &req.params;
-        let (tok, lp) = sample(logits, p, &mut row.rng)?;
+        let drawn = sample_kept(logits, p, &mut row.rng)?;
+        let (tok, lp) = (drawn.token, drawn.logprob);
         row.tokens.push(tok);
         row.logprobs.push(lp);
+        if let Some(s) = row.supports.as_mut() {
+            match &drawn.support {
+                Support::Kept(ids) => s.push(Some(ids)),
+                Support::Full => s.push(None),
+                Support::Overflow => {
+                    s.push(None);
+                    s.overflowed += 1;
+                }
+            }
+        }
         row.next_input = tok;
         let reason = if !p.ignore_eos && self.eos.contains(&tok) {
             Some(FinishReason::Eos)
@@ -569,6 +588,7 @@ impl Engine {
                 tokens: std::mem::take(&mut row.tokens),
                 logprobs: std::mem::take(&mut row.logprobs),
                 finish_reason,
+                supports: row.supports.take(),
             });
         }
         Ok(())

@@ -5,7 +5,7 @@ use crate::engine::{Engine, Request};
 use crate::sampling::SamplingParams;
 use alp_core::{
     mix_seed, ChatMessage, Environment, Error, FinishReason, Outcome, PolicyVersion, Result,
-    SamplingInfo, Step, Task, TokenId, Trajectory, TrajectoryGroup,
+    SamplingInfo, SamplingSupports, Step, Task, TokenId, Trajectory, TrajectoryGroup,
 };
 use alp_model::Tokenizer;
 use serde::{Deserialize, Serialize};
@@ -59,6 +59,7 @@ struct Episode {
     response: Vec<TokenId>,
     mask: Vec<u8>,
     logp: Vec<f32>,
+    supports: SamplingSupports,
     turns: u32,
     seed: u64,
     done: Option<(Outcome, FinishReason)>,
@@ -167,6 +168,7 @@ pub fn run_episodes(
                 response: Vec::new(),
                 mask: Vec::new(),
                 logp: Vec::new(),
+                supports: SamplingSupports::default(),
                 turns: 0,
                 seed: mix_seed(config.sampling.seed, (ti * group_size + g) as u64),
                 done: None,
@@ -199,6 +201,10 @@ pub fn run_episodes(
             e.response.extend_from_slice(&c.tokens);
             e.mask.extend(std::iter::repeat_n(1u8, c.tokens.len()));
             e.logp.extend_from_slice(&c.logprobs);
+            match &c.supports {
+                Some(s) => e.supports.extend(s),
+                None => e.supports.push_full(c.tokens.len()),
+            }
             let text = tokenizer.decode(&c.tokens, true)?;
             match e.env.step(&text)? {
                 Step::Done(outcome) => {
@@ -228,6 +234,7 @@ pub fn run_episodes(
                     e.response.extend_from_slice(&obs_tokens);
                     e.mask.extend(std::iter::repeat_n(0u8, obs_tokens.len()));
                     e.logp.extend(std::iter::repeat_n(0.0f32, obs_tokens.len()));
+                    e.supports.push_full(obs_tokens.len());
                     if e.response.len() >= config.max_total_tokens {
                         e.truncate(FinishReason::MaxTokens)?;
                     }
@@ -260,6 +267,8 @@ pub fn run_episodes(
             sampling,
             finish_reason,
             num_turns: e.turns,
+            supports: (config.sampling.truncates() && config.sampling.keep_sampling_mask)
+                .then_some(e.supports),
         };
         t.validate()?;
         groups[e.task].trajectories.push(t);

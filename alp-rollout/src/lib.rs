@@ -29,5 +29,5 @@ pub mod worker;
 
 pub use engine::{Completion, Engine, EngineConfig, GenerateStats, Request, SeqState};
 pub use episodes::{observation_tokens, run_episodes, sampling_info, EpisodeConfig};
-pub use sampling::{sample, SamplingParams};
+pub use sampling::{sample, sample_kept, Sampled, SamplingParams, Support};
 pub use worker::{RolloutBatch, RolloutWorker};

@@ -28,6 +28,35 @@ pub struct SamplingParams {
     pub stop_strings: Vec<String>,
     /// Keep going past end-of-sequence tokens (benchmarks).
     pub ignore_eos: bool,
+    /// With truncation, record the support each token was drawn from (the "sampling mask")
+    /// so that a trainer can score it over the same subset of the vocabulary.
+    pub keep_sampling_mask: bool,
+    /// Most ids recorded per token's support; a larger support is not recorded (the token
+    /// is then scored over the full vocabulary) and is counted as overflowed.
+    pub max_support: usize,
+}
+
+/// What [`sample_kept`] drew: the token, its log-prob under the distribution it was drawn
+/// from, and that distribution's support when it was truncated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampled {
+    /// The token.
+    pub token: TokenId,
+    /// Its log-probability (after temperature and truncation).
+    pub logprob: f32,
+    /// The support it was drawn from.
+    pub support: Support,
+}
+
+/// The support a token was drawn from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Support {
+    /// The whole vocabulary (no truncation, greedy, or the mask not kept).
+    Full,
+    /// These ids (in decreasing logit order).
+    Kept(Vec<TokenId>),
+    /// A truncated support larger than `max_support`: not recorded.
+    Overflow,
 }
 
 impl Default for SamplingParams {
@@ -42,6 +71,8 @@ impl Default for SamplingParams {
             stop_tokens: Vec::new(),
             stop_strings: Vec::new(),
             ignore_eos: false,
+            keep_sampling_mask: true,
+            max_support: 1024,
         }
     }
 }
@@ -85,7 +116,8 @@ impl SamplingParams {
         Ok(())
     }
 
-    fn truncates(&self) -> bool {
+    /// True when the sampler draws from a truncated subset of the vocabulary.
+    pub fn truncates(&self) -> bool {
         self.top_k > 0 || self.top_p < 1.0 || self.min_p > 0.0
     }
 }
@@ -99,6 +131,18 @@ pub fn sample(
     params: &SamplingParams,
     rng: &mut impl Rng,
 ) -> Result<(TokenId, f32)> {
+    let s = sample_kept(logits, params, rng)?;
+    Ok((s.token, s.logprob))
+}
+
+/// [`sample`], also returning the support the token was drawn from when the request
+/// truncates and keeps its sampling mask.
+pub fn sample_kept(logits: &[f32], params: &SamplingParams, rng: &mut impl Rng) -> Result<Sampled> {
+    let full = |(token, logprob): (TokenId, f32)| Sampled {
+        token,
+        logprob,
+        support: Support::Full,
+    };
     if logits.is_empty() {
         return Err(Error::invalid("sample: empty logits"));
     }
@@ -123,7 +167,10 @@ pub fn sample(
                     }
                 });
         let z: f64 = logits.iter().map(|&x| (x as f64 - max).exp()).sum();
-        return Ok((arg as TokenId, (logits[arg] as f64 - max - z.ln()) as f32));
+        return Ok(full((
+            arg as TokenId,
+            (logits[arg] as f64 - max - z.ln()) as f32,
+        )));
     }
     let t = params.temperature as f64;
     let weight = |x: f32| ((x as f64 - max) / t).exp();
@@ -140,7 +187,7 @@ pub fn sample(
             }
         }
         let lp = (logits[chosen] as f64 - max) / t - z.ln();
-        return Ok((chosen as TokenId, lp as f32));
+        return Ok(full((chosen as TokenId, lp as f32)));
     }
     let mut idx: Vec<usize> = (0..logits.len()).collect();
     idx.sort_unstable_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
@@ -175,5 +222,16 @@ pub fn sample(
             break;
         }
     }
-    Ok((chosen as TokenId, (weight(logits[chosen]) / z).ln() as f32))
+    let support = if !params.keep_sampling_mask {
+        Support::Full
+    } else if idx.len() > params.max_support {
+        Support::Overflow
+    } else {
+        Support::Kept(idx.iter().map(|&i| i as TokenId).collect())
+    };
+    Ok(Sampled {
+        token: chosen as TokenId,
+        logprob: (weight(logits[chosen]) / z).ln() as f32,
+        support,
+    })
 }

@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// One trainer step's worth of rollouts.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RolloutBatch {
     /// The trainer step this batch is for (0, 1, 2, ...).
     pub step: u64,
@@ -67,6 +67,34 @@ impl RolloutWorker {
         weights: Arc<ModelWeights>,
         max_staleness: u64,
         build: B,
+        produce: P,
+    ) -> Result<Self>
+    where
+        B: Fn(&ModelWeights) -> Result<Engine> + Send + 'static,
+        P: FnMut(&Engine, u64, PolicyVersion) -> Result<Vec<TrajectoryGroup>> + Send + 'static,
+    {
+        Self::spawn_with(
+            first_step,
+            version,
+            weights,
+            max_staleness,
+            false,
+            build,
+            produce,
+        )
+    }
+
+    /// Like [`RolloutWorker::spawn_from`]; with `exact_lag`, batch `s` is sampled by exactly
+    /// version `max(version, s − max_staleness)` rather than the newest one published, so that
+    /// an asynchronous run does not depend on timing (reproducible, and bit-identical across
+    /// a resume). Versions must then be published one by one (`version + 1`, `+ 2`, …).
+    pub fn spawn_with<B, P>(
+        first_step: u64,
+        version: PolicyVersion,
+        weights: Arc<ModelWeights>,
+        max_staleness: u64,
+        exact_lag: bool,
+        build: B,
         mut produce: P,
     ) -> Result<Self>
     where
@@ -90,31 +118,47 @@ impl RolloutWorker {
                             return Ok(());
                         }
                         let waited = Instant::now();
-                        // Take the newest snapshot; block while the one we hold is too stale.
-                        loop {
-                            loop {
-                                match weights_rx.try_recv() {
-                                    Ok(s) => pending = Some(s),
-                                    Err(TryRecvError::Empty) => break,
-                                    Err(TryRecvError::Disconnected) => {
-                                        if pending.is_none() && current + max_staleness < step {
-                                            return Ok(());
-                                        }
-                                        break;
-                                    }
-                                }
-                            }
-                            let newest = pending.as_ref().map_or(current, |(v, _)| *v);
-                            if newest + max_staleness >= step {
-                                break;
-                            }
+                        // Exact lag: the snapshots in order, up to version step − max_staleness.
+                        while exact_lag && current + max_staleness < step {
                             match weights_rx.recv_timeout(Duration::from_millis(20)) {
-                                Ok(s) => pending = Some(s),
+                                Ok((v, w)) => {
+                                    engine = build(&w)?;
+                                    current = v;
+                                }
                                 Err(RecvTimeoutError::Timeout) => {}
                                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
                             }
                             if stop_w.load(Ordering::SeqCst) {
                                 return Ok(());
+                            }
+                        }
+                        // Take the newest snapshot; block while the one we hold is too stale.
+                        if !exact_lag {
+                            loop {
+                                loop {
+                                    match weights_rx.try_recv() {
+                                        Ok(s) => pending = Some(s),
+                                        Err(TryRecvError::Empty) => break,
+                                        Err(TryRecvError::Disconnected) => {
+                                            if pending.is_none() && current + max_staleness < step {
+                                                return Ok(());
+                                            }
+                                            break;
+                                        }
+                                    }
+                                }
+                                let newest = pending.as_ref().map_or(current, |(v, _)| *v);
+                                if newest + max_staleness >= step {
+                                    break;
+                                }
+                                match weights_rx.recv_timeout(Duration::from_millis(20)) {
+                                    Ok(s) => pending = Some(s),
+                                    Err(RecvTimeoutError::Timeout) => {}
+                                    Err(RecvTimeoutError::Disconnected) => return Ok(()),
+                                }
+                                if stop_w.load(Ordering::SeqCst) {
+                                    return Ok(());
+                                }
                             }
                         }
                         let wait_seconds = waited.elapsed().as_secs_f64();
@@ -173,6 +217,11 @@ impl RolloutWorker {
             }
         }
         Error::Msg("the rollout worker stopped without an error".into())
+    }
+
+    /// A finished batch if one is waiting (never blocks).
+    pub fn try_recv(&self) -> Option<Result<RolloutBatch>> {
+        self.out_rx.try_recv().ok()
     }
 
     /// The next batch (blocking). An error inside the worker is returned here.

@@ -6,6 +6,7 @@
 use crate::trainer::Trainer;
 use alp_core::{Error, Result};
 use alp_model::ModelWeights;
+use alp_rollout::RolloutBatch;
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -51,7 +52,12 @@ pub fn first_non_finite(w: &ModelWeights) -> Result<Option<String>> {
 /// `latest` stays on the last good checkpoint). Every file operation leaves either the old or
 /// the new state complete: the new checkpoint is written aside, an existing one of the same
 /// step is moved aside before the new one is renamed in, and `latest` moves last.
-pub fn save(run: &Path, trainer: &Trainer, manifest: &Manifest) -> Result<PathBuf> {
+pub fn save(
+    run: &Path,
+    trainer: &Trainer,
+    manifest: &Manifest,
+    pending: &[RolloutBatch],
+) -> Result<PathBuf> {
     let weights = trainer
         .weights()?
         .snapshot(DType::F32, &candle_core::Device::Cpu)?;
@@ -95,6 +101,13 @@ pub fn save(run: &Path, trainer: &Trainer, manifest: &Manifest) -> Result<PathBu
     let state_path = tmp.join("trainer_state.safetensors");
     crash_point("write the trainer state");
     candle_core::safetensors::save(&state.into_iter().collect(), &state_path)?;
+    if !pending.is_empty() {
+        // Sampled but not yet trained: the resumed run trains on exactly these next.
+        let p = tmp.join(PENDING_FILE);
+        let body = serde_json::to_vec(pending).map_err(|e| Error::Msg(e.to_string()))?;
+        crash_point("write the pending rollouts");
+        std::fs::write(&p, body).map_err(|e| Error::io(&p, e))?;
+    }
     let man = serde_json::to_string_pretty(manifest).map_err(|e| Error::Msg(e.to_string()))?;
     let man_path = tmp.join("manifest.json");
     crash_point("write the manifest");
@@ -236,6 +249,23 @@ pub fn latest(path: &Path) -> Result<PathBuf> {
         } else {
             format!("no complete checkpoint; skipped: {}", skipped.join("; "))
         },
+    })
+}
+
+/// The file of a checkpoint that holds the rollout batches sampled ahead and not yet trained.
+pub const PENDING_FILE: &str = "pending_rollouts.json";
+
+/// The rollout batches a checkpoint holds that were sampled but not yet trained (in step
+/// order; empty when none).
+pub fn read_pending(dir: &Path) -> Result<Vec<RolloutBatch>> {
+    let p = dir.join(PENDING_FILE);
+    if !p.exists() {
+        return Ok(Vec::new());
+    }
+    let text = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+    serde_json::from_slice(&text).map_err(|e| Error::Parse {
+        path: p,
+        message: e.to_string(),
     })
 }
 

@@ -202,6 +202,10 @@ pub struct RlSection {
     pub grad_clip: f64,
     /// How many policy versions the sampler may lag (0: synchronous).
     pub max_staleness: u64,
+    /// Sample batch `s` with exactly version `s − max_staleness` (not the newest one ready):
+    /// an asynchronous run that does not depend on timing, reproducible and bit-identical
+    /// across a resume.
+    pub exact_staleness: bool,
     /// Rollout dtype (bf16: a real engine mismatch).
     pub rollout_dtype: Dtype,
     /// Quantisation of the rollout weights (none, int8, int4).
@@ -231,6 +235,69 @@ pub struct RlSection {
     /// KL-to-reference term (`estimator` k1/k2/k3, `coef`; 0 = off); the reference is the
     /// policy RL starts from (the SFT warm start or the base checkpoint).
     pub kl: KlPenalty,
+    /// Truncated sampling of the rollouts (top-k, top-p, min-p) and its sampling mask.
+    pub sampling: RolloutSampling,
+}
+
+/// Truncated sampling of RL rollouts. With `keep_mask` (the default) the engine records the
+/// support each token was drawn from and the trainer scores the token over that same support,
+/// so the ratio stays exact; without it the trainer scores over the full vocabulary and the
+/// ratio is biased (the run says so).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RolloutSampling {
+    /// Keep the `top_k` most likely tokens (0: off).
+    pub top_k: usize,
+    /// Keep the smallest set reaching this probability (1: off).
+    pub top_p: f32,
+    /// Drop tokens below `min_p` × the top token's probability (0: off).
+    pub min_p: f32,
+    /// Record each token's support and score over it.
+    pub keep_mask: bool,
+    /// Most ids recorded per token (4 bytes each); a larger support is scored over the full
+    /// vocabulary and counted in `sampling/support_overflow_frac`.
+    pub max_support: usize,
+}
+
+impl Default for RolloutSampling {
+    fn default() -> Self {
+        RolloutSampling {
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            keep_mask: true,
+            max_support: 1024,
+        }
+    }
+}
+
+impl RolloutSampling {
+    /// True when rollouts are sampled from a truncated vocabulary.
+    pub fn truncates(&self) -> bool {
+        self.top_k > 0 || self.top_p < 1.0 || self.min_p > 0.0
+    }
+
+    fn validate(&self) -> Result<()> {
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(Error::config(
+                "rl.sampling.top_p",
+                format!("must lie in (0, 1], got {}", self.top_p),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.min_p) {
+            return Err(Error::config(
+                "rl.sampling.min_p",
+                format!("must lie in [0, 1), got {}", self.min_p),
+            ));
+        }
+        if !(1..=1 << 16).contains(&self.max_support) {
+            return Err(Error::config(
+                "rl.sampling.max_support",
+                "must lie in 1..=65536",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for RlSection {
@@ -248,6 +315,7 @@ impl Default for RlSection {
             weight_decay: 0.0,
             grad_clip: 1.0,
             max_staleness: 1,
+            exact_staleness: false,
             rollout_dtype: Dtype::Bf16,
             rollout_quant: RolloutQuant::None,
             recompute_logp_old: true,
@@ -262,6 +330,7 @@ impl Default for RlSection {
             max_bad_steps: 5,
             perturb_always: false,
             kl: KlPenalty::default(),
+            sampling: RolloutSampling::default(),
         }
     }
 }
@@ -449,6 +518,7 @@ impl TrainConfig {
         self.validate_rl_batch()?;
         self.validate_rl_limits()?;
         self.validate_numbers()?;
+        self.rl.sampling.validate()?;
         if self.sft.steps > 0 && self.sft.batch_size == 0 {
             return Err(Error::config("sft.batch_size", "must be at least 1"));
         }
@@ -618,6 +688,26 @@ impl TrainConfig {
             self.rl.max_staleness,
             self.rl.ppo_epochs,
             (self.rl.prompts_per_step * self.rl.group_size) / self.rl.mini_batch.max(1)
+        ) + &self.sampling_note()
+    }
+
+    /// How rollouts are truncated and whether the ratio stays exact (empty without
+    /// truncation).
+    pub fn sampling_note(&self) -> String {
+        let s = &self.rl.sampling;
+        if !s.truncates() {
+            return String::new();
+        }
+        format!(
+            "; truncated sampling (top-k {}, top-p {}, min-p {}) {}",
+            s.top_k,
+            s.top_p,
+            s.min_p,
+            if s.keep_mask {
+                "with the sampling mask kept (exact ratio)"
+            } else {
+                "WITHOUT the sampling mask: the ratio is biased (scored over the full vocabulary)"
+            }
         )
     }
 }

@@ -57,6 +57,14 @@ pub const TIME_SYNC: &str = "time/sync_s";
 pub const ROLLOUT_TOKENS_PER_S: &str = "throughput/rollout_tokens_per_s";
 /// The policy version that sampled the batch.
 pub const SAMPLED_BY: &str = "policy_version/sampled_by";
+/// Mean probability mass the training policy puts outside the kept sampling support of a
+/// truncated token (what truncation hides from the ratio).
+pub const SUPPORT_MASS_OUTSIDE: &str = "sampling/mass_outside_support";
+/// Fraction of truncated tokens whose support passed `rl.sampling.max_support` (scored over
+/// the full vocabulary).
+pub const SUPPORT_OVERFLOW: &str = "sampling/support_overflow_frac";
+/// Kept support ids stored per generated token (memory: 4 bytes each, plus 4 per token).
+pub const SUPPORT_IDS_PER_TOKEN: &str = "sampling/support_ids_per_token";
 
 /// `sigma/layer<i>`.
 pub fn sigma_layer(i: usize) -> String {
@@ -71,6 +79,8 @@ pub struct StepMetrics {
     pub step: u64,
     /// Values by name.
     pub values: BTreeMap<String, f64>,
+    /// The tasks of the step's rollout batch, in order (not written to `metrics.jsonl`).
+    pub task_ids: Vec<String>,
 }
 
 impl StepMetrics {
@@ -79,6 +89,7 @@ impl StepMetrics {
         StepMetrics {
             step,
             values: BTreeMap::new(),
+            task_ids: Vec::new(),
         }
     }
 

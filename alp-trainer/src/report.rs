@@ -35,7 +35,7 @@ pub fn write_summary(
         "interrupted": interrupted,
         "phase": phase,
         "method": cfg.rl.objective.name(),
-        "off_policy": {"rollout_dtype": cfg.rl.rollout_dtype, "trainer_dtype": cfg.model.dtype, "max_staleness": cfg.rl.max_staleness, "ppo_epochs": cfg.rl.ppo_epochs},
+        "off_policy": {"rollout_dtype": cfg.rl.rollout_dtype, "trainer_dtype": cfg.model.dtype, "max_staleness": cfg.rl.max_staleness, "ppo_epochs": cfg.rl.ppo_epochs, "sampling": cfg.rl.sampling, "ratio_biased_by_truncation": cfg.rl.sampling.truncates() && !cfg.rl.sampling.keep_mask},
     });
     let p = dir.join("summary.json");
     std::fs::write(
@@ -76,6 +76,10 @@ pub fn write_summary(
         wall_seconds,
         if interrupted { " (interrupted)" } else { "" }
     );
+    let note = cfg.sampling_note();
+    if !note.is_empty() {
+        md.push_str(&format!("Rollouts: {}.\n\n", note.trim_start_matches("; ")));
+    }
     md.push_str("| held-out | greedy accuracy | per kind | hard: tool calls (greedy) | hard: tool calls (T=1) | pass@k |\n| --- | --- | --- | --- | --- | --- |\n");
     md.push_str(&row("before RL (after SFT)", before_v.as_ref()));
     md.push_str(&row("after RL", after_v.as_ref()));

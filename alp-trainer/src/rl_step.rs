@@ -5,7 +5,7 @@
 //! gradients, its loss normalised over the whole mini-batch; and the step's statistics, kept
 //! as sums and raw log-ratios so that every number is computed once over the whole step.
 
-use crate::batch::SeqBatch;
+use crate::batch::{SeqBatch, SupportIndex};
 use crate::metrics::{self as names, StepMetrics};
 use crate::optim::{Gradients, Optimizer};
 use alp_core::{Error, Result, Trajectory, TrajectoryGroup};
@@ -38,11 +38,31 @@ pub fn rollout_metrics(trajs: &[&Trajectory], adv: &Advantages, m: &mut StepMetr
         names::TRUNCATED,
         mean(&|t| t.outcome.truncated as u8 as f64),
     );
+    let kept: Vec<&&Trajectory> = trajs.iter().filter(|t| t.supports.is_some()).collect();
+    if !kept.is_empty() {
+        let over: f64 = kept
+            .iter()
+            .filter_map(|t| t.supports.as_ref())
+            .map(|s| s.overflowed as f64)
+            .sum();
+        let gen: f64 = kept.iter().map(|t| t.num_generated() as f64).sum();
+        m.set(names::SUPPORT_OVERFLOW, over / gen.max(1.0));
+        let ids: f64 = kept
+            .iter()
+            .filter_map(|t| t.supports.as_ref())
+            .map(|s| s.ids.len() as f64)
+            .sum();
+        m.set(names::SUPPORT_IDS_PER_TOKEN, ids / gen.max(1.0));
+    }
 }
 
 /// The trajectories of a batch in order, checked: equal group sizes, and log-probs the trainer
-/// can reproduce (no truncated sampling: the trainer scores over the full vocabulary).
-pub fn flatten(groups: &[TrajectoryGroup]) -> Result<(Vec<&Trajectory>, usize)> {
+/// can reproduce — a truncated trajectory needs its kept sampling supports unless
+/// `allow_biased` (the sampling mask turned off on purpose: the ratio is then biased).
+pub fn flatten(
+    groups: &[TrajectoryGroup],
+    allow_biased: bool,
+) -> Result<(Vec<&Trajectory>, usize)> {
     let trajs: Vec<&Trajectory> = groups.iter().flat_map(|g| g.trajectories.iter()).collect();
     if trajs.is_empty() {
         return Err(Error::invalid("rl_step: an empty rollout batch"));
@@ -51,9 +71,10 @@ pub fn flatten(groups: &[TrajectoryGroup]) -> Result<(Vec<&Trajectory>, usize)> 
     if groups.iter().any(|g| g.trajectories.len() != group_size) {
         return Err(Error::invalid("rl_step: groups of different sizes"));
     }
-    if let Some(t) = trajs.iter().find(|t| t.sampling.truncates()) {
+    let unmasked = |t: &&&Trajectory| t.sampling.truncates() && t.supports.is_none();
+    if let (Some(t), false) = (trajs.iter().find(unmasked), allow_biased) {
         return Err(Error::invalid(format!(
-            "a trajectory was sampled with truncation (top_k {}, top_p {}, min_p {}); the trainer scores over the full vocabulary, so its ratio would be biased. Sample RL rollouts without top-k/top-p/min-p",
+            "a trajectory was sampled with truncation (top_k {}, top_p {}, min_p {}) without its sampling mask; scored over the full vocabulary its ratio would be biased. Keep the mask (rl.sampling.keep_mask = true) or sample without top-k/top-p/min-p",
             t.sampling.top_k, t.sampling.top_p, t.sampling.min_p
         )));
     }
@@ -77,6 +98,9 @@ pub struct MicroBatch {
     pub logp_ref: Option<Tensor>,
     /// Sampling temperature of each row.
     pub temperatures: Vec<f64>,
+    /// The kept sampling supports of truncated rows (None: every token over the full
+    /// vocabulary).
+    pub support: Option<SupportIndex>,
 }
 
 /// One optimizer update's worth of micro-batches and the normaliser of its loss.
@@ -88,18 +112,44 @@ pub struct MiniBatch {
 }
 
 /// `[rows, T]` log-probs of the response tokens of `b` under `logits`, each row at its own
-/// sampling temperature.
-pub fn score(b: &SeqBatch, logits: &Tensor, temperatures: &[f64]) -> Result<Tensor> {
+/// sampling temperature and, where the sampler kept it, over its sampling support.
+pub fn score(
+    b: &SeqBatch,
+    logits: &Tensor,
+    temperatures: &[f64],
+    support: Option<&SupportIndex>,
+) -> Result<Tensor> {
+    Ok(score_parts(b, logits, temperatures, support)?.0)
+}
+
+/// [`score`] and the full-vocabulary log-probs it restricts (the same tensor without kept
+/// supports).
+pub fn score_parts(
+    b: &SeqBatch,
+    logits: &Tensor,
+    temperatures: &[f64],
+    support: Option<&SupportIndex>,
+) -> Result<(Tensor, Tensor)> {
     let t0 = temperatures.first().copied().unwrap_or(1.0);
-    if temperatures.iter().all(|&t| t == t0) {
-        return b.logprobs_at(logits, t0);
+    let scaled = if temperatures.iter().all(|&t| t == t0) {
+        if t0 == 1.0 {
+            logits.to_dtype(DType::F32)?
+        } else {
+            (logits.to_dtype(DType::F32)? / t0)?
+        }
+    } else {
+        let t = Tensor::from_vec(
+            temperatures.iter().map(|&t| t as f32).collect::<Vec<_>>(),
+            (temperatures.len(), 1, 1),
+            logits.device(),
+        )?;
+        logits.to_dtype(DType::F32)?.broadcast_div(&t)?
+    };
+    let full = b.logprobs_at(&scaled, 1.0)?;
+    match support {
+        None => Ok((full.clone(), full)),
+        Some(s) => Ok((s.restrict(&scaled, &full)?, full)),
     }
-    let t = Tensor::from_vec(
-        temperatures.iter().map(|&t| t as f32).collect::<Vec<_>>(),
-        (temperatures.len(), 1, 1),
-        logits.device(),
-    )?;
-    b.logprobs_at(&logits.broadcast_div(&t.to_dtype(logits.dtype())?)?, 1.0)
 }
 
 /// The models that score a step's rows before any update.
@@ -169,10 +219,15 @@ fn micro(
         .iter()
         .map(|&i| trajs[i].sampling.scoring_temperature())
         .collect();
+    let sup_rows: Vec<(&[u32], Option<&alp_core::SamplingSupports>)> = rows
+        .iter()
+        .map(|&i| (trajs[i].response.as_slice(), trajs[i].supports.as_ref()))
+        .collect();
+    let support = SupportIndex::new(&sup_rows, batch.response_len, device)?;
     let score_with = |m: Option<&Model>| -> Result<Option<Tensor>> {
         m.map(|m| {
             let l = batch.response_logits(m, &alp_model::NoPerturbation)?;
-            Ok(score(&batch, &l, &temperatures)?.detach())
+            Ok(score(&batch, &l, &temperatures, support.as_ref())?.detach())
         })
         .transpose()
     };
@@ -191,6 +246,7 @@ fn micro(
         logp_sampler,
         logp_ref,
         temperatures,
+        support,
     })
 }
 
@@ -282,8 +338,16 @@ pub fn backward_minibatch(
         before_micro();
         let b = &m.batch;
         let logits = b.response_logits(cx.model, cx.perturb)?;
-        let logp = score(b, &logits, &m.temperatures)?;
+        let (logp, full) = score_parts(b, &logits, &m.temperatures, m.support.as_ref())?;
         let tokens = b.mask.sum_all()?.to_scalar::<f32>()? as f64;
+        if let Some(s) = &m.support {
+            // π's mass outside each kept support: 1 − π(S) = 1 − exp(log π(y) − log π_S(y)).
+            let on = (s.has.to_dtype(DType::F32)?.reshape(b.mask.shape())? * &b.mask)?;
+            let outside = (full.detach() - logp.detach())?.exp()?.affine(-1.0, 1.0)?;
+            let n = on.sum_all()?.to_scalar::<f32>()? as f64;
+            let sum = (outside * &on)?.sum_all()?.to_scalar::<f32>()? as f64;
+            stats.weigh(names::SUPPORT_MASS_OUTSIDE, sum / n.max(1.0), n);
+        }
         let ent = alp_loss::entropy_from_logits(&logits, 1024)?.reshape(b.mask.shape())?;
         let ent = (ent * &b.mask)?.sum_all()?.to_scalar::<f32>()? as f64;
         stats.weigh(names::ENTROPY, ent / tokens.max(1.0), tokens);

@@ -104,7 +104,7 @@ pub fn train_with(
     if did_sft {
         warm_start(&mut s, &opts, &mut out)?;
         if s.needs_sft() {
-            return stopped_in_sft(&s, &mut out);
+            return stopped_in_sft(&mut s, &mut out);
         }
     }
     let mut before = None;
@@ -126,8 +126,9 @@ pub fn train_with(
             return Err(e);
         }
     };
-    s.stop_worker();
+    // Save while the worker runs: the checkpoint keeps the batches it sampled ahead.
     s.save_checkpoint()?;
+    s.stop_worker();
     let finished = s.step_index() >= total;
     let after = finish(&s, &opts, finished || interrupted, interrupted, &mut out)?;
     out.message(&format!("run directory: {}", s.dir.display()));
@@ -171,7 +172,7 @@ fn open_session(cfg: TrainConfig, opts: &RunOptions) -> Result<(Session, Option<
 }
 
 /// Interrupted during SFT: the state is saved (resumable as SFT) and the summary says so.
-fn stopped_in_sft(s: &Session, out: &mut dyn MetricsSink) -> Result<RunOutcome> {
+fn stopped_in_sft(s: &mut Session, out: &mut dyn MetricsSink) -> Result<RunOutcome> {
     s.save_checkpoint()?;
     report::write_summary(
         &s.dir,

@@ -34,6 +34,8 @@ pub struct Session {
     /// SFT steps done so far.
     pub sft_steps_done: usize,
     worker: Option<RolloutWorker>,
+    /// Batches received from the worker (or a checkpoint) and not yet trained, in step order.
+    ahead: std::collections::VecDeque<alp_rollout::RolloutBatch>,
     prior_wall: f64,
     started: Instant,
 }
@@ -144,7 +146,9 @@ impl Session {
                 &device,
             )?)?;
         }
-        Self::open(t, dir, Some(man))
+        let mut s = Self::open(t, dir, Some(man))?;
+        s.ahead = checkpoint::read_pending(&ck)?.into();
+        Ok(s)
     }
 
     fn open(trainer: Trainer, dir: PathBuf, man: Option<Manifest>) -> Result<Self> {
@@ -161,6 +165,7 @@ impl Session {
                 .as_ref()
                 .map_or(0, |m| m.sft_steps_done.unwrap_or(usize::MAX)),
             worker: None,
+            ahead: Default::default(),
             prior_wall: man.map(|m| m.wall_seconds).unwrap_or(0.0),
             started: Instant::now(),
         })
@@ -210,8 +215,13 @@ impl Session {
         eval::evaluate(&self.trainer, self.config().eval.tasks, k)
     }
 
-    /// Writes a checkpoint of the current state.
-    pub fn save_checkpoint(&self) -> Result<PathBuf> {
+    /// Writes a checkpoint of the current state, with the rollout batches sampled ahead by
+    /// weights older than the current ones (so that a resume trains on exactly the batches an
+    /// uninterrupted run would: with `rl.exact_staleness` it first waits for every batch that
+    /// needs an older version; otherwise it takes those already finished).
+    pub fn save_checkpoint(&mut self) -> Result<PathBuf> {
+        self.collect_ahead()?;
+        let pending: Vec<_> = self.ahead.iter().cloned().collect();
         let t = &self.trainer;
         let man = Manifest {
             step: t.step,
@@ -221,7 +231,30 @@ impl Session {
             config: t.cfg.to_toml()?,
             sft_steps_done: Some(self.sft_steps_done),
         };
-        checkpoint::save(&self.dir, t, &man)
+        checkpoint::save(&self.dir, t, &man, &pending)
+    }
+
+    /// Moves the batches the worker has sampled ahead into `ahead` (see
+    /// [`Session::save_checkpoint`]).
+    fn collect_ahead(&mut self) -> Result<()> {
+        let Some(w) = &self.worker else {
+            return Ok(());
+        };
+        let rl = &self.trainer.cfg.rl;
+        let next = |a: &std::collections::VecDeque<alp_rollout::RolloutBatch>| {
+            self.trainer.step + a.len() as u64
+        };
+        if rl.exact_staleness {
+            let until = (self.trainer.step + rl.max_staleness).min(rl.steps as u64);
+            while next(&self.ahead) < until {
+                self.ahead.push_back(w.recv()?);
+            }
+        } else {
+            while let Some(b) = w.try_recv() {
+                self.ahead.push_back(b?);
+            }
+        }
+        Ok(())
     }
 
     /// RL steps done.
@@ -239,13 +272,14 @@ impl Session {
         let mut tasks = t.task_stream(Split::Train, cfg.seed);
         let tools = t.tools_spec();
         let (p, g, seed) = (cfg.rl.prompts_per_step, cfg.rl.group_size, cfg.seed);
-        let ep_template = t.episode_config(cfg.rl.temperature, 0);
+        let ep_template = t.rollout_episode_config(0);
         let tok_b = tok.clone();
-        self.worker = Some(RolloutWorker::spawn_from(
-            t.step,
+        self.worker = Some(RolloutWorker::spawn_with(
+            t.step + self.ahead.len() as u64,
             t.version,
             Arc::new(t.rollout_snapshot()?),
             cfg.rl.max_staleness,
+            cfg.rl.exact_staleness,
             // The snapshot is already in the rollout dtype on the device: build over it, no copy.
             move |w| {
                 Ok(Engine::new(Arc::new(w.build()?), EngineConfig::default())?
@@ -270,7 +304,16 @@ impl Session {
         }
         let worker = self.worker.as_ref().expect("started above");
         let tw = Instant::now();
-        let batch = worker.recv()?;
+        let batch = match self.ahead.pop_front() {
+            Some(b) => b,
+            None => worker.recv()?,
+        };
+        if batch.step != self.trainer.step {
+            return Err(Error::Msg(format!(
+                "the rollout batch is for step {} but the trainer is at step {}",
+                batch.step, self.trainer.step
+            )));
+        }
         let wait = tw.elapsed().as_secs_f64();
         let tt = Instant::now();
         let mut m = self.trainer.rl_step(&batch.groups, batch.policy_version)?;
@@ -295,6 +338,7 @@ impl Session {
             gen_tokens as f64 / batch.generate_seconds.max(1e-9),
         );
         m.set(names::SAMPLED_BY, batch.policy_version as f64);
+        m.task_ids = batch.groups.iter().map(|g| g.task_id.clone()).collect();
         Ok(m)
     }
 

@@ -277,6 +277,19 @@ impl Trainer {
         }
     }
 
+    /// The episode settings of RL rollouts: [`Trainer::episode_config`] at `rl.temperature`
+    /// with the truncation of `rl.sampling` and its sampling mask.
+    pub fn rollout_episode_config(&self, seed: u64) -> EpisodeConfig {
+        let mut ec = self.episode_config(self.cfg.rl.temperature, seed);
+        let s = &self.cfg.rl.sampling;
+        ec.sampling.top_k = s.top_k;
+        ec.sampling.top_p = s.top_p;
+        ec.sampling.min_p = s.min_p;
+        ec.sampling.keep_sampling_mask = s.keep_mask;
+        ec.sampling.max_support = s.max_support;
+        ec
+    }
+
     /// One RL step on a rollout batch sampled by policy version `sampled_by`: advantages,
     /// log π_old before any update, then for every PPO epoch and mini-batch the summed
     /// micro-batch gradients and one clipped AdamW update of θ and log σ. A non-finite loss or
@@ -294,7 +307,7 @@ impl Trainer {
         inspect: &mut dyn FnMut(&mut Gradients),
     ) -> Result<StepMetrics> {
         let rl = self.cfg.rl.clone();
-        let (trajs, group_size) = rl_step::flatten(groups)?;
+        let (trajs, group_size) = rl_step::flatten(groups, !rl.sampling.keep_mask)?;
         let rewards: Vec<f32> = trajs.iter().map(|t| t.reward()).collect();
         let adv = compute_advantages(rl.advantage, &rewards, group_size)?;
         let mut m = StepMetrics::new(self.step + 1);

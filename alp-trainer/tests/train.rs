@@ -365,6 +365,128 @@ fn trainer_recomputation_matches_the_engine_on_the_same_weights() {
     }
 }
 
+/// Two tasks × two samples from an f32 engine over the trainer's weights with `ec`.
+fn rollouts_with(t: &Trainer, ec: &alp_rollout::EpisodeConfig) -> Vec<alp_core::TrajectoryGroup> {
+    let engine = Engine::from_weights(
+        &t.weights().unwrap(),
+        DType::F32,
+        &Device::Cpu,
+        EngineConfig::default(),
+    )
+    .unwrap()
+    .with_tokenizer(t.tokenizer.clone());
+    let mut src = ArithmeticTasks::new(&t.cfg.tasks, Split::Train, 3);
+    let tasks: Vec<_> = (0..2).filter_map(|_| src.next_task()).collect();
+    run_episodes(
+        &engine,
+        &t.tokenizer,
+        &tasks,
+        &t.make_env(),
+        2,
+        ec,
+        None,
+        t.version,
+    )
+    .unwrap()
+}
+
+/// Largest |log π_trainer − log μ| over the generated tokens of `trajs`, the trainer scoring
+/// with the current weights (over the kept supports when the trajectories carry them).
+fn max_recompute_gap(t: &Trainer, trajs: &[&alp_core::Trajectory]) -> f32 {
+    let adv = vec![0.0f32; trajs.len()];
+    let scorers = alp_trainer::rl_step::Scorers {
+        old: Some(&t.model),
+        sampler: None,
+        sampler_is_old: true,
+        reference: None,
+    };
+    let n = trajs.len();
+    let minis = alp_trainer::rl_step::build_minibatches(
+        trajs,
+        &adv,
+        (n, n),
+        alp_loss::Aggregation::TokenMean,
+        scorers,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let mut gap = 0.0f32;
+    for m in minis.iter().flat_map(|m| &m.micros) {
+        let d = ((m.logp_old.as_ref().unwrap() - &m.logp_infer).unwrap() * &m.batch.mask)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        gap = gap.max(d);
+    }
+    gap
+}
+
+#[test]
+fn truncated_sampling_is_scored_over_the_kept_support_exactly() {
+    let samplings: [(&str, &[&str]); 4] = [
+        ("top-p 0.9", &["rl.sampling.top_p=0.9"]),
+        ("top-k 20", &["rl.sampling.top_k=20"]),
+        ("min-p 0.05", &["rl.sampling.min_p=0.05"]),
+        (
+            "all three",
+            &[
+                "rl.sampling.top_k=20",
+                "rl.sampling.top_p=0.9",
+                "rl.sampling.min_p=0.05",
+            ],
+        ),
+    ];
+    // A sharper policy than the random init (so that truncation cuts real mass).
+    let mut base =
+        Trainer::new(small().apply_overrides(&["sft.steps=30".into()]).unwrap()).unwrap();
+    alp_trainer::sft::run_sft(&mut base, 0, None, &mut |_, _| {}).unwrap();
+    let w = base.weights().unwrap();
+    for (name, sets) in samplings {
+        for temperature in [1.0f32, 0.7] {
+            let mut sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            sets.push(format!("rl.temperature={temperature}"));
+            let cfg = small().apply_overrides(&sets).unwrap();
+            let t = Trainer::from_weights(cfg, &w, base.tokenizer.as_ref().clone()).unwrap();
+            let groups = rollouts_with(&t, &t.rollout_episode_config(11));
+            let trajs: Vec<&alp_core::Trajectory> =
+                groups.iter().flat_map(|g| &g.trajectories).collect();
+            assert!(trajs.iter().all(|t| t.supports.is_some()), "{name}");
+            let exact = max_recompute_gap(&t, &trajs);
+            assert!(
+                exact < 1e-5,
+                "{name} T={temperature}: |log π_S − log μ| up to {exact}"
+            );
+            // Without the mask the trainer scores over the full vocabulary: biased.
+            let unmasked: Vec<alp_core::Trajectory> = trajs
+                .iter()
+                .map(|t| alp_core::Trajectory {
+                    supports: None,
+                    ..(*t).clone()
+                })
+                .collect();
+            let unmasked: Vec<&alp_core::Trajectory> = unmasked.iter().collect();
+            let biased = max_recompute_gap(&t, &unmasked);
+            assert!(
+                biased > 1e-2,
+                "{name} T={temperature}: the full-vocabulary score is off by only {biased}"
+            );
+            // The trainer refuses truncated rollouts without their supports unless told.
+            let g2 = vec![alp_core::TrajectoryGroup {
+                task_id: "x".into(),
+                trajectories: unmasked.iter().map(|t| (*t).clone()).collect(),
+            }];
+            assert!(alp_trainer::rl_step::flatten(&g2, false).is_err());
+            assert!(alp_trainer::rl_step::flatten(&g2, true).is_ok());
+        }
+    }
+}
+
 /// A GRPO trainer with a large, unclipped learning rate (updates that really move the policy)
 /// and one more setting.
 fn fast_grpo(extra: &str) -> Trainer {
