@@ -278,18 +278,20 @@ impl RolloutSampling {
     }
 
     fn validate(&self) -> Result<()> {
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(Error::config(
-                "rl.sampling.top_p",
-                format!("must lie in (0, 1], got {}", self.top_p),
-            ));
+        // The sampler's own checks, the field named with its section.
+        alp_rollout::SamplingParams {
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            ..Default::default()
         }
-        if !(0.0..1.0).contains(&self.min_p) {
-            return Err(Error::config(
-                "rl.sampling.min_p",
-                format!("must lie in [0, 1), got {}", self.min_p),
-            ));
-        }
+        .validate()
+        .map_err(|e| match e {
+            Error::Config { field, message } => {
+                Error::config(format!("rl.sampling.{field}"), message)
+            }
+            e => e,
+        })?;
         if !(1..=1 << 16).contains(&self.max_support) {
             return Err(Error::config(
                 "rl.sampling.max_support",

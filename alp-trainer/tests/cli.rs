@@ -255,20 +255,8 @@ fn eval_reads_the_default_mix_and_jsonl_files() {
     }
 }
 
-/// A random checkpoint of the embedded default's shape with its tokenizer.
-fn default_checkpoint() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = alp_model::presets::alp_default();
-    alp_model::ModelWeights::random(&cfg, 0, candle_core::DType::F32, &candle_core::Device::Cpu)
-        .unwrap()
-        .save(dir.path())
-        .unwrap();
-    alp_trainer::default_task::build_tokenizer()
-        .unwrap()
-        .save(dir.path())
-        .unwrap();
-    dir
-}
+mod common;
+use common::default_checkpoint;
 
 #[test]
 fn resume_with_another_config_is_refused() {

@@ -7,27 +7,19 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-const SMALL: &[&str] = &[
-    "sft.steps=2",
-    "sft.batch_size=4",
-    "rl.steps=2",
-    "rl.prompts_per_step=2",
-    "rl.group_size=2",
-    "rl.mini_batch=4",
-    "rl.micro_batch=4",
-    "rl.max_new_tokens=6",
-    "rl.max_total_tokens=16",
-    "rl.max_staleness=0",
-    "eval.tasks=4",
-    "eval.pass_k=0",
-    "eval.every=1",
-    "checkpoint.every=1",
-];
+mod common;
+
+/// [`common::SMALL`] with an evaluation after every step (its records are redone on resume).
+fn settings() -> Vec<&'static str> {
+    let mut v = common::SMALL.to_vec();
+    v.push("eval.every=1");
+    v
+}
 
 fn train(out: &Path, crash_at: Option<u64>) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_alp"));
     c.arg("train").arg("--out").arg(out);
-    for s in SMALL {
+    for s in settings() {
         c.args(["--set", s]);
     }
     c.env_remove(alp_trainer::checkpoint::CRASH_ENV);

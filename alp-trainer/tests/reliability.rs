@@ -8,28 +8,10 @@ use alp_trainer::run::{train, RunOptions};
 use candle_core::{DType, Device};
 use std::path::Path;
 
+mod common;
+
 fn small(extra: &[&str]) -> TrainConfig {
-    let mut sets: Vec<String> = [
-        "sft.steps=2",
-        "sft.batch_size=4",
-        "rl.steps=2",
-        "rl.prompts_per_step=2",
-        "rl.group_size=2",
-        "rl.mini_batch=4",
-        "rl.micro_batch=4",
-        "rl.max_new_tokens=6",
-        "rl.max_total_tokens=16",
-        "rl.max_staleness=0",
-        "eval.tasks=4",
-        "eval.pass_k=0",
-        "eval.every=0",
-        "checkpoint.every=1",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    sets.extend(extra.iter().map(|s| s.to_string()));
-    TrainConfig::default().apply_overrides(&sets).unwrap()
+    common::small_config(extra)
 }
 
 fn opts(out: &Path) -> RunOptions {

@@ -102,6 +102,9 @@ fn config_round_trips_and_validation_names_the_fields() {
         (&["rl.rollout_dtype=f8"], "rl.rollout_dtype"),
         (&["rl.env=chess"], "rl.env"),
         (&["model.preset=huge"], "preset"),
+        (&["rl.sampling.top_p=2"], "rl.sampling.top_p"),
+        (&["rl.sampling.min_p=-0.5"], "rl.sampling.min_p"),
+        (&["rl.sampling.max_support=0"], "rl.sampling.max_support"),
     ];
     for (sets, field) in cases {
         let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
@@ -194,28 +197,7 @@ fn one_batch(t: &Trainer, step: u64) -> Vec<alp_core::TrajectoryGroup> {
 
 /// Two tasks × two samples from an f32 engine over the trainer's current weights.
 fn batch_at(t: &Trainer, step: u64, temperature: f32) -> Vec<alp_core::TrajectoryGroup> {
-    let engine = Engine::from_weights(
-        &t.weights().unwrap(),
-        DType::F32,
-        &Device::Cpu,
-        EngineConfig::default(),
-    )
-    .unwrap()
-    .with_tokenizer(t.tokenizer.clone());
-    let mut src = ArithmeticTasks::new(&t.cfg.tasks, Split::Train, step);
-    let tasks: Vec<_> = (0..2).filter_map(|_| src.next_task()).collect();
-    let ec = t.episode_config(temperature, step);
-    run_episodes(
-        &engine,
-        &t.tokenizer,
-        &tasks,
-        &t.make_env(),
-        2,
-        &ec,
-        None,
-        t.version,
-    )
-    .unwrap()
+    rollouts_with(t, &t.episode_config(temperature, step), step)
 }
 
 /// Puts a NaN into the first gradient of a mini-batch, as a blown-up backward would.
@@ -366,7 +348,11 @@ fn trainer_recomputation_matches_the_engine_on_the_same_weights() {
 }
 
 /// Two tasks × two samples from an f32 engine over the trainer's weights with `ec`.
-fn rollouts_with(t: &Trainer, ec: &alp_rollout::EpisodeConfig) -> Vec<alp_core::TrajectoryGroup> {
+fn rollouts_with(
+    t: &Trainer,
+    ec: &alp_rollout::EpisodeConfig,
+    task_seed: u64,
+) -> Vec<alp_core::TrajectoryGroup> {
     let engine = Engine::from_weights(
         &t.weights().unwrap(),
         DType::F32,
@@ -375,7 +361,7 @@ fn rollouts_with(t: &Trainer, ec: &alp_rollout::EpisodeConfig) -> Vec<alp_core::
     )
     .unwrap()
     .with_tokenizer(t.tokenizer.clone());
-    let mut src = ArithmeticTasks::new(&t.cfg.tasks, Split::Train, 3);
+    let mut src = ArithmeticTasks::new(&t.cfg.tasks, Split::Train, task_seed);
     let tasks: Vec<_> = (0..2).filter_map(|_| src.next_task()).collect();
     run_episodes(
         &engine,
@@ -453,7 +439,7 @@ fn truncated_sampling_is_scored_over_the_kept_support_exactly() {
             sets.push(format!("rl.temperature={temperature}"));
             let cfg = small().apply_overrides(&sets).unwrap();
             let t = Trainer::from_weights(cfg, &w, base.tokenizer.as_ref().clone()).unwrap();
-            let groups = rollouts_with(&t, &t.rollout_episode_config(11));
+            let groups = rollouts_with(&t, &t.rollout_episode_config(11), 3);
             let trajs: Vec<&alp_core::Trajectory> =
                 groups.iter().flat_map(|g| &g.trajectories).collect();
             assert!(trajs.iter().all(|t| t.supports.is_some()), "{name}");

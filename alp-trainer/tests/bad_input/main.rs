@@ -3,6 +3,9 @@
 //! error message that names the input and what to do, and that nothing written earlier
 //! (checkpoints, metrics, run directories, models) changed.
 
+#[path = "../common/mod.rs"]
+mod common;
+
 mod bench;
 mod compare;
 mod eval;
@@ -103,17 +106,7 @@ pub fn refuses_with(args: &[&str], stdin: Option<&[u8]>, mentions: &[&str], watc
 
 /// A random checkpoint of the embedded default's shape with its tokenizer.
 pub fn model_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = alp_model::presets::alp_default();
-    alp_model::ModelWeights::random(&cfg, 0, candle_core::DType::F32, &candle_core::Device::Cpu)
-        .unwrap()
-        .save(dir.path())
-        .unwrap();
-    alp_trainer::default_task::build_tokenizer()
-        .unwrap()
-        .save(dir.path())
-        .unwrap();
-    dir
+    common::default_checkpoint()
 }
 
 /// A tiny checkpoint without a tokenizer.
@@ -131,33 +124,14 @@ pub fn bare_model_dir() -> tempfile::TempDir {
     dir
 }
 
-/// The settings of a run that takes a second.
-pub const SMALL: &[&str] = &[
-    "sft.steps=2",
-    "sft.batch_size=4",
-    "rl.steps=2",
-    "rl.prompts_per_step=2",
-    "rl.group_size=2",
-    "rl.mini_batch=4",
-    "rl.micro_batch=4",
-    "rl.max_new_tokens=6",
-    "rl.max_total_tokens=16",
-    "rl.max_staleness=0",
-    "eval.tasks=4",
-    "eval.pass_k=0",
-    "eval.every=0",
-    "checkpoint.every=1",
-];
+pub use common::SMALL;
 
 /// A finished small run (in `<tmp>/run`).
 pub fn finished_run() -> (tempfile::TempDir, PathBuf) {
     let root = tempfile::tempdir().unwrap();
     let run = root.path().join("run");
-    let cfg = alp_trainer::config::TrainConfig::default()
-        .apply_overrides(&SMALL.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-        .unwrap();
     alp_trainer::run::train(
-        cfg,
+        common::small_config(&[]),
         alp_trainer::run::RunOptions {
             out: Some(run.clone()),
             ..Default::default()
