@@ -23,4 +23,4 @@ pub mod math;
 pub mod tool_env;
 pub mod tools;
 
-pub use tool_env::{MathEnv, ToolEnv, ToolEnvConfig};
+pub use tool_env::{CallFormat, MathEnv, ToolEnv, ToolEnvConfig, CODE_BLOCK_SYSTEM};

@@ -1,7 +1,7 @@
 //! Environments: the single-turn [`MathEnv`] and the multi-turn, tool-calling [`ToolEnv`].
 
 use crate::math::{extract_answer, grade_with, ExtractMode};
-use crate::tools::{parse_tool_calls, ToolRegistry};
+use crate::tools::{parse_code_blocks, parse_tool_calls, ToolRegistry};
 use alp_core::{ChatMessage, Environment, Error, Outcome, Result, Step, Task};
 use serde::{Deserialize, Serialize};
 
@@ -63,7 +63,24 @@ pub struct ToolEnvConfig {
     pub format_penalty: f32,
     /// How the final answer is found (strict: boxed only).
     pub mode: ExtractMode,
+    /// How the model calls tools.
+    pub call_format: CallFormat,
 }
+
+/// How the model calls tools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CallFormat {
+    /// Hermes/Qwen `<tool_call>{"name": ..., "arguments": ...}</tool_call>` blocks.
+    #[default]
+    Hermes,
+    /// Tool-integrated reasoning: fenced ```` ```python ```` blocks run by the `python` tool,
+    /// the turn ending at ```` ```output ````; the output comes back as the tool's response.
+    CodeBlock,
+}
+
+/// The system message a code-block episode opens with when its task has none.
+pub const CODE_BLOCK_SYSTEM: &str = "Solve the problem step by step. To run Python, write the code in a ```python block, close it with ```, then write ```output and stop: the output will follow. Put the final answer in \\boxed{}.";
 
 impl Default for ToolEnvConfig {
     fn default() -> Self {
@@ -71,6 +88,7 @@ impl Default for ToolEnvConfig {
             max_malformed_turns: 2,
             format_penalty: 0.0,
             mode: ExtractMode::Strict,
+            call_format: CallFormat::Hermes,
         }
     }
 }
@@ -170,7 +188,12 @@ impl ToolEnv {
 
 impl Environment for ToolEnv {
     fn reset(&mut self, task: &Task) -> Result<Vec<ChatMessage>> {
-        let (messages, answer) = start_of(task)?;
+        let (mut messages, answer) = start_of(task)?;
+        if self.config.call_format == CallFormat::CodeBlock
+            && messages.first().is_none_or(|m| m.role != "system")
+        {
+            messages.insert(0, ChatMessage::new("system", CODE_BLOCK_SYSTEM));
+        }
         self.episode = Some(Episode {
             answer,
             ..Default::default()
@@ -183,7 +206,10 @@ impl Environment for ToolEnv {
             .episode
             .take()
             .ok_or_else(|| Error::invalid("ToolEnv::step before reset"))?;
-        let calls = parse_tool_calls(model_text);
+        let calls = match self.config.call_format {
+            CallFormat::Hermes => parse_tool_calls(model_text),
+            CallFormat::CodeBlock => parse_code_blocks(model_text),
+        };
         let step = if !calls.is_empty() {
             let mut observations = Vec::with_capacity(calls.len());
             let mut usable = 0;

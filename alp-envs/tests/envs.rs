@@ -350,3 +350,60 @@ fn alp_envs_compiles_no_tensor_library() {
         .collect();
     assert!(candle.is_empty(), "alp-envs pulls in {candle:?}");
 }
+
+#[test]
+fn code_block_episodes_run_python_and_survive_bad_blocks() {
+    use alp_envs::tools::{PythonConfig, PythonSandbox, PythonTool, ToolRegistry};
+    use alp_envs::{CallFormat, ToolEnv, ToolEnvConfig};
+    let sb = std::sync::Arc::new(
+        PythonSandbox::new(PythonConfig::default())
+            .expect("the python tool needs python3 and unshare with user namespaces"),
+    );
+    let mut reg = ToolRegistry::new();
+    reg.register(PythonTool::new(sb));
+    let cfg = ToolEnvConfig {
+        call_format: CallFormat::CodeBlock,
+        max_malformed_turns: 3,
+        ..Default::default()
+    };
+    let mut env = ToolEnv::new(reg, cfg).unwrap();
+    let task = alp_core::Task {
+        id: "t".into(),
+        kind: "hard".into(),
+        answer: "55578".into(),
+        messages: vec![alp_core::ChatMessage::new("user", "What is 942 * 59?")],
+    };
+    let opening = env.reset(&task).unwrap();
+    assert_eq!(opening[0].role, "system");
+    assert!(opening[0].content.contains("```python"));
+    let obs = |s: alp_core::Step| match s {
+        alp_core::Step::Observation(m) => m[0].content.clone(),
+        other => panic!("{other:?}"),
+    };
+    let out = obs(env
+        .step("I'll compute it.\n```python\nprint(942 * 59)\n```\n```output")
+        .unwrap());
+    assert_eq!(out.trim(), "55578");
+    // Bad blocks come back as tool text and the episode goes on.
+    let out = obs(env.step("```python\nprint(1 +\n```\n```output").unwrap());
+    assert!(out.contains("SyntaxError"), "{out}");
+    let out = obs(env.step("```python\n\n```\n```output").unwrap());
+    assert!(out.contains("empty"), "{out}");
+    let out = obs(env
+        .step("```python\nimport sys; sys.stdout.buffer.write(b'\\xff\\xfe')\n```\n```output")
+        .unwrap());
+    assert!(out.contains('\u{FFFD}'), "{out:?}");
+    let out = obs(env.step("```python\nprint('never closed')").unwrap());
+    assert!(
+        out.to_lowercase().contains("unclosed") || out.contains("Error"),
+        "{out}"
+    );
+    match env.step("So the answer is \\boxed{55578}.").unwrap() {
+        alp_core::Step::Done(o) => {
+            assert!(o.correct);
+            assert_eq!(o.tool_calls, 4);
+            assert!(o.tool_errors >= 1);
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -61,7 +61,11 @@ fn ordinary_code_runs_and_errors_come_back_as_text() {
     assert!(tool.run("x = 1").contains("no output"));
     // Output that is not UTF-8 arrives lossily decoded.
     let r = contained("import sys; sys.stdout.buffer.write(b'ok \\xff\\xfe end')");
-    assert!(r.stdout.starts_with("ok ") && r.stdout.ends_with(" end"), "{:?}", r.stdout);
+    assert!(
+        r.stdout.starts_with("ok ") && r.stdout.ends_with(" end"),
+        "{:?}",
+        r.stdout
+    );
 }
 
 #[test]
@@ -110,7 +114,8 @@ fn memory_output_and_cpu_limits_hold() {
     // CPU seconds (threads of pure Python burn them on one core).
     let r = contained("while True:\n    pass");
     assert!(
-        matches!(r.ending, Ending::Signal(s) if s == libc_sigxcpu()) || r.ending == Ending::TimedOut,
+        matches!(r.ending, Ending::Signal(s) if s == libc_sigxcpu())
+            || r.ending == Ending::TimedOut,
         "{:?}",
         r.ending
     );
@@ -132,7 +137,9 @@ fn files_outside_the_sandbox_are_never_written() {
     let home = std::env::var("HOME").unwrap_or_default();
     let home_file = std::path::Path::new(&home).join("alp-sandbox-escape-test");
     let _ = std::fs::remove_file(&home_file);
-    let here = std::env::current_dir().unwrap().join("alp-sandbox-escape-test");
+    let here = std::env::current_dir()
+        .unwrap()
+        .join("alp-sandbox-escape-test");
     let code = format!(
         "import os\nfor p in [{:?}, {:?}, {:?}, os.path.expanduser('~/alp-x'), '/var/tmp/alp-x']:\n    try:\n        open(p, 'w').write('escaped')\n        print('wrote', p)\n    except OSError as e:\n        print('refused', p, type(e).__name__)\nopen('scratch.txt', 'w').write('fine')\nprint('cwd', os.getcwd(), os.listdir('.'))",
         host_tmp.display().to_string(),
@@ -142,7 +149,12 @@ fn files_outside_the_sandbox_are_never_written() {
     let r = contained(&code);
     assert!(r.stdout.contains("scratch.txt"), "{}", r.stdout);
     for p in [&host_tmp, &home_file, &here] {
-        assert!(!p.exists(), "the sandbox wrote {}:\n{}", p.display(), r.stdout);
+        assert!(
+            !p.exists(),
+            "the sandbox wrote {}:\n{}",
+            p.display(),
+            r.stdout
+        );
     }
     // A second call starts with an empty /tmp.
     let r = contained("import os; print(os.listdir('/tmp'))");
@@ -163,7 +175,11 @@ fn network_environment_and_the_parent_are_out_of_reach() {
     // namespace's own first process, reaches nothing of ours.
     let me = std::process::id();
     let r = contained(&format!("import os, signal\ntry:\n    os.kill({me}, signal.SIGKILL)\n    print('killed')\nexcept OSError as e:\n    print('refused', type(e).__name__)\nprint('parent', os.getppid())\nos.kill(os.getppid(), signal.SIGKILL)"));
-    assert!(r.stdout.contains("refused ProcessLookupError"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("refused ProcessLookupError"),
+        "{}",
+        r.stdout
+    );
     assert!(r.stdout.contains("parent 1"), "{}", r.stdout);
     // Still alive to assert.
     assert_eq!(contained("print(1)").stdout.trim(), "1");

@@ -75,12 +75,23 @@ pub enum EnvKind {
     Tool,
     /// Single-turn math.
     Math,
+    /// Multi-turn math with a sandboxed Python interpreter, called by fenced code blocks
+    /// (tool-integrated reasoning; limits in `rl.python`).
+    Python,
 }
 
 impl EnvKind {
-    /// True for the tool environment.
+    /// True for the multi-turn environments with a tool (`tool`, `python`).
     pub fn is_tool(self) -> bool {
-        self == EnvKind::Tool
+        self != EnvKind::Math
+    }
+
+    /// The strings that end a model turn and hand it to the environment.
+    pub fn turn_stop_strings(self) -> Vec<String> {
+        match self {
+            EnvKind::Python => vec![alp_envs::tools::CODE_RUN.into()],
+            _ => vec![alp_envs::tools::TOOL_CALL_CLOSE.into()],
+        }
     }
 }
 
@@ -237,6 +248,8 @@ pub struct RlSection {
     pub kl: KlPenalty,
     /// Truncated sampling of the rollouts (top-k, top-p, min-p) and its sampling mask.
     pub sampling: RolloutSampling,
+    /// Limits of the sandboxed Python tool (`env = "python"`).
+    pub python: alp_envs::tools::PythonConfig,
 }
 
 /// Truncated sampling of RL rollouts. With `keep_mask` (the default) the engine records the
@@ -333,6 +346,7 @@ impl Default for RlSection {
             perturb_always: false,
             kl: KlPenalty::default(),
             sampling: RolloutSampling::default(),
+            python: Default::default(),
         }
     }
 }
@@ -521,6 +535,10 @@ impl TrainConfig {
         self.validate_rl_limits()?;
         self.validate_numbers()?;
         self.rl.sampling.validate()?;
+        self.rl.python.validate().map_err(|e| match e {
+            Error::Config { field, message } => Error::config(format!("rl.{field}"), message),
+            e => e,
+        })?;
         if self.sft.steps > 0 && self.sft.batch_size == 0 {
             return Err(Error::config("sft.batch_size", "must be at least 1"));
         }

@@ -63,15 +63,15 @@ pub fn eval_line(tag: &str, e: &EvalResult) -> String {
 pub fn evaluate(trainer: &Trainer, n: usize, k: usize) -> Result<EvalResult> {
     let mut src = trainer.task_stream(Split::Heldout, trainer.cfg.seed ^ 0xE7A1);
     let tasks: Vec<Task> = (0..n).filter_map(|_| src.next_task()).collect();
-    evaluate_tasks(trainer, &tasks, trainer.cfg.rl.env.is_tool(), k)
+    evaluate_tasks(trainer, &tasks, trainer.cfg.rl.env, k)
 }
 
-/// Evaluates on given tasks with a tool (`tool`) or single-turn math environment: greedy,
-/// then with `k > 0` k samples per task at temperature 1.
+/// Evaluates on given tasks in an environment of `kind`: greedy, then with `k > 0` k samples
+/// per task at temperature 1.
 pub fn evaluate_tasks(
     trainer: &Trainer,
     tasks: &[Task],
-    tool: bool,
+    kind: crate::config::EnvKind,
     k: usize,
 ) -> Result<EvalResult> {
     let engine = Engine::from_weights(
@@ -81,8 +81,12 @@ pub fn evaluate_tasks(
         EngineConfig::default(),
     )?
     .with_tokenizer(trainer.tokenizer.clone());
-    let env = trainer.make_env_kind(tool);
-    let tools = if tool { trainer.tools_spec() } else { None };
+    let env = trainer.make_env_kind(kind);
+    let tools = if kind == crate::config::EnvKind::Tool {
+        trainer.tools_spec()
+    } else {
+        None
+    };
     let run = |n: usize, temperature: f32, seed: u64| {
         run_episodes(
             &engine,

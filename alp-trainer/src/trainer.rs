@@ -2,14 +2,15 @@
 //! [`crate::rl_step`]), and what both need (task streams, environments, episode settings).
 
 use crate::batch::SeqBatch;
-use crate::config::{ModelSource, TrainConfig};
+use crate::config::{EnvKind, ModelSource, TrainConfig};
 use crate::default_task::{self, ArithmeticTasks, SftExample};
 use crate::metrics::{self as names, StepMetrics};
 use crate::optim::{global_norm, AdamW, AdamWParams, Gradients, Optimizer};
 use crate::rl_step::{self, StepContext, StepStats};
 use alp_core::{Environment, Error, Result, Task, TrajectoryGroup};
 use alp_envs::math::{ExtractMode, Split};
-use alp_envs::{MathEnv, ToolEnv, ToolEnvConfig};
+use alp_envs::tools::{PythonSandbox, PythonTool, ToolRegistry};
+use alp_envs::{CallFormat, MathEnv, ToolEnv, ToolEnvConfig};
 use alp_loss::compute_advantages;
 use alp_model::{
     parse_device, presets, LayerwiseGaussian, Model, ModelWeights, NoPerturbation, Tokenizer,
@@ -229,7 +230,8 @@ impl Trainer {
     /// The tool specs handed to the chat template (real checkpoints with the tool environment;
     /// the embedded default's template has no tools section).
     pub fn tools_spec(&self) -> Option<serde_json::Value> {
-        (!self.cfg.model.is_embedded() && self.cfg.rl.env.is_tool())
+        // The code-block format is explained in a system message, not as a function schema.
+        (!self.cfg.model.is_embedded() && self.cfg.rl.env == EnvKind::Tool)
             .then(|| serde_json::Value::Array(default_task::registry().tool_specs()))
     }
 
@@ -237,27 +239,50 @@ impl Trainer {
     pub fn make_env(
         &self,
     ) -> impl Fn(&Task) -> Result<Box<dyn Environment>> + Send + Sync + 'static {
-        self.make_env_kind(self.cfg.rl.env.is_tool())
+        self.make_env_kind(self.cfg.rl.env)
     }
 
-    /// Builds a tool environment (`tool`) or a single-turn math environment.
+    /// Builds an environment of `kind`: the calculator tool, single-turn math, or the
+    /// sandboxed Python tool (its sandbox is probed once, on the first episode; an error there
+    /// says why this machine cannot run it).
     pub fn make_env_kind(
         &self,
-        tool: bool,
+        kind: EnvKind,
     ) -> impl Fn(&Task) -> Result<Box<dyn Environment>> + Send + Sync + 'static {
         let tc = ToolEnvConfig {
             max_malformed_turns: 1,
             format_penalty: self.cfg.rl.format_penalty,
             mode: ExtractMode::Strict,
+            call_format: CallFormat::Hermes,
         };
+        let py_cfg = self.cfg.rl.python.clone();
+        let sandbox = Arc::new(std::sync::OnceLock::<
+            std::result::Result<Arc<PythonSandbox>, String>,
+        >::new());
         move |_t: &Task| -> Result<Box<dyn Environment>> {
-            if tool {
-                Ok(Box::new(ToolEnv::new(
+            match kind {
+                EnvKind::Tool => Ok(Box::new(ToolEnv::new(
                     default_task::registry(),
                     tc.clone(),
-                )?))
-            } else {
-                Ok(Box::new(MathEnv::new(ExtractMode::Strict)))
+                )?)),
+                EnvKind::Math => Ok(Box::new(MathEnv::new(ExtractMode::Strict))),
+                EnvKind::Python => {
+                    let sb = sandbox
+                        .get_or_init(|| {
+                            PythonSandbox::new(py_cfg.clone())
+                                .map(Arc::new)
+                                .map_err(|e| format!("rl.env = \"python\": {e}"))
+                        })
+                        .clone()
+                        .map_err(Error::Msg)?;
+                    let mut reg = ToolRegistry::new();
+                    reg.register(PythonTool::new(sb));
+                    let cfg = ToolEnvConfig {
+                        call_format: CallFormat::CodeBlock,
+                        ..tc.clone()
+                    };
+                    Ok(Box::new(ToolEnv::new(reg, cfg)?))
+                }
             }
         }
     }
@@ -273,7 +298,7 @@ impl Trainer {
                 seed,
                 ..Default::default()
             },
-            turn_stop_strings: vec!["</tool_call>".into()],
+            turn_stop_strings: self.cfg.rl.env.turn_stop_strings(),
         }
     }
 

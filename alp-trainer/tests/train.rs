@@ -796,3 +796,58 @@ fn a_kl_term_to_the_reference_is_added_to_the_loss() {
         .validate()
         .is_err());
 }
+
+#[test]
+fn the_python_environment_runs_through_train_and_eval() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small()
+        .apply_overrides(&[
+            "rl.env=python".into(),
+            "rl.steps=2".into(),
+            "rl.python.timeout_s=10".into(),
+        ])
+        .unwrap();
+    assert_eq!(cfg.rl.env.turn_stop_strings(), ["```output"]);
+    let mut sink = alp_trainer::metrics::MemorySink::default();
+    let out = alp_trainer::run::train_with(
+        cfg,
+        RunOptions {
+            out: Some(dir.path().into()),
+            ..Default::default()
+        },
+        &mut sink,
+    )
+    .unwrap();
+    assert_eq!(sink.steps.len(), 2);
+    assert!(out.before.is_some() && out.after.is_some());
+    // The episodes opened with the code-block instructions.
+    let t = Trainer::from_weights(
+        small().apply_overrides(&["rl.env=python".into()]).unwrap(),
+        &checkpoint::load_weights(
+            &checkpoint::latest(dir.path()).unwrap(),
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap(),
+        alp_trainer::default_task::build_tokenizer().unwrap(),
+    )
+    .unwrap();
+    let env = t.make_env();
+    let mut src = ArithmeticTasks::new(&t.cfg.tasks, Split::Train, 1);
+    let task = src.next_task().unwrap();
+    let mut e = env(&task).unwrap();
+    let msgs = e.reset(&task).unwrap();
+    assert_eq!(msgs[0].content, alp_envs::CODE_BLOCK_SYSTEM);
+    match e.step("```python\nprint(6*7)\n```\n```output").unwrap() {
+        alp_core::Step::Observation(m) => assert_eq!(m[0].content.trim(), "42"),
+        other => panic!("{other:?}"),
+    }
+    // Bad limits are named.
+    let err = small()
+        .apply_overrides(&["rl.python.timeout_s=0".into()])
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("rl.python.timeout_s"), "{err}");
+}

@@ -7,6 +7,9 @@ pub mod python;
 pub mod registry;
 
 pub use calculator::{evaluate, CalcError, Calculator, Number};
-pub use parser::{parse_tool_calls, ToolCall, ToolCallError, TOOL_CALL_CLOSE, TOOL_CALL_OPEN};
+pub use parser::{
+    parse_code_blocks, parse_tool_calls, ToolCall, ToolCallError, CODE_CLOSE, CODE_OPEN, CODE_RUN,
+    TOOL_CALL_CLOSE, TOOL_CALL_OPEN,
+};
 pub use python::{PythonConfig, PythonSandbox, PythonTool};
 pub use registry::{Tool, ToolError, ToolRegistry};

@@ -106,3 +106,57 @@ pub fn parse_tool_calls(text: &str) -> Vec<Result<ToolCall, ToolCallError>> {
     }
     out
 }
+
+/// Opens a code block of the code-block tool format (tool-integrated reasoning).
+pub const CODE_OPEN: &str = "```python";
+/// Closes a code block.
+pub const CODE_CLOSE: &str = "```";
+/// What the model writes after a code block to have it run (the turn stops there and the
+/// output comes back as the tool's response).
+pub const CODE_RUN: &str = "```output";
+
+/// Every fenced ```` ```python ```` block of `text`, in order, as calls of the `python` tool
+/// (`{"code": ...}`); an unclosed block is an error.
+///
+/// ```
+/// use alp_envs::tools::parse_code_blocks;
+/// let calls = parse_code_blocks("Let me compute.\n```python\nprint(2**10)\n```\n```output");
+/// assert_eq!(calls[0].as_ref().unwrap().arguments["code"], "print(2**10)\n");
+/// assert!(parse_code_blocks("```python\nprint(1)")[0].is_err());
+/// ```
+pub fn parse_code_blocks(text: &str) -> Vec<Result<ToolCall, ToolCallError>> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find(CODE_OPEN) {
+        if out.len() == MAX_CALLS_PER_TURN {
+            out.push(Err(ToolCallError::TooLarge(format!(
+                "more than {MAX_CALLS_PER_TURN} code blocks in one turn"
+            ))));
+            break;
+        }
+        let after = &rest[start + CODE_OPEN.len()..];
+        // The code starts on the next line.
+        let body_start = after.find('\n').map_or(after.len(), |i| i + 1);
+        let body = &after[body_start..];
+        match body.find(CODE_CLOSE) {
+            Some(end) if end > MAX_CALL_LEN => {
+                out.push(Err(ToolCallError::TooLarge(format!(
+                    "a code block of {end} bytes (at most {MAX_CALL_LEN})"
+                ))));
+                rest = &body[end + CODE_CLOSE.len()..];
+            }
+            Some(end) => {
+                out.push(Ok(ToolCall {
+                    name: "python".into(),
+                    arguments: serde_json::json!({ "code": &body[..end] }),
+                }));
+                rest = &body[end + CODE_CLOSE.len()..];
+            }
+            None => {
+                out.push(Err(ToolCallError::Unclosed));
+                break;
+            }
+        }
+    }
+    out
+}

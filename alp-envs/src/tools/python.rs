@@ -316,7 +316,12 @@ impl PythonSandbox {
         }
         let mut child = match cmd.spawn() {
             Ok(c) => c,
-            Err(e) => return fail(format!("sandbox: cannot start {}: {e}", self.unshare.display())),
+            Err(e) => {
+                return fail(format!(
+                    "sandbox: cannot start {}: {e}",
+                    self.unshare.display()
+                ))
+            }
         };
         let pgid = child.id() as libc::pid_t;
         let overflow = Arc::new(AtomicBool::new(false));
@@ -325,11 +330,17 @@ impl PythonSandbox {
             std::thread::spawn(move || read_capped(pipe, cap, pgid, &overflow))
         };
         let out = read(
-            child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
             overflow.clone(),
         );
         let err = read(
-            child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
             overflow.clone(),
         );
         let deadline = t0 + Duration::from_secs_f64(self.cfg.timeout_s);
@@ -560,9 +571,7 @@ impl PythonTool {
         if code.trim().is_empty() {
             return "Error: the code block is empty".into();
         }
-        self.sandbox
-            .run(code)
-            .to_tool_text(self.sandbox.config())
+        self.sandbox.run(code).to_tool_text(self.sandbox.config())
     }
 }
 

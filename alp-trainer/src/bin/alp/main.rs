@@ -105,7 +105,9 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
         /// `tool` (held-out default mix with the calculator), `math` (the same tasks, single
-        /// turn, no tool) or a JSONL file (GSM8K, MATH or prompt/answer lines).
+        /// turn, no tool), `python` (the same tasks with the sandboxed Python tool) or a JSONL
+        /// file (GSM8K, MATH or prompt/answer lines; with the Python tool under
+        /// `--set rl.env=python`).
         #[arg(long, default_value = "tool")]
         tasks: String,
         /// Most tasks evaluated.

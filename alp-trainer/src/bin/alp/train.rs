@@ -129,16 +129,24 @@ pub fn eval(
     let is_default = tok.chat_template() == Some(alp_trainer::default_task::CHAT_TEMPLATE);
     cfg.model.base = if is_default { String::new() } else { model };
     let t = alp_trainer::trainer::Trainer::from_weights(cfg.clone(), &weights, tok)?;
-    let (list, tool) = match tasks.as_str() {
-        "tool" | "math" => {
+    use alp_trainer::config::EnvKind;
+    let (list, kind) = match tasks.as_str() {
+        "tool" | "math" | "python" => {
             let mut src = t.task_stream(alp_envs::math::Split::Heldout, cfg.seed ^ 0xE7A1);
             let list: Vec<alp_core::Task> = (0..limit).filter_map(|_| src.next_task()).collect();
-            (list, tasks == "tool")
+            let kind = match tasks.as_str() {
+                "tool" => EnvKind::Tool,
+                "python" => EnvKind::Python,
+                _ => EnvKind::Math,
+            };
+            (list, kind)
         }
         path => {
             let p = std::path::Path::new(path);
             let text = std::fs::read_to_string(p).with_context(|| {
-                format!("--tasks {path}: neither `tool`, `math`, nor a readable JSONL file")
+                format!(
+                    "--tasks {path}: neither `tool`, `math`, `python`, nor a readable JSONL file"
+                )
             })?;
             let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("{}");
             let keys: serde_json::Value = serde_json::from_str(first).unwrap_or_default();
@@ -161,10 +169,16 @@ pub fn eval(
                 );
             }
             list.truncate(limit);
-            (list, false)
+            // A data set is single-turn math, or tool-integrated with `--set rl.env=python`.
+            let kind = if cfg.rl.env == EnvKind::Python {
+                EnvKind::Python
+            } else {
+                EnvKind::Math
+            };
+            (list, kind)
         }
     };
-    let e = alp_trainer::eval::evaluate_tasks(&t, &list, tool, n)?;
+    let e = alp_trainer::eval::evaluate_tasks(&t, &list, kind, n)?;
     println!("{}", serde_json::to_string_pretty(&e)?);
     Ok(())
 }
