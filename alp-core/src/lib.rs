@@ -18,6 +18,7 @@
 
 pub mod error;
 pub mod memory;
+pub mod pyjson;
 pub mod seed;
 pub mod traits;
 pub mod trajectory;

@@ -180,7 +180,11 @@ fn registry_renders_qwen_style_tools() {
     reg.register(Calculator);
     let s = reg.render_system_prompt("You are helpful.");
     assert!(s.starts_with("You are helpful.\n\n# Tools"));
-    assert!(s.contains("<tools>\n{\"function\":{\"description\""), "{s}");
+    // As Qwen's template writes it (Python's json.dumps: key order, ", " and ": ").
+    assert!(
+        s.contains("<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"calculator\""),
+        "{s}"
+    );
     assert!(s.contains("</tools>") && s.contains("<tool_call>\n{\"name\": <function-name>"));
     let unknown = reg
         .call(&alp_envs::tools::ToolCall {

@@ -43,6 +43,37 @@ pub const TEMPLATE_FUEL: u64 = 20_000_000;
 /// Most bytes a rendered chat template may have.
 pub const TEMPLATE_MAX_OUTPUT: usize = 64 << 20;
 
+/// Python's `json.dumps` as Hugging Face's chat-template environment calls it in `tojson`
+/// (`ensure_ascii=False, indent=None, separators=None, sort_keys=False` by default): keys in
+/// their order, `", "` and `": "` separators (`","` with an indent), no HTML escaping — so a
+/// tools section renders as the checkpoint saw it in training.
+fn py_tojson(
+    value: minijinja::Value,
+    kwargs: minijinja::value::Kwargs,
+) -> std::result::Result<minijinja::Value, minijinja::Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
+    let ensure_ascii: Option<bool> = kwargs.get("ensure_ascii")?;
+    let separators: Option<Vec<String>> = kwargs.get("separators")?;
+    kwargs.assert_all_used()?;
+    let v = serde_json::to_value(&value).map_err(|e| {
+        minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string())
+    })?;
+    let (item, key) = match &separators {
+        Some(s) if s.len() == 2 => (s[0].clone(), s[1].clone()),
+        _ if indent.is_some() => (",".to_string(), ": ".to_string()),
+        _ => (", ".to_string(), ": ".to_string()),
+    };
+    let style = alp_core::pyjson::Style {
+        indent,
+        item,
+        key,
+        sort_keys: sort_keys.unwrap_or(false),
+        ensure_ascii: ensure_ascii.unwrap_or(false),
+    };
+    Ok(minijinja::Value::from_safe_string(style.dumps(&v)))
+}
+
 /// A `Vec` that refuses to grow past [`TEMPLATE_MAX_OUTPUT`].
 struct BoundedWriter(Vec<u8>);
 
@@ -239,6 +270,7 @@ impl Tokenizer {
             },
         );
         env.add_function("strftime_now", |_fmt: String| "01 Jan 2026".to_string());
+        env.add_filter("tojson", py_tojson);
         env.add_template("chat", tpl)
             .map_err(|e| Error::Tokenizer(format!("chat template does not parse: {e}")))?;
         let t = env.get_template("chat").expect("added above");

@@ -107,7 +107,7 @@ impl ToolRegistry {
         );
         for spec in self.tool_specs() {
             s.push('\n');
-            s.push_str(&spec.to_string());
+            s.push_str(&alp_core::pyjson::Style::default().dumps(&spec));
         }
         s.push_str("\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call>");
         s
