@@ -135,6 +135,47 @@ pub fn observation_tokens(
     tok.encode(&format!("{closing}{appended}"), false)
 }
 
+/// Most environment steps run at once (tools such as the Python sandbox wait on processes).
+const MAX_PARALLEL_STEPS: usize = 16;
+
+/// `env.step(text)` of every active episode, several at once (a tool call, e.g. a sandboxed
+/// interpreter, runs while others do); results in the order of `active`.
+fn step_envs(eps: &mut [Episode], active: &[usize], texts: &[String]) -> Vec<Result<Step>> {
+    let mut envs: Vec<(usize, &mut Box<dyn Environment>)> = eps
+        .iter_mut()
+        .enumerate()
+        .filter(|(i, _)| active.binary_search(i).is_ok())
+        .map(|(i, e)| (i, &mut e.env))
+        .collect();
+    let per = envs.len().div_ceil(MAX_PARALLEL_STEPS).max(1);
+    let mut out: Vec<Option<Result<Step>>> = (0..active.len()).map(|_| None).collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = envs
+            .chunks_mut(per)
+            .map(|chunk| {
+                s.spawn(move || {
+                    chunk
+                        .iter_mut()
+                        .map(|(i, env)| {
+                            let k = active.binary_search(i).expect("an active episode");
+                            (k, env.step(&texts[k]))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        // A panicked step leaves its results empty (reported below).
+        for results in handles.into_iter().filter_map(|h| h.join().ok()) {
+            for (k, r) in results {
+                out[k] = Some(r);
+            }
+        }
+    });
+    out.into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(Error::Msg("an environment step panicked".into()))))
+        .collect()
+}
+
 /// Runs `group_size` episodes of every task, all turns batched through `engine`, and returns
 /// one [`TrajectoryGroup`] per task. `make_env` builds a fresh environment per episode; `tools`
 /// goes to the chat template. Every trajectory is stamped with `policy_version`.
@@ -195,7 +236,8 @@ pub fn run_episodes(
             requests.push(Request { prompt, params });
         }
         let completions = engine.generate(&requests)?;
-        for (&i, c) in active.iter().zip(completions) {
+        let mut texts = Vec::with_capacity(active.len());
+        for (&i, c) in active.iter().zip(&completions) {
             let e = &mut eps[i];
             e.turns += 1;
             e.response.extend_from_slice(&c.tokens);
@@ -205,8 +247,12 @@ pub fn run_episodes(
                 Some(s) => e.supports.extend(s),
                 None => e.supports.push_full(c.tokens.len()),
             }
-            let text = tokenizer.decode(&c.tokens, true)?;
-            match e.env.step(&text)? {
+            texts.push(tokenizer.decode(&c.tokens, true)?);
+        }
+        let steps = step_envs(&mut eps, &active, &texts);
+        for (((&i, c), text), step) in active.iter().zip(completions).zip(texts).zip(steps) {
+            let e = &mut eps[i];
+            match step? {
                 Step::Done(outcome) => {
                     e.done = Some((outcome, c.finish_reason));
                 }

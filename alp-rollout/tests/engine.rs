@@ -564,3 +564,63 @@ fn sharded_generation_equals_one_batch() {
     )
     .is_err());
 }
+
+/// Ends the episode with a reward that names the task, after a wait (a slow tool), and counts
+/// how many of its kind step at the same time.
+struct SlowTool {
+    reward: f32,
+    now: Arc<std::sync::atomic::AtomicUsize>,
+    most: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Environment for SlowTool {
+    fn reset(&mut self, task: &Task) -> alp_core::Result<Vec<ChatMessage>> {
+        Ok(task.messages.clone())
+    }
+    fn step(&mut self, _text: &str) -> alp_core::Result<Step> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let n = self.now.fetch_add(1, SeqCst) + 1;
+        self.most.fetch_max(n, SeqCst);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        self.now.fetch_sub(1, SeqCst);
+        Ok(Step::Done(alp_core::Outcome::with_reward(self.reward)))
+    }
+}
+
+#[test]
+fn environment_steps_run_concurrently_and_reach_their_own_episodes() {
+    let tok = Arc::new(word_tokenizer());
+    let eng = engine(8).with_tokenizer(tok.clone());
+    let tasks: Vec<Task> = (0..8)
+        .map(|i| Task {
+            id: format!("{i}"),
+            kind: "k".into(),
+            messages: vec![ChatMessage::new("user", "w5 w6")],
+            answer: String::new(),
+        })
+        .collect();
+    let now = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (n2, m2) = (now.clone(), most.clone());
+    let make = move |t: &Task| -> alp_core::Result<Box<dyn Environment>> {
+        Ok(Box::new(SlowTool {
+            reward: t.id.parse::<f32>().unwrap(),
+            now: n2.clone(),
+            most: m2.clone(),
+        }))
+    };
+    let cfg = EpisodeConfig {
+        max_turns: 2,
+        sampling: SamplingParams {
+            max_new_tokens: 2,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let groups = run_episodes(&eng, &tok, &tasks, &make, 2, &cfg, None, 0).unwrap();
+    for (i, g) in groups.iter().enumerate() {
+        assert_eq!(g.task_id, i.to_string());
+        assert!(g.trajectories.iter().all(|t| t.reward() == i as f32));
+    }
+    assert!(most.load(std::sync::atomic::Ordering::SeqCst) > 1, "steps ran one at a time");
+}
