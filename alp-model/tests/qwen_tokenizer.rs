@@ -10,20 +10,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-/// The tokenizer directory, or None (after saying why) when the test is skipped.
-pub fn qwen_dir() -> Option<PathBuf> {
-    match std::env::var("ALP_QWEN_TOKENIZER") {
-        Ok(d) if PathBuf::from(&d).join("tokenizer.json").exists() => Some(PathBuf::from(d)),
-        _ => {
-            let msg = "no real Qwen tokenizer: run `eval \"$(bash scripts/qwen-tokenizer.sh)\"` first (sets ALP_QWEN_TOKENIZER)";
-            if std::env::var("ALP_REQUIRE_QWEN").is_ok_and(|v| v == "1") {
-                panic!("{msg}");
-            }
-            eprintln!("skipped: {msg}");
-            None
-        }
-    }
-}
+#[path = "common/qwen.rs"]
+mod qwen;
+use qwen::qwen_dir;
 
 fn tool(name: &str, description: &str, params: Value) -> Value {
     json!({"type": "function", "function": {"name": name, "description": description, "parameters": params}})

@@ -622,5 +622,8 @@ fn environment_steps_run_concurrently_and_reach_their_own_episodes() {
         assert_eq!(g.task_id, i.to_string());
         assert!(g.trajectories.iter().all(|t| t.reward() == i as f32));
     }
-    assert!(most.load(std::sync::atomic::Ordering::SeqCst) > 1, "steps ran one at a time");
+    assert!(
+        most.load(std::sync::atomic::Ordering::SeqCst) > 1,
+        "steps ran one at a time"
+    );
 }

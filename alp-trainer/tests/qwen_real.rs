@@ -4,22 +4,11 @@
 //! `eval "$(bash scripts/qwen-tokenizer.sh)"`; without it the test says so and passes, unless
 //! `ALP_REQUIRE_QWEN=1` (CI).
 
-use std::path::PathBuf;
 use std::process::Command;
 
-fn qwen_dir() -> Option<PathBuf> {
-    match std::env::var("ALP_QWEN_TOKENIZER") {
-        Ok(d) if PathBuf::from(&d).join("tokenizer.json").exists() => Some(PathBuf::from(d)),
-        _ => {
-            let msg = "no real Qwen tokenizer: run `eval \"$(bash scripts/qwen-tokenizer.sh)\"` first (sets ALP_QWEN_TOKENIZER)";
-            if std::env::var("ALP_REQUIRE_QWEN").is_ok_and(|v| v == "1") {
-                panic!("{msg}");
-            }
-            eprintln!("skipped: {msg}");
-            None
-        }
-    }
-}
+#[path = "../../alp-model/tests/common/qwen.rs"]
+mod qwen;
+use qwen::qwen_dir;
 
 #[test]
 fn a_real_tokenizer_checkpoint_trains_in_the_python_environment_and_evaluates() {

@@ -83,20 +83,39 @@ fn parse_body(body: &str) -> Result<ToolCall, ToolCallError> {
 /// assert!(parse_tool_calls("<tool_call>{oops</tool_call>")[0].is_err());
 /// ```
 pub fn parse_tool_calls(text: &str) -> Vec<Result<ToolCall, ToolCallError>> {
+    blocks(text, TOOL_CALL_OPEN, TOOL_CALL_CLOSE, false, "tool calls")
+        .into_iter()
+        .map(|b| b.and_then(parse_body))
+        .collect()
+}
+
+/// The bodies between `open` and `close` in `text`, in order: at most [`MAX_CALLS_PER_TURN`]
+/// (then an error), an unclosed one ending the list with an error. With `next_line`, a body
+/// starts on the line after `open` (a fence's info string is skipped).
+fn blocks<'a>(
+    text: &'a str,
+    open: &str,
+    close: &str,
+    next_line: bool,
+    what: &str,
+) -> Vec<Result<&'a str, ToolCallError>> {
     let mut out = Vec::new();
     let mut rest = text;
-    while let Some(start) = rest.find(TOOL_CALL_OPEN) {
+    while let Some(start) = rest.find(open) {
         if out.len() == MAX_CALLS_PER_TURN {
             out.push(Err(ToolCallError::TooLarge(format!(
-                "more than {MAX_CALLS_PER_TURN} tool calls in one turn"
+                "more than {MAX_CALLS_PER_TURN} {what} in one turn"
             ))));
             break;
         }
-        let after = &rest[start + TOOL_CALL_OPEN.len()..];
-        match after.find(TOOL_CALL_CLOSE) {
+        let mut after = &rest[start + open.len()..];
+        if next_line {
+            after = &after[after.find('\n').map_or(after.len(), |i| i + 1)..];
+        }
+        match after.find(close) {
             Some(end) => {
-                out.push(parse_body(&after[..end]));
-                rest = &after[end + TOOL_CALL_CLOSE.len()..];
+                out.push(Ok(&after[..end]));
+                rest = &after[end + close.len()..];
             }
             None => {
                 out.push(Err(ToolCallError::Unclosed));
@@ -125,38 +144,20 @@ pub const CODE_RUN: &str = "```output";
 /// assert!(parse_code_blocks("```python\nprint(1)")[0].is_err());
 /// ```
 pub fn parse_code_blocks(text: &str) -> Vec<Result<ToolCall, ToolCallError>> {
-    let mut out = Vec::new();
-    let mut rest = text;
-    while let Some(start) = rest.find(CODE_OPEN) {
-        if out.len() == MAX_CALLS_PER_TURN {
-            out.push(Err(ToolCallError::TooLarge(format!(
-                "more than {MAX_CALLS_PER_TURN} code blocks in one turn"
-            ))));
-            break;
-        }
-        let after = &rest[start + CODE_OPEN.len()..];
-        // The code starts on the next line.
-        let body_start = after.find('\n').map_or(after.len(), |i| i + 1);
-        let body = &after[body_start..];
-        match body.find(CODE_CLOSE) {
-            Some(end) if end > MAX_CALL_LEN => {
-                out.push(Err(ToolCallError::TooLarge(format!(
-                    "a code block of {end} bytes (at most {MAX_CALL_LEN})"
-                ))));
-                rest = &body[end + CODE_CLOSE.len()..];
+    blocks(text, CODE_OPEN, CODE_CLOSE, true, "code blocks")
+        .into_iter()
+        .map(|b| {
+            let code = b?;
+            if code.len() > MAX_CALL_LEN {
+                return Err(ToolCallError::TooLarge(format!(
+                    "a code block of {} bytes (at most {MAX_CALL_LEN})",
+                    code.len()
+                )));
             }
-            Some(end) => {
-                out.push(Ok(ToolCall {
-                    name: "python".into(),
-                    arguments: serde_json::json!({ "code": &body[..end] }),
-                }));
-                rest = &body[end + CODE_CLOSE.len()..];
-            }
-            None => {
-                out.push(Err(ToolCallError::Unclosed));
-                break;
-            }
-        }
-    }
-    out
+            Ok(ToolCall {
+                name: "python".into(),
+                arguments: serde_json::json!({ "code": code }),
+            })
+        })
+        .collect()
 }
