@@ -411,3 +411,37 @@ fn code_block_episodes_run_python_and_survive_bad_blocks() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn without_a_sandbox_the_python_tool_says_why_and_the_episode_goes_on() {
+    use alp_envs::tools::UnavailablePython;
+    use alp_envs::CallFormat;
+    let mut reg = ToolRegistry::new();
+    reg.register(UnavailablePython::new(
+        "unshare: user namespaces are disabled",
+    ));
+    let cfg = ToolEnvConfig {
+        call_format: CallFormat::CodeBlock,
+        ..Default::default()
+    };
+    let mut env = ToolEnv::new(reg, cfg).unwrap();
+    let task = Task {
+        id: "t".into(),
+        kind: "k".into(),
+        answer: "4".into(),
+        messages: vec![ChatMessage::new("user", "2+2?")],
+    };
+    env.reset(&task).unwrap();
+    match env.step("```python\nprint(2+2)\n```\n```output").unwrap() {
+        Step::Observation(m) => assert!(
+            m[0].content.contains("unavailable") && m[0].content.contains("user namespaces"),
+            "{}",
+            m[0].content
+        ),
+        other => panic!("{other:?}"),
+    }
+    match env.step("\\boxed{4}").unwrap() {
+        Step::Done(o) => assert!(o.correct && o.tool_errors == 1),
+        other => panic!("{other:?}"),
+    }
+}

@@ -9,7 +9,7 @@ use crate::optim::{global_norm, AdamW, AdamWParams, Gradients, Optimizer};
 use crate::rl_step::{self, StepContext, StepStats};
 use alp_core::{Environment, Error, Result, Task, TrajectoryGroup};
 use alp_envs::math::{ExtractMode, Split};
-use alp_envs::tools::{PythonSandbox, PythonTool, ToolRegistry};
+use alp_envs::tools::{PythonSandbox, PythonTool, ToolRegistry, UnavailablePython};
 use alp_envs::{CallFormat, MathEnv, ToolEnv, ToolEnvConfig};
 use alp_loss::compute_advantages;
 use alp_model::{
@@ -267,16 +267,17 @@ impl Trainer {
                 )?)),
                 EnvKind::Math => Ok(Box::new(MathEnv::new(ExtractMode::Strict))),
                 EnvKind::Python => {
-                    let sb = sandbox
-                        .get_or_init(|| {
-                            PythonSandbox::new(py_cfg.clone())
-                                .map(Arc::new)
-                                .map_err(|e| format!("rl.env = \"python\": {e}"))
-                        })
-                        .clone()
-                        .map_err(Error::Msg)?;
+                    let sb = sandbox.get_or_init(|| {
+                        PythonSandbox::new(py_cfg.clone())
+                            .map(Arc::new)
+                            .map_err(|e| e.to_string())
+                    });
                     let mut reg = ToolRegistry::new();
-                    reg.register(PythonTool::new(sb));
+                    // Without a sandbox every call says why, as a tool error: the run goes on.
+                    match sb {
+                        Ok(sb) => reg.register(PythonTool::new(sb.clone())),
+                        Err(why) => reg.register(UnavailablePython::new(why.clone())),
+                    };
                     let cfg = ToolEnvConfig {
                         call_format: CallFormat::CodeBlock,
                         ..tc.clone()

@@ -11,5 +11,5 @@ pub use parser::{
     parse_code_blocks, parse_tool_calls, ToolCall, ToolCallError, CODE_CLOSE, CODE_OPEN, CODE_RUN,
     TOOL_CALL_CLOSE, TOOL_CALL_OPEN,
 };
-pub use python::{PythonConfig, PythonSandbox, PythonTool};
+pub use python::{PythonConfig, PythonSandbox, PythonTool, UnavailablePython};
 pub use registry::{Tool, ToolError, ToolRegistry};

@@ -566,6 +566,19 @@ impl PythonTool {
         PythonTool { sandbox }
     }
 
+    /// The function description of the `python` tool.
+    pub fn schema_value() -> Value {
+        json!({
+            "name": "python",
+            "description": "Runs Python 3 code in a sandbox (no network, limited time and memory) and returns what it prints.",
+            "parameters": {
+                "type": "object",
+                "properties": {"code": {"type": "string", "description": "The program; print the values you need."}},
+                "required": ["code"]
+            }
+        })
+    }
+
     /// Runs code and returns the tool text.
     pub fn run(&self, code: &str) -> String {
         if code.trim().is_empty() {
@@ -581,15 +594,7 @@ impl Tool for PythonTool {
     }
 
     fn schema(&self) -> Value {
-        json!({
-            "name": "python",
-            "description": "Runs Python 3 code in a sandbox (no network, limited time and memory) and returns what it prints.",
-            "parameters": {
-                "type": "object",
-                "properties": {"code": {"type": "string", "description": "The program; print the values you need."}},
-                "required": ["code"]
-            }
-        })
+        Self::schema_value()
     }
 
     fn call(&self, arguments: &Value) -> std::result::Result<String, ToolError> {
@@ -598,5 +603,37 @@ impl Tool for PythonTool {
             .and_then(|c| c.as_str())
             .ok_or_else(|| ToolError::BadArguments("expected {\"code\": \"...\"}".into()))?;
         Ok(self.run(code))
+    }
+}
+
+/// The `python` tool of a machine where no sandbox can start (no `unshare`, user namespaces
+/// off): every call answers, as a tool error, why — the run goes on and the
+/// `tool/errors_per_episode` metric shows it.
+#[derive(Debug, Clone)]
+pub struct UnavailablePython {
+    why: String,
+}
+
+impl UnavailablePython {
+    /// The tool, with the reason the sandbox could not start.
+    pub fn new(why: impl Into<String>) -> Self {
+        UnavailablePython { why: why.into() }
+    }
+}
+
+impl Tool for UnavailablePython {
+    fn name(&self) -> &str {
+        "python"
+    }
+
+    fn schema(&self) -> Value {
+        PythonTool::schema_value()
+    }
+
+    fn call(&self, _arguments: &Value) -> std::result::Result<String, ToolError> {
+        Err(ToolError::Failed(format!(
+            "the Python sandbox is unavailable on this machine: {}",
+            self.why
+        )))
     }
 }
