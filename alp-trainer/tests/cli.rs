@@ -177,6 +177,11 @@ fn bench_rollout_reports_generated_tokens_as_json() {
     let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(last["generated_tokens"], 12);
     assert!(last["tokens_per_s"].as_f64().unwrap() > 0.0);
+    // The machine the number belongs to.
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = last["machine"]["cpu"].as_str().unwrap();
+    assert!(cpuinfo.contains(cpu) || cpu == "unknown", "{cpu}");
+    assert!(last["machine"]["gemm"].as_str().unwrap().contains("gemm"));
     let bad = alp()
         .args(["bench", "rollout", "--preset", "nope"])
         .output()

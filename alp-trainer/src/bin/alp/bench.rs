@@ -120,6 +120,7 @@ pub fn rollout(a: RolloutArgs) -> Result<()> {
             "dtype": a.dtype, "device": a.device, "shards": shards, "decode_steps": stats.decode_steps,
             "prefill_seconds": stats.prefill_seconds, "decode_seconds": stats.decode_seconds,
             "decode_tokens_per_s": (generated - out.len()) as f64 / stats.decode_seconds.max(1e-9),
+            "machine": machine(&a.device),
         })
     );
     Ok(())
@@ -149,6 +150,47 @@ pub struct TrainArgs {
     /// Print only the JSON line.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The machine a number was measured on: the CPU model (`/proc/cpuinfo`), its cores, and the
+/// matrix-multiply path candle takes on it.
+fn machine(device: &str) -> serde_json::Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let gemm = if device != "cpu" {
+        "cuBLAS (candle CUDA)".to_string()
+    } else {
+        let mut feats: Vec<&str> = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") {
+                feats.push("avx512f");
+            }
+            if std::is_x86_feature_detected!("avx2") {
+                feats.push("avx2");
+            }
+            if std::is_x86_feature_detected!("fma") {
+                feats.push("fma");
+            }
+        }
+        // The gemm crate is built with its default (AVX2/FMA) kernels and dispatches at run time.
+        format!(
+            "gemm crate, AVX2/FMA kernels (CPU has: {})",
+            feats.join(", ")
+        )
+    };
+    serde_json::json!({
+        "cpu": cpu,
+        "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "gemm": gemm,
+    })
 }
 
 fn peak_rss_mb() -> f64 {
@@ -235,7 +277,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
     }
     println!(
         "{}",
-        serde_json::json!({"tokens_per_s": tokens / secs, "peak_rss_mb": peak_rss_mb(), "seconds_per_step": secs / a.steps as f64, "batch": a.batch, "seq_len": a.seq_len, "steps": a.steps, "device": a.device})
+        serde_json::json!({"tokens_per_s": tokens / secs, "peak_rss_mb": peak_rss_mb(), "seconds_per_step": secs / a.steps as f64, "batch": a.batch, "seq_len": a.seq_len, "steps": a.steps, "device": a.device, "machine": machine(&a.device)})
     );
     Ok(())
 }
