@@ -118,47 +118,32 @@ impl RolloutWorker {
                             return Ok(());
                         }
                         let waited = Instant::now();
-                        // Exact lag: the snapshots in order, up to version step − max_staleness.
-                        while exact_lag && current + max_staleness < step {
-                            match weights_rx.recv_timeout(Duration::from_millis(20)) {
-                                Ok((v, w)) => {
-                                    engine = build(&w)?;
-                                    current = v;
+                        // Take snapshots while the one held is too stale: with `exact_lag` one
+                        // at a time, stopping at version step − max_staleness; otherwise every
+                        // one ready (the newest wins). Block while none is fresh enough.
+                        loop {
+                            let held = pending.as_ref().map_or(current, |(v, _)| *v);
+                            let fresh = held + max_staleness >= step;
+                            if exact_lag && fresh {
+                                break;
+                            }
+                            match weights_rx.try_recv() {
+                                Ok(s) => {
+                                    pending = Some(s);
+                                    continue;
                                 }
+                                Err(TryRecvError::Empty) if fresh => break,
+                                Err(TryRecvError::Empty) => {}
+                                Err(TryRecvError::Disconnected) if fresh => break,
+                                Err(TryRecvError::Disconnected) => return Ok(()),
+                            }
+                            match weights_rx.recv_timeout(Duration::from_millis(20)) {
+                                Ok(s) => pending = Some(s),
                                 Err(RecvTimeoutError::Timeout) => {}
                                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
                             }
                             if stop_w.load(Ordering::SeqCst) {
                                 return Ok(());
-                            }
-                        }
-                        // Take the newest snapshot; block while the one we hold is too stale.
-                        if !exact_lag {
-                            loop {
-                                loop {
-                                    match weights_rx.try_recv() {
-                                        Ok(s) => pending = Some(s),
-                                        Err(TryRecvError::Empty) => break,
-                                        Err(TryRecvError::Disconnected) => {
-                                            if pending.is_none() && current + max_staleness < step {
-                                                return Ok(());
-                                            }
-                                            break;
-                                        }
-                                    }
-                                }
-                                let newest = pending.as_ref().map_or(current, |(v, _)| *v);
-                                if newest + max_staleness >= step {
-                                    break;
-                                }
-                                match weights_rx.recv_timeout(Duration::from_millis(20)) {
-                                    Ok(s) => pending = Some(s),
-                                    Err(RecvTimeoutError::Timeout) => {}
-                                    Err(RecvTimeoutError::Disconnected) => return Ok(()),
-                                }
-                                if stop_w.load(Ordering::SeqCst) {
-                                    return Ok(());
-                                }
                             }
                         }
                         let wait_seconds = waited.elapsed().as_secs_f64();
