@@ -207,12 +207,13 @@ impl Config {
         ids_from_json(self.eos_token_id.as_ref())
     }
 
-    /// Total number of parameters.
+    /// Total number of parameters (saturating: an absurd config gives `usize::MAX`, not an
+    /// overflow).
     pub fn num_parameters(&self) -> usize {
         crate::loader::expected_tensors(self)
             .iter()
-            .map(|(_, s)| s.iter().product::<usize>())
-            .sum()
+            .map(|(_, s)| s.iter().fold(1usize, |a, &d| a.saturating_mul(d)))
+            .fold(0, usize::saturating_add)
     }
 
     /// Rejects impossible shapes and unsupported options, naming the field.

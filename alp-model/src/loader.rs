@@ -216,13 +216,9 @@ impl ModelWeights {
     pub fn random(cfg: &Config, seed: u64, dtype: DType, device: &Device) -> Result<Self> {
         cfg.validate()?;
         // Initialised in f32 on the host, then converted: both copies at once at worst.
-        let params = expected_tensors(cfg)
-            .iter()
-            .map(|(_, s)| s.iter().fold(1usize, |a, &d| a.saturating_mul(d)))
-            .fold(0usize, usize::saturating_add);
         alp_core::memory::check_fits(
             "a config of num_parameters =",
-            params,
+            cfg.num_parameters(),
             4 + dtype.size_in_bytes() as u64,
             "its random weights",
             None,

@@ -74,16 +74,20 @@ fn py_tojson(
     Ok(minijinja::Value::from_safe_string(style.dumps(&v)))
 }
 
-/// A `Vec` that refuses to grow past [`TEMPLATE_MAX_OUTPUT`].
-struct BoundedWriter(Vec<u8>);
+/// A buffer that refuses to grow past [`TEMPLATE_MAX_OUTPUT`] (and remembers that it did).
+#[derive(Default)]
+struct BoundedWriter {
+    buf: Vec<u8>,
+    overflowed: bool,
+}
 
 impl std::io::Write for BoundedWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.0.len() + buf.len() > TEMPLATE_MAX_OUTPUT {
-            self.0.resize(TEMPLATE_MAX_OUTPUT, 0);
+        if self.buf.len() + buf.len() > TEMPLATE_MAX_OUTPUT {
+            self.overflowed = true;
             return Err(std::io::Error::other("chat template output too large"));
         }
-        self.0.extend_from_slice(buf);
+        self.buf.extend_from_slice(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -281,10 +285,10 @@ impl Tokenizer {
             bos_token => self.bos_token.clone().unwrap_or_default(),
             eos_token => self.eos_token.clone().unwrap_or_default(),
         };
-        let mut out = BoundedWriter(Vec::new());
+        let mut out = BoundedWriter::default();
         match t.render_captured_to(ctx, &mut out) {
             Ok(_) => {}
-            Err(_) if out.0.len() >= TEMPLATE_MAX_OUTPUT => {
+            Err(_) if out.overflowed => {
                 return Err(Error::Tokenizer(format!(
                     "the chat template's output passed {} MB: it is not a chat template this program can use",
                     TEMPLATE_MAX_OUTPUT >> 20
@@ -301,7 +305,7 @@ impl Tokenizer {
                 )))
             }
         }
-        String::from_utf8(out.0)
+        String::from_utf8(out.buf)
             .map_err(|e| Error::Tokenizer(format!("the chat template's output is not UTF-8: {e}")))
     }
 

@@ -252,6 +252,15 @@ pub struct RlSection {
     pub python: alp_envs::tools::PythonConfig,
 }
 
+/// Prefixes the field of a [`Error::Config`] with `prefix` (a check of a sub-config run as
+/// part of this one names the field by its full key); other errors pass through.
+fn in_section(prefix: &'static str) -> impl Fn(Error) -> Error {
+    move |e| match e {
+        Error::Config { field, message } => Error::config(format!("{prefix}{field}"), message),
+        e => e,
+    }
+}
+
 /// Truncated sampling of RL rollouts. With `keep_mask` (the default) the engine records the
 /// support each token was drawn from and the trainer scores the token over that same support,
 /// so the ratio stays exact; without it the trainer scores over the full vocabulary and the
@@ -285,26 +294,32 @@ impl Default for RolloutSampling {
 }
 
 impl RolloutSampling {
+    /// Sets the truncation and the sampling mask of `p` to these.
+    pub fn apply(&self, p: &mut alp_rollout::SamplingParams) {
+        p.top_k = self.top_k;
+        p.top_p = self.top_p;
+        p.min_p = self.min_p;
+        p.keep_sampling_mask = self.keep_mask;
+        p.max_support = self.max_support;
+    }
+
+    /// The sampler's parameters with these settings (the rest default).
+    fn params(&self) -> alp_rollout::SamplingParams {
+        let mut p = alp_rollout::SamplingParams::default();
+        self.apply(&mut p);
+        p
+    }
+
     /// True when rollouts are sampled from a truncated vocabulary.
     pub fn truncates(&self) -> bool {
-        self.top_k > 0 || self.top_p < 1.0 || self.min_p > 0.0
+        self.params().truncates()
     }
 
     fn validate(&self) -> Result<()> {
         // The sampler's own checks, the field named with its section.
-        alp_rollout::SamplingParams {
-            top_k: self.top_k,
-            top_p: self.top_p,
-            min_p: self.min_p,
-            ..Default::default()
-        }
-        .validate()
-        .map_err(|e| match e {
-            Error::Config { field, message } => {
-                Error::config(format!("rl.sampling.{field}"), message)
-            }
-            e => e,
-        })?;
+        self.params()
+            .validate()
+            .map_err(in_section("rl.sampling."))?;
         if !(1..=1 << 16).contains(&self.max_support) {
             return Err(Error::config(
                 "rl.sampling.max_support",
@@ -535,10 +550,7 @@ impl TrainConfig {
         self.validate_rl_limits()?;
         self.validate_numbers()?;
         self.rl.sampling.validate()?;
-        self.rl.python.validate().map_err(|e| match e {
-            Error::Config { field, message } => Error::config(format!("rl.{field}"), message),
-            e => e,
-        })?;
+        self.rl.python.validate().map_err(in_section("rl."))?;
         if self.sft.steps > 0 && self.sft.batch_size == 0 {
             return Err(Error::config("sft.batch_size", "must be at least 1"));
         }

@@ -38,20 +38,16 @@ pub fn rollout_metrics(trajs: &[&Trajectory], adv: &Advantages, m: &mut StepMetr
         names::TRUNCATED,
         mean(&|t| t.outcome.truncated as u8 as f64),
     );
-    let kept: Vec<&&Trajectory> = trajs.iter().filter(|t| t.supports.is_some()).collect();
-    if !kept.is_empty() {
-        let over: f64 = kept
-            .iter()
-            .filter_map(|t| t.supports.as_ref())
-            .map(|s| s.overflowed as f64)
-            .sum();
-        let gen: f64 = kept.iter().map(|t| t.num_generated() as f64).sum();
+    // Over the trajectories that kept their sampling supports: (overflowed, ids, generated).
+    let (mut over, mut ids, mut gen, mut kept) = (0.0, 0.0, 0.0, false);
+    for (t, s) in trajs.iter().filter_map(|t| Some((t, t.supports.as_ref()?))) {
+        over += s.overflowed as f64;
+        ids += s.ids.len() as f64;
+        gen += t.num_generated() as f64;
+        kept = true;
+    }
+    if kept {
         m.set(names::SUPPORT_OVERFLOW, over / gen.max(1.0));
-        let ids: f64 = kept
-            .iter()
-            .filter_map(|t| t.supports.as_ref())
-            .map(|s| s.ids.len() as f64)
-            .sum();
         m.set(names::SUPPORT_IDS_PER_TOKEN, ids / gen.max(1.0));
     }
 }

@@ -150,22 +150,26 @@ fn open_session(cfg: TrainConfig, opts: &RunOptions) -> Result<(Session, Option<
         Ok(d)
     };
     match (&opts.resume, &opts.warm_start) {
-        (Some(r), _) => match crate::checkpoint::latest(r) {
-            Err(e)
-                if opts.out.is_none()
-                    && r.join("config.toml").is_file()
-                    && !crate::checkpoint::has_any(r) =>
-            {
-                Ok((
-                    Session::restart(r, &opts.resume_overrides)?,
-                    Some(e.to_string()),
-                ))
-            }
-            _ => Ok((
-                Session::resume(r, &opts.resume_overrides, opts.out.clone())?,
-                None,
-            )),
-        },
+        // A run directory (not a checkpoint) with its config and no checkpoint directory yet:
+        // decided from the names alone, without loading a checkpoint only to find none.
+        (Some(r), _)
+            if opts.out.is_none()
+                && r.join("config.toml").is_file()
+                && !r.join("manifest.json").exists()
+                && !crate::checkpoint::has_any(r) =>
+        {
+            Ok((
+                Session::restart(r, &opts.resume_overrides)?,
+                Some(format!(
+                    "{} has no checkpoint yet (the run stopped before its first one was complete)",
+                    r.display()
+                )),
+            ))
+        }
+        (Some(r), _) => Ok((
+            Session::resume(r, &opts.resume_overrides, opts.out.clone())?,
+            None,
+        )),
         (None, Some(w)) => Ok((Session::start_from(w, cfg, out_dir()?)?, None)),
         (None, None) => Ok((Session::create(cfg, out_dir()?)?, None)),
     }

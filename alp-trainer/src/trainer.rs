@@ -243,8 +243,8 @@ impl Trainer {
     }
 
     /// Builds an environment of `kind`: the calculator tool, single-turn math, or the
-    /// sandboxed Python tool (its sandbox is probed once, on the first episode; an error there
-    /// says why this machine cannot run it).
+    /// sandboxed Python tool (its sandbox is probed once, on the first episode; where it
+    /// cannot start, every call answers why as a tool error).
     pub fn make_env_kind(
         &self,
         kind: EnvKind,
@@ -307,12 +307,7 @@ impl Trainer {
     /// with the truncation of `rl.sampling` and its sampling mask.
     pub fn rollout_episode_config(&self, seed: u64) -> EpisodeConfig {
         let mut ec = self.episode_config(self.cfg.rl.temperature, seed);
-        let s = &self.cfg.rl.sampling;
-        ec.sampling.top_k = s.top_k;
-        ec.sampling.top_p = s.top_p;
-        ec.sampling.min_p = s.min_p;
-        ec.sampling.keep_sampling_mask = s.keep_mask;
-        ec.sampling.max_support = s.max_support;
+        self.cfg.rl.sampling.apply(&mut ec.sampling);
         ec
     }
 

@@ -186,12 +186,13 @@ cd /tmp || exit 125
 export HOME=/tmp
 "$0" -I -B -c "$1"
 rc=$?
-if [ "$rc" -gt 128 ]; then echo "$SIGNAL_MARK$((rc - 128))" >&2; fi
+if [ "$rc" -gt 128 ]; then printf '\n%s%d\n' "$SIGNAL_MARK" $((rc - 128)) >&2; fi
 exit "$rc"
 "#;
 
-/// What the setup script writes to stderr when the interpreter dies of a signal.
-const SIGNAL_MARK: &str = "\n__alp_sandbox_signal__ ";
+/// What the setup script writes to stderr, on a line of its own, when the interpreter dies of
+/// a signal.
+const SIGNAL_MARK: &str = "__alp_sandbox_signal__ ";
 
 /// A sandboxed Python interpreter (see the module docs). Cheap to share between threads:
 /// every call is its own process.
@@ -303,7 +304,7 @@ impl PythonSandbox {
         .env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
         .env("LANG", "C.UTF-8")
-        .env("SIGNAL_MARK", SIGNAL_MARK.trim_start_matches("\\n"))
+        .env("SIGNAL_MARK", SIGNAL_MARK)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -326,23 +327,10 @@ impl PythonSandbox {
         let pgid = child.id() as libc::pid_t;
         let overflow = Arc::new(AtomicBool::new(false));
         let cap = self.cfg.max_output_bytes;
-        let read = |pipe: Option<Box<dyn Read + Send>>, overflow: Arc<AtomicBool>| {
-            std::thread::spawn(move || read_capped(pipe, cap, pgid, &overflow))
-        };
-        let out = read(
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-            overflow.clone(),
-        );
-        let err = read(
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-            overflow.clone(),
-        );
+        let (stdout_pipe, stderr_pipe) = (child.stdout.take(), child.stderr.take());
+        let (o1, o2) = (overflow.clone(), overflow.clone());
+        let out = std::thread::spawn(move || read_capped(stdout_pipe, cap, pgid, &o1));
+        let err = std::thread::spawn(move || read_capped(stderr_pipe, cap, pgid, &o2));
         let deadline = t0 + Duration::from_secs_f64(self.cfg.timeout_s);
         let mut timed_out = false;
         let status = loop {
@@ -364,10 +352,9 @@ impl PythonSandbox {
         kill_group(pgid);
         let stdout = out.join().unwrap_or_default();
         let mut stderr = String::from_utf8_lossy(&err.join().unwrap_or_default()).into_owned();
-        let mark = SIGNAL_MARK.trim_start_matches("\\n");
         let mut signal = None;
-        if let Some(at) = stderr.rfind(mark) {
-            signal = stderr[at + mark.len()..].trim().parse::<i32>().ok();
+        if let Some(at) = stderr.rfind(SIGNAL_MARK) {
+            signal = stderr[at + SIGNAL_MARK.len()..].trim().parse::<i32>().ok();
             stderr.truncate(at);
         }
         use std::os::unix::process::ExitStatusExt;
@@ -398,7 +385,7 @@ impl PythonSandbox {
 
 /// Reads `pipe` keeping at most `cap` bytes; past it, flags `overflow` and stops the group.
 fn read_capped(
-    pipe: Option<Box<dyn Read + Send>>,
+    pipe: Option<impl Read>,
     cap: usize,
     pgid: libc::pid_t,
     overflow: &AtomicBool,

@@ -155,15 +155,7 @@ pub struct TrainArgs {
 /// The machine a number was measured on: the CPU model (`/proc/cpuinfo`), its cores, and the
 /// matrix-multiply path candle takes on it.
 fn machine(device: &str) -> serde_json::Value {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into());
+    let cpu = crate::train::cpu_model().unwrap_or_else(|| "unknown".into());
     let gemm = if device != "cpu" {
         "cuBLAS (candle CUDA)".to_string()
     } else {

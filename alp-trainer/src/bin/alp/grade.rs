@@ -77,11 +77,7 @@ pub fn run(input: &Path, strict: bool) -> Result<()> {
             input.display()
         );
     }
-    let acc = if total > 0 {
-        correct as f64 / total as f64
-    } else {
-        0.0
-    };
+    let acc = correct as f64 / total as f64;
     eprintln!(
         "graded {total} lines ({} mode): {correct} correct, accuracy {:.4}{}",
         if strict { "strict" } else { "lenient" },

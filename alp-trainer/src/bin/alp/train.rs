@@ -130,18 +130,19 @@ pub fn eval(
     cfg.model.base = if is_default { String::new() } else { model };
     let t = alp_trainer::trainer::Trainer::from_weights(cfg.clone(), &weights, tok)?;
     use alp_trainer::config::EnvKind;
-    let (list, kind) = match tasks.as_str() {
-        "tool" | "math" | "python" => {
+    let named = match tasks.as_str() {
+        "tool" => Some(EnvKind::Tool),
+        "math" => Some(EnvKind::Math),
+        "python" => Some(EnvKind::Python),
+        _ => None,
+    };
+    let (list, kind) = match (named, tasks.as_str()) {
+        (Some(kind), _) => {
             let mut src = t.task_stream(alp_envs::math::Split::Heldout, cfg.seed ^ 0xE7A1);
             let list: Vec<alp_core::Task> = (0..limit).filter_map(|_| src.next_task()).collect();
-            let kind = match tasks.as_str() {
-                "tool" => EnvKind::Tool,
-                "python" => EnvKind::Python,
-                _ => EnvKind::Math,
-            };
             (list, kind)
         }
-        path => {
+        (None, path) => {
             let p = std::path::Path::new(path);
             let text = std::fs::read_to_string(p).with_context(|| {
                 format!(
@@ -183,17 +184,19 @@ pub fn eval(
     Ok(())
 }
 
-/// The CPU's model name (lscpu), for the report.
+/// The CPU's model name (`model name` of `/proc/cpuinfo`, as lscpu shows it), when known.
+pub fn cpu_model() -> Option<String> {
+    std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|t| {
+        t.lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|s| s.trim().to_string())
+    })
+}
+
+/// The CPU's model name and cores, for the report.
 fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
+    let cpu = cpu_model().unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!("{cpu}, {cores} cores")
 }
