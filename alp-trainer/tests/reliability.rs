@@ -287,3 +287,31 @@ fn an_async_run_resumed_at_several_points_trains_on_the_same_batches() {
     let unique: std::collections::BTreeSet<&String> = all.iter().copied().collect();
     assert_eq!(unique.len(), all.len(), "a task was trained twice");
 }
+
+#[test]
+fn a_replace_cut_between_its_two_renames_resumes_from_the_checkpoint_moved_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    train(small(&["checkpoint.every=0"]), opts(&run)).unwrap();
+    // The final checkpoint was being replaced: moved aside, the new one not yet renamed in.
+    let cks = run.join("checkpoints");
+    let aside = cks.join(".old-step-000002-999");
+    std::fs::rename(cks.join("step-000002"), &aside).unwrap();
+    let found = checkpoint::latest(&run).unwrap();
+    assert_eq!(
+        found, aside,
+        "fell back past the newest complete checkpoint"
+    );
+    assert_eq!(checkpoint::read_manifest(&found).unwrap().step, 2);
+    // The resume starts from it and puts step 2 back in place.
+    let out = train(
+        TrainConfig::default(),
+        RunOptions {
+            resume: Some(run.clone()),
+            ..opts(&run)
+        },
+    )
+    .unwrap();
+    assert!(!out.interrupted);
+    assert_eq!(checkpoint::latest(&run).unwrap(), cks.join("step-000002"));
+}
