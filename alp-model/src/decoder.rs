@@ -2,19 +2,23 @@
 //! the LM head, with a fused inference path and a differentiable training path.
 use crate::perturbation::Perturbation;
 use alp_core::{Error, Result};
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
-use crate::{rope, Config, KvCache};
+use crate::{fused, rope, Config, KvCache};
 
 /// Which kernels a forward uses. candle's fused CPU ops have no backward and silently cut the
-/// autograd graph, so training must use the differentiable twins.
+/// autograd graph, so training must use differentiable kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Numerics {
-    /// Fused softmax, RMSNorm and rotary kernels (inference, rollouts).
+    /// candle's fused softmax, RMSNorm and rotary kernels, no backward (inference, rollouts).
     Fused,
-    /// Differentiable ops only (training).
+    /// Differentiable: alp's fused kernels with a backward ([`crate::fused`]) on f32 CPU
+    /// tensors, their twins elsewhere (training).
     Differentiable,
+    /// Differentiable twins only, composed from candle ops: the slow reference that
+    /// `Differentiable` is tested against.
+    Reference,
 }
 
 #[derive(Debug, Clone)]
@@ -35,9 +39,8 @@ impl RmsNorm {
             Numerics::Fused => {
                 candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32)?
             }
-            Numerics::Differentiable => {
-                candle_nn::ops::rms_norm_slow(x, &self.weight, self.eps as f32)?
-            }
+            Numerics::Differentiable => fused::rms_norm(x, &self.weight, self.eps as f32)?,
+            Numerics::Reference => fused::twin::rms_norm(x, &self.weight, self.eps as f32)?,
         })
     }
 }
@@ -127,6 +130,10 @@ impl Attention {
                 rope::apply_diff(&q, cos, sin)?,
                 rope::apply_diff(&k, cos, sin)?,
             ),
+            Numerics::Reference => (
+                fused::twin::rope(&q, cos, sin)?,
+                fused::twin::rope(&k, cos, sin)?,
+            ),
         };
         let (k, v) = match cache {
             Some((c, layer)) => c.append(layer, &k, &v)?,
@@ -164,7 +171,8 @@ impl Attention {
         };
         let probs = match n {
             Numerics::Fused => candle_nn::ops::softmax_last_dim(&scores.contiguous()?)?,
-            Numerics::Differentiable => candle_nn::ops::softmax(&scores, D::Minus1)?,
+            Numerics::Differentiable => fused::softmax_last_dim(&scores)?,
+            Numerics::Reference => fused::twin::softmax_last_dim(&scores)?,
         };
         let probs = probs.reshape((b, nkv, rep * t, l))?.to_dtype(v.dtype())?;
         let out = probs.matmul(&v)?; // [b, nkv, rep*t, hd]
@@ -192,10 +200,14 @@ impl Mlp {
             down_proj: linear(i, h, false, vb.pp("down_proj"))?,
         })
     }
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let g = self.gate_proj.forward(x)?.silu()?;
+    fn forward(&self, x: &Tensor, n: Numerics) -> Result<Tensor> {
+        let g = self.gate_proj.forward(x)?;
         let u = self.up_proj.forward(x)?;
-        Ok(self.down_proj.forward(&(g * u)?)?)
+        let a = match n {
+            Numerics::Differentiable => fused::silu_mul(&g, &u)?,
+            Numerics::Fused | Numerics::Reference => fused::twin::silu_mul(&g, &u)?,
+        };
+        Ok(self.down_proj.forward(&a)?)
     }
 }
 
@@ -382,7 +394,7 @@ impl Model {
                 .forward(&x, &cos, &sin, mask.as_ref(), c, n, padded)?;
             h = (h + x)?;
             let x = layer.post_attention_layernorm.forward(&h, n)?;
-            h = (&h + layer.mlp.forward(&x)?)?;
+            h = (&h + layer.mlp.forward(&x, n)?)?;
         }
         if let Some(c) = cache {
             c.advance(t);

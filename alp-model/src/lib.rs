@@ -3,7 +3,8 @@
 //!
 //! Two numeric paths share one set of weights: [`Numerics::Fused`] (candle's fused softmax,
 //! RMSNorm and rotary kernels, which have no backward) for inference and rollouts, and
-//! [`Numerics::Differentiable`] for training.
+//! [`Numerics::Differentiable`] for training (alp's own fused kernels with a backward,
+//! [`fused`], held by tests to [`Numerics::Reference`], their composition from candle ops).
 //!
 //! ```
 //! use alp_model::{presets, ModelWeights, NoPerturbation};
@@ -22,6 +23,7 @@
 
 pub mod config;
 pub mod decoder;
+pub mod fused;
 pub mod kv_cache;
 pub mod loader;
 pub mod logprobs;

@@ -1,6 +1,6 @@
 //! Log-probabilities of target tokens from logits.
 use alp_core::{Error, Result};
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Tensor};
 
 /// The log-prob of each target under `softmax(logits / temperature)`: a fused
 /// log-softmax-gather (`x[target] − logsumexp(x)`) that never materialises the full log-softmax.
@@ -34,15 +34,9 @@ pub fn token_logprobs(logits: &Tensor, targets: &Tensor, temperature: f64) -> Re
     } else {
         x
     };
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let lse = (x
-        .broadcast_sub(&max)?
-        .exp()?
-        .sum_keepdim(D::Minus1)?
-        .log()?
-        + &max)?;
-    let picked = x.gather(&targets.unsqueeze(D::Minus1)?.contiguous()?, D::Minus1)?;
-    Ok((picked - lse)?.squeeze(D::Minus1)?)
+    let picked =
+        crate::fused::log_softmax_gather(&x.reshape((b * t, v))?, &targets.flatten_all()?)?;
+    Ok(picked.reshape((b, t))?)
 }
 
 /// Log-prob of every token after the first given its prefix, for one sequence, from the

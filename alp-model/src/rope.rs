@@ -1,6 +1,6 @@
 //! Rotary position embeddings, fused for inference and differentiable for training.
 use alp_core::Result;
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 
 /// Precomputed cos/sin tables, `[max_positions, head_dim / 2]` in f32, as Hugging Face builds them.
 #[derive(Debug, Clone)]
@@ -59,13 +59,7 @@ pub fn apply_fused(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 }
 
 /// Differentiable rotary embedding with per-row tables: `x` `[batch, heads, seq, head_dim]`,
-/// `cos`/`sin` `[batch, seq, head_dim/2]`.
+/// `cos`/`sin` `[batch, seq, head_dim/2]` (the fused kernel with a backward where it applies).
 pub fn apply_diff(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let cos = Tensor::cat(&[cos, cos], D::Minus1)?.unsqueeze(1)?;
-    let sin = Tensor::cat(&[sin, sin], D::Minus1)?.unsqueeze(1)?;
-    let d = x.dim(D::Minus1)?;
-    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
-    let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
-    let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-    Ok((x.broadcast_mul(&cos)? + rot.broadcast_mul(&sin)?)?)
+    Ok(crate::fused::rope(x, cos, sin)?)
 }

@@ -38,6 +38,7 @@ pub mod optim;
 pub mod report;
 pub mod rl_step;
 pub mod run;
+pub mod runtime;
 pub mod session;
 pub mod sft;
 pub mod trainer;

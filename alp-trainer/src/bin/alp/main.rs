@@ -207,6 +207,7 @@ enum BenchCommand {
 /// Parses the command line and dispatches: one short arm per subcommand (its length is the
 /// number of subcommands, not logic).
 fn main() -> Result<()> {
+    alp_trainer::runtime::tune_cpu_process();
     let cli = Cli::parse();
     match cli.command {
         Command::Logprobs {
