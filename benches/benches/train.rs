@@ -1,6 +1,6 @@
-//! One RL train step's compute: forward (differentiable path) + backward + AdamW on random
-//! tokens, for the embedded default's shape and the ~25M config. CPU by default;
-//! `ALP_BENCH_DEVICE=cuda:0` for a GPU (where the batch grows to 16 × 128).
+//! One RL train step's compute: forward + backward + AdamW on random tokens, for the embedded
+//! default's shape and the ~25M config, with the fused training kernels and with the candle-op
+//! reference they replace. CPU by default; `ALP_BENCH_DEVICE=cuda:0` for a GPU (16 × 128 there).
 use alp_benches::{bench_device, random_tokens};
 use alp_model::NoPerturbation;
 use alp_model::{presets, token_logprobs, ModelWeights, Numerics};
@@ -30,22 +30,31 @@ fn bench(c: &mut Criterion) {
         let input = ids.narrow(1, 0, t - 1).unwrap();
         let targets = ids.narrow(1, 1, t - 1).unwrap();
         g.throughput(Throughput::Elements((b * (t - 1)) as u64));
-        g.bench_function(BenchmarkId::new(name, format!("{b}x{t}")), |bench| {
-            bench.iter(|| {
-                let logits = model
-                    .forward_full(&input, &[], &NoPerturbation, Numerics::Differentiable)
-                    .unwrap();
-                let loss = token_logprobs(&logits, &targets, 1.0)
-                    .unwrap()
-                    .mean_all()
-                    .unwrap()
-                    .neg()
-                    .unwrap();
-                let grads = loss.backward().unwrap();
-                let gr = opt.grads(&grads);
-                opt.step(&gr, 1.0).unwrap();
-            })
-        });
+        // The fused kernels with a backward, and the candle-op reference they replace.
+        for (label, numerics) in [
+            ("fused", Numerics::Differentiable),
+            ("reference", Numerics::Reference),
+        ] {
+            g.bench_function(
+                BenchmarkId::new(format!("{name}/{label}"), format!("{b}x{t}")),
+                |bench| {
+                    bench.iter(|| {
+                        let logits = model
+                            .forward_full(&input, &[], &NoPerturbation, numerics)
+                            .unwrap();
+                        let loss = token_logprobs(&logits, &targets, 1.0)
+                            .unwrap()
+                            .mean_all()
+                            .unwrap()
+                            .neg()
+                            .unwrap();
+                        let grads = loss.backward().unwrap();
+                        let gr = opt.grads(&grads);
+                        opt.step(&gr, 1.0).unwrap();
+                    })
+                },
+            );
+        }
     }
     g.finish();
 }
