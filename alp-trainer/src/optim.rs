@@ -50,7 +50,11 @@ impl AdamW {
             .iter()
             .map(|(_, p)| p.as_tensor().zeros_like())
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let v = m.clone();
+        // Separate zeros: the fused update writes m and v in place.
+        let v = params
+            .iter()
+            .map(|(_, p)| p.as_tensor().zeros_like())
+            .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(AdamW {
             params,
             m,
@@ -79,7 +83,21 @@ impl AdamW {
     }
 
     /// One update with `grads` (in parameter order) scaled by `scale` (gradient clipping).
+    ///
+    /// f32 CPU parameters take a fused update that writes the moments and the weights in place
+    /// (three passes, no allocation); others take [`AdamW::step_reference`]'s tensor ops. The
+    /// two agree to rounding (tested).
     pub fn step(&mut self, grads: &[Option<Tensor>], scale: f64) -> Result<()> {
+        self.update(grads, scale, true)
+    }
+
+    /// [`AdamW::step`] composed from candle tensor ops only: the reference the fused update is
+    /// tested against.
+    pub fn step_reference(&mut self, grads: &[Option<Tensor>], scale: f64) -> Result<()> {
+        self.update(grads, scale, false)
+    }
+
+    fn update(&mut self, grads: &[Option<Tensor>], scale: f64, fused: bool) -> Result<()> {
         self.t += 1;
         let AdamWParams {
             lr,
@@ -92,6 +110,42 @@ impl AdamW {
         let bc2 = 1.0 - beta2.powi(self.t as i32);
         for (i, (_, p)) in self.params.iter().enumerate() {
             let Some(g) = &grads[i] else { continue };
+            let w = p.as_tensor();
+            let fusable = [w, g, &self.m[i], &self.v[i]]
+                .iter()
+                .all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32)
+                && g.dims() == w.dims();
+            if fused && fusable {
+                let g = g.contiguous()?;
+                self.m[i].inplace_op2(
+                    &g,
+                    &fused_adamw::Moment {
+                        beta: beta1,
+                        scale,
+                        square: false,
+                    },
+                )?;
+                self.v[i].inplace_op2(
+                    &g,
+                    &fused_adamw::Moment {
+                        beta: beta2,
+                        scale,
+                        square: true,
+                    },
+                )?;
+                w.inplace_op3(
+                    &self.m[i],
+                    &self.v[i],
+                    &fused_adamw::Apply {
+                        lr,
+                        decay: 1.0 - lr * weight_decay,
+                        bc1,
+                        bc2,
+                        eps,
+                    },
+                )?;
+                continue;
+            }
             let g = if scale != 1.0 {
                 (g * scale)?
             } else {
@@ -100,7 +154,7 @@ impl AdamW {
             let m = ((&self.m[i] * beta1)? + (&g * (1.0 - beta1))?)?;
             let v = ((&self.v[i] * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
             let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + eps)?)?;
-            let mut w = p.as_tensor().clone();
+            let mut w = w.clone();
             if weight_decay != 0.0 {
                 w = (&w * (1.0 - lr * weight_decay))?;
             }
@@ -115,8 +169,9 @@ impl AdamW {
     pub fn state(&self, prefix: &str) -> Result<BTreeMap<String, Tensor>> {
         let mut out = BTreeMap::new();
         for (i, (name, _)) in self.params.iter().enumerate() {
-            out.insert(format!("{prefix}.{name}.m"), self.m[i].clone());
-            out.insert(format!("{prefix}.{name}.v"), self.v[i].clone());
+            // Copies: the fused update writes the moments in place.
+            out.insert(format!("{prefix}.{name}.m"), self.m[i].copy()?);
+            out.insert(format!("{prefix}.{name}.v"), self.v[i].copy()?);
         }
         out.insert(
             format!("{prefix}.t"),
@@ -268,5 +323,197 @@ impl Optimizer {
             grad_norm: norm,
             sigma_grad_norm,
         })
+    }
+}
+
+/// The fused AdamW update's in-place CPU kernels (f32, contiguous).
+mod fused_adamw {
+    use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Result};
+
+    fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+        match (s, l.contiguous_offsets()) {
+            (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+            _ => candle_core::bail!("fused AdamW: {what} must be contiguous f32"),
+        }
+    }
+
+    fn slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout, what: &str) -> Result<&'a mut [f32]> {
+        match (s, l.contiguous_offsets()) {
+            (CpuStorage::F32(v), Some((a, b))) => Ok(&mut v[a..b]),
+            _ => candle_core::bail!("fused AdamW: {what} must be contiguous f32"),
+        }
+    }
+
+    /// `m ← β·m + (1 − β)·(s·g)` (or `(s·g)²` for the second moment), in place.
+    pub struct Moment {
+        pub beta: f64,
+        pub scale: f64,
+        pub square: bool,
+    }
+
+    impl InplaceOp2 for Moment {
+        fn name(&self) -> &'static str {
+            "alp-adamw-moment"
+        }
+        fn cpu_fwd(
+            &self,
+            s1: &mut CpuStorage,
+            l1: &Layout,
+            s2: &CpuStorage,
+            l2: &Layout,
+        ) -> Result<()> {
+            let g = slice(s2, l2, "the gradient")?;
+            let m = slice_mut(s1, l1, "a moment")?;
+            if m.len() != g.len() {
+                candle_core::bail!(
+                    "fused AdamW: moment of {} for a gradient of {}",
+                    m.len(),
+                    g.len()
+                );
+            }
+            let (b, s) = (self.beta as f32, self.scale as f32);
+            let a = 1.0 - b;
+            for (m, &g) in m.iter_mut().zip(g) {
+                let g = g * s;
+                *m = *m * b + a * if self.square { g * g } else { g };
+            }
+            Ok(())
+        }
+    }
+
+    /// `w ← w·decay − lr·(m/bc1) / (√(v/bc2) + ε)`, in place.
+    pub struct Apply {
+        pub lr: f64,
+        pub decay: f64,
+        pub bc1: f64,
+        pub bc2: f64,
+        pub eps: f64,
+    }
+
+    impl InplaceOp3 for Apply {
+        fn name(&self) -> &'static str {
+            "alp-adamw-apply"
+        }
+        fn cpu_fwd(
+            &self,
+            s1: &mut CpuStorage,
+            l1: &Layout,
+            s2: &CpuStorage,
+            l2: &Layout,
+            s3: &CpuStorage,
+            l3: &Layout,
+        ) -> Result<()> {
+            let m = slice(s2, l2, "the first moment")?;
+            let v = slice(s3, l3, "the second moment")?;
+            let w = slice_mut(s1, l1, "a weight")?;
+            if w.len() != m.len() || w.len() != v.len() {
+                candle_core::bail!("fused AdamW: weight and moments differ in size");
+            }
+            let (lr, decay) = (self.lr as f32, self.decay as f32);
+            let (ibc1, ibc2, eps) = (
+                1.0 / self.bc1 as f32,
+                1.0 / self.bc2 as f32,
+                self.eps as f32,
+            );
+            for ((w, &m), &v) in w.iter_mut().zip(m).zip(v) {
+                *w = *w * decay - lr * (m * ibc1) / ((v * ibc2).sqrt() + eps);
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    fn group(seed: u64) -> AdamW {
+        let dev = Device::Cpu;
+        let mk = |shape: &[usize], k: u64| {
+            let n: usize = shape.iter().product();
+            let v: Vec<f32> = (0..n)
+                .map(|i| (((i as u64 + 1) * (seed + k) * 2654435761) % 1000) as f32 / 500.0 - 1.0)
+                .collect();
+            Var::from_tensor(&Tensor::from_vec(v, shape, &dev).unwrap()).unwrap()
+        };
+        let params = vec![("a".into(), mk(&[7, 5], 1)), ("b".into(), mk(&[13], 2))];
+        let mut hp = AdamWParams::with_lr(3e-2);
+        hp.weight_decay = 0.1;
+        AdamW::new(params, hp).unwrap()
+    }
+
+    fn grads(step: usize) -> Vec<Option<Tensor>> {
+        let dev = Device::Cpu;
+        let g = |n: usize, k: usize| {
+            let v: Vec<f32> = (0..n)
+                .map(|i| ((i * 31 + k * 17 + step * 7) % 23) as f32 / 11.0 - 1.0)
+                .collect();
+            Tensor::from_vec(v, n, &dev).unwrap()
+        };
+        vec![
+            Some(g(35, 1).reshape((7, 5)).unwrap()),
+            // A transposed (non-contiguous) gradient on some steps.
+            Some(if step % 2 == 0 { g(13, 2) } else { g(13, 3) }),
+        ]
+    }
+
+    fn values(o: &AdamW) -> Vec<f32> {
+        let mut out = Vec::new();
+        for (i, (_, p)) in o.params.iter().enumerate() {
+            for t in [p.as_tensor(), &o.m[i], &o.v[i]] {
+                out.extend(t.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn fused_update_matches_the_tensor_op_reference() {
+        let (mut fast, mut slow) = (group(3), group(3));
+        let before = values(&fast);
+        for step in 0..6 {
+            let mut g = grads(step);
+            if step == 3 {
+                // A transposed gradient: the fused path makes it contiguous first.
+                let t = g[0]
+                    .as_ref()
+                    .unwrap()
+                    .t()
+                    .unwrap()
+                    .contiguous()
+                    .unwrap()
+                    .t()
+                    .unwrap();
+                assert!(!t.is_contiguous());
+                g[0] = Some(t);
+            }
+            if step == 4 {
+                g[1] = None; // a variable without a gradient is left alone
+            }
+            let scale = if step % 2 == 0 { 1.0 } else { 0.37 };
+            fast.step(&g, scale).unwrap();
+            slow.step_reference(&g, scale).unwrap();
+        }
+        let (a, b) = (values(&fast), values(&slow));
+        assert_ne!(a, before, "the update changed nothing");
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() <= 1e-6 * (1.0 + y.abs()), "{x} vs {y}");
+        }
+        // The saved state is a copy: a later in-place step does not change it.
+        let state = fast.state("opt").unwrap();
+        let m0 = state["opt.a.m"]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        fast.step(&grads(9), 1.0).unwrap();
+        let m1 = state["opt.a.m"]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(m0, m1);
+        assert_eq!(state["opt.a.m"].dtype(), DType::F32);
     }
 }
