@@ -126,10 +126,7 @@ impl Attention {
                 rope::apply_fused(&q, cos, sin)?,
                 rope::apply_fused(&k, cos, sin)?,
             ),
-            Numerics::Differentiable => (
-                rope::apply_diff(&q, cos, sin)?,
-                rope::apply_diff(&k, cos, sin)?,
-            ),
+            Numerics::Differentiable => (fused::rope(&q, cos, sin)?, fused::rope(&k, cos, sin)?),
             Numerics::Reference => (
                 fused::twin::rope(&q, cos, sin)?,
                 fused::twin::rope(&k, cos, sin)?,

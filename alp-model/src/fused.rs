@@ -12,34 +12,19 @@
 //! its differentiable twin (the composition of candle ops, kept in [`twin`]) on other devices and
 //! dtypes, so a caller never has to check. Tests hold every kernel to its twin: values and
 //! gradients.
-use candle_core::backend::BackendStorage;
 use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D,
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType, D,
 };
 use rayon::prelude::*;
 
 /// Rows below this many elements per thread are not worth splitting across threads.
 const MIN_PAR_ELEMS: usize = 16 * 1024;
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
-    let data = match s {
-        CpuStorage::F32(v) => v,
-        other => candle_core::bail!("{op}: the fused kernel takes f32, got {:?}", other.dtype()),
-    };
+/// The contiguous elements of a kernel input (candle checks the dtype).
+fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [T]> {
     match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
+        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
         None => candle_core::bail!("{op}: the fused kernel needs a contiguous input"),
-    }
-}
-
-fn u32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [u32]> {
-    let data = match s {
-        CpuStorage::U32(v) => v,
-        other => candle_core::bail!("{op}: targets must be u32, got {:?}", other.dtype()),
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("{op}: targets must be contiguous"),
     }
 }
 
@@ -96,8 +81,8 @@ impl CustomOp2 for RmsNorm {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, self.name())?;
-        let w = f32_slice(s2, l2, self.name())?;
+        let x = contiguous::<f32>(s1, l1, self.name())?;
+        let w = contiguous::<f32>(s2, l2, self.name())?;
         let d = last_dim(l1)?;
         if w.len() != d {
             candle_core::bail!("rms_norm: weight has {} entries for rows of {d}", w.len());
@@ -144,9 +129,9 @@ impl CustomOp3 for RmsNormBwdX {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, self.name())?;
-        let w = f32_slice(s2, l2, self.name())?;
-        let g = f32_slice(s3, l3, self.name())?;
+        let x = contiguous::<f32>(s1, l1, self.name())?;
+        let w = contiguous::<f32>(s2, l2, self.name())?;
+        let g = contiguous::<f32>(s3, l3, self.name())?;
         let d = last_dim(l1)?;
         let mut out = vec![0f32; x.len()];
         for_rows(&mut out, d, |o, r| {
@@ -179,8 +164,8 @@ impl CustomOp2 for RmsNormBwdW {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, self.name())?;
-        let g = f32_slice(s2, l2, self.name())?;
+        let x = contiguous::<f32>(s1, l1, self.name())?;
+        let g = contiguous::<f32>(s2, l2, self.name())?;
         let d = last_dim(l1)?;
         let per = rows_per_task(d);
         let dw = x
@@ -236,9 +221,9 @@ impl CustomOp3 for Rope {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, self.name())?;
-        let cos = f32_slice(s2, l2, self.name())?;
-        let sin = f32_slice(s3, l3, self.name())?;
+        let x = contiguous::<f32>(s1, l1, self.name())?;
+        let cos = contiguous::<f32>(s2, l2, self.name())?;
+        let sin = contiguous::<f32>(s3, l3, self.name())?;
         let (b, h, t, d) = l1.shape().dims4()?;
         let half = d / 2;
         if d % 2 != 0 || cos.len() != b * t * half || sin.len() != cos.len() {
@@ -308,7 +293,7 @@ impl CustomOp1 for Softmax {
         "alp-softmax"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s, l, self.name())?;
+        let x = contiguous::<f32>(s, l, self.name())?;
         let d = last_dim(l)?;
         let mut out = vec![0f32; x.len()];
         for_rows(&mut out, d, |o, r| {
@@ -345,8 +330,8 @@ impl CustomOp2 for SoftmaxBwd {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let y = f32_slice(s1, l1, self.name())?;
-        let g = f32_slice(s2, l2, self.name())?;
+        let y = contiguous::<f32>(s1, l1, self.name())?;
+        let g = contiguous::<f32>(s2, l2, self.name())?;
         let d = last_dim(l1)?;
         let mut out = vec![0f32; y.len()];
         for_rows(&mut out, d, |o, r| {
@@ -388,8 +373,8 @@ impl CustomOp2 for SiluMul {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = f32_slice(s1, l1, self.name())?;
-        let u = f32_slice(s2, l2, self.name())?;
+        let g = contiguous::<f32>(s1, l1, self.name())?;
+        let u = contiguous::<f32>(s2, l2, self.name())?;
         if l1.dims() != l2.dims() {
             candle_core::bail!(
                 "silu_mul: gate {:?} and up {:?} differ",
@@ -414,17 +399,14 @@ impl CustomOp2 for SiluMul {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
-        let dg = g.apply_op3_no_bwd(u, &grad, &SiluMulBwd { wrt_gate: true })?;
-        let du = g.apply_op3_no_bwd(u, &grad, &SiluMulBwd { wrt_gate: false })?;
-        Ok((Some(dg), Some(du)))
+        // Both gradients from one pass (σ(g) computed once), stacked as [2, ...].
+        let both = g.apply_op3_no_bwd(u, &grad.contiguous()?, &SiluMulBwd)?;
+        Ok((Some(both.get(0)?), Some(both.get(1)?)))
     }
 }
 
-/// d/dg = grad·u·σ(g)(1 + g(1 − σ(g))); d/du = grad·g·σ(g).
-struct SiluMulBwd {
-    wrt_gate: bool,
-}
+/// `[d/dg, d/du]` stacked: d/dg = grad·u·σ(g)(1 + g(1 − σ(g))), d/du = grad·g·σ(g).
+struct SiluMulBwd;
 
 impl CustomOp3 for SiluMulBwd {
     fn name(&self) -> &'static str {
@@ -439,24 +421,29 @@ impl CustomOp3 for SiluMulBwd {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = f32_slice(s1, l1, self.name())?;
-        let u = f32_slice(s2, l2, self.name())?;
-        let gr = f32_slice(s3, l3, self.name())?;
+        let g = contiguous::<f32>(s1, l1, self.name())?;
+        let u = contiguous::<f32>(s2, l2, self.name())?;
+        let gr = contiguous::<f32>(s3, l3, self.name())?;
         let d = last_dim(l1)?;
-        let mut out = vec![0f32; g.len()];
-        for_rows(&mut out, d, |o, r| {
-            let span = r * d..(r + 1) * d;
-            let (g, u, gr) = (&g[span.clone()], &u[span.clone()], &gr[span]);
-            for i in 0..d {
-                let s = sigmoid(g[i]);
-                o[i] = if self.wrt_gate {
-                    gr[i] * u[i] * s * (1.0 + g[i] * (1.0 - s))
-                } else {
-                    gr[i] * g[i] * s
-                };
-            }
-        });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        let n = g.len();
+        let mut out = vec![0f32; 2 * n];
+        let (dg, du) = out.split_at_mut(n);
+        let per = rows_per_task(d) * d;
+        dg.par_chunks_mut(per)
+            .zip(du.par_chunks_mut(per))
+            .enumerate()
+            .for_each(|(c, (dg, du))| {
+                let off = c * per;
+                for i in 0..dg.len() {
+                    let (gv, uv, gr) = (g[off + i], u[off + i], gr[off + i]);
+                    let s = sigmoid(gv);
+                    dg[i] = gr * uv * s * (1.0 + gv * (1.0 - s));
+                    du[i] = gr * gv * s;
+                }
+            });
+        let mut dims = vec![2];
+        dims.extend_from_slice(l1.dims());
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
 }
 
@@ -490,8 +477,8 @@ impl CustomOp2 for LogSoftmaxGather {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, self.name())?;
-        let t = u32_slice(s2, l2, self.name())?;
+        let x = contiguous::<f32>(s1, l1, self.name())?;
+        let t = contiguous::<u32>(s2, l2, self.name())?;
         let (n, v) = l1.shape().dims2()?;
         if t.len() != n {
             candle_core::bail!("log_softmax_gather: {} targets for {n} rows", t.len());
@@ -535,9 +522,9 @@ impl CustomOp3 for LogSoftmaxGatherBwd {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, self.name())?;
-        let t = u32_slice(s2, l2, self.name())?;
-        let g = f32_slice(s3, l3, self.name())?;
+        let x = contiguous::<f32>(s1, l1, self.name())?;
+        let t = contiguous::<u32>(s2, l2, self.name())?;
+        let g = contiguous::<f32>(s3, l3, self.name())?;
         let (_, v) = l1.shape().dims2()?;
         let mut out = vec![0f32; x.len()];
         for_rows(&mut out, v, |o, r| {

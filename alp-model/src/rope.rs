@@ -1,4 +1,5 @@
-//! Rotary position embeddings, fused for inference and differentiable for training.
+//! Rotary position embeddings: the tables, and the fused inference kernel (the differentiable
+//! one for training is [`crate::fused::rope`]).
 use alp_core::Result;
 use candle_core::{DType, Device, Tensor};
 
@@ -56,10 +57,4 @@ impl Rope {
 /// Fused rotary embedding (no backward): `x` `[batch, heads, seq, head_dim]`.
 pub fn apply_fused(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin)?)
-}
-
-/// Differentiable rotary embedding with per-row tables: `x` `[batch, heads, seq, head_dim]`,
-/// `cos`/`sin` `[batch, seq, head_dim/2]` (the fused kernel with a backward where it applies).
-pub fn apply_diff(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    Ok(crate::fused::rope(x, cos, sin)?)
 }
