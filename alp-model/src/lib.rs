@@ -38,7 +38,7 @@ pub use kv_cache::KvCache;
 pub use loader::{expected_tensors, resolve_model_dir, weight_files, ModelWeights};
 pub use logprobs::{sequence_logprobs, token_logprobs};
 pub use perturbation::{
-    seeded_rng, LayerSelection, LayerwiseGaussian, NoPerturbation, Perturbation,
+    seeded_rng, KeyedGaussian, LayerSelection, LayerwiseGaussian, NoPerturbation, Perturbation,
     PerturbationConfig, SigmaMode,
 };
 pub use tokenizer::Tokenizer;

@@ -31,6 +31,13 @@ pub trait Perturbation: Send + Sync {
     fn is_identity(&self) -> bool {
         false
     }
+
+    /// This perturbation with its noise keyed to `(step, micro_batch)` instead of a shared,
+    /// mutable context, so that micro-batches can run at the same time; None (the default)
+    /// when its output does not depend on such a key and it can be used as it is.
+    fn keyed(&self, _step: u64, _micro_batch: u64) -> Option<Box<dyn Perturbation + '_>> {
+        None
+    }
 }
 
 /// The free perturbation: returns its input unchanged.
@@ -198,22 +205,31 @@ impl LayerwiseGaussian {
         self.micro_batch.store(micro_batch, Ordering::Relaxed);
     }
 
-    fn noise_seed(&self, layer: u64) -> u64 {
-        let mut x = self.cfg.seed;
-        for v in [
+    /// The (step, micro-batch) set by [`LayerwiseGaussian::set_context`].
+    fn context(&self) -> (u64, u64) {
+        (
             self.step.load(Ordering::Relaxed),
             self.micro_batch.load(Ordering::Relaxed),
-            layer,
-        ] {
+        )
+    }
+
+    fn noise_seed(&self, (step, micro_batch): (u64, u64), layer: u64) -> u64 {
+        let mut x = self.cfg.seed;
+        for v in [step, micro_batch, layer] {
             x = splitmix64(x ^ splitmix64(v.wrapping_add(GOLDEN_GAMMA)));
         }
         x
     }
 
     /// Standard normal noise shaped like `like`, from the seed of `layer` (index `num_layers`
-    /// is the LM-head input).
+    /// is the LM-head input) in the current context.
     pub fn noise(&self, layer: usize, like: &Tensor) -> Result<Tensor> {
-        let mut rng = seeded_rng(self.noise_seed(layer as u64));
+        self.noise_at(self.context(), layer, like)
+    }
+
+    /// [`LayerwiseGaussian::noise`] for the context `(step, micro_batch)`.
+    pub fn noise_at(&self, key: (u64, u64), layer: usize, like: &Tensor) -> Result<Tensor> {
+        let mut rng = seeded_rng(self.noise_seed(key, layer as u64));
         let n = like.elem_count();
         let v: Vec<f32> = (0..n).map(|_| StandardNormal.sample(&mut rng)).collect();
         Ok(Tensor::from_vec(v, like.shape(), like.device())?.to_dtype(like.dtype())?)
@@ -228,8 +244,8 @@ impl LayerwiseGaussian {
         Ok(s.narrow(0, idx, 1)?.exp()?)
     }
 
-    fn add_noise(&self, idx: usize, sigma_idx: usize, h: &Tensor) -> Result<Tensor> {
-        let eps = self.noise(idx, h)?;
+    fn add_noise(&self, key: (u64, u64), idx: usize, sigma_idx: usize, h: &Tensor) -> Result<Tensor> {
+        let eps = self.noise_at(key, idx, h)?;
         let sigma = self.sigma(sigma_idx)?.to_dtype(h.dtype())?;
         let scaled = match self.cfg.mode {
             SigmaMode::Absolute => eps.broadcast_mul(&sigma)?,
@@ -248,8 +264,8 @@ impl LayerwiseGaussian {
     }
 }
 
-impl Perturbation for LayerwiseGaussian {
-    fn perturb(&self, layer: usize, hidden: &Tensor) -> Result<Tensor> {
+impl LayerwiseGaussian {
+    fn perturb_at(&self, key: (u64, u64), layer: usize, hidden: &Tensor) -> Result<Tensor> {
         if layer >= self.num_layers {
             return Err(Error::invalid(format!(
                 "perturbation built for {} layers was asked for layer {layer}",
@@ -259,15 +275,54 @@ impl Perturbation for LayerwiseGaussian {
         if !self.cfg.layers.contains(layer, self.num_layers) {
             return Ok(hidden.clone());
         }
-        self.add_noise(layer, layer, hidden)
+        self.add_noise(key, layer, layer, hidden)
     }
 
-    fn perturb_head(&self, hidden: &Tensor) -> Result<Tensor> {
+    fn perturb_head_at(&self, key: (u64, u64), hidden: &Tensor) -> Result<Tensor> {
         if self.cfg.layers == LayerSelection::LogitsOnly {
             // The logits-only ablation uses the first σ entry.
-            self.add_noise(self.num_layers, 0, hidden)
+            self.add_noise(key, self.num_layers, 0, hidden)
         } else {
             Ok(hidden.clone())
         }
+    }
+}
+
+impl Perturbation for LayerwiseGaussian {
+    fn perturb(&self, layer: usize, hidden: &Tensor) -> Result<Tensor> {
+        self.perturb_at(self.context(), layer, hidden)
+    }
+
+    fn perturb_head(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.perturb_head_at(self.context(), hidden)
+    }
+
+    fn keyed(&self, step: u64, micro_batch: u64) -> Option<Box<dyn Perturbation + '_>> {
+        Some(Box::new(KeyedGaussian {
+            inner: self,
+            key: (step, micro_batch),
+        }))
+    }
+}
+
+/// A [`LayerwiseGaussian`] whose noise is keyed to a fixed (step, micro-batch): the same noise
+/// as the shared context set to that key, without touching the shared context.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyedGaussian<'a> {
+    inner: &'a LayerwiseGaussian,
+    key: (u64, u64),
+}
+
+impl Perturbation for KeyedGaussian<'_> {
+    fn perturb(&self, layer: usize, hidden: &Tensor) -> Result<Tensor> {
+        self.inner.perturb_at(self.key, layer, hidden)
+    }
+
+    fn perturb_head(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.inner.perturb_head_at(self.key, hidden)
+    }
+
+    fn keyed(&self, step: u64, micro_batch: u64) -> Option<Box<dyn Perturbation + '_>> {
+        self.inner.keyed(step, micro_batch)
     }
 }

@@ -370,6 +370,35 @@ fn gradient_wrt_every_log_sigma_is_finite_and_nonzero() {
 }
 
 #[test]
+fn keyed_noise_is_the_noise_of_that_context_and_leaves_the_shared_one_alone() {
+    let h = Tensor::ones((2, 3, 8), DType::F32, &Device::Cpu).unwrap();
+    for sel in [LayerSelection::All, LayerSelection::LogitsOnly] {
+        let p = gaussian(0.1, SigmaMode::Relative, true, sel.clone(), 4);
+        p.set_context(1, 0);
+        let k = p.keyed(7, 2).expect("the Gaussian's noise is keyed");
+        let k3 = p.keyed(7, 3).unwrap();
+        // The shared context is untouched by the keyed view.
+        let shared = p.perturb(0, &h).unwrap();
+        p.set_context(7, 2);
+        for l in 0..4 {
+            let want = p.perturb(l, &h).unwrap();
+            assert_eq!(max_abs_diff(&k.perturb(l, &h).unwrap(), &want), 0.0);
+        }
+        let head = p.perturb_head(&h).unwrap();
+        assert_eq!(max_abs_diff(&k.perturb_head(&h).unwrap(), &head), 0.0);
+        let (a, b) = if sel == LayerSelection::All {
+            (k.perturb(0, &h).unwrap(), k3.perturb(0, &h).unwrap())
+        } else {
+            (k.perturb_head(&h).unwrap(), k3.perturb_head(&h).unwrap())
+        };
+        assert!(max_abs_diff(&a, &b) > 1e-3, "micro-batch 2 and 3 share noise");
+        p.set_context(1, 0);
+        assert_eq!(max_abs_diff(&p.perturb(0, &h).unwrap(), &shared), 0.0);
+    }
+    assert!(NoPerturbation.keyed(7, 2).is_none());
+}
+
+#[test]
 fn same_seed_same_noise_and_layer_ranges() {
     let like = Tensor::zeros((2, 3, 8), DType::F32, &Device::Cpu).unwrap();
     let a = gaussian(0.1, SigmaMode::Absolute, true, LayerSelection::All, 4);

@@ -90,6 +90,74 @@ impl SeqBatch {
     }
 }
 
+/// Splits rows into micro-batches of similar length, so that little of each forward is padding
+/// (verl's dynamic batch size; TRL's padding-free batches do the same job by packing).
+///
+/// `lens[i]` is row `i`'s `(prompt, response)` length. Rows are taken in order of total length
+/// (stable), and consecutive ones form a micro-batch while its padded size — rows × (longest
+/// prompt + longest response) — stays within `token_budget` and its rows within `max_rows`;
+/// a row longer than the budget gets a micro-batch of its own. `token_budget == 0` keeps the
+/// given order and cuts only by `max_rows` (0: no limit). Every row appears exactly once.
+pub fn plan_micro_batches(
+    lens: &[(usize, usize)],
+    max_rows: usize,
+    token_budget: usize,
+) -> Vec<Vec<usize>> {
+    let max_rows = if max_rows == 0 { usize::MAX } else { max_rows };
+    if token_budget == 0 {
+        let all: Vec<usize> = (0..lens.len()).collect();
+        return all.chunks(max_rows.min(lens.len().max(1))).map(<[usize]>::to_vec).collect();
+    }
+    let mut order: Vec<usize> = (0..lens.len()).collect();
+    order.sort_by_key(|&i| lens[i].0 + lens[i].1);
+    let mut plan: Vec<Vec<usize>> = Vec::new();
+    let (mut cur, mut p, mut t) = (Vec::new(), 0usize, 0usize);
+    for i in order {
+        let (np, nt) = (p.max(lens[i].0), t.max(lens[i].1));
+        if !cur.is_empty() && ((cur.len() + 1) * (np + nt) > token_budget || cur.len() >= max_rows)
+        {
+            plan.push(std::mem::take(&mut cur));
+            (p, t) = lens[i];
+        } else {
+            (p, t) = (np, nt);
+        }
+        cur.push(i);
+    }
+    if !cur.is_empty() {
+        plan.push(cur);
+    }
+    plan
+}
+
+/// Runs `f` on every item, up to `threads` items at a time on the rayon pool (`threads` ≤ 1:
+/// one after the other on this thread), and hands each result to `consume` in item order, so
+/// what `consume` builds does not depend on timing. At most `threads` results are held at once.
+pub fn for_each_parallel<I: Sync, T: Send>(
+    items: &[I],
+    threads: usize,
+    f: impl Fn(usize, &I) -> Result<T> + Sync,
+    mut consume: impl FnMut(T) -> Result<()>,
+) -> Result<()> {
+    use rayon::prelude::*;
+    if threads <= 1 || items.len() <= 1 {
+        for (i, it) in items.iter().enumerate() {
+            consume(f(i, it)?)?;
+        }
+        return Ok(());
+    }
+    for (w, window) in items.chunks(threads).enumerate() {
+        let out: Vec<Result<T>> = window
+            .par_iter()
+            .enumerate()
+            .map(|(j, it)| f(w * threads + j, it))
+            .collect();
+        for r in out {
+            consume(r?)?;
+        }
+    }
+    Ok(())
+}
+
 /// The kept sampling supports of a padded batch as gather indices: row `n = b·T + t` lists the
 /// target token first, then the rest of its support, padded to the batch's largest support
 /// `K` (pads repeat the target and are masked with −∞). Memory `N × K` (K ≤ the bound), never
@@ -169,6 +237,100 @@ impl SupportIndex {
 mod tests {
     use super::*;
     use candle_core::{DType, Var};
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn micro_batch_plans_cover_every_row_once_within_their_limits() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        for case in 0..300 {
+            let n = rng.random_range(0..40);
+            let lens: Vec<(usize, usize)> = (0..n)
+                .map(|_| (rng.random_range(1..12), rng.random_range(1..40)))
+                .collect();
+            let max_rows = rng.random_range(0..10);
+            let budget = [0, 1, 16, 64, 300][case % 5];
+            let plan = plan_micro_batches(&lens, max_rows, budget);
+            let mut seen: Vec<usize> = plan.iter().flatten().copied().collect();
+            seen.sort();
+            assert_eq!(seen, (0..n).collect::<Vec<_>>(), "{lens:?} {plan:?}");
+            for m in &plan {
+                assert!(!m.is_empty());
+                assert!(max_rows == 0 || m.len() <= max_rows, "{plan:?}");
+                let p = m.iter().map(|&i| lens[i].0).max().unwrap();
+                let t = m.iter().map(|&i| lens[i].1).max().unwrap();
+                assert!(
+                    budget == 0 || m.len() == 1 || m.len() * (p + t) <= budget,
+                    "{m:?} over budget {budget}"
+                );
+            }
+            if budget == 0 {
+                // The given order, cut only by rows.
+                assert!(seen.iter().eq(plan.iter().flatten()));
+            } else if max_rows == 0 {
+                // Greedy: a micro-batch is cut only where the next row would not fit.
+                for w in plan.windows(2) {
+                    let mut joined = w[0].clone();
+                    joined.push(w[1][0]);
+                    let p = joined.iter().map(|&i| lens[i].0).max().unwrap();
+                    let t = joined.iter().map(|&i| lens[i].1).max().unwrap();
+                    assert!(joined.len() * (p + t) > budget, "{plan:?} cut early");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sorting_by_length_cuts_the_padding() {
+        // 56 short rows and 8 long ones: one padded batch is 64 × 33 tokens; planned,
+        // the short rows are padded only among themselves.
+        let lens: Vec<(usize, usize)> = (0..64)
+            .map(|i| if i % 8 == 3 { (8, 25) } else { (8, 9) })
+            .collect();
+        let padded = |plan: &[Vec<usize>]| -> usize {
+            plan.iter()
+                .map(|m| {
+                    let p = m.iter().map(|&i| lens[i].0).max().unwrap();
+                    let t = m.iter().map(|&i| lens[i].1).max().unwrap();
+                    m.len() * (p + t)
+                })
+                .sum()
+        };
+        let one = plan_micro_batches(&lens, 0, 0);
+        let planned = plan_micro_batches(&lens, 0, 512);
+        assert_eq!(padded(&one), 64 * 33);
+        assert_eq!(padded(&planned), 56 * 17 + 8 * 33);
+    }
+
+    #[test]
+    fn for_each_parallel_hands_results_over_in_order_and_stops_at_an_error() {
+        let items: Vec<usize> = (0..23).collect();
+        for threads in [1, 2, 5] {
+            let mut got = Vec::new();
+            for_each_parallel(&items, threads, |i, &x| Ok((i, x * x)), |r| {
+                got.push(r);
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(got, items.iter().map(|&x| (x, x * x)).collect::<Vec<_>>());
+            let mut seen = 0;
+            let r = for_each_parallel(
+                &items,
+                threads,
+                |_, &x| {
+                    if x == 7 {
+                        Err(alp_core::Error::Msg("seven".into()))
+                    } else {
+                        Ok(x)
+                    }
+                },
+                |_| {
+                    seen += 1;
+                    Ok(())
+                },
+            );
+            assert!(r.is_err() && seen <= 7, "{threads}: {seen}");
+        }
+    }
 
     /// log π_S(y) and its gradient d/dz_j = [j = y] − softmax_S(z)_j (j ∈ S), element by
     /// element in f64.

@@ -122,6 +122,10 @@ pub struct ModelSection {
     pub dtype: Dtype,
     /// Device: cpu or cuda:N.
     pub device: String,
+    /// Micro-batches run at once (CPU: each on its own thread, gradients summed in a fixed
+    /// order, so the result does not depend on timing). 0: as many as the CPU threads on a
+    /// CPU, 1 on a GPU.
+    pub parallel_micro_batches: usize,
 }
 
 impl Default for ModelSection {
@@ -132,6 +136,7 @@ impl Default for ModelSection {
             init_seed: 0,
             dtype: Dtype::F32,
             device: "cpu".into(),
+            parallel_micro_batches: 0,
         }
     }
 }
@@ -152,6 +157,16 @@ impl ModelSection {
     pub fn is_embedded(&self) -> bool {
         matches!(self.source(), ModelSource::Embedded { .. })
     }
+
+    /// How many micro-batches run at once: `parallel_micro_batches`, or with 0 the rayon
+    /// pool's threads on a CPU and 1 on a GPU (whose kernels already run asynchronously).
+    pub fn micro_batch_threads(&self) -> usize {
+        match self.parallel_micro_batches {
+            0 if self.device.trim() == "cpu" => rayon::current_num_threads(),
+            0 => 1,
+            n => n,
+        }
+    }
 }
 
 /// The supervised warm start.
@@ -170,6 +185,10 @@ pub struct SftSection {
     pub tool_fraction: f64,
     /// Weight decay.
     pub weight_decay: f64,
+    /// Padded tokens per forward: the batch is sorted by length and cut into micro-batches of
+    /// at most this many (rows × longest row) whose gradients are summed, so short rows are
+    /// not padded to the longest of the whole batch. 0: the whole batch in one forward.
+    pub micro_batch_tokens: usize,
 }
 
 impl Default for SftSection {
@@ -181,6 +200,7 @@ impl Default for SftSection {
             warmup: 25,
             tool_fraction: 0.25,
             weight_decay: 0.0,
+            micro_batch_tokens: 512,
         }
     }
 }
@@ -201,6 +221,9 @@ pub struct RlSection {
     pub mini_batch: usize,
     /// Trajectories per forward/backward (gradient accumulation inside a mini-batch).
     pub micro_batch: usize,
+    /// Padded tokens per forward (0: off): each mini-batch is sorted by length and cut into
+    /// micro-batches of at most this many tokens (rows × longest row) and `micro_batch` rows.
+    pub micro_batch_tokens: usize,
     /// Passes over each rollout batch.
     pub ppo_epochs: usize,
     /// Learning rate of the weights.
@@ -339,6 +362,7 @@ impl Default for RlSection {
             group_size: 8,
             mini_batch: 64,
             micro_batch: 64,
+            micro_batch_tokens: 1024,
             ppo_epochs: 1,
             lr: 3e-5,
             sigma_lr: 1e-2,
@@ -648,7 +672,8 @@ impl TrainConfig {
     fn validate_sizes(&self) -> Result<()> {
         let rl = &self.rl;
         let per_step = rl.prompts_per_step.saturating_mul(rl.group_size);
-        let caps: [(&str, usize, usize); 6] = [
+        let caps: [(&str, usize, usize); 7] = [
+            ("model.parallel_micro_batches", self.model.parallel_micro_batches, 1 << 10),
             ("rl.prompts_per_step × rl.group_size", per_step, 1 << 16),
             ("rl.max_total_tokens", rl.max_total_tokens, 1 << 20),
             ("rl.max_new_tokens", rl.max_new_tokens, 1 << 20),

@@ -237,7 +237,9 @@ pub struct Gradients {
     pub finite_loss: bool,
 }
 
-fn add_grads(acc: &mut Vec<Option<Tensor>>, g: Vec<Option<Tensor>>) -> Result<()> {
+/// Adds gradients `g` into `acc` parameter by parameter (an empty `acc` takes `g` as it is; a
+/// missing gradient counts as zero).
+pub fn add_grads(acc: &mut Vec<Option<Tensor>>, g: Vec<Option<Tensor>>) -> Result<()> {
     if acc.is_empty() {
         *acc = g;
         return Ok(());

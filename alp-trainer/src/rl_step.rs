@@ -5,7 +5,7 @@
 //! gradients, its loss normalised over the whole mini-batch; and the step's statistics, kept
 //! as sums and raw log-ratios so that every number is computed once over the whole step.
 
-use crate::batch::{SeqBatch, SupportIndex};
+use crate::batch::{for_each_parallel, plan_micro_batches, SeqBatch, SupportIndex};
 use crate::metrics::{self as names, StepMetrics};
 use crate::optim::{Gradients, Optimizer};
 use alp_core::{Error, Result, Trajectory, TrajectoryGroup};
@@ -162,24 +162,54 @@ pub struct Scorers<'a> {
     pub reference: Option<&'a Model>,
 }
 
-/// Builds the step's mini-batches (`mini_batch` rows each, split into `micro_batch` rows),
-/// with log π_old and the sampling version's log-probs taken before any update.
+/// How a step's rows are cut into forwards and updates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchShape {
+    /// Rows per optimizer update.
+    pub mini_batch: usize,
+    /// Most rows per forward.
+    pub micro_batch: usize,
+    /// Most padded tokens per forward (0: cut by `micro_batch` only, in the given order);
+    /// see [`crate::batch::plan_micro_batches`].
+    pub micro_batch_tokens: usize,
+    /// Micro-batches computed at once (see [`crate::batch::for_each_parallel`]).
+    pub threads: usize,
+}
+
+/// Builds the step's mini-batches (`mini_batch` rows each, cut into micro-batches of similar
+/// length as `shape` says), with log π_old and the sampling version's log-probs taken before
+/// any update.
 pub fn build_minibatches(
     trajs: &[&Trajectory],
     adv: &[f32],
-    (mini_batch, micro_batch): (usize, usize),
+    shape: BatchShape,
     agg: Aggregation,
     scorers: Scorers,
     device: &Device,
 ) -> Result<Vec<MiniBatch>> {
     let order: Vec<usize> = (0..trajs.len()).collect();
     let mut minis = Vec::new();
-    for mb in order.chunks(mini_batch.max(1)) {
+    for mb in order.chunks(shape.mini_batch.max(1)) {
         let normaliser = agg.normaliser(mb.iter().map(|&i| trajs[i].num_generated()));
-        let micros = mb
-            .chunks(micro_batch.max(1))
-            .map(|rows| micro(trajs, adv, rows, scorers, device))
-            .collect::<Result<_>>()?;
+        let lens: Vec<(usize, usize)> = mb
+            .iter()
+            .map(|&i| (trajs[i].prompt.len(), trajs[i].response.len()))
+            .collect();
+        let plan: Vec<Vec<usize>> =
+            plan_micro_batches(&lens, shape.micro_batch.max(1), shape.micro_batch_tokens)
+                .into_iter()
+                .map(|rows| rows.into_iter().map(|j| mb[j]).collect())
+                .collect();
+        let mut micros = Vec::with_capacity(plan.len());
+        for_each_parallel(
+            &plan,
+            shape.threads,
+            |_, rows| micro(trajs, adv, rows, scorers, device),
+            |m| {
+                micros.push(m);
+                Ok(())
+            },
+        )?;
         minis.push(MiniBatch { micros, normaliser });
     }
     Ok(minis)
@@ -308,89 +338,142 @@ impl StepStats {
 pub struct StepContext<'a> {
     /// The model being trained.
     pub model: &'a Model,
-    /// The perturbation of the training forward (identity for non-ALP methods).
+    /// The perturbation of the training forward (identity for non-ALP methods); each
+    /// micro-batch uses it keyed to (`step`, its index) (see [`Perturbation::keyed`]).
     pub perturb: &'a dyn Perturbation,
+    /// The step, the first part of the noise key.
+    pub step: u64,
     /// The objective.
     pub objective: &'a Objective,
     /// The loss aggregation.
     pub aggregation: Aggregation,
     /// The KL-to-reference term (coefficient 0: off).
     pub kl: alp_loss::KlPenalty,
+    /// Micro-batches computed at once.
+    pub threads: usize,
 }
 
-/// Forward and backward of every micro-batch of `mini`, gradients summed into one
-/// [`Gradients`]; `before_micro(i)` runs before the i-th forward (it sets the noise context).
-/// Stops at the first non-finite loss (the gradients are then marked unusable).
+/// One micro-batch's forward and backward, before it is folded into the step.
+struct MicroOut {
+    value: f64,
+    logp: Tensor,
+    /// (name, value, weight) for [`StepStats`].
+    weighed: Vec<(String, f64, f64)>,
+    grads: Option<candle_core::backprop::GradStore>,
+}
+
+fn forward_backward(
+    cx: &StepContext,
+    mini: &MiniBatch,
+    m: &MicroBatch,
+    micro_index: u64,
+) -> Result<MicroOut> {
+    let keyed = cx.perturb.keyed(cx.step, micro_index);
+    let perturb = keyed.as_deref().unwrap_or(cx.perturb);
+    let b = &m.batch;
+    let mut weighed = Vec::new();
+    let logits = b.response_logits(cx.model, perturb)?;
+    let (logp, full) = score_parts(b, &logits, &m.temperatures, m.support.as_ref())?;
+    let tokens = b.mask.sum_all()?.to_scalar::<f32>()? as f64;
+    if let Some(s) = &m.support {
+        // π's mass outside each kept support: 1 − π(S) = 1 − exp(log π(y) − log π_S(y)).
+        let on = (s.has.to_dtype(DType::F32)?.reshape(b.mask.shape())? * &b.mask)?;
+        let outside = (full.detach() - logp.detach())?.exp()?.affine(-1.0, 1.0)?;
+        let n = on.sum_all()?.to_scalar::<f32>()? as f64;
+        let sum = (outside * &on)?.sum_all()?.to_scalar::<f32>()? as f64;
+        weighed.push((names::SUPPORT_MASS_OUTSIDE.into(), sum / n.max(1.0), n));
+    }
+    let ent = alp_loss::entropy_from_logits(&logits, 1024)?.reshape(b.mask.shape())?;
+    let ent = (ent * &b.mask)?.sum_all()?.to_scalar::<f32>()? as f64;
+    weighed.push((names::ENTROPY.into(), ent / tokens.max(1.0), tokens));
+    let inputs = LossInputs {
+        logp: &logp,
+        logp_old: m.logp_old.as_ref(),
+        logp_infer: &m.logp_infer,
+        advantages: &m.advantages,
+        mask: &b.mask,
+    };
+    let mut out = cx
+        .objective
+        .compute_part(&inputs, cx.aggregation, mini.normaliser)?;
+    if let (Some(r), true) = (&m.logp_ref, cx.kl.coef > 0.0) {
+        let term = cx
+            .kl
+            .term_part(&logp, r, &b.mask, cx.aggregation, mini.normaliser)?;
+        let v = term.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        weighed.push((
+            names::KL_REF.into(),
+            v * mini.normaliser / cx.kl.coef / tokens.max(1.0),
+            tokens,
+        ));
+        let term = term.to_dtype(out.loss.dtype())?;
+        out.loss = (&out.loss + term)?;
+    }
+    let value = out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    let mut grads = None;
+    if value.is_finite() {
+        let w = out.metrics.get(names::loss::TOKENS).copied().unwrap_or(0.0);
+        for (k, v) in &out.metrics {
+            if k != names::loss::TOKENS {
+                weighed.push((k.clone(), *v, w));
+            }
+        }
+        grads = Some(out.loss.backward()?);
+    }
+    Ok(MicroOut {
+        value,
+        logp: logp.detach(),
+        weighed,
+        grads,
+    })
+}
+
+/// Forward and backward of every micro-batch of `mini` (`cx.threads` at a time), gradients
+/// summed into one [`Gradients`] in micro-batch order; micro-batch `i` draws its noise with
+/// index `first_micro + i`. Stops at the first non-finite loss (the gradients are then marked
+/// unusable).
 pub fn backward_minibatch(
     cx: &StepContext,
     opt: &Optimizer,
     mini: &MiniBatch,
     stats: &mut StepStats,
-    before_micro: &mut dyn FnMut(),
+    first_micro: u64,
 ) -> Result<Gradients> {
     let mut grads = Gradients::new();
     let mut loss_total = 0.0;
-    for m in &mini.micros {
-        before_micro();
-        let b = &m.batch;
-        let logits = b.response_logits(cx.model, cx.perturb)?;
-        let (logp, full) = score_parts(b, &logits, &m.temperatures, m.support.as_ref())?;
-        let tokens = b.mask.sum_all()?.to_scalar::<f32>()? as f64;
-        if let Some(s) = &m.support {
-            // π's mass outside each kept support: 1 − π(S) = 1 − exp(log π(y) − log π_S(y)).
-            let on = (s.has.to_dtype(DType::F32)?.reshape(b.mask.shape())? * &b.mask)?;
-            let outside = (full.detach() - logp.detach())?.exp()?.affine(-1.0, 1.0)?;
-            let n = on.sum_all()?.to_scalar::<f32>()? as f64;
-            let sum = (outside * &on)?.sum_all()?.to_scalar::<f32>()? as f64;
-            stats.weigh(names::SUPPORT_MASS_OUTSIDE, sum / n.max(1.0), n);
-        }
-        let ent = alp_loss::entropy_from_logits(&logits, 1024)?.reshape(b.mask.shape())?;
-        let ent = (ent * &b.mask)?.sum_all()?.to_scalar::<f32>()? as f64;
-        stats.weigh(names::ENTROPY, ent / tokens.max(1.0), tokens);
-        let inputs = LossInputs {
-            logp: &logp,
-            logp_old: m.logp_old.as_ref(),
-            logp_infer: &m.logp_infer,
-            advantages: &m.advantages,
-            mask: &b.mask,
-        };
-        let mut out = cx
-            .objective
-            .compute_part(&inputs, cx.aggregation, mini.normaliser)?;
-        if let (Some(r), true) = (&m.logp_ref, cx.kl.coef > 0.0) {
-            let term = cx
-                .kl
-                .term_part(&logp, r, &b.mask, cx.aggregation, mini.normaliser)?;
-            let v = term.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            stats.weigh(
-                names::KL_REF,
-                v * mini.normaliser / cx.kl.coef / tokens.max(1.0),
-                tokens,
-            );
-            let term = term.to_dtype(out.loss.dtype())?;
-            out.loss = (&out.loss + term)?;
-        }
-        let value = out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        stats.ratios.add_inputs(&alp_loss::RatioInputs {
-            logp: &logp.detach(),
-            logp_old: m.logp_old.as_ref(),
-            logp_sampler: m.logp_sampler.as_ref(),
-            logp_infer: &m.logp_infer,
-            mask: &b.mask,
-        })?;
-        if !value.is_finite() {
-            grads.finite_loss = false;
-            break;
-        }
-        loss_total += value;
-        let w = out.metrics.get(names::loss::TOKENS).copied().unwrap_or(0.0);
-        for (k, v) in &out.metrics {
-            if k != names::loss::TOKENS {
-                stats.weigh(k, *v, w);
+    let mut index = 0;
+    for_each_parallel(
+        &mini.micros,
+        cx.threads,
+        |i, m| forward_backward(cx, mini, m, first_micro + i as u64),
+        |out| {
+            let m = &mini.micros[index];
+            index += 1;
+            if !grads.finite_loss {
+                return Ok(());
             }
-        }
-        opt.accumulate(&mut grads, &out.loss.backward()?)?;
-    }
+            stats.ratios.add_inputs(&alp_loss::RatioInputs {
+                logp: &out.logp,
+                logp_old: m.logp_old.as_ref(),
+                logp_sampler: m.logp_sampler.as_ref(),
+                logp_infer: &m.logp_infer,
+                mask: &m.batch.mask,
+            })?;
+            for (k, v, w) in &out.weighed {
+                stats.weigh(k, *v, *w);
+            }
+            match out.grads {
+                Some(g) => {
+                    loss_total += out.value;
+                    opt.accumulate(&mut grads, &g)
+                }
+                None => {
+                    grads.finite_loss = false;
+                    Ok(())
+                }
+            }
+        },
+    )?;
     if grads.finite_loss {
         stats.losses.push(loss_total);
     }

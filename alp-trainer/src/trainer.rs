@@ -1,11 +1,11 @@
 //! The trainer state and its phases: the SFT step, the RL step (whose data path lives in
 //! [`crate::rl_step`]), and what both need (task streams, environments, episode settings).
 
-use crate::batch::SeqBatch;
+use crate::batch::{for_each_parallel, plan_micro_batches, SeqBatch};
 use crate::config::{EnvKind, ModelSource, TrainConfig};
 use crate::default_task::{self, ArithmeticTasks, SftExample};
 use crate::metrics::{self as names, StepMetrics};
-use crate::optim::{global_norm, AdamW, AdamWParams, Gradients, Optimizer};
+use crate::optim::{add_grads, global_norm, AdamW, AdamWParams, Gradients, Optimizer};
 use crate::rl_step::{self, StepContext, StepStats};
 use alp_core::{Environment, Error, Result, Task, TrajectoryGroup};
 use alp_envs::math::{ExtractMode, Split};
@@ -16,7 +16,7 @@ use alp_model::{
     parse_device, presets, LayerwiseGaussian, Model, ModelWeights, NoPerturbation, Tokenizer,
 };
 use alp_rollout::{EpisodeConfig, SamplingParams};
-use candle_core::{Device, Var};
+use candle_core::{Device, Tensor, Var};
 use candle_nn::VarMap;
 use std::sync::Arc;
 
@@ -185,35 +185,69 @@ impl Trainer {
 
     /// One SFT step on `examples` with learning rate `lr`; returns the mean token NLL.
     pub fn sft_step(&mut self, examples: &[SftExample], lr: f64) -> Result<f64> {
-        let rows: Vec<(&[u32], &[u32], &[u8])> = examples
-            .iter()
-            .map(|e| {
-                (
-                    e.prompt.as_slice(),
-                    e.response.as_slice(),
-                    e.mask.as_slice(),
-                )
-            })
-            .collect();
-        let b = SeqBatch::new(&rows, &self.device)?;
-        let lp = b.response_logprobs(&self.model, &NoPerturbation)?;
-        let n = b.mask.sum_all()?.to_scalar::<f32>()?.max(1.0) as f64;
-        let loss = ((lp * &b.mask)?.sum_all()? * (-1.0 / n))?;
-        let value = loss.to_scalar::<f32>()? as f64;
-        if !value.is_finite() {
-            return Err(Error::NonFinite(format!("SFT loss is {value}")));
-        }
-        let grads = loss.backward()?;
-        let opt = &mut self.opt.theta;
-        let g = opt.grads(&grads);
+        let (value, g) = self.sft_gradients(examples)?;
         let norm = global_norm(&[&g])?;
         let scale = if norm > 1.0 { 1.0 / norm } else { 1.0 };
+        let opt = &mut self.opt.theta;
         let saved = opt.hp;
         opt.hp.lr = lr;
         opt.hp.weight_decay = self.cfg.sft.weight_decay;
         opt.step(&g, scale)?;
         opt.hp = saved;
         Ok(value)
+    }
+
+    /// The mean token NLL of `examples` and its gradient for every weight (in the order of
+    /// [`AdamW::params`]), computed in micro-batches of similar length (`sft.micro_batch_tokens`,
+    /// `model.parallel_micro_batches` at once). Errors on a non-finite loss.
+    pub fn sft_gradients(&self, examples: &[SftExample]) -> Result<(f64, Vec<Option<Tensor>>)> {
+        // The loss is the mean NLL over every trained token of the batch, however it is cut
+        // into micro-batches: each micro-batch's sum is divided by the batch's token count.
+        let n = examples
+            .iter()
+            .map(|e| e.mask.iter().filter(|&&m| m != 0).count())
+            .sum::<usize>()
+            .max(1) as f64;
+        let lens: Vec<(usize, usize)> = examples
+            .iter()
+            .map(|e| (e.prompt.len(), e.response.len()))
+            .collect();
+        let plan = plan_micro_batches(&lens, 0, self.cfg.sft.micro_batch_tokens);
+        let opt = &self.opt.theta;
+        let (model, device) = (&self.model, &self.device);
+        let mut value = 0.0;
+        let mut g: Vec<Option<Tensor>> = Vec::new();
+        for_each_parallel(
+            &plan,
+            self.cfg.model.micro_batch_threads(),
+            |_, rows| {
+                let rows: Vec<(&[u32], &[u32], &[u8])> = rows
+                    .iter()
+                    .map(|&i| {
+                        let e = &examples[i];
+                        (e.prompt.as_slice(), e.response.as_slice(), e.mask.as_slice())
+                    })
+                    .collect();
+                let b = SeqBatch::new(&rows, device)?;
+                let lp = b.response_logprobs(model, &NoPerturbation)?;
+                let loss = ((lp * &b.mask)?.sum_all()? * (-1.0 / n))?;
+                let v = loss.to_scalar::<f32>()? as f64;
+                let grads = if v.is_finite() {
+                    opt.grads(&loss.backward()?)
+                } else {
+                    vec![]
+                };
+                Ok((v, grads))
+            },
+            |(v, grads)| {
+                value += v;
+                add_grads(&mut g, grads)
+            },
+        )?;
+        if !value.is_finite() {
+            return Err(Error::NonFinite(format!("SFT loss is {value}")));
+        }
+        Ok((value, g))
     }
 
     /// The task stream of a split: compact prompts for the embedded default, full prompts (boxed
@@ -342,10 +376,17 @@ impl Trainer {
             self.set_reference(&w)?;
         }
         let scorers = self.scorers(sampled_by)?;
+        let threads = self.cfg.model.micro_batch_threads();
+        let shape = rl_step::BatchShape {
+            mini_batch: rl.mini_batch,
+            micro_batch: rl.micro_batch,
+            micro_batch_tokens: rl.micro_batch_tokens,
+            threads,
+        };
         let minis = rl_step::build_minibatches(
             &trajs,
             &adv.values,
-            (rl.mini_batch, rl.micro_batch),
+            shape,
             rl.aggregation,
             scorers,
             &self.device,
@@ -363,16 +404,15 @@ impl Trainer {
                     } else {
                         &NoPerturbation
                     },
+                    step: self.step,
                     objective: &rl.objective,
                     aggregation: rl.aggregation,
                     kl: rl.kl,
+                    threads,
                 };
-                let (perturb, step) = (&self.perturb, self.step);
                 let mut grads =
-                    rl_step::backward_minibatch(&cx, &self.opt, mini, &mut stats, &mut || {
-                        perturb.set_context(step, micro_index);
-                        micro_index += 1;
-                    })?;
+                    rl_step::backward_minibatch(&cx, &self.opt, mini, &mut stats, micro_index)?;
+                micro_index += mini.micros.len() as u64;
                 inspect(&mut grads);
                 stats.update(self.opt.apply(&grads, step_sigma)?);
             }

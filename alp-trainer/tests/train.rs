@@ -390,7 +390,12 @@ fn max_recompute_gap(t: &Trainer, trajs: &[&alp_core::Trajectory]) -> f32 {
     let minis = alp_trainer::rl_step::build_minibatches(
         trajs,
         &adv,
-        (n, n),
+        alp_trainer::rl_step::BatchShape {
+            mini_batch: n,
+            micro_batch: n,
+            micro_batch_tokens: 0,
+            threads: 1,
+        },
         alp_loss::Aggregation::TokenMean,
         scorers,
         &Device::Cpu,
@@ -527,13 +532,26 @@ fn step_grads(
     micro_batch: usize,
     groups: &[alp_core::TrajectoryGroup],
 ) -> (Vec<Vec<f32>>, alp_trainer::StepMetrics) {
-    let cfg = small()
-        .apply_overrides(&[
+    step_grads_with(
+        &[
             "rl.objective.method=grpo".into(),
             format!("rl.aggregation={aggregation}"),
-            "rl.mini_batch=4".into(),
             format!("rl.micro_batch={micro_batch}"),
-        ])
+            "rl.micro_batch_tokens=0".into(),
+            "model.parallel_micro_batches=1".into(),
+        ],
+        groups,
+    )
+}
+
+/// θ gradients and metrics of a one-mini-batch step (4 trajectories) under `overrides`.
+fn step_grads_with(
+    overrides: &[String],
+    groups: &[alp_core::TrajectoryGroup],
+) -> (Vec<Vec<f32>>, alp_trainer::StepMetrics) {
+    let cfg = small()
+        .apply_overrides(&["rl.mini_batch=4".into()])
+        .and_then(|c| c.apply_overrides(overrides))
         .unwrap();
     let mut t = Trainer::new(cfg).unwrap();
     let mut grads = Vec::new();
@@ -603,6 +621,95 @@ fn micro_batch_split_gives_the_mini_batch_loss_and_gradient_for_every_aggregatio
             "{agg}: gradient relative difference {rel}"
         );
     }
+}
+
+/// Relative L2 distance between two gradient lists.
+fn rel_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
+    let (mut diff, mut norm) = (0.0f64, 0.0f64);
+    for (a, b) in a.iter().zip(b) {
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            diff += ((x - y) as f64).powi(2);
+            norm += (*x as f64).powi(2);
+        }
+    }
+    assert!(norm > 0.0, "a zero gradient proves nothing");
+    (diff / norm).sqrt()
+}
+
+#[test]
+fn length_planned_parallel_micro_batches_give_the_one_piece_gradient() {
+    // The reference: the mini-batch in one padded forward on one thread. The fast path: rows
+    // sorted by length and cut by a token budget into micro-batches of unequal size, two
+    // computed at once, gradients summed in a fixed order.
+    let groups = uneven_batch();
+    let lens: Vec<usize> = groups
+        .iter()
+        .flat_map(|g| g.trajectories.iter().map(|t| t.prompt.len() + t.response.len()))
+        .collect();
+    let budget = 2 * lens.iter().max().unwrap() - 1;
+    for agg in ["token-mean", "seq-mean-token-sum"] {
+        let base = |tokens: usize, threads: usize| {
+            vec![
+                "rl.objective.method=grpo".to_string(),
+                format!("rl.aggregation={agg}"),
+                "rl.micro_batch=4".into(),
+                format!("rl.micro_batch_tokens={tokens}"),
+                format!("model.parallel_micro_batches={threads}"),
+            ]
+        };
+        let (whole, mw) = step_grads_with(&base(0, 1), &groups);
+        let (planned, mp) = step_grads_with(&base(budget, 2), &groups);
+        let (lw, lp) = (mw[metrics::LOSS], mp[metrics::LOSS]);
+        assert!(
+            (lw - lp).abs() <= 1e-6 * lw.abs().max(1e-3),
+            "{agg}: loss {lw} in one piece, {lp} planned"
+        );
+        let rel = rel_diff(&whole, &planned);
+        assert!(rel <= 1e-6, "{agg}: gradient relative difference {rel}");
+        for k in [metrics::ENTROPY, metrics::loss::RATIO_TOKEN_MAX] {
+            assert!(
+                (mw[k] - mp[k]).abs() <= 1e-5 * mw[k].abs().max(1.0),
+                "{k}: {} vs {}",
+                mw[k],
+                mp[k]
+            );
+        }
+    }
+}
+
+#[test]
+fn alp_noise_is_the_same_whether_micro_batches_run_one_by_one_or_together() {
+    // The noise of micro-batch i is keyed to (step, i), not to a shared context that
+    // concurrent micro-batches would overwrite.
+    let groups = uneven_batch();
+    let run = |threads: usize| {
+        step_grads_with(
+            &[
+                "rl.objective.method=alp-seq".into(),
+                "perturbation.sigma_init=0.5".into(),
+                "rl.micro_batch=1".into(),
+                format!("model.parallel_micro_batches={threads}"),
+            ],
+            &groups,
+        )
+    };
+    let (one, m1) = run(1);
+    let (two, m2) = run(4);
+    let rel = rel_diff(&one, &two);
+    assert!(rel <= 1e-6, "gradient relative difference {rel}");
+    assert_eq!(m1[metrics::LOSS], m2[metrics::LOSS]);
+    // And the noise is really there: σ = 0 changes the gradient.
+    let (quiet, _) = step_grads_with(
+        &[
+            "rl.objective.method=alp-seq".into(),
+            "perturbation.sigma_init=0".into(),
+            "perturbation.learnable=false".into(),
+            "rl.micro_batch=1".into(),
+        ],
+        &groups,
+    );
+    assert!(rel_diff(&one, &quiet) > 1e-3);
 }
 
 #[test]
@@ -850,4 +957,45 @@ fn the_python_environment_runs_through_train_and_eval() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("rl.python.timeout_s"), "{err}");
+}
+
+#[test]
+fn sft_micro_batches_by_length_give_the_whole_batch_update() {
+    // The reference: the whole SFT batch padded to its longest row, one forward. The fast
+    // path: rows sorted by length, cut by a token budget, two micro-batches at a time; the
+    // loss is still the mean over all the batch's trained tokens, and the update the same.
+    let tok = alp_trainer::default_task::build_tokenizer().unwrap();
+    let demos = alp_trainer::default_task::demonstrations(
+        &tok,
+        &Default::default(),
+        0.5,
+        3,
+        24,
+    )
+    .unwrap();
+    let lens: Vec<usize> = demos
+        .iter()
+        .map(|d| d.prompt.len() + d.response.len())
+        .collect();
+    assert!(lens.iter().max() > lens.iter().min(), "{lens:?}");
+    let run = |tokens: usize, threads: usize| {
+        let cfg = small()
+            .apply_overrides(&[
+                format!("sft.micro_batch_tokens={tokens}"),
+                format!("model.parallel_micro_batches={threads}"),
+            ])
+            .unwrap();
+        let t = Trainer::new(cfg).unwrap();
+        let (loss, g) = t.sft_gradients(&demos).unwrap();
+        let g: Vec<Vec<f32>> = g
+            .iter()
+            .map(|x| x.as_ref().unwrap().flatten_all().unwrap().to_vec1().unwrap())
+            .collect();
+        (loss, g)
+    };
+    let (lw, gw) = run(0, 1);
+    let (lp, gp) = run(4 * lens.iter().max().unwrap(), 2);
+    assert!((lw - lp).abs() <= 1e-6 * lw, "loss {lw} whole, {lp} planned");
+    let rel = rel_diff(&gw, &gp);
+    assert!(rel <= 1e-6, "gradient relative difference {rel}");
 }
