@@ -196,7 +196,7 @@ impl Default for SftSection {
         SftSection {
             steps: 1000,
             batch_size: 64,
-            lr: 2e-3,
+            lr: 1e-3,
             warmup: 25,
             tool_fraction: 0.25,
             weight_decay: 0.0,
@@ -357,7 +357,7 @@ impl Default for RlSection {
     fn default() -> Self {
         RlSection {
             objective: Objective::default(),
-            steps: 150,
+            steps: 100,
             prompts_per_step: 16,
             group_size: 8,
             mini_batch: 64,

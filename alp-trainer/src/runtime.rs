@@ -7,10 +7,17 @@
 //!   (peak memory is set by the largest step, which is held anyway).
 //! - candle asks for its thread count on every matrix product and, unless `RAYON_NUM_THREADS`
 //!   is set, counts physical cores by reading `/proc/cpuinfo` each time.
+//! - candle's elementwise ops fan out to a pool of its own whose idle workers spin: with the
+//!   trainer's micro-batches on rayon threads and the sampler on another thread, the spinning
+//!   took a third of the CPU time of `alp train` (perf: the pool worker 23–26% of samples, the
+//!   caller's wait 12%). One candle thread (`CANDLE_NUM_THREADS=1`: no such pool) made the SFT
+//!   and RL phases 30% faster and the 25M-shape `alp bench train|rollout` no slower; matrix
+//!   products and alp's fused kernels still use all cores through rayon.
 
 /// Applies the settings above: glibc's allocator keeps freed memory (no effect on other
-/// allocators or platforms), and `RAYON_NUM_THREADS` is fixed to candle's choice unless the user
-/// set it. Call it first thing in `main`, before any thread starts.
+/// allocators or platforms), `RAYON_NUM_THREADS` is fixed to candle's choice and
+/// `CANDLE_NUM_THREADS` to 1, each unless the user set it. Call it first thing in `main`,
+/// before any thread starts.
 pub fn tune_cpu_process() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; called before other threads exist.
@@ -25,5 +32,9 @@ pub fn tune_cpu_process() {
         let n = candle_core::utils::get_num_threads();
         // Before any thread starts (see above), so no concurrent reader of the environment.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // Same as above: no other thread yet.
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
 }

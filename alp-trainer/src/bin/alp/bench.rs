@@ -147,6 +147,10 @@ pub struct TrainArgs {
     /// Device: cpu or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Micro-batches computed at once, each on its own thread with the gradients summed, as
+    /// `alp train` does (default: the CPU's threads, at most the batch; 1 on a GPU).
+    #[arg(long)]
+    pub parallel_micro_batches: Option<usize>,
     /// Print only the JSON line.
     #[arg(long)]
     pub json: bool,
@@ -232,22 +236,46 @@ pub fn train(a: TrainArgs) -> Result<()> {
         .map(|_| rng.random_range(0..vocab))
         .collect();
     let ids = candle_core::Tensor::from_vec(ids, (a.batch, a.seq_len), &device)?;
-    let input = ids.narrow(1, 0, a.seq_len - 1)?;
-    let targets = ids.narrow(1, 1, a.seq_len - 1)?;
+    let micros = a
+        .parallel_micro_batches
+        .unwrap_or(if device.is_cpu() {
+            rayon::current_num_threads()
+        } else {
+            1
+        })
+        .clamp(1, a.batch);
+    // Equal shares of the rows; each micro-batch's summed NLL over the whole batch's tokens,
+    // so the parts add up to the batch's mean loss and gradient.
+    let rows: Vec<(usize, usize)> = (0..micros)
+        .map(|m| (m * a.batch / micros, (m + 1) * a.batch / micros - m * a.batch / micros))
+        .collect();
+    let n = (a.batch * (a.seq_len - 1)) as f64;
     let mut step = || -> Result<f32> {
-        let logits = model.forward_full(
-            &input,
-            &[],
-            &alp_model::NoPerturbation,
-            alp_model::Numerics::Differentiable,
+        let mut loss = 0.0;
+        let mut g = Vec::new();
+        alp_trainer::batch::for_each_parallel(
+            &rows,
+            micros,
+            |_, &(start, len)| {
+                let ids = ids.narrow(0, start, len)?;
+                let logits = model.forward_full(
+                    &ids.narrow(1, 0, a.seq_len - 1)?,
+                    &[],
+                    &alp_model::NoPerturbation,
+                    alp_model::Numerics::Differentiable,
+                )?;
+                let part = (alp_model::token_logprobs(&logits, &ids.narrow(1, 1, a.seq_len - 1)?, 1.0)?
+                    .sum_all()?
+                    * (-1.0 / n))?;
+                Ok((part.to_scalar::<f32>()?, opt.grads(&part.backward()?)))
+            },
+            |(v, grads)| {
+                loss += v;
+                alp_trainer::optim::add_grads(&mut g, grads)
+            },
         )?;
-        let loss = alp_model::token_logprobs(&logits, &targets, 1.0)?
-            .mean_all()?
-            .neg()?;
-        let grads = loss.backward()?;
-        let g = opt.grads(&grads);
         opt.step(&g, 1.0)?;
-        Ok(loss.to_scalar::<f32>()?)
+        Ok(loss)
     };
     step()?; // warm-up
     let t = Instant::now();
@@ -269,7 +297,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
     }
     println!(
         "{}",
-        serde_json::json!({"tokens_per_s": tokens / secs, "peak_rss_mb": peak_rss_mb(), "seconds_per_step": secs / a.steps as f64, "batch": a.batch, "seq_len": a.seq_len, "steps": a.steps, "device": a.device, "machine": machine(&a.device)})
+        serde_json::json!({"tokens_per_s": tokens / secs, "peak_rss_mb": peak_rss_mb(), "seconds_per_step": secs / a.steps as f64, "batch": a.batch, "seq_len": a.seq_len, "steps": a.steps, "parallel_micro_batches": micros, "device": a.device, "machine": machine(&a.device)})
     );
     Ok(())
 }
