@@ -244,7 +244,13 @@ impl LayerwiseGaussian {
         Ok(s.narrow(0, idx, 1)?.exp()?)
     }
 
-    fn add_noise(&self, key: (u64, u64), idx: usize, sigma_idx: usize, h: &Tensor) -> Result<Tensor> {
+    fn add_noise(
+        &self,
+        key: (u64, u64),
+        idx: usize,
+        sigma_idx: usize,
+        h: &Tensor,
+    ) -> Result<Tensor> {
         let eps = self.noise_at(key, idx, h)?;
         let sigma = self.sigma(sigma_idx)?.to_dtype(h.dtype())?;
         let scaled = match self.cfg.mode {

@@ -391,7 +391,10 @@ fn keyed_noise_is_the_noise_of_that_context_and_leaves_the_shared_one_alone() {
         } else {
             (k.perturb_head(&h).unwrap(), k3.perturb_head(&h).unwrap())
         };
-        assert!(max_abs_diff(&a, &b) > 1e-3, "micro-batch 2 and 3 share noise");
+        assert!(
+            max_abs_diff(&a, &b) > 1e-3,
+            "micro-batch 2 and 3 share noise"
+        );
         p.set_context(1, 0);
         assert_eq!(max_abs_diff(&p.perturb(0, &h).unwrap(), &shared), 0.0);
     }

@@ -106,7 +106,10 @@ pub fn plan_micro_batches(
     let max_rows = if max_rows == 0 { usize::MAX } else { max_rows };
     if token_budget == 0 {
         let all: Vec<usize> = (0..lens.len()).collect();
-        return all.chunks(max_rows.min(lens.len().max(1))).map(<[usize]>::to_vec).collect();
+        return all
+            .chunks(max_rows.min(lens.len().max(1)))
+            .map(<[usize]>::to_vec)
+            .collect();
     }
     let mut order: Vec<usize> = (0..lens.len()).collect();
     order.sort_by_key(|&i| lens[i].0 + lens[i].1);
@@ -306,10 +309,15 @@ mod tests {
         let items: Vec<usize> = (0..23).collect();
         for threads in [1, 2, 5] {
             let mut got = Vec::new();
-            for_each_parallel(&items, threads, |i, &x| Ok((i, x * x)), |r| {
-                got.push(r);
-                Ok(())
-            })
+            for_each_parallel(
+                &items,
+                threads,
+                |i, &x| Ok((i, x * x)),
+                |r| {
+                    got.push(r);
+                    Ok(())
+                },
+            )
             .unwrap();
             assert_eq!(got, items.iter().map(|&x| (x, x * x)).collect::<Vec<_>>());
             let mut seen = 0;

@@ -673,7 +673,11 @@ impl TrainConfig {
         let rl = &self.rl;
         let per_step = rl.prompts_per_step.saturating_mul(rl.group_size);
         let caps: [(&str, usize, usize); 7] = [
-            ("model.parallel_micro_batches", self.model.parallel_micro_batches, 1 << 10),
+            (
+                "model.parallel_micro_batches",
+                self.model.parallel_micro_batches,
+                1 << 10,
+            ),
             ("rl.prompts_per_step × rl.group_size", per_step, 1 << 16),
             ("rl.max_total_tokens", rl.max_total_tokens, 1 << 20),
             ("rl.max_new_tokens", rl.max_new_tokens, 1 << 20),

@@ -225,7 +225,11 @@ impl Trainer {
                     .iter()
                     .map(|&i| {
                         let e = &examples[i];
-                        (e.prompt.as_slice(), e.response.as_slice(), e.mask.as_slice())
+                        (
+                            e.prompt.as_slice(),
+                            e.response.as_slice(),
+                            e.mask.as_slice(),
+                        )
                     })
                     .collect();
                 let b = SeqBatch::new(&rows, device)?;

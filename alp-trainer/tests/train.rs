@@ -645,7 +645,11 @@ fn length_planned_parallel_micro_batches_give_the_one_piece_gradient() {
     let groups = uneven_batch();
     let lens: Vec<usize> = groups
         .iter()
-        .flat_map(|g| g.trajectories.iter().map(|t| t.prompt.len() + t.response.len()))
+        .flat_map(|g| {
+            g.trajectories
+                .iter()
+                .map(|t| t.prompt.len() + t.response.len())
+        })
         .collect();
     let budget = 2 * lens.iter().max().unwrap() - 1;
     for agg in ["token-mean", "seq-mean-token-sum"] {
@@ -965,14 +969,8 @@ fn sft_micro_batches_by_length_give_the_whole_batch_update() {
     // path: rows sorted by length, cut by a token budget, two micro-batches at a time; the
     // loss is still the mean over all the batch's trained tokens, and the update the same.
     let tok = alp_trainer::default_task::build_tokenizer().unwrap();
-    let demos = alp_trainer::default_task::demonstrations(
-        &tok,
-        &Default::default(),
-        0.5,
-        3,
-        24,
-    )
-    .unwrap();
+    let demos =
+        alp_trainer::default_task::demonstrations(&tok, &Default::default(), 0.5, 3, 24).unwrap();
     let lens: Vec<usize> = demos
         .iter()
         .map(|d| d.prompt.len() + d.response.len())
@@ -989,13 +987,23 @@ fn sft_micro_batches_by_length_give_the_whole_batch_update() {
         let (loss, g) = t.sft_gradients(&demos).unwrap();
         let g: Vec<Vec<f32>> = g
             .iter()
-            .map(|x| x.as_ref().unwrap().flatten_all().unwrap().to_vec1().unwrap())
+            .map(|x| {
+                x.as_ref()
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap()
+            })
             .collect();
         (loss, g)
     };
     let (lw, gw) = run(0, 1);
     let (lp, gp) = run(4 * lens.iter().max().unwrap(), 2);
-    assert!((lw - lp).abs() <= 1e-6 * lw, "loss {lw} whole, {lp} planned");
+    assert!(
+        (lw - lp).abs() <= 1e-6 * lw,
+        "loss {lw} whole, {lp} planned"
+    );
     let rel = rel_diff(&gw, &gp);
     assert!(rel <= 1e-6, "gradient relative difference {rel}");
 }

@@ -59,5 +59,40 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// The embedded default's SFT gradient on 64 real demonstrations: one batch padded to its
+/// longest row (the reference), micro-batches cut by length on one thread, and the same two at
+/// a time (what `alp train` does on a CPU).
+fn sft(c: &mut Criterion) {
+    use alp_trainer::config::TrainConfig;
+    use alp_trainer::default_task;
+    let tok = default_task::build_tokenizer().expect("tokenizer");
+    let demos =
+        default_task::demonstrations(&tok, &Default::default(), 0.25, 0, 64).expect("demos");
+    let mut g = c.benchmark_group("sft_gradients");
+    g.sample_size(10);
+    let tokens: usize = demos
+        .iter()
+        .map(|d| d.prompt.len() + d.response.len())
+        .sum();
+    g.throughput(Throughput::Elements(tokens as u64));
+    for (label, budget, threads) in [
+        ("padded", 0, 1),
+        ("by-length", 512, 1),
+        ("by-length-parallel", 512, 0),
+    ] {
+        let cfg = TrainConfig::default()
+            .apply_overrides(&[
+                format!("sft.micro_batch_tokens={budget}"),
+                format!("model.parallel_micro_batches={threads}"),
+            ])
+            .expect("config");
+        let t = alp_trainer::trainer::Trainer::new(cfg).expect("trainer");
+        g.bench_function(BenchmarkId::new("alp-default", label), |bench| {
+            bench.iter(|| t.sft_gradients(&demos).unwrap())
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, sft);
 criterion_main!(benches);

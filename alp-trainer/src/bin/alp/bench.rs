@@ -247,7 +247,12 @@ pub fn train(a: TrainArgs) -> Result<()> {
     // Equal shares of the rows; each micro-batch's summed NLL over the whole batch's tokens,
     // so the parts add up to the batch's mean loss and gradient.
     let rows: Vec<(usize, usize)> = (0..micros)
-        .map(|m| (m * a.batch / micros, (m + 1) * a.batch / micros - m * a.batch / micros))
+        .map(|m| {
+            (
+                m * a.batch / micros,
+                (m + 1) * a.batch / micros - m * a.batch / micros,
+            )
+        })
         .collect();
     let n = (a.batch * (a.seq_len - 1)) as f64;
     let mut step = || -> Result<f32> {
@@ -264,9 +269,10 @@ pub fn train(a: TrainArgs) -> Result<()> {
                     &alp_model::NoPerturbation,
                     alp_model::Numerics::Differentiable,
                 )?;
-                let part = (alp_model::token_logprobs(&logits, &ids.narrow(1, 1, a.seq_len - 1)?, 1.0)?
-                    .sum_all()?
-                    * (-1.0 / n))?;
+                let part =
+                    (alp_model::token_logprobs(&logits, &ids.narrow(1, 1, a.seq_len - 1)?, 1.0)?
+                        .sum_all()?
+                        * (-1.0 / n))?;
                 Ok((part.to_scalar::<f32>()?, opt.grads(&part.backward()?)))
             },
             |(v, grads)| {

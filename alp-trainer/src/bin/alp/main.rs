@@ -95,7 +95,7 @@ enum Command {
     },
     /// Evaluate a model on held-out tasks of the default mix.
     Eval {
-        /// Model directory (e.g. <run>/checkpoints/step-000150/model).
+        /// Model directory (e.g. <run>/checkpoints/step-000100/model).
         #[arg(long)]
         model: String,
         /// A TOML config (task mix, limits).
