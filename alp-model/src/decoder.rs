@@ -45,6 +45,19 @@ impl RmsNorm {
     }
 }
 
+/// A projection: for the inference numerics the product whose SIMD kernels suit its shape
+/// ([`crate::gemm::linear`]), for the training numerics candle's `Linear` (with a backward).
+fn project(l: &Linear, x: &Tensor, n: Numerics) -> Result<Tensor> {
+    if n != Numerics::Fused {
+        return Ok(l.forward(x)?);
+    }
+    let y = crate::gemm::linear(x, l.weight())?;
+    Ok(match l.bias() {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    })
+}
+
 fn linear(inp: usize, out: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
     let w = vb.get((out, inp), "weight")?;
     let b = if bias {
@@ -111,9 +124,9 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.n_heads, self.n_kv, self.head_dim);
-        let q = self.q_proj.forward(x)?.reshape((b, t, nh, hd))?;
-        let k = self.k_proj.forward(x)?.reshape((b, t, nkv, hd))?;
-        let v = self.v_proj.forward(x)?.reshape((b, t, nkv, hd))?;
+        let q = project(&self.q_proj, x, n)?.reshape((b, t, nh, hd))?;
+        let k = project(&self.k_proj, x, n)?.reshape((b, t, nkv, hd))?;
+        let v = project(&self.v_proj, x, n)?.reshape((b, t, nkv, hd))?;
         let (q, k) = match (&self.q_norm, &self.k_norm) {
             (Some(qn), Some(kn)) => (qn.forward(&q, n)?, kn.forward(&k, n)?),
             _ => (q, k),
@@ -150,7 +163,7 @@ impl Attention {
             let vf = v.transpose(1, 2)?.contiguous()?;
             let scale = (1.0 / (hd as f64).sqrt()) as f32;
             let out = candle_flash_attn::flash_attn(&qf, &kf, &vf, scale, t > 1)?;
-            return Ok(self.o_proj.forward(&out.reshape((b, t, nh * hd))?)?);
+            return project(&self.o_proj, &out.reshape((b, t, nh * hd))?, n);
         }
         #[cfg(not(feature = "flash-attn"))]
         let _ = padded;
@@ -177,7 +190,7 @@ impl Attention {
             .reshape((b, nh, t, hd))?
             .transpose(1, 2)?
             .reshape((b, t, nh * hd))?;
-        Ok(self.o_proj.forward(&out)?)
+        project(&self.o_proj, &out, n)
     }
 }
 
@@ -198,13 +211,13 @@ impl Mlp {
         })
     }
     fn forward(&self, x: &Tensor, n: Numerics) -> Result<Tensor> {
-        let g = self.gate_proj.forward(x)?;
-        let u = self.up_proj.forward(x)?;
+        let g = project(&self.gate_proj, x, n)?;
+        let u = project(&self.up_proj, x, n)?;
         let a = match n {
             Numerics::Differentiable => fused::silu_mul(&g, &u)?,
             Numerics::Fused | Numerics::Reference => fused::twin::silu_mul(&g, &u)?,
         };
-        Ok(self.down_proj.forward(&a)?)
+        project(&self.down_proj, &a, n)
     }
 }
 
@@ -405,8 +418,8 @@ impl Model {
     }
 
     /// Logits from a final hidden state.
-    fn head(&self, h: &Tensor) -> Result<Tensor> {
-        Ok(self.lm_head.forward(h)?)
+    fn head(&self, h: &Tensor, n: Numerics) -> Result<Tensor> {
+        project(&self.lm_head, h, n)
     }
 
     /// Fused-kernel forward that continues `cache`; logits `[batch, seq, vocab]`.
@@ -417,7 +430,7 @@ impl Model {
         perturb: &dyn Perturbation,
     ) -> Result<Tensor> {
         let h = self.run_cached(input_ids, cache, perturb)?;
-        self.head(&h)
+        self.head(&h, Numerics::Fused)
     }
 
     /// Final hidden states of a fused forward that continues `cache`.
@@ -449,7 +462,7 @@ impl Model {
     ) -> Result<Tensor> {
         let h = self.run_cached(input_ids, cache, perturb)?;
         let t = h.dim(1)?;
-        self.head(&h.narrow(1, t - 1, 1)?.squeeze(1)?)
+        self.head(&h.narrow(1, t - 1, 1)?.squeeze(1)?, Numerics::Fused)
     }
 
     /// Full-sequence forward without a cache, with the chosen numerics.
@@ -461,7 +474,7 @@ impl Model {
         numerics: Numerics,
     ) -> Result<Tensor> {
         let h = self.run(input_ids, 0, left_pad, None, perturb, numerics)?;
-        self.head(&h)
+        self.head(&h, numerics)
     }
 
     /// Final normed hidden states of a full sequence (differentiable), for callers that fuse

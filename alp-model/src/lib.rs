@@ -24,6 +24,7 @@
 pub mod config;
 pub mod decoder;
 pub mod fused;
+pub mod gemm;
 pub mod kv_cache;
 pub mod loader;
 pub mod logprobs;

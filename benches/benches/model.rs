@@ -1,4 +1,5 @@
-//! Prefill and decode-step throughput of the decoder (CPU by default; `ALP_BENCH_DEVICE=cuda:0`).
+//! Prefill and decode-step throughput of the decoder (CPU by default; `ALP_BENCH_DEVICE=cuda:0`),
+//! and the inference path's product (`alp_model::gemm::linear`) against candle's matmul by rows.
 use alp_benches::{bench_device, random_tokens};
 use alp_model::NoPerturbation;
 use alp_model::{presets, Config, ModelWeights};
@@ -69,5 +70,27 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+/// One MLP up-projection of the 25M shape (512 → 1408) at growing row counts: the inference
+/// path's shape-picked product against candle's matmul (the reference), to place
+/// `alp_model::gemm::SMALL_M_ROWS` on this CPU.
+fn linear(c: &mut Criterion) {
+    let dev = candle_core::Device::Cpu;
+    let (k, n) = (512, 1408);
+    let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+    let mut g = c.benchmark_group("linear_512x1408");
+    g.sample_size(20);
+    for m in [1usize, 16, 32, 64, 128, 256, 512, 1024] {
+        let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+        g.throughput(Throughput::Elements((2 * m * n * k) as u64));
+        g.bench_function(BenchmarkId::new("alp", m), |b| {
+            b.iter(|| alp_model::gemm::linear(&x, &w).unwrap())
+        });
+        g.bench_function(BenchmarkId::new("candle", m), |b| {
+            b.iter(|| alp_model::gemm::linear_reference(&x, &w).unwrap())
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, linear);
 criterion_main!(benches);

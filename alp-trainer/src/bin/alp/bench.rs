@@ -176,11 +176,22 @@ fn machine(device: &str) -> serde_json::Value {
                 feats.push("fma");
             }
         }
-        // The gemm crate is built with its default (AVX2/FMA) kernels and dispatches at run time.
-        format!(
-            "gemm crate, AVX2/FMA kernels (CPU has: {})",
-            feats.join(", ")
-        )
+        // The gemm crate is built with its AVX-512 kernels too and picks a family at run time;
+        // alp's inference products with few rows take the AVX2/FMA kernels (alp_model::gemm).
+        #[cfg(target_arch = "x86_64")]
+        let family = if std::is_x86_feature_detected!("avx512f") {
+            format!(
+                "AVX-512 kernels; inference products of at most {} rows on the AVX2/FMA kernels",
+                alp_model::gemm::SMALL_M_ROWS
+            )
+        } else if std::is_x86_feature_detected!("fma") {
+            "AVX2/FMA kernels".to_string()
+        } else {
+            "scalar kernels".to_string()
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let family = "the target's default kernels".to_string();
+        format!("gemm crate, {family} (CPU has: {})", feats.join(", "))
     };
     serde_json::json!({
         "cpu": cpu,
