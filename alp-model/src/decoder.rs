@@ -4,6 +4,7 @@ use crate::perturbation::Perturbation;
 use alp_core::{Error, Result};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
+use std::sync::{Arc, OnceLock};
 
 use crate::{fused, rope, Config, KvCache};
 
@@ -45,35 +46,73 @@ impl RmsNorm {
     }
 }
 
-/// A projection: for the inference numerics the product whose SIMD kernels suit its shape
-/// ([`crate::gemm::linear`]), for the training numerics candle's `Linear` (with a backward).
-fn project(l: &Linear, x: &Tensor, n: Numerics) -> Result<Tensor> {
-    if n != Numerics::Fused {
-        return Ok(l.forward(x)?);
-    }
-    let y = crate::gemm::linear(x, l.weight())?;
-    Ok(match l.bias() {
-        Some(b) => y.broadcast_add(b)?,
-        None => y,
-    })
+/// A projection layer (`Linear` with the checkpoint's `weight` and optional `bias`).
+///
+/// For the training numerics it is candle's `Linear` (with a backward). For the inference
+/// numerics it is [`crate::gemm::linear`], whose SIMD kernels suit the product's shape; with
+/// bf16/f16 weights on the CPU it multiplies in f32 over a widened copy of the weight made on
+/// first use, as candle's CPU matmul does on every call (it has no half-precision kernel and
+/// widens both operands each time), then rounds the product back. Only weights that are not
+/// training variables get the copy: a variable can change in place, the copy would go stale.
+#[derive(Debug, Clone)]
+struct Proj {
+    linear: Linear,
+    wide: Arc<OnceLock<Tensor>>,
 }
 
-fn linear(inp: usize, out: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
+impl Proj {
+    fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Proj {
+            linear: Linear::new(weight, bias),
+            wide: Arc::new(OnceLock::new()),
+        }
+    }
+
+    fn weight(&self) -> &Tensor {
+        self.linear.weight()
+    }
+
+    fn forward(&self, x: &Tensor, n: Numerics) -> Result<Tensor> {
+        if n != Numerics::Fused {
+            return Ok(self.linear.forward(x)?);
+        }
+        let w = self.linear.weight();
+        let half = matches!(w.dtype(), DType::BF16 | DType::F16);
+        let y = if half && x.dtype() == w.dtype() && x.device().is_cpu() && !w.is_variable() {
+            let wide = match self.wide.get() {
+                Some(t) => t,
+                None => {
+                    let _ = self.wide.set(w.to_dtype(DType::F32)?);
+                    self.wide.get().expect("set above")
+                }
+            };
+            crate::gemm::linear(&x.to_dtype(DType::F32)?, wide)?.to_dtype(w.dtype())?
+        } else {
+            crate::gemm::linear(x, w)?
+        };
+        Ok(match self.linear.bias() {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+fn linear(inp: usize, out: usize, bias: bool, vb: VarBuilder) -> Result<Proj> {
     let w = vb.get((out, inp), "weight")?;
     let b = if bias {
         Some(vb.get(out, "bias")?)
     } else {
         None
     };
-    Ok(Linear::new(w, b))
+    Ok(Proj::new(w, b))
 }
 
 #[derive(Debug, Clone)]
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
+    q_proj: Proj,
+    k_proj: Proj,
+    v_proj: Proj,
+    o_proj: Proj,
     q_norm: Option<RmsNorm>,
     k_norm: Option<RmsNorm>,
     n_heads: usize,
@@ -124,9 +163,9 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.n_heads, self.n_kv, self.head_dim);
-        let q = project(&self.q_proj, x, n)?.reshape((b, t, nh, hd))?;
-        let k = project(&self.k_proj, x, n)?.reshape((b, t, nkv, hd))?;
-        let v = project(&self.v_proj, x, n)?.reshape((b, t, nkv, hd))?;
+        let q = self.q_proj.forward(x, n)?.reshape((b, t, nh, hd))?;
+        let k = self.k_proj.forward(x, n)?.reshape((b, t, nkv, hd))?;
+        let v = self.v_proj.forward(x, n)?.reshape((b, t, nkv, hd))?;
         let (q, k) = match (&self.q_norm, &self.k_norm) {
             (Some(qn), Some(kn)) => (qn.forward(&q, n)?, kn.forward(&k, n)?),
             _ => (q, k),
@@ -163,7 +202,7 @@ impl Attention {
             let vf = v.transpose(1, 2)?.contiguous()?;
             let scale = (1.0 / (hd as f64).sqrt()) as f32;
             let out = candle_flash_attn::flash_attn(&qf, &kf, &vf, scale, t > 1)?;
-            return project(&self.o_proj, &out.reshape((b, t, nh * hd))?, n);
+            return self.o_proj.forward(&out.reshape((b, t, nh * hd))?, n);
         }
         #[cfg(not(feature = "flash-attn"))]
         let _ = padded;
@@ -173,7 +212,16 @@ impl Attention {
         // KV head into the row dimension (head h uses KV head h / rep, as transformers does).
         let q = q.reshape((b, nkv, rep * t, hd))?;
         let scale = 1.0 / (hd as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?;
+        // A half-precision cache on the CPU holds f32 (KvCache::append): multiply in f32 and
+        // round the products to the model's dtype, as candle's half-precision matmul does.
+        let dtype = q.dtype();
+        let widened = k.dtype() != dtype;
+        let scores = if widened {
+            q.to_dtype(k.dtype())?.matmul(&k.t()?)?.to_dtype(dtype)?
+        } else {
+            q.matmul(&k.t()?)?
+        };
+        let scores = (scores * scale)?;
         let scores = scores.to_dtype(DType::F32)?.reshape((b, nkv, rep, t, l))?;
         let scores = match mask {
             Some(m) => scores.broadcast_add(m)?,
@@ -184,21 +232,25 @@ impl Attention {
             Numerics::Differentiable => fused::softmax_last_dim(&scores)?,
             Numerics::Reference => fused::twin::softmax_last_dim(&scores)?,
         };
-        let probs = probs.reshape((b, nkv, rep * t, l))?.to_dtype(v.dtype())?;
-        let out = probs.matmul(&v)?; // [b, nkv, rep*t, hd]
+        let probs = probs.reshape((b, nkv, rep * t, l))?.to_dtype(dtype)?;
+        let out = if widened {
+            probs.to_dtype(v.dtype())?.matmul(&v)?.to_dtype(dtype)?
+        } else {
+            probs.matmul(&v)?
+        }; // [b, nkv, rep*t, hd]
         let out = out
             .reshape((b, nh, t, hd))?
             .transpose(1, 2)?
             .reshape((b, t, nh * hd))?;
-        project(&self.o_proj, &out, n)
+        self.o_proj.forward(&out, n)
     }
 }
 
 #[derive(Debug, Clone)]
 struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
+    gate_proj: Proj,
+    up_proj: Proj,
+    down_proj: Proj,
 }
 
 impl Mlp {
@@ -211,13 +263,13 @@ impl Mlp {
         })
     }
     fn forward(&self, x: &Tensor, n: Numerics) -> Result<Tensor> {
-        let g = project(&self.gate_proj, x, n)?;
-        let u = project(&self.up_proj, x, n)?;
+        let g = self.gate_proj.forward(x, n)?;
+        let u = self.up_proj.forward(x, n)?;
         let a = match n {
             Numerics::Differentiable => fused::silu_mul(&g, &u)?,
             Numerics::Fused | Numerics::Reference => fused::twin::silu_mul(&g, &u)?,
         };
-        project(&self.down_proj, &a, n)
+        self.down_proj.forward(&a, n)
     }
 }
 
@@ -257,7 +309,7 @@ pub struct Model {
     embed_tokens: Tensor,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
-    lm_head: Linear,
+    lm_head: Proj,
     rope: rope::Rope,
     dtype: DType,
     device: Device,
@@ -291,7 +343,7 @@ impl Model {
             embed_tokens,
             layers,
             norm,
-            lm_head: Linear::new(lm_w, None),
+            lm_head: Proj::new(lm_w, None),
             rope,
             dtype: vb.dtype(),
             device: vb.device().clone(),
@@ -419,7 +471,7 @@ impl Model {
 
     /// Logits from a final hidden state.
     fn head(&self, h: &Tensor, n: Numerics) -> Result<Tensor> {
-        project(&self.lm_head, h, n)
+        self.lm_head.forward(h, n)
     }
 
     /// Fused-kernel forward that continues `cache`; logits `[batch, seq, vocab]`.

@@ -1,6 +1,6 @@
 //! The explicit KV cache: one preallocated key and value buffer per layer, written in place.
 use alp_core::{Error, Result};
-use candle_core::{Tensor, D};
+use candle_core::{DType, Tensor, D};
 
 /// Keys and values of every layer for a batch of sequences, with each row's left padding.
 ///
@@ -53,7 +53,7 @@ impl KvCache {
     }
 
     /// Appends `k`, `v` (`[batch, kv_heads, t, head_dim]`) to `layer` and returns views of all
-    /// keys and values so far. The caller advances the length once per forward with
+    /// keys and values so far (in f32 for half-precision inputs on the CPU, see below). The caller advances the length once per forward with
     /// [`KvCache::advance`].
     pub(crate) fn append(
         &mut self,
@@ -69,10 +69,18 @@ impl KvCache {
                 self.capacity
             )));
         }
+        // Half-precision keys and values on the CPU are stored widened to f32 (exactly: every
+        // bf16/f16 value is an f32): candle's CPU matmul has no half-precision kernel and would
+        // otherwise widen the whole cache for every product of every decode step.
+        let store = if k.device().is_cpu() && matches!(k.dtype(), DType::BF16 | DType::F16) {
+            DType::F32
+        } else {
+            k.dtype()
+        };
         let slot = &mut self.layers[layer];
         if slot.is_none() {
-            let kz = Tensor::zeros((b, h, self.capacity, d), k.dtype(), k.device())?;
-            let vz = Tensor::zeros((b, h, self.capacity, d), v.dtype(), v.device())?;
+            let kz = Tensor::zeros((b, h, self.capacity, d), store, k.device())?;
+            let vz = Tensor::zeros((b, h, self.capacity, d), store, v.device())?;
             *slot = Some((kz, vz));
         }
         let (kc, vc) = slot.as_ref().expect("allocated above");
@@ -82,8 +90,8 @@ impl KvCache {
                 kc.dim(0)?
             )));
         }
-        kc.slice_set(&k.contiguous()?, 2, self.len)?;
-        vc.slice_set(&v.contiguous()?, 2, self.len)?;
+        kc.slice_set(&k.to_dtype(kc.dtype())?.contiguous()?, 2, self.len)?;
+        vc.slice_set(&v.to_dtype(vc.dtype())?.contiguous()?, 2, self.len)?;
         Ok((kc.narrow(D::Minus2, 0, end)?, vc.narrow(D::Minus2, 0, end)?))
     }
 
