@@ -21,7 +21,11 @@ use rayon::prelude::*;
 const MIN_PAR_ELEMS: usize = 16 * 1024;
 
 /// The contiguous elements of a kernel input (candle checks the dtype).
-fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [T]> {
+pub(crate) fn contiguous<'a, T: WithDType>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    op: &str,
+) -> Result<&'a [T]> {
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
         None => candle_core::bail!("{op}: the fused kernel needs a contiguous input"),

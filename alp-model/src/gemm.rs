@@ -71,12 +71,8 @@ impl CustomOp2 for SmallM {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (Some((xa, xb)), Some((wa, wb))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("linear: the small-M path needs contiguous inputs");
-        };
-        let x = &s1.as_slice::<f32>()?[xa..xb];
-        let w = &s2.as_slice::<f32>()?[wa..wb];
+        let x = crate::fused::contiguous::<f32>(s1, l1, self.name())?;
+        let w = crate::fused::contiguous::<f32>(s2, l2, self.name())?;
         let dims = l1.dims();
         let k = *dims.last().unwrap_or(&0);
         let (n, wk) = l2.shape().dims2()?;

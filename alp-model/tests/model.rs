@@ -26,6 +26,29 @@ fn rand_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
         .collect()
 }
 
+/// Logits of `toks` from a cached forward: the first `prefix` tokens of every row at once, then
+/// one token at a time; and the cache.
+fn decode_with_cache(
+    m: &alp_model::Model,
+    toks: &[Vec<u32>],
+    prefix: usize,
+    capacity: usize,
+) -> (Tensor, alp_model::KvCache) {
+    let mut cache = m.new_cache(capacity, &[]);
+    let pre: Vec<Vec<u32>> = toks.iter().map(|r| r[..prefix].to_vec()).collect();
+    let mut parts = vec![m
+        .forward_cached(&ids(&pre), &mut cache, &NoPerturbation)
+        .unwrap()];
+    for t in prefix..toks[0].len() {
+        let step: Vec<Vec<u32>> = toks.iter().map(|r| vec![r[t]]).collect();
+        parts.push(
+            m.forward_cached(&ids(&step), &mut cache, &NoPerturbation)
+                .unwrap(),
+        );
+    }
+    (Tensor::cat(&parts, 1).unwrap(), cache)
+}
+
 #[test]
 fn kv_cache_decode_equals_full_forward() {
     for (si, cfg) in shapes().into_iter().enumerate() {
@@ -39,19 +62,7 @@ fn kv_cache_decode_equals_full_forward() {
         let full = m
             .forward_full(&ids(&toks), &[], &NoPerturbation, Numerics::Fused)
             .unwrap();
-        let mut cache = m.new_cache(16, &[]);
-        let pre: Vec<Vec<u32>> = toks.iter().map(|r| r[..5].to_vec()).collect();
-        let mut parts = vec![m
-            .forward_cached(&ids(&pre), &mut cache, &NoPerturbation)
-            .unwrap()];
-        for t in 5..12 {
-            let step: Vec<Vec<u32>> = toks.iter().map(|r| vec![r[t]]).collect();
-            parts.push(
-                m.forward_cached(&ids(&step), &mut cache, &NoPerturbation)
-                    .unwrap(),
-            );
-        }
-        let dec = Tensor::cat(&parts, 1).unwrap();
+        let (dec, cache) = decode_with_cache(&m, &toks, 5, 16);
         let d = max_abs_diff(&full, &dec);
         assert!(d <= 1e-4, "shape {si}: |Δlogit| = {d}");
         assert_eq!(cache.len(), 12);
@@ -552,20 +563,7 @@ fn bf16_inference_on_the_cpu_matches_candles_half_precision_path() {
         let full = plain
             .forward_full(&ids(&toks), &[], &NoPerturbation, Numerics::Fused)
             .unwrap();
-        let mut cache = plain.new_cache(12, &[]);
-        let pre: Vec<Vec<u32>> = toks.iter().map(|r| r[..4].to_vec()).collect();
-        let mut parts = vec![plain
-            .forward_cached(&ids(&pre), &mut cache, &NoPerturbation)
-            .unwrap()];
-        for t in 4..10 {
-            let step: Vec<Vec<u32>> = toks.iter().map(|r| vec![r[t]]).collect();
-            parts.push(
-                plain
-                    .forward_cached(&ids(&step), &mut cache, &NoPerturbation)
-                    .unwrap(),
-            );
-        }
-        let dec = Tensor::cat(&parts, 1).unwrap();
+        let (dec, _) = decode_with_cache(&plain, &toks, 4, 12);
         assert_eq!(dec.dtype(), DType::BF16);
         // Products of bf16 values are exact in f32 and these short sums stay exact, so both
         // paths round the same values (0 here; without rounding the attention scores to bf16
