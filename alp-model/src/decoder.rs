@@ -77,8 +77,7 @@ impl Proj {
             return Ok(self.linear.forward(x)?);
         }
         let w = self.linear.weight();
-        let half = matches!(w.dtype(), DType::BF16 | DType::F16);
-        let y = if half && x.dtype() == w.dtype() && x.device().is_cpu() && !w.is_variable() {
+        let y = if crate::gemm::half_on_cpu(w) && x.dtype() == w.dtype() && !w.is_variable() {
             let wide = match self.wide.get() {
                 Some(t) => t,
                 None => {

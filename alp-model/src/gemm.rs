@@ -39,6 +39,13 @@ pub fn linear_reference(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     candle_nn::Linear::new(w.clone(), None).forward(x)
 }
 
+/// Whether `t` is a half-precision (bf16/f16) CPU tensor: candle's CPU matmul has no kernel
+/// for those and widens both operands to f32 on every call, so the inference path keeps f32
+/// copies instead (the decoder's projections and the KV cache).
+pub(crate) fn half_on_cpu(t: &Tensor) -> bool {
+    t.device().is_cpu() && matches!(t.dtype(), DType::BF16 | DType::F16)
+}
+
 /// Whether the FMA path applies: f32 CPU tensors, a contiguous weight, an x86-64 CPU with FMA.
 fn small_m_path(x: &Tensor, w: &Tensor) -> bool {
     let cpu_f32 = x.device().is_cpu()
@@ -154,23 +161,17 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
+    fn abs_max(t: &Tensor) -> f32 {
+        t.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
     fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let s = b
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        d / s.max(1e-6)
+        abs_max(&(a - b).unwrap()) / abs_max(b).max(1e-6)
     }
 
     #[test]

@@ -53,8 +53,8 @@ impl KvCache {
     }
 
     /// Appends `k`, `v` (`[batch, kv_heads, t, head_dim]`) to `layer` and returns views of all
-    /// keys and values so far (in f32 for half-precision inputs on the CPU, see below). The caller advances the length once per forward with
-    /// [`KvCache::advance`].
+    /// keys and values so far (in f32 for half-precision inputs on the CPU, see below). The
+    /// caller advances the length once per forward with [`KvCache::advance`].
     pub(crate) fn append(
         &mut self,
         layer: usize,
@@ -70,9 +70,9 @@ impl KvCache {
             )));
         }
         // Half-precision keys and values on the CPU are stored widened to f32 (exactly: every
-        // bf16/f16 value is an f32): candle's CPU matmul has no half-precision kernel and would
-        // otherwise widen the whole cache for every product of every decode step.
-        let store = if k.device().is_cpu() && matches!(k.dtype(), DType::BF16 | DType::F16) {
+        // bf16/f16 value is an f32); candle would otherwise widen the whole cache for every
+        // product of every decode step.
+        let store = if crate::gemm::half_on_cpu(k) {
             DType::F32
         } else {
             k.dtype()

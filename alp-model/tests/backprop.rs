@@ -2,13 +2,10 @@
 //! the first gradient contribution is stored instead of being added to zeros). These tests hold
 //! it to closed-form gradients where tensors are used several times, broadcast, transposed,
 //! narrowed and gathered — the cases where a stored gradient is later added to or shared.
-use candle_core::{DType, Device, Tensor, Var};
+mod common;
 
-fn close(a: &Tensor, b: &Tensor) -> f32 {
-    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-    let s = b.abs().unwrap().max_all().unwrap();
-    d.to_scalar::<f32>().unwrap() / s.to_scalar::<f32>().unwrap().max(1e-6)
-}
+use candle_core::{DType, Device, Tensor, Var};
+use common::rel_diff;
 
 #[test]
 fn a_tensor_used_several_times_gets_the_sum_of_its_gradients() {
@@ -22,7 +19,7 @@ fn a_tensor_used_several_times_gets_the_sum_of_its_gradients() {
     let g = y.backward().unwrap();
     let got = g.get(x.as_tensor()).unwrap();
     let want = ((x.as_tensor() * 2.0).unwrap() + 2.0).unwrap();
-    assert!(close(got, &want) < 1e-6);
+    assert!(rel_diff(got, &want) < 1e-6);
 }
 
 #[test]
@@ -78,7 +75,7 @@ fn matmul_broadcast_narrow_and_gather_gradients_match_their_closed_forms() {
     for (what, var, want) in [("x", &x, dx), ("w", &w, dw), ("b", &b, db), ("E", &e, de)] {
         let got = g.get(var.as_tensor()).unwrap();
         assert_eq!(got.dims(), want.dims(), "{what}");
-        let r = close(got, &want);
+        let r = rel_diff(got, &want);
         assert!(r < 1e-5, "d{what}: relative difference {r}");
     }
 }

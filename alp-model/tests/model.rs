@@ -6,7 +6,7 @@ use alp_model::{
 };
 use alp_model::{NoPerturbation, Perturbation};
 use candle_core::{DType, Device, Tensor, D};
-use common::{max_abs_diff, shapes};
+use common::{max_abs_diff, rel_diff, shapes};
 
 fn ids(rows: &[Vec<u32>]) -> Tensor {
     Tensor::new(rows.to_vec(), &Device::Cpu).unwrap()
@@ -530,20 +530,6 @@ const PIN_U64: [u64; 3] = [
 ];
 const PIN_EMB: [f32; 3] = [-0.015507438, -0.027668435, 0.017794259];
 const PIN_NOISE: [f32; 3] = [-0.47067854, -1.1483649, -0.39638636];
-
-/// Largest |a − b| over the largest |b|.
-fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
-    let a = a.to_dtype(DType::F32).unwrap();
-    let b = b.to_dtype(DType::F32).unwrap();
-    let scale = b
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    max_abs_diff(&a, &b) / scale.max(1e-6)
-}
 
 #[test]
 fn bf16_inference_on_the_cpu_matches_candles_half_precision_path() {

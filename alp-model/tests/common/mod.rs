@@ -38,6 +38,20 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
 }
 
+/// Largest |a − b| over the largest |b| (both read as f32).
+pub fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let a = a.to_dtype(candle_core::DType::F32).unwrap();
+    let b = b.to_dtype(candle_core::DType::F32).unwrap();
+    let scale = b
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    max_abs_diff(&a, &b) / scale.max(1e-6)
+}
+
 pub fn word_tokenizer(n: usize) -> tokenizers::Tokenizer {
     use tokenizers::models::wordlevel::WordLevel;
     let mut vocab = std::collections::HashMap::new();

@@ -178,19 +178,18 @@ fn machine(device: &str) -> serde_json::Value {
         }
         // The gemm crate is built with its AVX-512 kernels too and picks a family at run time;
         // alp's inference products with few rows take the AVX2/FMA kernels (alp_model::gemm).
-        #[cfg(target_arch = "x86_64")]
-        let family = if std::is_x86_feature_detected!("avx512f") {
+        let family = if feats.contains(&"avx512f") {
             format!(
                 "AVX-512 kernels; inference products of at most {} rows on the AVX2/FMA kernels",
                 alp_model::gemm::SMALL_M_ROWS
             )
-        } else if std::is_x86_feature_detected!("fma") {
+        } else if feats.contains(&"fma") {
             "AVX2/FMA kernels".to_string()
-        } else {
+        } else if cfg!(target_arch = "x86_64") {
             "scalar kernels".to_string()
+        } else {
+            "the target's default kernels".to_string()
         };
-        #[cfg(not(target_arch = "x86_64"))]
-        let family = "the target's default kernels".to_string();
         format!("gemm crate, {family} (CPU has: {})", feats.join(", "))
     };
     serde_json::json!({
