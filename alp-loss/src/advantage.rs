@@ -39,7 +39,7 @@ pub fn compute_advantages(
     rewards: &[f32],
     group_size: usize,
 ) -> Result<Advantages> {
-    if group_size == 0 || rewards.len() % group_size != 0 {
+    if group_size == 0 || !rewards.len().is_multiple_of(group_size) {
         return Err(Error::invalid(format!(
             "{} rewards do not split into groups of {group_size}",
             rewards.len()

@@ -234,7 +234,7 @@ impl Config {
         pos("max_position_embeddings", self.max_position_embeddings)?;
         if self.head_dim.is_none()
             && self.model_type != ModelType::Qwen3
-            && self.hidden_size % self.num_attention_heads != 0
+            && !self.hidden_size.is_multiple_of(self.num_attention_heads)
         {
             return Err(Error::config(
                 "num_attention_heads",
@@ -245,13 +245,13 @@ impl Config {
             ));
         }
         let hd = self.head_dim();
-        if hd == 0 || hd % 2 != 0 {
+        if hd == 0 || !hd.is_multiple_of(2) {
             return Err(Error::config(
                 "head_dim",
                 format!("{hd} must be positive and even (rotary embeddings rotate pairs)"),
             ));
         }
-        if self.num_attention_heads % self.num_kv_heads() != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.num_kv_heads()) {
             return Err(Error::config(
                 "num_key_value_heads",
                 format!(

@@ -1,7 +1,9 @@
-//! The workspace builds candle-core with a patched backward pass (vendor/candle-core/PATCHED.md:
-//! the first gradient contribution is stored instead of being added to zeros). These tests hold
-//! it to closed-form gradients where tensors are used several times, broadcast, transposed,
-//! narrowed and gathered — the cases where a stored gradient is later added to or shared.
+//! The workspace builds a patched candle-core (vendor/candle-core/PATCHED.md). The backward pass
+//! stores the first gradient contribution instead of adding it to zeros: these tests hold it to
+//! closed-form gradients where tensors are used several times, broadcast, transposed, narrowed
+//! and gathered — the cases where a stored gradient is later added to or shared. Sums that keep
+//! the last dimension add whole blocks, and the matmul no longer zeroes its output first: these
+//! tests hold both to plain loops.
 mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -77,5 +79,107 @@ fn matmul_broadcast_narrow_and_gather_gradients_match_their_closed_forms() {
         assert_eq!(got.dims(), want.dims(), "{what}");
         let r = rel_diff(got, &want);
         assert!(r < 1e-5, "d{what}: relative difference {r}");
+    }
+}
+
+/// `t`'s elements summed over `dims` (sorted), keeping them, by a plain loop in element order.
+fn plain_sum_keepdim(t: &Tensor, dims: &[usize]) -> Vec<f32> {
+    let shape = t.dims().to_vec();
+    let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let out_shape: Vec<usize> = shape
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| if dims.contains(&i) { 1 } else { d })
+        .collect();
+    let mut out = vec![0f32; out_shape.iter().product()];
+    for (flat, x) in v.iter().enumerate() {
+        let (mut rem, mut o, mut stride) = (flat, 0, 1);
+        for i in (0..shape.len()).rev() {
+            let idx = rem % shape[i];
+            rem /= shape[i];
+            if !dims.contains(&i) {
+                o += idx * stride;
+            }
+            stride *= out_shape[i];
+        }
+        out[o] += x;
+    }
+    out
+}
+
+#[test]
+fn sums_over_any_dimensions_equal_a_plain_loop_bit_for_bit() {
+    let dev = Device::Cpu;
+    let t = Tensor::randn(0f32, 1.0, (3, 4, 5, 6), &dev).unwrap();
+    let dims_sets: [&[usize]; 10] = [
+        &[0],
+        &[1],
+        &[2],
+        &[3],
+        &[0, 1],
+        &[1, 2],
+        &[0, 2],
+        &[2, 3],
+        &[0, 3],
+        &[0, 1, 2],
+    ];
+    // Contiguous inputs (the patched block path where the last dimension is kept) and a
+    // transposed one (the strided path): both add in element order, as the loop does.
+    for input in [t.clone(), t.transpose(1, 2).unwrap()] {
+        for dims in dims_sets {
+            let got = input
+                .sum_keepdim(dims.to_vec())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            assert_eq!(got, plain_sum_keepdim(&input, dims), "sum over {dims:?}");
+        }
+    }
+}
+
+#[test]
+fn matmul_writes_every_output_element() {
+    let dev = Device::Cpu;
+    // Leave freed memory full of NaN where the next outputs are likely to be allocated: an
+    // element the product did not write would show.
+    drop(
+        Tensor::full(f32::NAN, (1 << 16,), &dev)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap(),
+    );
+    for (b, m, n, k) in [
+        (1, 1, 1, 1),
+        (2, 3, 5, 7),
+        (3, 17, 9, 33),
+        (1, 64, 40, 8),
+        (2, 3, 4, 0),
+    ] {
+        let a = Tensor::randn(0f32, 1.0, (b, m, k), &dev).unwrap();
+        let c = Tensor::randn(0f32, 1.0, (b, k, n), &dev).unwrap();
+        let got = a.matmul(&c).unwrap();
+        let (av, cv) = (
+            a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            c.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        );
+        let gv = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for bi in 0..b {
+            for i in 0..m {
+                for j in 0..n {
+                    let want: f64 = (0..k)
+                        .map(|t| {
+                            av[bi * m * k + i * k + t] as f64 * cv[bi * k * n + t * n + j] as f64
+                        })
+                        .sum();
+                    let g = gv[bi * m * n + i * n + j] as f64;
+                    assert!(
+                        (g - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                        "{b}x{m}x{n}x{k} at ({bi},{i},{j}): {g} vs {want}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -332,7 +332,11 @@ impl Engine {
                 .map(|idx| {
                     let reqs: Vec<Request> = idx.iter().map(|&i| requests[i].clone()).collect();
                     let sub = &sub;
-                    scope.spawn(move || sub.generate_batch(&reqs))
+                    // The shards keep the cores busy: each computes its own products on its
+                    // own thread rather than splitting them across the pool too.
+                    scope.spawn(move || {
+                        alp_model::gemm::single_threaded(|| sub.generate_batch(&reqs))
+                    })
                 })
                 .collect();
             handles

@@ -601,7 +601,7 @@ impl TrainConfig {
                 "must be at least 1",
             ));
         }
-        if rl.mini_batch == 0 || batch % rl.mini_batch != 0 {
+        if rl.mini_batch == 0 || !batch.is_multiple_of(rl.mini_batch) {
             return Err(Error::config(
                 "rl.mini_batch",
                 format!(

@@ -456,7 +456,11 @@ mod tests {
         vec![
             Some(g(35, 1).reshape((7, 5)).unwrap()),
             // A transposed (non-contiguous) gradient on some steps.
-            Some(if step % 2 == 0 { g(13, 2) } else { g(13, 3) }),
+            Some(if step.is_multiple_of(2) {
+                g(13, 2)
+            } else {
+                g(13, 3)
+            }),
         ]
     }
 

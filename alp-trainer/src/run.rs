@@ -300,14 +300,14 @@ fn rl_steps(
         out.step(&m, s.wall_seconds())?;
         let step = s.step_index() as usize;
         if cfg.eval.every > 0
-            && step % cfg.eval.every == 0
+            && step.is_multiple_of(cfg.eval.every)
             && step < cfg.rl.steps
             && !opts.skip_eval
         {
             let e = s.evaluate(0)?;
             out.eval(s.step_index(), &format!("step {step}"), &e)?;
         }
-        if cfg.checkpoint.every > 0 && step % cfg.checkpoint.every == 0 {
+        if cfg.checkpoint.every > 0 && step.is_multiple_of(cfg.checkpoint.every) {
             s.save_checkpoint()?;
         }
     }

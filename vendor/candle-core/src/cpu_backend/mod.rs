@@ -344,6 +344,28 @@ impl ReduceSum<'_> {
                     }
                     return Ok(dst);
                 };
+                // alp patch: when the last dimension is kept, the trailing kept dimensions form
+                // contiguous blocks that land contiguously in `dst`; find each block's
+                // destination once, not each element's (two integer divisions per element and
+                // per reduced dimension made summing a [8, 128, 512] gradient over its first
+                // two dimensions, as a bias's backward does, take 16 ns per element). The
+                // additions happen in the same order, so the sums are the same.
+                let rank = src_l.shape().rank();
+                if self.reduce_dims.last().is_some_and(|&d| d + 1 < rank) {
+                    let last_reduced = *self.reduce_dims.last().expect("checked above");
+                    let inner: usize = src_l.dims()[last_reduced + 1..].iter().product();
+                    for (c, block) in src.chunks_exact(inner).enumerate() {
+                        let mut dst_index = c * inner;
+                        for &(dim, stride) in self.reduce_dims_and_stride.iter() {
+                            let (pre, post) = (dst_index / stride, dst_index % stride);
+                            dst_index = (pre / dim) * stride + post;
+                        }
+                        for (d, &s) in dst[dst_index..dst_index + inner].iter_mut().zip(block) {
+                            *d += s;
+                        }
+                    }
+                    return Ok(dst);
+                }
                 for (unstr_index, &src) in src.iter().enumerate() {
                     let mut dst_index = unstr_index;
                     // Set the reduce_dims indexes to 0.
@@ -1478,7 +1500,12 @@ impl Map2 for MatMul {
         let dst_rs = dst_strides[0];
         let dst_cs = dst_strides[1];
 
-        let mut dst = vec![T::zero(); b * m * n];
+        // alp patch: gemm writes every element of the destination (`read_dst` is false, and
+        // with k == 0 it writes zeros), so the destination is not zeroed first: that memset
+        // was 3% of a training step.
+        let len = b * m * n;
+        let mut dst: Vec<T> = Vec::with_capacity(len);
+        let dst_base = dst.as_mut_ptr();
         let num_threads = crate::utils::get_num_threads();
         let parallelism = if num_threads > 1 {
             Parallelism::Rayon(num_threads)
@@ -1502,13 +1529,12 @@ impl Map2 for MatMul {
         for step in 0..b {
             let lhs_p = &lhs[step * a_skip..];
             let rhs_p = &rhs[step * b_skip..];
-            let dst_p = &mut dst[step * c_skip..];
             unsafe {
                 gemm(
                     /* m: usize = */ m,
                     /* n: usize = */ n,
                     /* k: usize = */ k,
-                    /* dst: *mut T = */ dst_p.as_mut_ptr(),
+                    /* dst: *mut T = */ dst_base.add(step * c_skip),
                     /* dst_cs: isize = */ dst_cs as isize,
                     /* dst_rs: isize = */ dst_rs as isize,
                     /* read_dst: bool = */ false,
@@ -1527,6 +1553,9 @@ impl Map2 for MatMul {
                 )
             }
         }
+        // SAFETY: the `b` products above wrote all `len` elements (`c_skip` apart, `m × n`
+        // each, row-major).
+        unsafe { dst.set_len(len) };
         Ok(dst)
     }
 

@@ -1,0 +1,398 @@
+//! Matrix products of the inference path, with the SIMD kernel chosen by shape.
+//!
+//! candle's CPU matmul calls the `gemm` crate, which picks one kernel family for the whole
+//! process at its first call. alp builds it with its AVX-512 kernels (`x86-v4`), which it
+//! picks on every CPU that has AVX-512: on a 2-core Intel Xeon they made the 25M training step
+//! 1.4× faster than the AVX2/FMA kernels. Decode's products have few rows (one per sequence),
+//! where gemm's AVX-512 kernels ran at less than half the speed of its FMA kernels, which in
+//! turn ran at about half the CPU's peak. [`linear`] therefore sends an inference product with
+//! at most [`SMALL_M_ROWS`] rows to a kernel made for few rows: alp's own AVX-512 kernel
+//! (`avx512`: dot products over the weight's own layout, streamed once and prefetched) where
+//! the CPU has AVX-512, gemm's AVX2/FMA kernels elsewhere; everything else goes to candle's
+//! matmul.
+//!
+//! A small product splits its output columns across candle's threads, unless the calling
+//! thread asked for one ([`single_threaded`]): the rollout engine's shards, which already
+//! run one per core, do.
+//!
+//! [`linear_reference`] is the candle composition that [`linear`] is tested against.
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use std::cell::Cell;
+
+mod avx512;
+
+/// Inference products with at most this many rows take the small-product kernels.
+///
+/// Placed by `cargo bench --bench model -- linear` on a 2-core Intel Xeon (two threads,
+/// 512 → 1408): gemm's FMA kernels ran 91, 104, 110, 114 and 116 GFLOP/s at 16, 32, 64, 128
+/// and 256 rows, its AVX-512 kernels 32, 49, 80, 119 and 157.
+pub const SMALL_M_ROWS: usize = 128;
+
+thread_local! {
+    /// Whether this thread's small products run on this thread alone.
+    static SINGLE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with this thread's small products ([`linear`]) computed on this thread alone,
+/// for callers that already keep every core busy (one decode shard per core): splitting each
+/// product across the thread pool as well only adds hand-offs. On a 2-core Intel Xeon two
+/// shards decoded 1,546 tokens/s this way and 1,432 with split products.
+pub fn single_threaded<R>(f: impl FnOnce() -> R) -> R {
+    let before = SINGLE.with(|s| s.replace(true));
+    let out = f();
+    SINGLE.with(|s| s.set(before));
+    out
+}
+
+/// Threads a small product may use here.
+fn threads() -> usize {
+    if SINGLE.with(|s| s.get()) {
+        1
+    } else {
+        candle_core::utils::get_num_threads()
+    }
+}
+
+/// `x · wᵀ` for `x` of shape `[..., k]` and `w` of shape `[n, k]` (a `Linear` layer without
+/// bias, as `candle_nn::Linear` computes it): a small-product kernel for f32 products of at
+/// most [`SMALL_M_ROWS`] rows on an x86-64 CPU, candle's matmul otherwise. No backward: for
+/// inference only.
+pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let k = x.dim(candle_core::D::Minus1)?;
+    let m = x.elem_count() / k.max(1);
+    match Kernel::detect() {
+        Some(kernel) if small_m_path(x, w) && m <= SMALL_M_ROWS && m > 0 => {
+            let x = x.contiguous()?;
+            x.apply_op2_no_bwd(w, &SmallM(kernel))
+        }
+        _ => linear_reference(x, w),
+    }
+}
+
+/// The reference: `candle_nn::Linear::forward` without bias.
+pub fn linear_reference(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    use candle_core::Module;
+    candle_nn::Linear::new(w.clone(), None).forward(x)
+}
+
+/// Whether `t` is a half-precision (bf16/f16) CPU tensor: candle's CPU matmul has no kernel
+/// for those and widens both operands to f32 on every call, so the inference path keeps f32
+/// copies instead (the decoder's projections and the KV cache).
+pub(crate) fn half_on_cpu(t: &Tensor) -> bool {
+    t.device().is_cpu() && matches!(t.dtype(), DType::BF16 | DType::F16)
+}
+
+/// Whether a small-product kernel may take these tensors: f32 on the CPU, a contiguous weight.
+fn small_m_path(x: &Tensor, w: &Tensor) -> bool {
+    x.device().is_cpu()
+        && x.dtype() == DType::F32
+        && w.dtype() == DType::F32
+        && w.rank() == 2
+        && w.is_contiguous()
+}
+
+/// The small-product kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kernel {
+    /// alp's AVX-512 kernel (`avx512`).
+    Avx512,
+    /// gemm's AVX2/FMA microkernels.
+    Fma,
+}
+
+impl Kernel {
+    /// The best kernel this CPU has, if any.
+    fn detect() -> Option<Kernel> {
+        Kernel::all().into_iter().next()
+    }
+
+    /// Every kernel this CPU can run, best first.
+    fn all() -> Vec<Kernel> {
+        let mut out = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if avx512::available() {
+                out.push(Kernel::Avx512);
+            }
+            if std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("avx2") {
+                out.push(Kernel::Fma);
+            }
+        }
+        out
+    }
+
+    /// `dst[m×n] = lhs[m×k] · rhsᵀ` for a row-major `rhs` of `[n, k]`; every element of `dst`
+    /// is written.
+    fn run(self, m: usize, n: usize, k: usize, dst: &mut [f32], lhs: &[f32], rhs: &[f32]) {
+        match self {
+            Kernel::Avx512 => avx512_gemm(m, n, k, dst, lhs, rhs),
+            Kernel::Fma => fma_gemm(m, n, k, dst, lhs, rhs),
+        }
+    }
+}
+
+struct SmallM(Kernel);
+
+impl CustomOp2 for SmallM {
+    fn name(&self) -> &'static str {
+        "alp-linear-small-m"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = crate::fused::contiguous::<f32>(s1, l1, self.name())?;
+        let w = crate::fused::contiguous::<f32>(s2, l2, self.name())?;
+        let dims = l1.dims();
+        let k = *dims.last().unwrap_or(&0);
+        let (n, wk) = l2.shape().dims2()?;
+        if wk != k {
+            candle_core::bail!("linear: input rows of {k}, weight {:?}", l2.dims());
+        }
+        let m = x.len() / k.max(1);
+        let mut out = vec![0f32; m * n];
+        self.0.run(m, n, k, &mut out, x, w);
+        let mut shape = dims.to_vec();
+        *shape.last_mut().expect("rank ≥ 1") = n;
+        Ok((CpuStorage::F32(out), Shape::from(shape)))
+    }
+}
+
+/// A raw output pointer shared by tasks that write disjoint columns.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: tasks write disjoint columns of the output only (see `avx512_gemm`).
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// The pointer (a method, so that closures capture the wrapper, not its field).
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// `dst[m×n] = lhs[m×k] · rhsᵀ` on [`avx512`]'s kernel, the columns split across threads.
+#[cfg(target_arch = "x86_64")]
+fn avx512_gemm(m: usize, n: usize, k: usize, dst: &mut [f32], lhs: &[f32], rhs: &[f32]) {
+    use rayon::prelude::*;
+    assert!(dst.len() == m * n && lhs.len() == m * k && rhs.len() == n * k);
+    let out = SharedOut(dst.as_mut_ptr());
+    let tasks = threads().min(n.div_ceil(avx512::NR)).max(1);
+    let per = n.div_ceil(tasks).div_ceil(avx512::NR) * avx512::NR;
+    let run = |t: usize| {
+        let cols = (t * per).min(n)..((t + 1) * per).min(n);
+        // SAFETY: `Kernel::all` checked `available()`; the lengths are asserted above;
+        // each task writes only its own columns.
+        unsafe { avx512::gemm_nt(m, n, k, lhs.as_ptr(), rhs.as_ptr(), out.ptr(), cols) }
+    };
+    if tasks == 1 {
+        run(0)
+    } else {
+        (0..tasks).into_par_iter().for_each(run)
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn avx512_gemm(_: usize, _: usize, _: usize, _: &mut [f32], _: &[f32], _: &[f32]) {
+    unreachable!("the AVX-512 path is taken on x86-64 only")
+}
+
+/// `dst[m×n] = lhs[m×k] · rhsᵀ` for a row-major `rhs` of `[n, k]`, on gemm's AVX2/FMA kernels
+/// whatever kernel family the process picked for candle.
+#[cfg(target_arch = "x86_64")]
+fn fma_gemm(m: usize, n: usize, k: usize, dst: &mut [f32], lhs: &[f32], rhs: &[f32]) {
+    use gemm_f32::microkernel::fma::f32 as uk;
+    const LANES: usize = 8; // f32 lanes of an AVX2 register
+    assert!(dst.len() == m * n && lhs.len() == m * k && rhs.len() == n * k);
+    let threads = threads();
+    let parallelism = if threads > 1 {
+        gemm_common::Parallelism::Rayon(threads)
+    } else {
+        gemm_common::Parallelism::None
+    };
+    let simd = gemm_common::simd::V3::try_new().expect("checked: the CPU has AVX2 and FMA");
+    // SAFETY: the CPU has the kernels' instructions (checked by the caller and by `try_new`);
+    // the strides describe the three slices, whose lengths are asserted above: dst and lhs
+    // row-major, rhs read as its transpose (row stride 1, column stride k).
+    unsafe {
+        gemm_common::gemm::gemm_basic_generic::<
+            _,
+            f32,
+            LANES,
+            { uk::MR_DIV_N * LANES },
+            { uk::NR },
+            { uk::MR_DIV_N },
+            { uk::H_M },
+            { uk::H_N },
+        >(
+            simd,
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            1,
+            k as isize,
+            rhs.as_ptr(),
+            k as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            |a, b, c| a * b + c,
+            &uk::UKR,
+            &uk::H_UKR,
+            false,
+            parallelism,
+        );
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn fma_gemm(_: usize, _: usize, _: usize, _: &mut [f32], _: &[f32], _: &[f32]) {
+    unreachable!("the small-M path is taken on x86-64 only")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn abs_max(t: &Tensor) -> f32 {
+        t.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
+        abs_max(&(a - b).unwrap()) / abs_max(b).max(1e-6)
+    }
+
+    #[test]
+    fn small_m_products_match_candles_matmul() {
+        let dev = Device::Cpu;
+        // Odd sizes: rows that fill no tile, k and n off the SIMD width, 3-d inputs.
+        for (dims, n) in [
+            (vec![1usize, 64], 96usize),
+            (vec![3, 1, 37], 29),
+            (vec![17, 130], 257),
+            (vec![2, 32, 512], 1408),
+            (vec![SMALL_M_ROWS, 24], 8),
+            (vec![SMALL_M_ROWS + 1, 24], 8),
+        ] {
+            let k = *dims.last().unwrap();
+            let x = Tensor::randn(0f32, 1.0, dims.as_slice(), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+            let got = linear(&x, &w).unwrap();
+            let want = linear_reference(&x, &w).unwrap();
+            assert_eq!(got.dims(), want.dims());
+            let r = max_rel(&got, &want);
+            assert!(r < 1e-5, "{dims:?}×{n}: relative difference {r}");
+        }
+    }
+
+    #[test]
+    fn small_m_path_is_taken_where_it_should_be() {
+        let dev = Device::Cpu;
+        let w = Tensor::zeros((4, 8), DType::F32, &dev).unwrap();
+        let x = Tensor::zeros((2, 8), DType::F32, &dev).unwrap();
+        assert!(small_m_path(&x, &w));
+        assert!(!small_m_path(&x.to_dtype(DType::BF16).unwrap(), &w));
+        assert!(!small_m_path(&x, &w.t().unwrap()));
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f") {
+            assert_eq!(Kernel::detect(), Some(Kernel::Avx512));
+        }
+    }
+
+    /// Every kernel this CPU has, on one thread and split across threads, against a plain f64
+    /// triple loop: rows that fill no tile, `k` off the vector width (masked tails), columns
+    /// off the tile width, and a prefetch that runs past the weight's end.
+    #[test]
+    fn every_kernel_matches_a_plain_loop() {
+        let mut rng = 0x2545_f491_u32;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 17;
+            rng ^= rng << 5;
+            (rng as f32 / u32::MAX as f32) - 0.5
+        };
+        let kernels = Kernel::all();
+        for (m, n, k) in [
+            (1, 1, 1),
+            (1, 5, 16),
+            (5, 7, 17),
+            (6, 4, 33),
+            (7, 9, 31),
+            (13, 130, 64),
+            (32, 1408, 512),
+            (64, 96, 1408),
+        ] {
+            let x: Vec<f32> = (0..m * k).map(|_| next()).collect();
+            let w: Vec<f32> = (0..n * k).map(|_| next()).collect();
+            let want: Vec<f64> = (0..m * n)
+                .map(|o| {
+                    let (i, j) = (o / n, o % n);
+                    (0..k)
+                        .map(|t| x[i * k + t] as f64 * w[j * k + t] as f64)
+                        .sum()
+                })
+                .collect();
+            for &kernel in &kernels {
+                for single in [true, false] {
+                    let mut got = vec![f32::NAN; m * n];
+                    let mut run = || kernel.run(m, n, k, &mut got, &x, &w);
+                    if single {
+                        single_threaded(run)
+                    } else {
+                        #[allow(clippy::redundant_closure_call)]
+                        run()
+                    }
+                    for (o, (g, w)) in got.iter().zip(&want).enumerate() {
+                        let tol = 1e-5 * (k as f64).sqrt().max(1.0);
+                        assert!(
+                            (*g as f64 - w).abs() <= tol,
+                            "{kernel:?} single={single} {m}x{n}x{k} at {o}: {g} vs {w}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn single_threaded_is_scoped_to_its_closure() {
+        assert!(!SINGLE.with(|s| s.get()));
+        let inner = single_threaded(|| {
+            let nested = single_threaded(threads);
+            (nested, threads())
+        });
+        assert_eq!(inner, (1, 1));
+        assert!(!SINGLE.with(|s| s.get()));
+    }
+
+    #[test]
+    fn a_non_contiguous_input_is_read_as_its_values() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (24, 5), &dev)
+            .unwrap()
+            .t()
+            .unwrap();
+        let w = Tensor::randn(0f32, 1.0, (7, 24), &dev).unwrap();
+        let r = max_rel(&linear(&x, &w).unwrap(), &linear_reference(&x, &w).unwrap());
+        assert!(r < 1e-5, "relative difference {r}");
+    }
+}
