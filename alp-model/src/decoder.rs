@@ -73,8 +73,10 @@ impl Proj {
     }
 
     fn forward(&self, x: &Tensor, n: Numerics) -> Result<Tensor> {
-        if n != Numerics::Fused {
-            return Ok(self.linear.forward(x)?);
+        match n {
+            Numerics::Reference => return Ok(self.linear.forward(x)?),
+            Numerics::Differentiable => return self.forward_rows(x),
+            Numerics::Fused => {}
         }
         let w = self.linear.weight();
         let y = if crate::gemm::half_on_cpu(w) && x.dtype() == w.dtype() && !w.is_variable() {
@@ -93,6 +95,30 @@ impl Proj {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         })
+    }
+}
+
+impl Proj {
+    /// The training product: `x` flattened to rows, `x · wᵀ (+ b)`, reshaped back. candle's
+    /// `Linear` multiplies a `[batch, seq, k]` input by the weight broadcast over the batch,
+    /// so the weight's gradient was `batch` products of `[k, seq] · [seq, n]`, transposed and
+    /// then summed over the batch (a strided copy of `batch` weight-sized tensors). Here it is
+    /// one product `xᵀ · dy` over all rows, left as the transposed view it is.
+    fn forward_rows(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        let k = *dims.last().unwrap_or(&0);
+        let rows = x.elem_count() / k.max(1);
+        let w = self.linear.weight();
+        let y = x.reshape((rows, k))?.matmul(&w.t()?)?;
+        let y = match self.linear.bias() {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out = dims.to_vec();
+        if let Some(last) = out.last_mut() {
+            *last = w.dim(0)?;
+        }
+        Ok(y.reshape(out)?)
     }
 }
 
@@ -169,18 +195,28 @@ impl Attention {
             (Some(qn), Some(kn)) => (qn.forward(&q, n)?, kn.forward(&k, n)?),
             _ => (q, k),
         };
-        let q = q.transpose(1, 2)?.contiguous()?;
-        let k = k.transpose(1, 2)?.contiguous()?;
         let v = v.transpose(1, 2)?.contiguous()?;
+        // q and k go from [b, t, heads, hd] to [b, heads, t, hd] inside alp's rotary kernel
+        // on f32 CPU tensors (no transposing copy, forward or backward); elsewhere a copy
+        // first, then candle's kernel (inference) or the twin.
+        let cpu_f32 = q.device().is_cpu() && q.dtype() == DType::F32;
+        let heads_first = |t: Tensor| t.transpose(1, 2)?.contiguous();
         let (q, k) = match n {
-            Numerics::Fused => (
-                rope::apply_fused(&q, cos, sin)?,
-                rope::apply_fused(&k, cos, sin)?,
+            Numerics::Differentiable | Numerics::Fused if cpu_f32 => (
+                fused::rope_from_seq_major(&q, cos, sin)?,
+                fused::rope_from_seq_major(&k, cos, sin)?,
             ),
-            Numerics::Differentiable => (fused::rope(&q, cos, sin)?, fused::rope(&k, cos, sin)?),
+            Numerics::Fused => (
+                rope::apply_fused(&heads_first(q)?, cos, sin)?,
+                rope::apply_fused(&heads_first(k)?, cos, sin)?,
+            ),
+            Numerics::Differentiable => (
+                fused::rope(&heads_first(q)?, cos, sin)?,
+                fused::rope(&heads_first(k)?, cos, sin)?,
+            ),
             Numerics::Reference => (
-                fused::twin::rope(&q, cos, sin)?,
-                fused::twin::rope(&k, cos, sin)?,
+                fused::twin::rope(&heads_first(q)?, cos, sin)?,
+                fused::twin::rope(&heads_first(k)?, cos, sin)?,
             ),
         };
         let (k, v) = match cache {

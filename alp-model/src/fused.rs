@@ -210,6 +210,20 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
 /// Rotate-half rotary embedding; `inverse` rotates by −θ (the transpose, hence the backward).
 struct Rope {
     inverse: bool,
+    layout: RopeLayout,
+}
+
+/// Where the heads sit in a rotary kernel's input and output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RopeLayout {
+    /// `[batch, heads, seq, head_dim]` in and out.
+    Heads,
+    /// `[batch, seq, heads, head_dim]` in (a projection's output as it is), `[batch, heads,
+    /// seq, head_dim]` out: the transpose is part of the kernel instead of a copy before it.
+    FromSeq,
+    /// The reverse (`FromSeq`'s backward): `[batch, heads, seq, head_dim]` in, `[batch, seq,
+    /// heads, head_dim]` out.
+    ToSeq,
 }
 
 impl CustomOp3 for Rope {
@@ -228,7 +242,13 @@ impl CustomOp3 for Rope {
         let x = contiguous::<f32>(s1, l1, self.name())?;
         let cos = contiguous::<f32>(s2, l2, self.name())?;
         let sin = contiguous::<f32>(s3, l3, self.name())?;
-        let (b, h, t, d) = l1.shape().dims4()?;
+        let (b, h, t, d) = match self.layout {
+            RopeLayout::FromSeq => {
+                let (b, t, h, d) = l1.shape().dims4()?;
+                (b, h, t, d)
+            }
+            RopeLayout::Heads | RopeLayout::ToSeq => l1.shape().dims4()?,
+        };
         let half = d / 2;
         if d % 2 != 0 || cos.len() != b * t * half || sin.len() != cos.len() {
             candle_core::bail!(
@@ -239,12 +259,25 @@ impl CustomOp3 for Rope {
         }
         let sign = if self.inverse { -1.0f32 } else { 1.0 };
         let mut out = vec![0f32; x.len()];
+        let layout = self.layout;
         for_rows(&mut out, d, |o, r| {
-            // Row r is (batch, head, position) in that order.
-            let (bi, ti) = (r / (h * t), r % t);
+            // Output row r, its (batch, position) and its input row.
+            let (bi, ti, src) = match layout {
+                RopeLayout::Heads => (r / (h * t), r % t, r),
+                RopeLayout::FromSeq => {
+                    // r = (batch, head, position); the input row is (batch, position, head).
+                    let (bi, hi, ti) = (r / (h * t), (r / t) % h, r % t);
+                    (bi, ti, (bi * t + ti) * h + hi)
+                }
+                RopeLayout::ToSeq => {
+                    // r = (batch, position, head); the input row is (batch, head, position).
+                    let (bi, ti, hi) = (r / (t * h), (r / h) % t, r % h);
+                    (bi, ti, (bi * h + hi) * t + ti)
+                }
+            };
             let tab = (bi * t + ti) * half;
             let (c, s) = (&cos[tab..tab + half], &sin[tab..tab + half]);
-            let xr = &x[r * d..(r + 1) * d];
+            let xr = &x[src * d..(src + 1) * d];
             let (x1, x2) = xr.split_at(half);
             let (o1, o2) = o.split_at_mut(half);
             for i in 0..half {
@@ -253,7 +286,12 @@ impl CustomOp3 for Rope {
                 o2[i] = x2[i] * c[i] + x1[i] * si;
             }
         });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        let shape = match self.layout {
+            RopeLayout::Heads => l1.shape().clone(),
+            RopeLayout::FromSeq => Shape::from((b, h, t, d)),
+            RopeLayout::ToSeq => Shape::from((b, t, h, d)),
+        };
+        Ok((CpuStorage::F32(out), shape))
     }
     fn bwd(
         &self,
@@ -263,11 +301,17 @@ impl CustomOp3 for Rope {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let layout = match self.layout {
+            RopeLayout::Heads => RopeLayout::Heads,
+            RopeLayout::FromSeq => RopeLayout::ToSeq,
+            RopeLayout::ToSeq => RopeLayout::FromSeq,
+        };
         let dx = grad.contiguous()?.apply_op3(
             cos,
             sin,
             Rope {
                 inverse: !self.inverse,
+                layout,
             },
         )?;
         Ok((Some(dx), None, None))
@@ -283,7 +327,27 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op3(
         &cos.contiguous()?,
         &sin.contiguous()?,
-        Rope { inverse: false },
+        Rope {
+            inverse: false,
+            layout: RopeLayout::Heads,
+        },
+    )
+}
+
+/// [`rope`] of `x` given as `[batch, seq, heads, head_dim]` (a projection's output, reshaped),
+/// returned as `[batch, heads, seq, head_dim]`: `rope(x.transpose(1, 2))` without the copy the
+/// transpose needs, in either direction of the backward pass; differentiable in `x`.
+pub fn rope_from_seq_major(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if !fusable(&[x, cos, sin]) {
+        return twin::rope(&x.transpose(1, 2)?.contiguous()?, cos, sin);
+    }
+    x.contiguous()?.apply_op3(
+        &cos.contiguous()?,
+        &sin.contiguous()?,
+        Rope {
+            inverse: false,
+            layout: RopeLayout::FromSeq,
+        },
     )
 }
 

@@ -126,6 +126,19 @@ proptest! {
     }
 
     #[test]
+    fn rope_from_seq_major_matches_transpose_then_twin(b in 1usize..3, h in 1usize..5, t in 1usize..20, half in 1usize..40, seed in 0u64..1000) {
+        let x = randn(&[b, t, h, 2 * half], seed);
+        let cos = randn(&[b, t, half], seed + 1);
+        let sin = randn(&[b, t, half], seed + 2);
+        check_vars(
+            &[x, cos, sin],
+            1,
+            &|v| fused::rope_from_seq_major(&v[0], &v[1], &v[2]),
+            &|v| twin::rope(&v[0].transpose(1, 2)?.contiguous()?, &v[1], &v[2]),
+        );
+    }
+
+    #[test]
     fn softmax_matches_twin(rows in 1usize..50, d in 1usize..300, seed in 0u64..1000, mask in any::<bool>()) {
         let mut x = randn(&[rows, d], seed);
         if mask && d > 1 {

@@ -734,10 +734,13 @@ impl GradStore {
         Ok(grad)
     }
 
-    /// Adds `grad` to the gradient of `tensor`; the first contribution is stored as it is
-    /// (made contiguous) instead of being added to a fresh tensor of zeros, which saves a
+    /// Adds `grad` to the gradient of `tensor`; the first contribution is stored as it is,
+    /// layout included, instead of being added to a fresh tensor of zeros, which saves a
     /// zero-fill, an addition and an allocation per contribution (alp's patch; candle
-    /// issue #1241). `grad` must have the shape and dtype of `tensor`, as `add` requires.
+    /// issue #1241). A stored gradient may therefore be a view (a weight's gradient through
+    /// `x.matmul(&w.t())` is the transpose of a contiguous product): ops and callers that need
+    /// a contiguous gradient make it so, as they must for any tensor. `grad` must have the
+    /// shape and dtype of `tensor`, as `add` requires.
     fn accumulate(&mut self, tensor: &Tensor, grad: &Tensor) -> Result<()> {
         match self.0.entry(tensor.id()) {
             Entry::Occupied(mut entry) => {
@@ -761,7 +764,7 @@ impl GradStore {
                     }
                     .bt())?
                 }
-                entry.insert(grad.contiguous()?);
+                entry.insert(grad.clone());
             }
         }
         Ok(())
