@@ -183,3 +183,28 @@ fn matmul_writes_every_output_element() {
         }
     }
 }
+
+#[test]
+fn a_transposed_right_operand_gets_a_contiguous_gradient_with_the_same_values() {
+    let dev = Device::Cpu;
+    // A linear layer (rank 2) and attention scores (rank 4): `a · bᵀ` with `b` contiguous.
+    for (a_shape, b_shape) in [
+        (vec![5usize, 7], vec![3usize, 7]),
+        (vec![2, 3, 4, 8], vec![2, 3, 6, 8]),
+    ] {
+        let a =
+            Var::from_tensor(&Tensor::randn(0f32, 1.0, a_shape.as_slice(), &dev).unwrap()).unwrap();
+        let b =
+            Var::from_tensor(&Tensor::randn(0f32, 1.0, b_shape.as_slice(), &dev).unwrap()).unwrap();
+        let y = a.as_tensor().matmul(&b.as_tensor().t().unwrap()).unwrap();
+        let c = Tensor::randn(0f32, 1.0, y.dims(), &dev).unwrap();
+        let g = (&y * &c).unwrap().sum_all().unwrap().backward().unwrap();
+        // d/db Σ c ⊙ (a·bᵀ) = cᵀ·a, d/da = c·b.
+        let want_b = c.t().unwrap().matmul(a.as_tensor()).unwrap();
+        let want_a = c.matmul(b.as_tensor()).unwrap();
+        let got_b = g.get(b.as_tensor()).unwrap();
+        assert!(got_b.is_contiguous(), "{b_shape:?}: the gradient is a view");
+        assert!(rel_diff(got_b, &want_b) < 1e-6);
+        assert!(rel_diff(g.get(a.as_tensor()).unwrap(), &want_a) < 1e-6);
+    }
+}

@@ -445,7 +445,16 @@ impl Tensor {
                         let lhs_grad = grad.matmul(&rhs.t()?)?;
                         grads.accumulate(lhs, &lhs_grad)?;
 
-                        let rhs_grad = lhs.t()?.matmul(&grad)?;
+                        // alp patch: a right operand that is the transpose of a contiguous
+                        // tensor (`x.matmul(&w.t())`, a linear layer) gets its gradient as
+                        // `(gradᵀ·lhs)ᵀ`, the same numbers as `lhsᵀ·grad`, so that the transpose's
+                        // own backward hands `w` a contiguous gradient instead of a transposed
+                        // view that every later use would have to copy.
+                        let rhs_grad = if !rhs.is_contiguous() && rhs.t()?.is_contiguous() {
+                            grad.t()?.matmul(lhs)?.t()?
+                        } else {
+                            lhs.t()?.matmul(&grad)?
+                        };
                         grads.accumulate(rhs, &rhs_grad)?;
                     }
                     Op::Cat(args, dim) => {
