@@ -324,14 +324,7 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     if !fusable(&[x, cos, sin]) {
         return twin::rope(x, cos, sin);
     }
-    x.contiguous()?.apply_op3(
-        &cos.contiguous()?,
-        &sin.contiguous()?,
-        Rope {
-            inverse: false,
-            layout: RopeLayout::Heads,
-        },
-    )
+    apply_rope(x, cos, sin, RopeLayout::Heads)
 }
 
 /// [`rope`] of `x` given as `[batch, seq, heads, head_dim]` (a projection's output, reshaped),
@@ -341,12 +334,16 @@ pub fn rope_from_seq_major(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Ten
     if !fusable(&[x, cos, sin]) {
         return twin::rope(&x.transpose(1, 2)?.contiguous()?, cos, sin);
     }
+    apply_rope(x, cos, sin, RopeLayout::FromSeq)
+}
+
+fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor, layout: RopeLayout) -> Result<Tensor> {
     x.contiguous()?.apply_op3(
         &cos.contiguous()?,
         &sin.contiguous()?,
         Rope {
             inverse: false,
-            layout: RopeLayout::FromSeq,
+            layout,
         },
     )
 }
