@@ -96,9 +96,7 @@ impl Proj {
             None => y,
         })
     }
-}
 
-impl Proj {
     /// The training product: `x` flattened to rows, `x · wᵀ (+ b)`, reshaped back. candle's
     /// `Linear` multiplies a `[batch, seq, k]` input by the weight broadcast over the batch,
     /// so the weight's gradient was `batch` products of `[k, seq] · [seq, n]`, transposed and

@@ -101,9 +101,10 @@ enum Kernel {
 }
 
 impl Kernel {
-    /// The best kernel this CPU has, if any.
+    /// The best kernel this CPU has, if any (looked up once: `linear` asks on every product).
     fn detect() -> Option<Kernel> {
-        Kernel::all().into_iter().next()
+        static BEST: std::sync::OnceLock<Option<Kernel>> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| Kernel::all().into_iter().next())
     }
 
     /// Every kernel this CPU can run, best first.

@@ -177,10 +177,10 @@ fn machine(device: &str) -> serde_json::Value {
             }
         }
         // The gemm crate is built with its AVX-512 kernels too and picks a family at run time;
-        // alp's inference products with few rows take the AVX2/FMA kernels (alp_model::gemm).
+        // alp's inference products with few rows take alp's own kernels (alp_model::gemm).
         let family = if feats.contains(&"avx512f") {
             format!(
-                "AVX-512 kernels; inference products of at most {} rows on the AVX2/FMA kernels",
+                "AVX-512 kernels; inference products of at most {} rows on alp's AVX-512 kernel",
                 alp_model::gemm::SMALL_M_ROWS
             )
         } else if feats.contains(&"fma") {

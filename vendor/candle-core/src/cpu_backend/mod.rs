@@ -351,8 +351,7 @@ impl ReduceSum<'_> {
                 // two dimensions, as a bias's backward does, take 16 ns per element). The
                 // additions happen in the same order, so the sums are the same.
                 let rank = src_l.shape().rank();
-                if self.reduce_dims.last().is_some_and(|&d| d + 1 < rank) {
-                    let last_reduced = *self.reduce_dims.last().expect("checked above");
+                if let Some(&last_reduced) = self.reduce_dims.last().filter(|&&d| d + 1 < rank) {
                     let inner: usize = src_l.dims()[last_reduced + 1..].iter().product();
                     for (c, block) in src.chunks_exact(inner).enumerate() {
                         let mut dst_index = c * inner;
