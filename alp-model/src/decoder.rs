@@ -52,12 +52,15 @@ impl RmsNorm {
 /// numerics it is [`crate::gemm::linear`], whose SIMD kernels suit the product's shape; with
 /// bf16/f16 weights on the CPU it multiplies in f32 over a widened copy of the weight made on
 /// first use, as candle's CPU matmul does on every call (it has no half-precision kernel and
-/// widens both operands each time), then rounds the product back. Only weights that are not
-/// training variables get the copy: a variable can change in place, the copy would go stale.
+/// widens both operands each time), then rounds the product back. A decode step's small
+/// products over such a weight go through a packed copy ([`crate::gemm::PackedWeight`]), also
+/// made on first use. Only weights that are not training variables (the rollout engine's
+/// snapshot) get copies: a variable can change in place, a copy would go stale.
 #[derive(Debug, Clone)]
 struct Proj {
     linear: Linear,
     wide: Arc<OnceLock<Tensor>>,
+    packed: Arc<OnceLock<Option<crate::gemm::PackedWeight>>>,
 }
 
 impl Proj {
@@ -65,6 +68,7 @@ impl Proj {
         Proj {
             linear: Linear::new(weight, bias),
             wide: Arc::new(OnceLock::new()),
+            packed: Arc::new(OnceLock::new()),
         }
     }
 
@@ -79,7 +83,8 @@ impl Proj {
             Numerics::Fused => {}
         }
         let w = self.linear.weight();
-        let y = if crate::gemm::half_on_cpu(w) && x.dtype() == w.dtype() && !w.is_variable() {
+        let frozen = !w.is_variable();
+        let y = if crate::gemm::half_on_cpu(w) && x.dtype() == w.dtype() && frozen {
             let wide = match self.wide.get() {
                 Some(t) => t,
                 None => {
@@ -87,13 +92,39 @@ impl Proj {
                     self.wide.get().expect("set above")
                 }
             };
-            crate::gemm::linear(&x.to_dtype(DType::F32)?, wide)?.to_dtype(w.dtype())?
+            self.frozen_product(&x.to_dtype(DType::F32)?, wide)?
+                .to_dtype(w.dtype())?
+        } else if frozen {
+            self.frozen_product(x, w)?
         } else {
             crate::gemm::linear(x, w)?
         };
         Ok(match self.linear.bias() {
             Some(b) => y.broadcast_add(b)?,
             None => y,
+        })
+    }
+
+    /// `x · wᵀ` for a weight that cannot change (`w`, or its widened copy): a small product
+    /// (a decode step) packs the weight on first use ([`crate::gemm::PackedWeight`]) and
+    /// multiplies over the packed copy from then on; a larger one (prefill, scoring) goes to
+    /// [`crate::gemm::linear`] and packs nothing.
+    fn frozen_product(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        let k = x.dim(candle_core::D::Minus1)?;
+        let rows = x.elem_count() / k.max(1);
+        if rows > crate::gemm::SMALL_M_ROWS {
+            return Ok(crate::gemm::linear(x, w)?);
+        }
+        let packed = match self.packed.get() {
+            Some(p) => p,
+            None => {
+                let _ = self.packed.set(crate::gemm::PackedWeight::new(w)?);
+                self.packed.get().expect("set above")
+            }
+        };
+        Ok(match packed {
+            Some(p) => crate::gemm::linear_packed(x, w, p)?,
+            None => crate::gemm::linear(x, w)?,
         })
     }
 

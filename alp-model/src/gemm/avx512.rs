@@ -165,3 +165,116 @@ unsafe fn reduce4(a: __m512, b: __m512, c: __m512, d: __m512) -> __m128 {
     let s = _mm256_add_ps(lo, hi);
     _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s))
 }
+
+/// Output columns in a panel of a packed weight ([`Line`]s of two vectors per step of `k`).
+pub(super) const PANEL: usize = 32;
+/// Rows of `x` in a tile of the packed kernel.
+pub(super) const PACKED_MR: usize = 12;
+
+/// Sixteen f32 lanes on a cache line: the unit of a packed weight.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+pub(super) struct Line(pub(super) [f32; 16]);
+
+/// `w` (`n × k`, row-major) as panels of [`PANEL`] output columns: panel `p`, step `t` holds
+/// `w[p·32 .. p·32 + 32, t]` on two [`Line`]s, columns past `n` zero. Each panel is contiguous,
+/// so the kernel streams it in order.
+pub(super) fn pack(n: usize, k: usize, w: &[f32]) -> Vec<Line> {
+    assert_eq!(w.len(), n * k, "pack: a {n}×{k} weight");
+    let panels = n.div_ceil(PANEL);
+    let mut out = vec![Line([0.0; 16]); panels * k * 2];
+    for (j, row) in w.chunks_exact(k.max(1)).enumerate().take(n) {
+        let (p, c) = (j / PANEL, j % PANEL);
+        let (half, lane) = (c / 16, c % 16);
+        for (t, &v) in row.iter().enumerate() {
+            out[(p * k + t) * 2 + half].0[lane] = v;
+        }
+    }
+    out
+}
+
+/// `out[i, j] = Σ_t x[i, t] · w[j, t]` over the panels `panels` of a packed weight ([`pack`]):
+/// `x` is `m × k`, `out` is `m × n`, row-major. Each output is summed over `t` in order, in
+/// one lane, so its value depends on neither `m`, the tiling nor the threading.
+///
+/// # Safety
+/// The CPU has AVX-512F ([`available`]); `x` and `out` hold `m·k` and `m·n` elements, `w`
+/// is `pack(n, k, ..)`'s output; `panels` lies within `0..n.div_ceil(PANEL)`; no other thread
+/// writes those panels' columns of `out` meanwhile.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn gemm_packed(
+    m: usize,
+    n: usize,
+    k: usize,
+    x: *const f32,
+    w: *const Line,
+    out: *mut f32,
+    panels: std::ops::Range<usize>,
+) {
+    for p in panels {
+        let b = w.add(p * k * 2) as *const f32;
+        let cols = (n - p * PANEL).min(PANEL);
+        let lo = ((1u32 << cols.min(16)) - 1) as __mmask16;
+        let hi = ((1u64 << cols.saturating_sub(16)) - 1) as __mmask16;
+        let out = out.add(p * PANEL);
+        let mut i = 0;
+        while i + PACKED_MR <= m {
+            panel_tile::<PACKED_MR>(k, x.add(i * k), b, out.add(i * n), n, lo, hi, i == 0);
+            i += PACKED_MR;
+        }
+        let (x, out, pf) = (x.add(i * k), out.add(i * n), i == 0);
+        macro_rules! rest {
+            ($($r:literal)*) => {
+                match m - i {
+                    $($r => panel_tile::<$r>(k, x, b, out, n, lo, hi, pf),)*
+                    _ => {}
+                }
+            };
+        }
+        rest!(1 2 3 4 5 6 7 8 9 10 11);
+    }
+}
+
+/// `R` rows of `x` (stride `k`) against one panel `b` ([`pack`]), written to `out` (row stride
+/// `ldo`) where the masks `lo`, `hi` select the panel's columns. The first row tile of a panel
+/// (`prefetch`) brings the panel in from memory ahead of use; later tiles find it in cache.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn panel_tile<const R: usize>(
+    k: usize,
+    x: *const f32,
+    b: *const f32,
+    out: *mut f32,
+    ldo: usize,
+    lo: __mmask16,
+    hi: __mmask16,
+    prefetch: bool,
+) {
+    /// How far ahead the first tile prefetches: 4 KiB of the panel, 32 steps of `k`.
+    const AHEAD: usize = 1024;
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    for t in 0..k {
+        let b0 = _mm512_load_ps(b.add(t * PANEL));
+        let b1 = _mm512_load_ps(b.add(t * PANEL + 16));
+        if prefetch {
+            // Only an address: prefetching past the weight's end does not fault.
+            let ahead = b.wrapping_add(t * PANEL + AHEAD);
+            _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(16) as *const i8);
+        }
+        for (r, a) in acc.iter_mut().enumerate() {
+            let xv = _mm512_set1_ps(*x.add(r * k + t));
+            a[0] = _mm512_fmadd_ps(xv, b0, a[0]);
+            a[1] = _mm512_fmadd_ps(xv, b1, a[1]);
+        }
+    }
+    for (r, a) in acc.iter().enumerate() {
+        let o = out.add(r * ldo);
+        _mm512_mask_storeu_ps(o, lo, a[0]);
+        // Masked-off lanes are not written, and a masked store does not fault on them.
+        _mm512_mask_storeu_ps(o.wrapping_add(16), hi, a[1]);
+    }
+}
