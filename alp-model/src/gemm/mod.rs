@@ -11,6 +11,11 @@
 //! the CPU has AVX-512, gemm's AVX2/FMA kernels elsewhere; everything else goes to candle's
 //! matmul.
 //!
+//! A weight that cannot change (the rollout engine's snapshot) can be packed once
+//! ([`PackedWeight`], [`linear_packed`]) for a second AVX-512 kernel that multiplies it as an
+//! outer product: contiguous panels of 32 output columns, 12 rows of `x` broadcast against
+//! them, no lane reductions. The decoder packs each projection on its first decode step.
+//!
 //! A small product splits its output columns across candle's threads, unless the calling
 //! thread asked for one ([`single_threaded`]): the rollout engine's shards, which already
 //! run one per core, do.

@@ -180,7 +180,7 @@ fn machine(device: &str) -> serde_json::Value {
         // alp's inference products with few rows take alp's own kernels (alp_model::gemm).
         let family = if feats.contains(&"avx512f") {
             format!(
-                "AVX-512 kernels; inference products of at most {} rows on alp's AVX-512 kernel",
+                "AVX-512 kernels; inference products of at most {} rows on alp's AVX-512 kernels (packed weights for the rollout snapshot)",
                 alp_model::gemm::SMALL_M_ROWS
             )
         } else if feats.contains(&"fma") {
