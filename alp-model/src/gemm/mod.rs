@@ -260,48 +260,47 @@ impl SharedOut {
     }
 }
 
+/// Runs `run` over `0..units` in contiguous shares, one per thread this product may use
+/// ([`threads`]), on the calling thread where that is one.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn for_each_share(units: usize, run: impl Fn(std::ops::Range<usize>) + Sync) {
+    use rayon::prelude::*;
+    let tasks = threads().min(units).max(1);
+    let per = units.div_ceil(tasks);
+    let share = |t: usize| run((t * per).min(units)..((t + 1) * per).min(units));
+    if tasks == 1 {
+        share(0)
+    } else {
+        (0..tasks).into_par_iter().for_each(share)
+    }
+}
+
 /// `dst[m×n] = lhs[m×k] · rhsᵀ` on [`avx512`]'s kernel, the columns split across threads.
 #[cfg(target_arch = "x86_64")]
 fn avx512_gemm(m: usize, n: usize, k: usize, dst: &mut [f32], lhs: &[f32], rhs: &[f32]) {
-    use rayon::prelude::*;
     assert!(dst.len() == m * n && lhs.len() == m * k && rhs.len() == n * k);
     let out = SharedOut(dst.as_mut_ptr());
-    let tasks = threads().min(n.div_ceil(avx512::NR)).max(1);
-    let per = n.div_ceil(tasks).div_ceil(avx512::NR) * avx512::NR;
-    let run = |t: usize| {
-        let cols = (t * per).min(n)..((t + 1) * per).min(n);
+    // Shares of whole tiles of `NR` columns.
+    for_each_share(n.div_ceil(avx512::NR), |tiles| {
+        let cols = (tiles.start * avx512::NR).min(n)..(tiles.end * avx512::NR).min(n);
         // SAFETY: `Kernel::all` checked `available()`; the lengths are asserted above;
-        // each task writes only its own columns.
+        // each share writes only its own columns.
         unsafe { avx512::gemm_nt(m, n, k, lhs.as_ptr(), rhs.as_ptr(), out.ptr(), cols) }
-    };
-    if tasks == 1 {
-        run(0)
-    } else {
-        (0..tasks).into_par_iter().for_each(run)
-    }
+    })
 }
 
 /// `dst[m×n] = lhs[m×k] · wᵀ` on [`avx512`]'s packed kernel (`w` from `avx512::pack`), the
 /// panels split across threads.
 #[cfg(target_arch = "x86_64")]
 fn packed_gemm(m: usize, n: usize, k: usize, dst: &mut [f32], lhs: &[f32], w: &[avx512::Line]) {
-    use rayon::prelude::*;
     let panels = n.div_ceil(avx512::PANEL);
     assert!(dst.len() == m * n && lhs.len() == m * k && w.len() == panels * k * 2);
     let out = SharedOut(dst.as_mut_ptr());
-    let tasks = threads().min(panels).max(1);
-    let per = panels.div_ceil(tasks);
-    let run = |t: usize| {
-        let mine = (t * per).min(panels)..((t + 1) * per).min(panels);
+    for_each_share(panels, |mine| {
         // SAFETY: a `PackedWeight` exists only where `available()`; the lengths are asserted
-        // above; each task writes only its own panels' columns.
+        // above; each share writes only its own panels' columns.
         unsafe { avx512::gemm_packed(m, n, k, lhs.as_ptr(), w.as_ptr(), out.ptr(), mine) }
-    };
-    if tasks == 1 {
-        run(0)
-    } else {
-        (0..tasks).into_par_iter().for_each(run)
-    }
+    })
 }
 
 #[cfg(not(target_arch = "x86_64"))]
