@@ -331,7 +331,8 @@ impl Mlp {
         let u = self.up_proj.forward(x, n)?;
         let a = match n {
             Numerics::Differentiable => fused::silu_mul(&g, &u)?,
-            Numerics::Fused | Numerics::Reference => fused::twin::silu_mul(&g, &u)?,
+            Numerics::Fused => fused::silu_mul_inference(&g, &u)?,
+            Numerics::Reference => fused::twin::silu_mul(&g, &u)?,
         };
         self.down_proj.forward(&a, n)
     }

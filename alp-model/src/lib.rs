@@ -32,6 +32,7 @@ pub mod perturbation;
 pub mod rope;
 pub mod save;
 pub mod tokenizer;
+mod vmath;
 
 pub use config::{presets, Config, ModelType};
 pub use decoder::{Model, Numerics};

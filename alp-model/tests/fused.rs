@@ -148,6 +148,15 @@ proptest! {
         check(&[g, u], &|t| fused::silu_mul(&t[0], &t[1]), &|t| twin::silu_mul(&t[0], &t[1]));
     }
 
+    /// The inference op (no backward, vectorised `exp`): values only, odd widths included.
+    #[test]
+    fn silu_mul_inference_matches_twin(rows in 1usize..50, d in 1usize..400, seed in 0u64..1000) {
+        let g = (randn(&[rows, d], seed) * 3.0).unwrap();
+        let u = randn(&[rows, d], seed + 1);
+        let e = rel_err(&fused::silu_mul_inference(&g, &u).unwrap(), &twin::silu_mul(&g, &u).unwrap());
+        prop_assert!(e <= 1e-6, "values differ by {}", e);
+    }
+
     #[test]
     fn log_softmax_gather_matches_twin(rows in 1usize..60, v in 1usize..3000, seed in 0u64..1000) {
         let x = (randn(&[rows, v], seed) * 5.0).unwrap();
