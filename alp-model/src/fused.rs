@@ -421,6 +421,27 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 // ---------------------------------------------------------------------------------------------
 // SwiGLU: silu(g) · u
 
+/// SwiGLU's inputs as contiguous slices of one shape (gate, up).
+fn silu_mul_inputs<'a>(
+    s1: &'a CpuStorage,
+    l1: &Layout,
+    s2: &'a CpuStorage,
+    l2: &Layout,
+    op: &str,
+) -> Result<(&'a [f32], &'a [f32])> {
+    if l1.dims() != l2.dims() {
+        candle_core::bail!(
+            "silu_mul: gate {:?} and up {:?} differ",
+            l1.dims(),
+            l2.dims()
+        );
+    }
+    Ok((
+        contiguous::<f32>(s1, l1, op)?,
+        contiguous::<f32>(s2, l2, op)?,
+    ))
+}
+
 struct SiluMul;
 
 fn sigmoid(v: f32) -> f32 {
@@ -438,15 +459,7 @@ impl CustomOp2 for SiluMul {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = contiguous::<f32>(s1, l1, self.name())?;
-        let u = contiguous::<f32>(s2, l2, self.name())?;
-        if l1.dims() != l2.dims() {
-            candle_core::bail!(
-                "silu_mul: gate {:?} and up {:?} differ",
-                l1.dims(),
-                l2.dims()
-            );
-        }
+        let (g, u) = silu_mul_inputs(s1, l1, s2, l2, self.name())?;
         let d = last_dim(l1)?;
         let mut out = vec![0f32; g.len()];
         for_rows(&mut out, d, |o, r| {
@@ -537,15 +550,7 @@ impl CustomOp2 for SiluMulInference {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = contiguous::<f32>(s1, l1, self.name())?;
-        let u = contiguous::<f32>(s2, l2, self.name())?;
-        if l1.dims() != l2.dims() {
-            candle_core::bail!(
-                "silu_mul: gate {:?} and up {:?} differ",
-                l1.dims(),
-                l2.dims()
-            );
-        }
+        let (g, u) = silu_mul_inputs(s1, l1, s2, l2, self.name())?;
         let mut out = vec![0f32; g.len()];
         #[cfg(target_arch = "x86_64")]
         {

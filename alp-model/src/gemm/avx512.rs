@@ -14,14 +14,7 @@ pub(super) const NR: usize = 4;
 
 /// Whether this CPU has the kernel's instructions.
 pub(super) fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    crate::vmath::available()
 }
 
 /// `out[i, j] = Σ_t x[i, t] · w[j, t]` for the output columns `cols` (a range of `w`'s rows):
