@@ -85,13 +85,7 @@ impl Proj {
         let w = self.linear.weight();
         let frozen = !w.is_variable();
         let y = if crate::gemm::half_on_cpu(w) && x.dtype() == w.dtype() && frozen {
-            let wide = match self.wide.get() {
-                Some(t) => t,
-                None => {
-                    let _ = self.wide.set(w.to_dtype(DType::F32)?);
-                    self.wide.get().expect("set above")
-                }
-            };
+            let wide = get_or_try_init(&self.wide, || w.to_dtype(DType::F32))?;
             self.frozen_product(&x.to_dtype(DType::F32)?, wide)?
                 .to_dtype(w.dtype())?
         } else if frozen {
@@ -115,13 +109,7 @@ impl Proj {
         if rows > crate::gemm::SMALL_M_ROWS {
             return Ok(crate::gemm::linear(x, w)?);
         }
-        let packed = match self.packed.get() {
-            Some(p) => p,
-            None => {
-                let _ = self.packed.set(crate::gemm::PackedWeight::new(w)?);
-                self.packed.get().expect("set above")
-            }
-        };
+        let packed = get_or_try_init(&self.packed, || crate::gemm::PackedWeight::new(w))?;
         Ok(match packed {
             Some(p) => crate::gemm::linear_packed(x, w, p)?,
             None => crate::gemm::linear(x, w)?,
@@ -149,6 +137,19 @@ impl Proj {
         }
         Ok(y.reshape(out)?)
     }
+}
+
+/// `cell`'s value, made by `make` on first use (`OnceLock::get_or_try_init` is not stable).
+/// Threads that race both make one; the first stored wins and the others are dropped.
+fn get_or_try_init<T>(
+    cell: &OnceLock<T>,
+    make: impl FnOnce() -> candle_core::Result<T>,
+) -> candle_core::Result<&T> {
+    if let Some(v) = cell.get() {
+        return Ok(v);
+    }
+    let _ = cell.set(make()?);
+    Ok(cell.get().expect("set above"))
 }
 
 fn linear(inp: usize, out: usize, bias: bool, vb: VarBuilder) -> Result<Proj> {

@@ -19,6 +19,12 @@ pub(crate) fn available() -> bool {
     }
 }
 
+/// The mask of the first `n` of 16 lanes (all of them from 16 on): a loop's tail, or the
+/// columns of a partial panel.
+pub(crate) fn first_lanes(n: usize) -> u16 {
+    ((1u32 << n.min(16)) - 1) as u16
+}
+
 /// `e^x` on 16 lanes; inputs are clamped to ±88.376 (the result saturates near `f32::MAX`
 /// and near 0, where the exact value overflows or is subnormal).
 #[cfg(target_arch = "x86_64")]
@@ -60,12 +66,7 @@ unsafe fn exp(xs: &[f32], out: &mut [f32]) {
     assert_eq!(xs.len(), out.len());
     let mut i = 0;
     while i < xs.len() {
-        let left = xs.len() - i;
-        let mask: __mmask16 = if left >= 16 {
-            0xffff
-        } else {
-            ((1u32 << left) - 1) as u16
-        };
+        let mask = first_lanes(xs.len() - i);
         let x = _mm512_maskz_loadu_ps(mask, xs.as_ptr().add(i));
         _mm512_mask_storeu_ps(out.as_mut_ptr().add(i), mask, exp16(x));
         i += 16;
@@ -83,12 +84,7 @@ pub(crate) unsafe fn silu_mul(g: &[f32], u: &[f32], out: &mut [f32]) {
     let one = _mm512_set1_ps(1.0);
     let mut i = 0;
     while i < g.len() {
-        let left = g.len() - i;
-        let mask: __mmask16 = if left >= 16 {
-            0xffff
-        } else {
-            ((1u32 << left) - 1) as u16
-        };
+        let mask = first_lanes(g.len() - i);
         let gv = _mm512_maskz_loadu_ps(mask, g.as_ptr().add(i));
         let uv = _mm512_maskz_loadu_ps(mask, u.as_ptr().add(i));
         let e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), gv));

@@ -35,7 +35,7 @@ pub(super) unsafe fn gemm_nt(
     cols: std::ops::Range<usize>,
 ) {
     let rem = k % 16;
-    let mask: __mmask16 = ((1u32 << rem) - 1) as u16;
+    let mask = crate::vmath::first_lanes(rem);
     let mut j = cols.start;
     while j + NR <= cols.end {
         rows::<NR>(m, n, k, mask, x, w.add(j * k), out.add(j));
@@ -208,8 +208,8 @@ pub(super) unsafe fn gemm_packed(
     for p in panels {
         let b = w.add(p * k * 2) as *const f32;
         let cols = (n - p * PANEL).min(PANEL);
-        let lo = ((1u32 << cols.min(16)) - 1) as __mmask16;
-        let hi = ((1u64 << cols.saturating_sub(16)) - 1) as __mmask16;
+        let lo = crate::vmath::first_lanes(cols);
+        let hi = crate::vmath::first_lanes(cols.saturating_sub(16));
         let out = out.add(p * PANEL);
         let mut i = 0;
         while i + PACKED_MR <= m {
