@@ -38,3 +38,6 @@ echo "export CUDA_PATH='$cuda'"
 echo "export PATH='$cuda/bin':\"\$PATH\""
 echo "export CUDA_COMPUTE_CAP=\${CUDA_COMPUTE_CAP:-90}"
 echo "export LD_LIBRARY_PATH='$cuda/lib':\"\${LD_LIBRARY_PATH:-}\""
+# candle-kernels builds its kernels through cudaforge, which runs nvcc on half the cores unless
+# told otherwise: on 2 cores that is one at a time (a clean CUDA check took 14 min that way).
+echo "export CUDAFORGE_THREADS=\${CUDAFORGE_THREADS:-$(nproc 2>/dev/null || echo 2)}"
