@@ -159,10 +159,15 @@ unsafe fn reduce4(a: __m512, b: __m512, c: __m512, d: __m512) -> __m128 {
     _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s))
 }
 
-/// Output columns in a panel of a packed weight ([`Line`]s of two vectors per step of `k`).
-pub(super) const PANEL: usize = 32;
+/// Vectors of 16 output columns in a panel of a packed weight.
+pub(super) const LINES: usize = 3;
+/// Output columns in a panel of a packed weight ([`LINES`] [`Line`]s per step of `k`).
+pub(super) const PANEL: usize = 16 * LINES;
 /// Rows of `x` in a tile of the packed kernel.
-pub(super) const PACKED_MR: usize = 12;
+pub(super) const PACKED_MR: usize = 8;
+/// Steps of `k` in a block of the packed kernel: a panel's block stays in the level-1 cache
+/// while every row tile multiplies by it.
+pub(super) const KC: usize = 128;
 
 /// Sixteen f32 lanes on a cache line: the unit of a packed weight.
 #[derive(Debug, Clone, Copy)]
@@ -170,25 +175,27 @@ pub(super) const PACKED_MR: usize = 12;
 pub(super) struct Line(pub(super) [f32; 16]);
 
 /// `w` (`n × k`, row-major) as panels of [`PANEL`] output columns: panel `p`, step `t` holds
-/// `w[p·32 .. p·32 + 32, t]` on two [`Line`]s, columns past `n` zero. Each panel is contiguous,
-/// so the kernel streams it in order.
+/// `w[p·PANEL .. (p + 1)·PANEL, t]` on [`LINES`] [`Line`]s, columns past `n` zero. Each panel
+/// is contiguous, so the kernel streams it in order.
 pub(super) fn pack(n: usize, k: usize, w: &[f32]) -> Vec<Line> {
     assert_eq!(w.len(), n * k, "pack: a {n}×{k} weight");
     let panels = n.div_ceil(PANEL);
-    let mut out = vec![Line([0.0; 16]); panels * k * 2];
+    let mut out = vec![Line([0.0; 16]); panels * k * LINES];
     for (j, row) in w.chunks_exact(k.max(1)).enumerate().take(n) {
         let (p, c) = (j / PANEL, j % PANEL);
-        let (half, lane) = (c / 16, c % 16);
+        let (line, lane) = (c / 16, c % 16);
         for (t, &v) in row.iter().enumerate() {
-            out[(p * k + t) * 2 + half].0[lane] = v;
+            out[(p * k + t) * LINES + line].0[lane] = v;
         }
     }
     out
 }
 
 /// `out[i, j] = Σ_t x[i, t] · w[j, t]` over the panels `panels` of a packed weight ([`pack`]):
-/// `x` is `m × k`, `out` is `m × n`, row-major. Each output is summed over `t` in order, in
-/// one lane, so its value depends on neither `m`, the tiling nor the threading.
+/// `x` is `m × k`, `out` is `m × n`, row-major. Each panel is taken in blocks of [`KC`] steps,
+/// every row tile through one block before the next, the partial sums kept in `out` in
+/// between. Each output is summed over `t` in order, in one lane, so its value depends on
+/// neither `m`, the tiling, the blocking nor the threading.
 ///
 /// # Safety
 /// The CPU has AVX-512F ([`available`]); `x` and `out` hold `m·k` and `m·n` elements, `w`
@@ -206,68 +213,106 @@ pub(super) unsafe fn gemm_packed(
     panels: std::ops::Range<usize>,
 ) {
     for p in panels {
-        let b = w.add(p * k * 2) as *const f32;
+        let b = w.add(p * k * LINES) as *const f32;
         let cols = (n - p * PANEL).min(PANEL);
-        let lo = crate::vmath::first_lanes(cols);
-        let hi = crate::vmath::first_lanes(cols.saturating_sub(16));
+        let masks: [__mmask16; LINES] =
+            std::array::from_fn(|l| crate::vmath::first_lanes(cols.saturating_sub(16 * l)));
         let out = out.add(p * PANEL);
-        let mut i = 0;
-        while i + PACKED_MR <= m {
-            panel_tile::<PACKED_MR>(k, x.add(i * k), b, out.add(i * n), n, lo, hi, i == 0);
-            i += PACKED_MR;
-        }
-        let (x, out, pf) = (x.add(i * k), out.add(i * n), i == 0);
-        macro_rules! rest {
-            ($($r:literal)*) => {
-                match m - i {
-                    $($r => panel_tile::<$r>(k, x, b, out, n, lo, hi, pf),)*
-                    _ => {}
+        let mut t0 = 0;
+        while t0 < k {
+            let kc = KC.min(k - t0);
+            let first = t0 == 0;
+            let (b, x) = (b.add(t0 * PANEL), x.add(t0));
+            // Each step of each row tile prefetches one line ahead: the tiles of this block
+            // together request the next block (the next panel's first after the last).
+            let next = b.wrapping_add(kc * PANEL);
+            // One tile alone requests the whole next block, three lines a step.
+            if m <= PACKED_MR {
+                let (pf, o) = (next, out);
+                macro_rules! one {
+                    ($($r:literal)*) => {
+                        match m {
+                            $($r => panel_tile::<$r, LINES>(kc, k, x, b, o, n, masks, first, pf),)*
+                            _ => {}
+                        }
+                    };
                 }
-            };
+                one!(1 2 3 4 5 6 7 8);
+                t0 += kc;
+                continue;
+            }
+            let mut i = 0;
+            while i + PACKED_MR <= m {
+                let (xi, oi) = (x.add(i * k), out.add(i * n));
+                let pf = next.wrapping_add(i / PACKED_MR * kc * 16);
+                panel_tile::<PACKED_MR, 1>(kc, k, xi, b, oi, n, masks, first, pf);
+                i += PACKED_MR;
+            }
+            let (xi, oi, pf) = (
+                x.add(i * k),
+                out.add(i * n),
+                next.wrapping_add(i / PACKED_MR * kc * 16),
+            );
+            macro_rules! rest {
+                ($($r:literal)*) => {
+                    match m - i {
+                        $($r => panel_tile::<$r, 1>(kc, k, xi, b, oi, n, masks, first, pf),)*
+                        _ => {}
+                    }
+                };
+            }
+            rest!(1 2 3 4 5 6 7);
+            t0 += kc;
         }
-        rest!(1 2 3 4 5 6 7 8 9 10 11);
     }
 }
 
-/// `R` rows of `x` (stride `k`) against one panel `b` ([`pack`]), written to `out` (row stride
-/// `ldo`) where the masks `lo`, `hi` select the panel's columns. The first row tile of a panel
-/// (`prefetch`) brings the panel in from memory ahead of use; later tiles find it in cache.
+/// `R` rows of `x` (row stride `ldx`) against `kc` steps of one panel `b` ([`pack`]), added
+/// to the partial sums in `out` (row stride `ldo`; zero instead where `first`) where `masks`
+/// select the panel's columns, while the lines from `prefetch` on are brought in, `P` a step.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
 #[allow(clippy::too_many_arguments)]
-unsafe fn panel_tile<const R: usize>(
-    k: usize,
+unsafe fn panel_tile<const R: usize, const P: usize>(
+    kc: usize,
+    ldx: usize,
     x: *const f32,
     b: *const f32,
     out: *mut f32,
     ldo: usize,
-    lo: __mmask16,
-    hi: __mmask16,
-    prefetch: bool,
+    masks: [__mmask16; LINES],
+    first: bool,
+    prefetch: *const f32,
 ) {
-    /// How far ahead the first tile prefetches: 4 KiB of the panel, 32 steps of `k`.
-    const AHEAD: usize = 1024;
-    let mut acc = [[_mm512_setzero_ps(); 2]; R];
-    for t in 0..k {
-        let b0 = _mm512_load_ps(b.add(t * PANEL));
-        let b1 = _mm512_load_ps(b.add(t * PANEL + 16));
-        if prefetch {
-            // Only an address: prefetching past the weight's end does not fault.
-            let ahead = b.wrapping_add(t * PANEL + AHEAD);
-            _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(16) as *const i8);
+    let mut acc = [[_mm512_setzero_ps(); LINES]; R];
+    if !first {
+        for (r, a) in acc.iter_mut().enumerate() {
+            for (l, v) in a.iter_mut().enumerate() {
+                // Masked-off lanes are not read, and a masked load does not fault on them.
+                *v = _mm512_maskz_loadu_ps(masks[l], out.add(r * ldo).wrapping_add(16 * l));
+            }
+        }
+    }
+    let xr: [*const f32; R] = std::array::from_fn(|r| x.add(r * ldx));
+    for t in 0..kc {
+        let bt = b.add(t * PANEL);
+        let bv: [__m512; LINES] = std::array::from_fn(|l| _mm512_load_ps(bt.add(16 * l)));
+        // Only an address: prefetching past the weight's end does not fault.
+        for q in 0..P {
+            _mm_prefetch::<_MM_HINT_T0>(prefetch.wrapping_add((t * P + q) * 16) as *const i8);
         }
         for (r, a) in acc.iter_mut().enumerate() {
-            let xv = _mm512_set1_ps(*x.add(r * k + t));
-            a[0] = _mm512_fmadd_ps(xv, b0, a[0]);
-            a[1] = _mm512_fmadd_ps(xv, b1, a[1]);
+            let xv = _mm512_set1_ps(*xr[r].add(t));
+            for l in 0..LINES {
+                a[l] = _mm512_fmadd_ps(xv, bv[l], a[l]);
+            }
         }
     }
     for (r, a) in acc.iter().enumerate() {
-        let o = out.add(r * ldo);
-        _mm512_mask_storeu_ps(o, lo, a[0]);
-        // Masked-off lanes are not written, and a masked store does not fault on them.
-        _mm512_mask_storeu_ps(o.wrapping_add(16), hi, a[1]);
+        for (l, v) in a.iter().enumerate() {
+            // Masked-off lanes are not written, and a masked store does not fault on them.
+            _mm512_mask_storeu_ps(out.add(r * ldo).wrapping_add(16 * l), masks[l], *v);
+        }
     }
 }
