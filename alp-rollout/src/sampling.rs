@@ -175,12 +175,14 @@ pub fn sample_kept(logits: &[f32], params: &SamplingParams, rng: &mut impl Rng) 
     let t = params.temperature as f64;
     let weight = |x: f32| ((x as f64 - max) / t).exp();
     if !params.truncates() {
-        let z: f64 = logits.iter().map(|&x| weight(x)).sum();
+        // Each weight once (an exp per token, not two): kept for the scan below.
+        let weights: Vec<f64> = logits.iter().map(|&x| weight(x)).collect();
+        let z: f64 = weights.iter().sum();
         let u = rng.random::<f64>() * z;
         let mut acc = 0.0;
         let mut chosen = logits.len() - 1;
-        for (i, &x) in logits.iter().enumerate() {
-            acc += weight(x);
+        for (i, &w) in weights.iter().enumerate() {
+            acc += w;
             if acc > u {
                 chosen = i;
                 break;
