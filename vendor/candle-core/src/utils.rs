@@ -421,6 +421,31 @@ pub fn get_num_threads() -> usize {
     rayon_num_threads()
 }
 
+// alp patch: a thread that already has a core to itself (one of alp's rollout shards) can ask
+// for its matrix products to run on it alone instead of being split across the rayon pool,
+// which the other shards are using too.
+thread_local! {
+    static MATMUL_ON_THIS_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the CPU matmuls it calls on this thread computed on this thread alone.
+pub fn matmul_on_this_thread<R>(f: impl FnOnce() -> R) -> R {
+    let before = MATMUL_ON_THIS_THREAD.with(|s| s.replace(true));
+    let out = f();
+    MATMUL_ON_THIS_THREAD.with(|s| s.set(before));
+    out
+}
+
+/// Threads a CPU matmul on this thread may use: [`get_num_threads`], or 1 inside
+/// [`matmul_on_this_thread`].
+pub fn matmul_threads() -> usize {
+    if MATMUL_ON_THIS_THREAD.with(|s| s.get()) {
+        1
+    } else {
+        get_num_threads()
+    }
+}
+
 /// On Apple Silicon: P-core count via `hw.perflevel0.logicalcpu`.
 /// Returns None on Intel Macs (key absent) or on error.
 #[cfg(target_os = "macos")]

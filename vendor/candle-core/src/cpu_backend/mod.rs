@@ -1505,7 +1505,7 @@ impl Map2 for MatMul {
         let len = b * m * n;
         let mut dst: Vec<T> = Vec::with_capacity(len);
         let dst_base = dst.as_mut_ptr();
-        let num_threads = crate::utils::get_num_threads();
+        let num_threads = crate::utils::matmul_threads();
         let parallelism = if num_threads > 1 {
             Parallelism::Rayon(num_threads)
         } else {
