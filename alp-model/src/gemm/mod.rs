@@ -25,7 +25,6 @@
 //!
 //! [`linear_reference`] is the candle composition that [`linear`] is tested against.
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
-use std::cell::Cell;
 
 mod avx512;
 
@@ -36,11 +35,6 @@ mod avx512;
 /// and 256 rows, its AVX-512 kernels 32, 49, 80, 119 and 157.
 pub const SMALL_M_ROWS: usize = 128;
 
-thread_local! {
-    /// Whether this thread's small products run on this thread alone.
-    static SINGLE: Cell<bool> = const { Cell::new(false) };
-}
-
 /// Runs `f` with this thread's products computed on this thread alone (the small-product
 /// kernels of [`linear`], and candle's matmul through the vendored candle-core's
 /// `utils::matmul_on_this_thread`), for callers that already keep every core busy (one decode
@@ -49,21 +43,13 @@ thread_local! {
 /// split small products; with candle's matmuls kept on the shard too, their prefill took a
 /// median 1.02 s instead of 1.14 (B64, 32+64 tokens, 10 alternated runs each).
 pub fn single_threaded<R>(f: impl FnOnce() -> R) -> R {
-    let before = SINGLE.with(|s| s.replace(true));
-    // candle's own matmuls (prefill's products, attention's) too: the vendored candle-core's
-    // `matmul_on_this_thread`.
-    let out = candle_core::utils::matmul_on_this_thread(f);
-    SINGLE.with(|s| s.set(before));
-    out
+    candle_core::utils::matmul_on_this_thread(f)
 }
 
-/// Threads a small product may use here.
+/// Threads a small product may use here: the same as candle's matmul (1 inside
+/// [`single_threaded`]).
 fn threads() -> usize {
-    if SINGLE.with(|s| s.get()) {
-        1
-    } else {
-        candle_core::utils::get_num_threads()
-    }
+    candle_core::utils::matmul_threads()
 }
 
 /// `x · wᵀ` for `x` of shape `[..., k]` and `w` of shape `[n, k]` (a `Linear` layer without
@@ -553,15 +539,15 @@ mod tests {
 
     #[test]
     fn single_threaded_is_scoped_to_its_closure() {
-        assert!(!SINGLE.with(|s| s.get()));
+        let all = candle_core::utils::get_num_threads();
+        assert_eq!(threads(), all);
         let inner = single_threaded(|| {
             let nested = single_threaded(threads);
             (nested, threads())
         });
         assert_eq!(inner, (1, 1));
-        assert!(!SINGLE.with(|s| s.get()));
+        assert_eq!(threads(), all);
         // candle's matmuls follow it (the vendored candle-core's patch), and only inside.
-        let all = candle_core::utils::get_num_threads();
         assert_eq!(candle_core::utils::matmul_threads(), all);
         assert_eq!(single_threaded(candle_core::utils::matmul_threads), 1);
         assert_eq!(candle_core::utils::matmul_threads(), all);
