@@ -224,44 +224,30 @@ pub(super) unsafe fn gemm_packed(
             let first = t0 == 0;
             let (b, x) = (b.add(t0 * PANEL), x.add(t0));
             // Each step of each row tile prefetches one line ahead: the tiles of this block
-            // together request the next block (the next panel's first after the last).
+            // together request the next block (the next panel's first after the last). One
+            // tile alone requests all of it, three lines a step.
             let next = b.wrapping_add(kc * PANEL);
-            // One tile alone requests the whole next block, three lines a step.
-            if m <= PACKED_MR {
-                let (pf, o) = (next, out);
-                macro_rules! one {
-                    ($($r:literal)*) => {
-                        match m {
-                            $($r => panel_tile::<$r, LINES>(kc, k, x, b, o, n, masks, first, pf),)*
-                            _ => {}
-                        }
-                    };
-                }
-                one!(1 2 3 4 5 6 7 8);
-                t0 += kc;
-                continue;
-            }
-            let mut i = 0;
-            while i + PACKED_MR <= m {
-                let (xi, oi) = (x.add(i * k), out.add(i * n));
-                let pf = next.wrapping_add(i / PACKED_MR * kc * 16);
-                panel_tile::<PACKED_MR, 1>(kc, k, xi, b, oi, n, masks, first, pf);
-                i += PACKED_MR;
-            }
-            let (xi, oi, pf) = (
-                x.add(i * k),
-                out.add(i * n),
-                next.wrapping_add(i / PACKED_MR * kc * 16),
-            );
-            macro_rules! rest {
-                ($($r:literal)*) => {
-                    match m - i {
-                        $($r => panel_tile::<$r, 1>(kc, k, xi, b, oi, n, masks, first, pf),)*
+            // `rows` rows from row `i` (a multiple of the tile height) on `panel_tile::<rows, P>`.
+            macro_rules! tile {
+                ($p:expr, $rows:expr, $i:expr; $($r:literal)*) => {{
+                    let (xi, oi) = (x.add($i * k), out.add($i * n));
+                    let pf = next.wrapping_add($i / PACKED_MR * kc * 16);
+                    match $rows {
+                        $($r => panel_tile::<$r, { $p }>(kc, k, xi, b, oi, n, masks, first, pf),)*
                         _ => {}
                     }
-                };
+                }};
             }
-            rest!(1 2 3 4 5 6 7);
+            if m <= PACKED_MR {
+                tile!(LINES, m, 0; 1 2 3 4 5 6 7 8);
+            } else {
+                let mut i = 0;
+                while i < m {
+                    let rows = (m - i).min(PACKED_MR);
+                    tile!(1, rows, i; 1 2 3 4 5 6 7 8);
+                    i += rows;
+                }
+            }
             t0 += kc;
         }
     }
