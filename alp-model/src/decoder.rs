@@ -271,12 +271,18 @@ impl Attention {
         }
         #[cfg(not(feature = "flash-attn"))]
         let _ = padded;
+        let scale = 1.0 / (hd as f64).sqrt();
+        // f32 inference on the CPU: one pass per query over the cache's views
+        // ([`crate::attention`]); the composition below is its reference.
+        if n == Numerics::Fused && crate::attention::fusable(&q, &k, &v) {
+            let out = crate::attention::attention(&q, &k, &v, mask, scale)?;
+            return self.o_proj.forward(&out, n);
+        }
         let l = k.dim(2)?;
         let rep = nh / nkv;
         // Grouped-query attention without copying K/V: fold the query heads that share a
         // KV head into the row dimension (head h uses KV head h / rep, as transformers does).
         let q = q.reshape((b, nkv, rep * t, hd))?;
-        let scale = 1.0 / (hd as f64).sqrt();
         // A half-precision cache on the CPU holds f32 (KvCache::append): multiply in f32 and
         // round the products to the model's dtype, as candle's half-precision matmul does.
         let dtype = q.dtype();

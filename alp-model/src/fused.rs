@@ -526,9 +526,9 @@ impl CustomOp3 for SiluMulBwd {
 }
 
 /// SwiGLU's product for inference (no backward): one pass with a vectorised `exp`
-/// (`vmath::silu_mul`) where the CPU has AVX-512 and the inputs are f32 on the CPU; candle's
-/// `silu` then `mul` elsewhere ([`twin::silu_mul`]). The rollout engine's MLPs spent 6% of a
-/// rollout in libm's `expf` and a second pass over the activations.
+/// (`vmath::silu_mul`) where the CPU has AVX-512 or AVX2 with FMA and the inputs are f32 on
+/// the CPU; candle's `silu` then `mul` elsewhere ([`twin::silu_mul`]). The rollout engine's
+/// MLPs spent 6% of a rollout in libm's `expf` and a second pass over the activations.
 pub fn silu_mul_inference(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     if !crate::vmath::available() || !fusable(&[gate, up]) || gate.dims() != up.dims() {
         return twin::silu_mul(gate, up);
@@ -552,14 +552,10 @@ impl CustomOp2 for SiluMulInference {
     ) -> Result<(CpuStorage, Shape)> {
         let (g, u) = silu_mul_inputs(s1, l1, s2, l2, self.name())?;
         let mut out = vec![0f32; g.len()];
-        #[cfg(target_arch = "x86_64")]
-        {
-            let d = last_dim(l1)?;
-            // SAFETY: `silu_mul_inference` checked `vmath::available()`; rows are whole.
-            for_rows(&mut out, d, |o, r| unsafe {
-                crate::vmath::silu_mul(&g[r * d..(r + 1) * d], &u[r * d..(r + 1) * d], o)
-            });
-        }
+        let d = last_dim(l1)?;
+        for_rows(&mut out, d, |o, r| {
+            crate::vmath::silu_mul(&g[r * d..(r + 1) * d], &u[r * d..(r + 1) * d], o)
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }

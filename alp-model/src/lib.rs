@@ -21,6 +21,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod attention;
 pub mod config;
 pub mod decoder;
 pub mod fused;

@@ -7,6 +7,8 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
+use super::Line;
+
 /// Rows of `x` in a tile.
 pub(super) const MR: usize = 6;
 /// Rows of `w` (output columns) in a tile.
@@ -14,7 +16,7 @@ pub(super) const NR: usize = 4;
 
 /// Whether this CPU has the kernel's instructions.
 pub(super) fn available() -> bool {
-    crate::vmath::available()
+    crate::vmath::avx512()
 }
 
 /// `out[i, j] = Σ_t x[i, t] · w[j, t]` for the output columns `cols` (a range of `w`'s rows):
@@ -169,37 +171,15 @@ pub(super) const PACKED_MR: usize = 8;
 /// while every row tile multiplies by it.
 pub(super) const KC: usize = 128;
 
-/// Sixteen f32 lanes on a cache line: the unit of a packed weight.
-#[derive(Debug, Clone, Copy)]
-#[repr(C, align(64))]
-pub(super) struct Line(pub(super) [f32; 16]);
-
-/// `w` (`n × k`, row-major) as panels of [`PANEL`] output columns: panel `p`, step `t` holds
-/// `w[p·PANEL .. (p + 1)·PANEL, t]` on [`LINES`] [`Line`]s, columns past `n` zero. Each panel
-/// is contiguous, so the kernel streams it in order.
-pub(super) fn pack(n: usize, k: usize, w: &[f32]) -> Vec<Line> {
-    assert_eq!(w.len(), n * k, "pack: a {n}×{k} weight");
-    let panels = n.div_ceil(PANEL);
-    let mut out = vec![Line([0.0; 16]); panels * k * LINES];
-    for (j, row) in w.chunks_exact(k.max(1)).enumerate().take(n) {
-        let (p, c) = (j / PANEL, j % PANEL);
-        let (line, lane) = (c / 16, c % 16);
-        for (t, &v) in row.iter().enumerate() {
-            out[(p * k + t) * LINES + line].0[lane] = v;
-        }
-    }
-    out
-}
-
-/// `out[i, j] = Σ_t x[i, t] · w[j, t]` over the panels `panels` of a packed weight ([`pack`]):
-/// `x` is `m × k`, `out` is `m × n`, row-major. Each panel is taken in blocks of [`KC`] steps,
+/// `out[i, j] = Σ_t x[i, t] · w[j, t]` over the panels `panels` of a packed weight
+/// (`super::pack(n, k, w, LINES)`): `x` is `m × k`, `out` is `m × n`, row-major. Each panel is taken in blocks of [`KC`] steps,
 /// every row tile through one block before the next, the partial sums kept in `out` in
 /// between. Each output is summed over `t` in order, in one lane, so its value depends on
 /// neither `m`, the tiling, the blocking nor the threading.
 ///
 /// # Safety
 /// The CPU has AVX-512F ([`available`]); `x` and `out` hold `m·k` and `m·n` elements, `w`
-/// is `pack(n, k, ..)`'s output; `panels` lies within `0..n.div_ceil(PANEL)`; no other thread
+/// is `super::pack(n, k, .., LINES)`'s output; `panels` lies within `0..n.div_ceil(PANEL)`; no other thread
 /// writes those panels' columns of `out` meanwhile.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
@@ -253,7 +233,7 @@ pub(super) unsafe fn gemm_packed(
     }
 }
 
-/// `R` rows of `x` (row stride `ldx`) against `kc` steps of one panel `b` ([`pack`]), added
+/// `R` rows of `x` (row stride `ldx`) against `kc` steps of one panel `b`, added
 /// to the partial sums in `out` (row stride `ldo`; zero instead where `first`) where `masks`
 /// select the panel's columns, while the lines from `prefetch` on are brought in, `P` a step.
 #[cfg(target_arch = "x86_64")]

@@ -12,11 +12,13 @@
 //! matmul.
 //!
 //! A weight that cannot change (the rollout engine's snapshot) can be packed once
-//! ([`PackedWeight`], [`linear_packed`]) for a second AVX-512 kernel that multiplies it as an
-//! outer product: contiguous panels of 48 output columns, 8 rows of `x` broadcast against
-//! them, no lane reductions, taken in blocks of 128 steps of `k` that stay in the level-1
-//! cache while every row tile uses them. The decoder packs each projection on its first
-//! decode step.
+//! ([`PackedWeight`], [`linear_packed`]) for a kernel that multiplies it as an outer product:
+//! contiguous panels of output columns, rows of `x` broadcast against them, no lane
+//! reductions, taken in blocks of `k` that stay in the level-1 cache while every row tile
+//! uses them. There is one for AVX-512 (`avx512`: 48-column panels, 8-row tiles, blocks of
+//! 128 steps) and one for AVX2 with FMA (`avx2`: 16-column panels, 6-row tiles, blocks of
+//! 256 steps), and both sum each output in the same order, so they give the same bits. The
+//! decoder packs each projection on its first decode step.
 //!
 //! A small product splits its output columns across candle's threads, unless the calling
 //! thread asked for one ([`single_threaded`]): the rollout engine's shards, which already
@@ -26,7 +28,10 @@
 //! [`linear_reference`] is the candle composition that [`linear`] is tested against.
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
+mod avx2;
 mod avx512;
+
+use crate::vmath::Isa;
 
 /// Inference products with at most this many rows take the small-product kernels.
 ///
@@ -68,30 +73,41 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// A `[n, k]` weight laid out once for alp's packed AVX-512 kernel: panels of 48 output
-/// columns, each contiguous along `k`, so that a decode step's product streams the weight in
-/// order and multiplies it as an outer product (one broadcast of `x` per three vectors of
-/// `w`, no reductions). It is a copy, as large as the weight: the rollout engine's immutable
-/// snapshot makes one per projection on first use and reuses it for every decode step.
+/// A `[n, k]` weight laid out once for alp's packed kernels: panels of output columns, each
+/// contiguous along `k` (48 columns for the AVX-512 kernel, 16 for the AVX2 one), so that a
+/// decode step's product streams the weight in order and multiplies it as an outer product
+/// (one broadcast of `x` per panel step, no reductions). It is a copy, as large as the weight:
+/// the rollout engine's immutable snapshot makes one per projection on first use and reuses
+/// it for every decode step.
 ///
 /// On a 2-core Intel Xeon (Cascade Lake), one thread at 32 rows with 86 MB of weights
-/// streaming from memory (512 → 1408 and 1408 → 512), 8-row tiles over 48-column panels in
-/// blocks of 128 steps ran 95–99 GFLOP/s where the first packed kernel (12 rows × 32 columns,
-/// whole panels) ran 60 in the same hour, on a core whose peak (24 independent FMA chains)
-/// measured 121–141. On the same machine [`linear`]'s dot-product kernel ran 53 in an
-/// earlier session.
+/// streaming from memory (512 → 1408 and 1408 → 512), the AVX-512 kernel's 8-row tiles over
+/// 48-column panels in blocks of 128 steps ran 95–99 GFLOP/s where the first packed kernel
+/// (12 rows × 32 columns, whole panels) ran 60 in the same hour, on a core whose peak (24
+/// independent FMA chains) measured 121–141. On the same machine [`linear`]'s dot-product
+/// kernel ran 53 in an earlier session.
 #[derive(Debug)]
 pub struct PackedWeight {
     n: usize,
     k: usize,
-    lines: Vec<avx512::Line>,
+    isa: Isa,
+    lines: Vec<Line>,
 }
 
 impl PackedWeight {
-    /// Packs `w` (`[n, k]`, f32 on the CPU) where this CPU has the packed kernel (AVX-512F);
-    /// `None` on other CPUs, dtypes and devices, where [`linear`] is the path.
+    /// Packs `w` (`[n, k]`, f32 on the CPU) for the best packed kernel this CPU has (AVX-512F,
+    /// or AVX2 with FMA); `None` on other CPUs, dtypes and devices, where [`linear`] is the
+    /// path.
     pub fn new(w: &Tensor) -> Result<Option<Self>> {
-        if !avx512::available() || !w.device().is_cpu() || w.dtype() != DType::F32 {
+        match crate::vmath::isa() {
+            Some(isa) => Self::new_on(isa, w),
+            None => Ok(None),
+        }
+    }
+
+    /// [`PackedWeight::new`] for the kernel of `isa`, which this CPU must have.
+    fn new_on(isa: Isa, w: &Tensor) -> Result<Option<Self>> {
+        if !w.device().is_cpu() || w.dtype() != DType::F32 {
             return Ok(None);
         }
         let (n, k) = w.dims2()?;
@@ -99,14 +115,46 @@ impl PackedWeight {
         Ok(Some(PackedWeight {
             n,
             k,
-            lines: avx512::pack(n, k, &rows),
+            isa,
+            lines: pack(n, k, &rows, panel_lines(isa)),
         }))
     }
 
     /// `dst[m×n] = lhs[m×k] · wᵀ`, the panels split across threads.
     fn run(&self, m: usize, dst: &mut [f32], lhs: &[f32]) {
-        packed_gemm(m, self.n, self.k, dst, lhs, &self.lines)
+        packed_gemm(self.isa, m, self.n, self.k, dst, lhs, &self.lines)
     }
+}
+
+/// Sixteen f32 lanes on a cache line: the unit of a packed weight.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([f32; 16]);
+
+/// Cache lines per step of `k` in a panel of `isa`'s packed kernel.
+fn panel_lines(isa: Isa) -> usize {
+    match isa {
+        Isa::Avx512 => avx512::LINES,
+        Isa::Avx2 => avx2::LINES,
+    }
+}
+
+/// `w` (`n × k`, row-major) as panels of `16 · lines` output columns: panel `p`, step `t`
+/// holds `w[p·16·lines .. (p + 1)·16·lines, t]` on `lines` [`Line`]s, columns past `n` zero.
+/// Each panel is contiguous, so a kernel streams it in order.
+fn pack(n: usize, k: usize, w: &[f32], lines: usize) -> Vec<Line> {
+    assert_eq!(w.len(), n * k, "pack: a {n}×{k} weight");
+    let panel = 16 * lines;
+    let panels = n.div_ceil(panel);
+    let mut out = vec![Line([0.0; 16]); panels * k * lines];
+    for (j, row) in w.chunks_exact(k.max(1)).enumerate().take(n) {
+        let (p, c) = (j / panel, j % panel);
+        let (line, lane) = (c / 16, c % 16);
+        for (t, &v) in row.iter().enumerate() {
+            out[(p * k + t) * lines + line].0[lane] = v;
+        }
+    }
+    out
 }
 
 /// `x · wᵀ` as [`linear`] computes it, through `packed` (made from `w` by
@@ -286,22 +334,34 @@ fn avx512_gemm(m: usize, n: usize, k: usize, dst: &mut [f32], lhs: &[f32], rhs: 
     })
 }
 
-/// `dst[m×n] = lhs[m×k] · wᵀ` on [`avx512`]'s packed kernel (`w` from `avx512::pack`), the
-/// panels split across threads.
+/// `dst[m×n] = lhs[m×k] · wᵀ` on `isa`'s packed kernel (`w` from [`pack`] with
+/// [`panel_lines`]`(isa)`), the panels split across threads.
 #[cfg(target_arch = "x86_64")]
-fn packed_gemm(m: usize, n: usize, k: usize, dst: &mut [f32], lhs: &[f32], w: &[avx512::Line]) {
-    let panels = n.div_ceil(avx512::PANEL);
-    assert!(dst.len() == m * n && lhs.len() == m * k && w.len() == panels * k * avx512::LINES);
+fn packed_gemm(isa: Isa, m: usize, n: usize, k: usize, dst: &mut [f32], lhs: &[f32], w: &[Line]) {
+    let lines = panel_lines(isa);
+    let panels = n.div_ceil(16 * lines);
+    assert!(dst.len() == m * n && lhs.len() == m * k && w.len() == panels * k * lines);
     let out = SharedOut(dst.as_mut_ptr());
+    let rows = match isa {
+        Isa::Avx2 => Some(avx2::pack_rows(m, k, lhs)),
+        Isa::Avx512 => None,
+    };
     for_each_share(panels, |mine| {
-        // SAFETY: a `PackedWeight` exists only where `available()`; the lengths are asserted
-        // above; each share writes only its own panels' columns.
-        unsafe { avx512::gemm_packed(m, n, k, lhs.as_ptr(), w.as_ptr(), out.ptr(), mine) }
+        let x = rows.as_deref().unwrap_or(lhs).as_ptr();
+        let (w, o) = (w.as_ptr(), out.ptr());
+        // SAFETY: a `PackedWeight` is made only for an `isa` this CPU has; the lengths are
+        // asserted above; each share writes only its own panels' columns.
+        unsafe {
+            match isa {
+                Isa::Avx512 => avx512::gemm_packed(m, n, k, x, w, o, mine),
+                Isa::Avx2 => avx2::gemm_packed(m, n, k, x, w, o, mine),
+            }
+        }
     })
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn packed_gemm(_: usize, _: usize, _: usize, _: &mut [f32], _: &[f32], _: &[avx512::Line]) {
+fn packed_gemm(_: Isa, _: usize, _: usize, _: usize, _: &mut [f32], _: &[f32], _: &[Line]) {
     unreachable!("a packed weight exists on x86-64 only")
 }
 
@@ -468,7 +528,7 @@ mod tests {
         }
     }
 
-    /// Every kernel this CPU has (the packed one included), on one thread and split across
+    /// Every kernel this CPU has (the packed ones included), on one thread and split across
     /// threads, against a plain f64 triple loop: rows that fill no tile, `k` off the vector
     /// width (masked tails), columns off the tile and panel widths, and a prefetch that runs
     /// past the weight's end.
@@ -505,18 +565,22 @@ mod tests {
                         .sum()
                 })
                 .collect();
-            let packed =
-                PackedWeight::new(&Tensor::from_slice(&w, (n, k), &Device::Cpu).unwrap()).unwrap();
-            for kernel in kernels
-                .iter()
-                .map(Some)
-                .chain(packed.is_some().then_some(None))
-            {
+            let wt = Tensor::from_slice(&w, (n, k), &Device::Cpu).unwrap();
+            let packed: Vec<PackedWeight> = Isa::all()
+                .into_iter()
+                .map(|isa| {
+                    PackedWeight::new_on(isa, &wt)
+                        .unwrap()
+                        .expect("f32 on the CPU")
+                })
+                .collect();
+            let mut bits: Option<Vec<f32>> = None;
+            for kernel in kernels.iter().map(Ok).chain(packed.iter().map(Err)) {
                 for single in [true, false] {
                     let mut got = vec![f32::NAN; m * n];
                     let mut run = || match kernel {
-                        Some(kernel) => kernel.run(m, n, k, &mut got, &x, &w),
-                        None => packed.as_ref().expect("some").run(m, &mut got, &x),
+                        Ok(kernel) => kernel.run(m, n, k, &mut got, &x, &w),
+                        Err(packed) => packed.run(m, &mut got, &x),
                     };
                     if single {
                         single_threaded(run)
@@ -524,13 +588,24 @@ mod tests {
                         #[allow(clippy::redundant_closure_call)]
                         run()
                     }
+                    let name = match kernel {
+                        Ok(k) => format!("{k:?}"),
+                        Err(p) => format!("packed {:?}", p.isa),
+                    };
                     for (o, (g, w)) in got.iter().zip(&want).enumerate() {
                         let tol = 1e-5 * (k as f64).sqrt().max(1.0);
                         assert!(
                             (*g as f64 - w).abs() <= tol,
-                            "{:?} single={single} {m}x{n}x{k} at {o}: {g} vs {w}",
-                            kernel.map_or("packed".into(), |k| format!("{k:?}"))
+                            "{name} single={single} {m}x{n}x{k} at {o}: {g} vs {w}"
                         );
+                    }
+                    // Every packed kernel sums each output in the same order: same bits on
+                    // one thread or several, on AVX-512 or AVX2.
+                    if kernel.is_err() {
+                        match &bits {
+                            None => bits = Some(got.clone()),
+                            Some(b) => assert!(b == &got, "{name} single={single} {m}x{n}x{k}"),
+                        }
                     }
                 }
             }
