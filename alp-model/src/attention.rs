@@ -182,7 +182,9 @@ impl CustomOp3 for Attention {
 }
 
 /// One query `q` (`hd` values) against the keys `k` and values `v` (`l × hd` each, row-major):
-/// `out = Σ_j softmax(q·k_j · scale + mask_j) v_j`, with `p` (`l` values) as scratch.
+/// `out = Σ_j softmax(q·k_j · scale + mask_j) v_j`, with `p` (`l` values) as scratch. On
+/// AVX2 with FMA (head sizes a multiple of 8) the scores take four keys at a time and the
+/// weighted sum keeps `out` in registers; elsewhere plain loops.
 fn one_query(
     q: &[f32],
     k: &[f32],
@@ -193,8 +195,20 @@ fn one_query(
     out: &mut [f32],
 ) {
     let hd = q.len();
-    for (j, s) in p.iter_mut().enumerate() {
-        *s = dot(q, &k[j * hd..(j + 1) * hd]) * scale;
+    #[cfg(target_arch = "x86_64")]
+    let simd = crate::vmath::avx2() && hd % 8 == 0;
+    #[cfg(not(target_arch = "x86_64"))]
+    let simd = false;
+    if simd {
+        // SAFETY: the CPU has AVX2 and FMA; `k` holds `p.len()` rows of `hd`, a multiple of 8.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            simd::scores(q, k, scale, p)
+        }
+    } else {
+        for (j, s) in p.iter_mut().enumerate() {
+            *s = dot(q, &k[j * hd..(j + 1) * hd]) * scale;
+        }
     }
     if let Some(m) = mask {
         p.iter_mut().zip(m).for_each(|(s, m)| *s += m);
@@ -207,18 +221,27 @@ fn one_query(
     }
     p.iter_mut().for_each(|s| *s -= max);
     crate::vmath::exp_in_place(p);
-    let sum: f32 = p.iter().sum();
-    out.fill(0.0);
-    for (j, &w) in p.iter().enumerate() {
-        if w != 0.0 {
-            axpy(w, &v[j * hd..(j + 1) * hd], out);
+    let inv = 1.0 / p.iter().sum::<f32>();
+    if simd {
+        // SAFETY: as above; `v` holds `p.len()` rows of `hd`.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            simd::weighted_sum(p, v, inv, out)
         }
+    } else {
+        out.fill(0.0);
+        for (j, &w) in p.iter().enumerate() {
+            if w != 0.0 {
+                out.iter_mut()
+                    .zip(&v[j * hd..(j + 1) * hd])
+                    .for_each(|(o, x)| *o += w * x);
+            }
+        }
+        out.iter_mut().for_each(|o| *o *= inv);
     }
-    let inv = 1.0 / sum;
-    out.iter_mut().for_each(|o| *o *= inv);
 }
 
-/// `Σ a_i b_i` in eight interleaved partial sums (vectorised by the compiler).
+/// `Σ a_i b_i` in eight interleaved partial sums.
 #[inline]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
@@ -237,10 +260,91 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// `out += w · x`.
-#[inline]
-fn axpy(w: f32, x: &[f32], out: &mut [f32]) {
-    out.iter_mut().zip(x).for_each(|(o, x)| *o += w * x);
+/// The AVX2/FMA halves of [`one_query`].
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+
+    /// The lane sum of `v`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)))
+    }
+
+    /// `p[j] = (q · k_j) · scale` for every key row `k_j` (`q.len()` values, a multiple of 8),
+    /// four keys at a time.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `q.len()` is a multiple of 8; `k` holds `p.len()` rows.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn scores(q: &[f32], k: &[f32], scale: f32, p: &mut [f32]) {
+        let hd = q.len();
+        assert!(hd % 8 == 0 && k.len() >= p.len() * hd);
+        let (q, k) = (q.as_ptr(), k.as_ptr());
+        let l = p.len();
+        let mut j = 0;
+        while j + 4 <= l {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut c = 0;
+            while c < hd {
+                let qv = _mm256_loadu_ps(q.add(c));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k.add((j + r) * hd + c)), *a);
+                }
+                c += 8;
+            }
+            for (r, a) in acc.iter().enumerate() {
+                p[j + r] = hsum(*a) * scale;
+            }
+            j += 4;
+        }
+        while j < l {
+            let mut a = _mm256_setzero_ps();
+            let mut c = 0;
+            while c < hd {
+                a = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(q.add(c)),
+                    _mm256_loadu_ps(k.add(j * hd + c)),
+                    a,
+                );
+                c += 8;
+            }
+            p[j] = hsum(a) * scale;
+            j += 1;
+        }
+    }
+
+    /// `out = inv · Σ_j p[j] · v_j` for value rows `v_j` of `out.len()` values (a multiple of
+    /// 8), `out` kept in registers 64 values at a time.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `out.len()` is a multiple of 8; `v` holds `p.len()` rows.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn weighted_sum(p: &[f32], v: &[f32], inv: f32, out: &mut [f32]) {
+        let hd = out.len();
+        assert!(hd % 8 == 0 && v.len() >= p.len() * hd);
+        let v = v.as_ptr();
+        let mut c0 = 0;
+        while c0 < hd {
+            let lanes = ((hd - c0) / 8).min(8);
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for (j, &w) in p.iter().enumerate() {
+                let wv = _mm256_set1_ps(w);
+                let row = v.add(j * hd + c0);
+                for (c, a) in acc.iter_mut().enumerate().take(lanes) {
+                    *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(row.add(8 * c)), *a);
+                }
+            }
+            let iv = _mm256_set1_ps(inv);
+            for (c, a) in acc.iter().enumerate().take(lanes) {
+                _mm256_storeu_ps(out.as_mut_ptr().add(c0 + 8 * c), _mm256_mul_ps(*a, iv));
+            }
+            c0 += 8 * lanes;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -51,6 +51,12 @@ pub(crate) fn avx512() -> bool {
     isa() == Some(Isa::Avx512)
 }
 
+/// Whether this CPU has AVX2 and FMA (the 8-lane kernels; AVX-512 CPUs have them too).
+pub(crate) fn avx2() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| Isa::all().contains(&Isa::Avx2))
+}
+
 /// The mask of the first `n` of 16 lanes (all of them from 16 on): a loop's tail, or the
 /// columns of a partial panel.
 pub(crate) fn first_lanes(n: usize) -> u16 {

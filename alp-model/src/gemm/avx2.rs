@@ -58,9 +58,7 @@ pub(super) unsafe fn gemm_packed(
             // The first row tile brings in the next block (the next panel's first after the
             // last), one line a step; only an address, so running past the end is harmless.
             let next = b.wrapping_add(kc * PANEL);
-            let mut i = 0;
-            while i < m {
-                let rows = (m - i).min(MR);
+            for (i, rows) in row_tiles(m) {
                 // The tile's rows of `x`, step-major ([`pack_rows`]), from step `t0` on.
                 let (xi, oi) = (x.add(i * k + t0 * rows), out.add(i * n));
                 let pf = (i == 0).then_some(next);
@@ -72,7 +70,6 @@ pub(super) unsafe fn gemm_packed(
                     5 => panel_tile::<5>(kc, xi, b, oi, n, cols, first, pf),
                     _ => panel_tile::<6>(kc, xi, b, oi, n, cols, first, pf),
                 }
-                i += rows;
             }
             t0 += kc;
         }
@@ -156,23 +153,32 @@ unsafe fn step<const R: usize>(acc: &mut [[__m256; 2]; R], x: *const f32, bt: *c
     }
 }
 
-/// `x` (`m × k`, row-major) rearranged for [`gemm_packed`]: the rows in tiles of [`MR`] (the
-/// last one shorter), a tile of `r` rows from row `i` stored step-major at `i·k`, its step
+/// `x` (`m × k`, row-major) rearranged for [`gemm_packed`]: the rows in [`row_tiles`], a tile of `r` rows from row `i` stored step-major at `i·k`, its step
 /// `t` the `r` values `x[i.., t]` at `i·k + t·r`. A step's broadcasts then read one short
 /// run of memory at fixed offsets.
 pub(super) fn pack_rows(m: usize, k: usize, x: &[f32]) -> Vec<f32> {
     assert_eq!(x.len(), m * k, "pack_rows: {m} rows of {k}");
     let mut out = vec![0f32; m * k];
-    let mut i = 0;
-    while i < m {
-        let rows = (m - i).min(MR);
+    for (i, rows) in row_tiles(m) {
         let tile = &mut out[i * k..(i + rows) * k];
         for r in 0..rows {
             for (t, &v) in x[(i + r) * k..(i + r + 1) * k].iter().enumerate() {
                 tile[t * rows + r] = v;
             }
         }
-        i += rows;
     }
     out
+}
+
+/// The row tiles of `m` rows, `(first row, rows)`: at most [`MR`] rows each, as even as they go
+/// (32 rows: 6 6 5 5 5 5), since a short last tile (6 6 6 6 6 2) would leave the FMA units
+/// waiting on its few accumulators.
+pub(super) fn row_tiles(m: usize) -> impl Iterator<Item = (usize, usize)> {
+    let tiles = m.div_ceil(MR);
+    (0..tiles).scan(0, move |start, tile| {
+        let rows = m / tiles + usize::from(tile < m % tiles);
+        let first = *start;
+        *start += rows;
+        Some((first, rows))
+    })
 }
