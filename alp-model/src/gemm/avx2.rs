@@ -24,17 +24,19 @@ pub(super) const MR: usize = 6;
 pub(super) const KC: usize = 256;
 
 /// `out[i, j] = Σ_t x[i, t] · w[j, t]` over the panels `panels` of a packed weight
-/// (`super::pack(n, k, w, LINES)`): `x` is `m × k` ([`pack_rows`]), `out` is `m × n`,
-/// row-major. Each panel
-/// is taken in blocks of [`KC`] steps, every row tile through one block before the next, the
-/// partial sums kept in `out` in between. Each output is summed over `t` in order, in one
-/// lane, so its value depends on neither `m`, the tiling, the blocking nor the threading.
+/// (`super::pack(n, k, w, LINES)`), for one block of at most [`MC`] rows: `x` is `m × k`
+/// ([`pack_rows`]'s block), `out` is `m` rows of stride `n`. Each panel is taken in blocks of
+/// [`KC`] steps, every row tile through one block before the next, the partial sums kept in
+/// a contiguous `m × 16` buffer (rows of `out` a power-of-two apart would share the level-1
+/// cache's sets) and copied to `out` once the panel is done. Each output is summed over `t` in
+/// order, in one lane, so its value depends on neither `m`, the tiling, the blocking nor the
+/// threading.
 ///
 /// # Safety
-/// The CPU has AVX2 and FMA; `x` is [`pack_rows`]`(m, k, ..)`'s output, `out` holds `m·n`
-/// elements, `w` is
-/// `super::pack(n, k, .., LINES)`'s output; `panels` lies within `0..n.div_ceil(PANEL)`; no
-/// other thread writes those panels' columns of `out` meanwhile.
+/// The CPU has AVX2 and FMA; `m ≤ MC`; `x` holds `m·k` elements ([`pack_rows`]'s layout),
+/// `out` holds `(m − 1)·n + n` elements, `w` is `super::pack(n, k, .., LINES)`'s output;
+/// `panels` lies within `0..n.div_ceil(PANEL)`; no other thread writes those panels' columns
+/// of `out` meanwhile.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn gemm_packed(
@@ -46,10 +48,10 @@ pub(super) unsafe fn gemm_packed(
     out: *mut f32,
     panels: std::ops::Range<usize>,
 ) {
+    assert!(m <= MC);
+    let mut acc = [Line([0.0; 16]); MC];
     for p in panels {
         let b = w.add(p * k * LINES) as *const f32;
-        let cols = (n - p * PANEL).min(PANEL);
-        let out = out.add(p * PANEL);
         let mut t0 = 0;
         while t0 < k {
             let kc = KC.min(k - t0);
@@ -60,82 +62,67 @@ pub(super) unsafe fn gemm_packed(
             let next = b.wrapping_add(kc * PANEL);
             for (i, rows) in row_tiles(m) {
                 // The tile's rows of `x`, step-major ([`pack_rows`]), from step `t0` on.
-                let (xi, oi) = (x.add(i * k + t0 * rows), out.add(i * n));
+                let (xi, ai) = (
+                    x.add(i * k + t0 * rows),
+                    acc.as_mut_ptr().add(i) as *mut f32,
+                );
                 let pf = (i == 0).then_some(next);
                 match rows {
-                    1 => panel_tile::<1>(kc, xi, b, oi, n, cols, first, pf),
-                    2 => panel_tile::<2>(kc, xi, b, oi, n, cols, first, pf),
-                    3 => panel_tile::<3>(kc, xi, b, oi, n, cols, first, pf),
-                    4 => panel_tile::<4>(kc, xi, b, oi, n, cols, first, pf),
-                    5 => panel_tile::<5>(kc, xi, b, oi, n, cols, first, pf),
-                    _ => panel_tile::<6>(kc, xi, b, oi, n, cols, first, pf),
+                    1 => panel_tile::<1>(kc, xi, b, ai, first, pf),
+                    2 => panel_tile::<2>(kc, xi, b, ai, first, pf),
+                    3 => panel_tile::<3>(kc, xi, b, ai, first, pf),
+                    4 => panel_tile::<4>(kc, xi, b, ai, first, pf),
+                    5 => panel_tile::<5>(kc, xi, b, ai, first, pf),
+                    _ => panel_tile::<6>(kc, xi, b, ai, first, pf),
                 }
             }
             t0 += kc;
         }
+        let cols = (n - p * PANEL).min(PANEL);
+        let out = out.add(p * PANEL);
+        for (r, a) in acc.iter().enumerate().take(m) {
+            std::ptr::copy_nonoverlapping(a.0.as_ptr(), out.add(r * n), cols);
+        }
     }
 }
 
-/// `R` rows of `x` (row stride `ldx`) against `kc` steps of one panel `b`, added to the
-/// partial sums in the first `cols` columns of `out` (row stride `ldo`; zero instead where
-/// `first`), while the lines from `prefetch` on (if any) are brought in, one a step.
+/// `R` rows of `x` against `kc` steps of one panel `b`, added to the partial sums `acc` (`R`
+/// rows of [`PANEL`]; zero instead where `first`), while the lines from `prefetch` on (if
+/// any) are brought in, one a step.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-#[allow(clippy::too_many_arguments)]
 unsafe fn panel_tile<const R: usize>(
     kc: usize,
     x: *const f32,
     b: *const f32,
-    out: *mut f32,
-    ldo: usize,
-    cols: usize,
+    acc: *mut f32,
     first: bool,
     prefetch: Option<*const f32>,
 ) {
-    // A partial panel (the weight's last) goes through a scratch tile: no masked loads or
-    // stores, which AVX2 has only in a slow form.
-    let mut scratch = [[0f32; PANEL]; R];
-    let whole = cols == PANEL;
-    if !whole && !first {
-        for (r, s) in scratch.iter_mut().enumerate() {
-            std::ptr::copy_nonoverlapping(out.add(r * ldo), s.as_mut_ptr(), cols);
-        }
-    }
-    let (base, stride) = if whole {
-        (out, ldo)
-    } else {
-        (scratch.as_mut_ptr() as *mut f32, PANEL)
-    };
-    let row = |r: usize| base.wrapping_add(r * stride);
-    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    let mut a = [[_mm256_setzero_ps(); 2]; R];
     if !first {
-        for (r, a) in acc.iter_mut().enumerate() {
-            a[0] = _mm256_loadu_ps(row(r));
-            a[1] = _mm256_loadu_ps(row(r).add(8));
+        for (r, a) in a.iter_mut().enumerate() {
+            a[0] = _mm256_load_ps(acc.add(r * PANEL));
+            a[1] = _mm256_load_ps(acc.add(r * PANEL + 8));
         }
     }
     match prefetch {
         Some(pf) => {
             for t in 0..kc {
                 _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(t * PANEL) as *const i8);
-                step(&mut acc, x.add(t * R), b.add(t * PANEL));
+                step(&mut a, x.add(t * R), b.add(t * PANEL));
             }
         }
         None => {
             for t in 0..kc {
-                step(&mut acc, x.add(t * R), b.add(t * PANEL));
+                step(&mut a, x.add(t * R), b.add(t * PANEL));
             }
         }
     }
-    for (r, a) in acc.iter().enumerate() {
-        _mm256_storeu_ps(row(r), a[0]);
-        _mm256_storeu_ps(row(r).add(8), a[1]);
-    }
-    if !whole {
-        for (r, s) in scratch.iter().enumerate() {
-            std::ptr::copy_nonoverlapping(s.as_ptr(), out.add(r * ldo), cols);
-        }
+    for (r, a) in a.iter().enumerate() {
+        _mm256_store_ps(acc.add(r * PANEL), a[0]);
+        _mm256_store_ps(acc.add(r * PANEL + 8), a[1]);
     }
 }
 
@@ -159,6 +146,19 @@ unsafe fn step<const R: usize>(acc: &mut [[__m256; 2]; R], x: *const f32, bt: *c
 pub(super) fn pack_rows(m: usize, k: usize, x: &[f32]) -> Vec<f32> {
     assert_eq!(x.len(), m * k, "pack_rows: {m} rows of {k}");
     let mut out = vec![0f32; m * k];
+    for (i, mc) in row_blocks(m) {
+        pack_block(
+            mc,
+            k,
+            &x[i * k..(i + mc) * k],
+            &mut out[i * k..(i + mc) * k],
+        );
+    }
+    out
+}
+
+/// One block of [`pack_rows`]: `m` rows in [`row_tiles`].
+fn pack_block(m: usize, k: usize, x: &[f32], out: &mut [f32]) {
     for (i, rows) in row_tiles(m) {
         let tile = &mut out[i * k..(i + rows) * k];
         for r in 0..rows {
@@ -167,18 +167,32 @@ pub(super) fn pack_rows(m: usize, k: usize, x: &[f32]) -> Vec<f32> {
             }
         }
     }
-    out
+}
+
+/// Rows in a block of `x`: a block (`MC · k` values, 192 KiB at `k` = 512) stays in the
+/// level-2 cache while every panel of the weight multiplies it.
+pub(super) const MC: usize = 96;
+
+/// The row blocks of `m` rows, `(first row, rows)`: at most [`MC`] rows each, as even as
+/// they go.
+pub(super) fn row_blocks(m: usize) -> impl Iterator<Item = (usize, usize)> {
+    even_split(m, MC)
+}
+
+/// `m` split into `m.div_ceil(most)` runs as even as they go, `(first, len)`.
+fn even_split(m: usize, most: usize) -> impl Iterator<Item = (usize, usize)> {
+    let parts = m.div_ceil(most);
+    (0..parts).scan(0, move |start, part| {
+        let len = m / parts + usize::from(part < m % parts);
+        let first = *start;
+        *start += len;
+        Some((first, len))
+    })
 }
 
 /// The row tiles of `m` rows, `(first row, rows)`: at most [`MR`] rows each, as even as they go
 /// (32 rows: 6 6 5 5 5 5), since a short last tile (6 6 6 6 6 2) would leave the FMA units
 /// waiting on its few accumulators.
 pub(super) fn row_tiles(m: usize) -> impl Iterator<Item = (usize, usize)> {
-    let tiles = m.div_ceil(MR);
-    (0..tiles).scan(0, move |start, tile| {
-        let rows = m / tiles + usize::from(tile < m % tiles);
-        let first = *start;
-        *start += rows;
-        Some((first, rows))
-    })
+    even_split(m, MR)
 }

@@ -342,19 +342,25 @@ fn packed_gemm(isa: Isa, m: usize, n: usize, k: usize, dst: &mut [f32], lhs: &[f
     let panels = n.div_ceil(16 * lines);
     assert!(dst.len() == m * n && lhs.len() == m * k && w.len() == panels * k * lines);
     let out = SharedOut(dst.as_mut_ptr());
+    // The AVX2 kernel reads `x` rearranged ([`avx2::pack_rows`]), in blocks of `avx2::MC`
+    // rows that stay in the level-2 cache while every panel multiplies them.
     let rows = match isa {
         Isa::Avx2 => Some(avx2::pack_rows(m, k, lhs)),
         Isa::Avx512 => None,
     };
     for_each_share(panels, |mine| {
-        let x = rows.as_deref().unwrap_or(lhs).as_ptr();
         let (w, o) = (w.as_ptr(), out.ptr());
         // SAFETY: a `PackedWeight` is made only for an `isa` this CPU has; the lengths are
         // asserted above; each share writes only its own panels' columns.
         unsafe {
-            match isa {
-                Isa::Avx512 => avx512::gemm_packed(m, n, k, x, w, o, mine),
-                Isa::Avx2 => avx2::gemm_packed(m, n, k, x, w, o, mine),
+            match &rows {
+                None => avx512::gemm_packed(m, n, k, lhs.as_ptr(), w, o, mine),
+                Some(x) => {
+                    for (i, mc) in avx2::row_blocks(m) {
+                        let (x, o) = (x.as_ptr().add(i * k), o.add(i * n));
+                        avx2::gemm_packed(mc, n, k, x, w, o, mine.clone())
+                    }
+                }
             }
         }
     })
@@ -529,9 +535,9 @@ mod tests {
     }
 
     /// Every kernel this CPU has (the packed ones included), on one thread and split across
-    /// threads, against a plain f64 triple loop: rows that fill no tile, `k` off the vector
-    /// width (masked tails), columns off the tile and panel widths, and a prefetch that runs
-    /// past the weight's end.
+    /// threads, against a plain f64 triple loop: rows that fill no tile or span several row
+    /// blocks, `k` off the vector width (masked tails) and over several k-blocks, columns off
+    /// the tile and panel widths, and a prefetch that runs past the weight's end.
     #[test]
     fn every_kernel_matches_a_plain_loop() {
         let mut rng = 0x2545_f491_u32;
@@ -554,6 +560,8 @@ mod tests {
             (25, 33, 40),
             (12, 31, 7),
             (9, 50, 129),
+            (100, 40, 300),
+            (SMALL_M_ROWS, 17, 520),
         ] {
             let x: Vec<f32> = (0..m * k).map(|_| next()).collect();
             let w: Vec<f32> = (0..n * k).map(|_| next()).collect();
