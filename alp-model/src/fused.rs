@@ -364,12 +364,11 @@ impl CustomOp1 for Softmax {
         for_rows(&mut out, d, |o, r| {
             let xr = &x[r * d..(r + 1) * d];
             let m = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
             for (o, &v) in o.iter_mut().zip(xr) {
-                *o = (v - m).exp();
-                sum += *o;
+                *o = v - m;
             }
-            let inv = 1.0 / sum;
+            crate::vmath::exp_in_place(o);
+            let inv = 1.0 / o.iter().sum::<f32>();
             o.iter_mut().for_each(|o| *o *= inv);
         });
         Ok((CpuStorage::F32(out), l.shape().clone()))
@@ -444,10 +443,6 @@ fn silu_mul_inputs<'a>(
 
 struct SiluMul;
 
-fn sigmoid(v: f32) -> f32 {
-    1.0 / (1.0 + (-v).exp())
-}
-
 impl CustomOp2 for SiluMul {
     fn name(&self) -> &'static str {
         "alp-silu-mul"
@@ -463,10 +458,7 @@ impl CustomOp2 for SiluMul {
         let d = last_dim(l1)?;
         let mut out = vec![0f32; g.len()];
         for_rows(&mut out, d, |o, r| {
-            let (gr, ur) = (&g[r * d..(r + 1) * d], &u[r * d..(r + 1) * d]);
-            for ((o, &gv), &uv) in o.iter_mut().zip(gr).zip(ur) {
-                *o = gv * sigmoid(gv) * uv;
-            }
+            crate::vmath::silu_mul(&g[r * d..(r + 1) * d], &u[r * d..(r + 1) * d], o);
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -512,9 +504,14 @@ impl CustomOp3 for SiluMulBwd {
             .enumerate()
             .for_each(|(c, (dg, du))| {
                 let off = c * per;
+                // e^(−g) first, vectorised, into dg.
+                for (e, &gv) in dg.iter_mut().zip(&g[off..]) {
+                    *e = -gv;
+                }
+                crate::vmath::exp_in_place(dg);
                 for i in 0..dg.len() {
                     let (gv, uv, gr) = (g[off + i], u[off + i], gr[off + i]);
-                    let s = sigmoid(gv);
+                    let s = 1.0 / (1.0 + dg[i]);
                     dg[i] = gr * uv * s * (1.0 + gv * (1.0 - s));
                     du[i] = gr * gv * s;
                 }
@@ -575,8 +572,7 @@ struct LogSoftmaxGather;
 
 fn row_max_lse(xr: &[f32]) -> (f32, f32) {
     let m = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let s: f32 = xr.iter().map(|v| (v - m).exp()).sum();
-    (m, m + s.ln())
+    (m, m + crate::vmath::exp_sum(xr, m).ln())
 }
 
 impl CustomOp2 for LogSoftmaxGather {
@@ -645,8 +641,10 @@ impl CustomOp3 for LogSoftmaxGatherBwd {
             let (_, lse) = row_max_lse(xr);
             let gv = g[r];
             for (o, &xv) in o.iter_mut().zip(xr) {
-                *o = -gv * (xv - lse).exp();
+                *o = xv - lse;
             }
+            crate::vmath::exp_in_place(o);
+            o.iter_mut().for_each(|o| *o *= -gv);
             if let Some(o) = o.get_mut(t[r] as usize) {
                 *o += gv;
             }

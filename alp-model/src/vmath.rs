@@ -220,6 +220,26 @@ fn exp_in_place_on(isa: Option<Isa>, xs: &mut [f32]) {
     }
 }
 
+/// `Σ e^(x − shift)` over `xs` (a log-sum-exp's sum), on the best instruction set this CPU
+/// has, without writing the exponentials anywhere.
+pub(crate) fn exp_sum(xs: &[f32], shift: f32) -> f32 {
+    exp_sum_on(isa(), xs, shift)
+}
+
+/// [`exp_sum`] on the instruction set `isa` (which this CPU must have): blocks of 64 through
+/// [`exp_in_place_on`] on the stack.
+fn exp_sum_on(isa: Option<Isa>, xs: &[f32], shift: f32) -> f32 {
+    let mut buf = [0f32; 64];
+    let mut sum = 0f32;
+    for c in xs.chunks(64) {
+        let b = &mut buf[..c.len()];
+        b.iter_mut().zip(c).for_each(|(b, x)| *b = x - shift);
+        exp_in_place_on(isa, b);
+        sum += b.iter().sum::<f32>();
+    }
+    sum
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn exp_avx512(xs: &mut [f32]) {
@@ -296,6 +316,21 @@ mod tests {
                 "{isa:?}: {o:?}"
             );
             assert!(o[4] < 1e-37 && o[5] > 1e38, "{isa:?}: {o:?}");
+        }
+    }
+
+    #[test]
+    fn exp_sum_matches_f64_on_every_length_and_instruction_set() {
+        for isa in Isa::all().into_iter().map(Some).chain([None]) {
+            for len in [1usize, 7, 63, 64, 65, 2048, 2049] {
+                let xs: Vec<f32> = (0..len).map(|i| (i as f32 * 0.71).sin() * 9.0).collect();
+                let want: f64 = xs.iter().map(|&x| (x as f64 - 3.5).exp()).sum();
+                let got = exp_sum_on(isa, &xs, 3.5) as f64;
+                assert!(
+                    ((got - want) / want).abs() < 1e-5,
+                    "{isa:?} {len}: {got} vs {want}"
+                );
+            }
         }
     }
 
