@@ -81,7 +81,13 @@ pub(super) unsafe fn gemm_packed(
         let cols = (n - p * PANEL).min(PANEL);
         let out = out.add(p * PANEL);
         for (r, a) in acc.iter().enumerate().take(m) {
-            std::ptr::copy_nonoverlapping(a.0.as_ptr(), out.add(r * n), cols);
+            let (a, o) = (a.0.as_ptr(), out.add(r * n));
+            if cols == PANEL {
+                _mm256_storeu_ps(o, _mm256_load_ps(a));
+                _mm256_storeu_ps(o.add(8), _mm256_load_ps(a.add(8)));
+            } else {
+                std::ptr::copy_nonoverlapping(a, o, cols);
+            }
         }
     }
 }
@@ -160,11 +166,26 @@ pub(super) fn pack_rows(m: usize, k: usize, x: &[f32]) -> Vec<f32> {
 /// One block of [`pack_rows`]: `m` rows in [`row_tiles`].
 fn pack_block(m: usize, k: usize, x: &[f32], out: &mut [f32]) {
     for (i, rows) in row_tiles(m) {
-        let tile = &mut out[i * k..(i + rows) * k];
-        for r in 0..rows {
-            for (t, &v) in x[(i + r) * k..(i + r + 1) * k].iter().enumerate() {
-                tile[t * rows + r] = v;
-            }
+        let (src, dst) = (&x[i * k..(i + rows) * k], &mut out[i * k..(i + rows) * k]);
+        match rows {
+            1 => dst.copy_from_slice(src),
+            2 => pack_tile::<2>(src, dst),
+            3 => pack_tile::<3>(src, dst),
+            4 => pack_tile::<4>(src, dst),
+            5 => pack_tile::<5>(src, dst),
+            _ => pack_tile::<6>(src, dst),
+        }
+    }
+}
+
+/// `R` rows of `src` (`R × k`) into `dst` step-major: `dst[t·R + r] = src[r·k + t]`.
+fn pack_tile<const R: usize>(src: &[f32], dst: &mut [f32]) {
+    let k = src.len() / R;
+    let mut rows: [std::slice::Iter<f32>; R] =
+        std::array::from_fn(|r| src[r * k..(r + 1) * k].iter());
+    for d in dst.chunks_exact_mut(R) {
+        for (d, row) in d.iter_mut().zip(rows.iter_mut()) {
+            *d = *row.next().expect("k steps in every row");
         }
     }
 }
