@@ -89,9 +89,7 @@ pub fn attention_reference(
         None => scores,
     };
     let probs = candle_nn::ops::softmax_last_dim(&scores.contiguous()?)?;
-    let out = probs
-        .reshape((b, nkv, rep * t, l))?
-        .matmul(&v.contiguous()?)?;
+    let out = probs.reshape((b, nkv, rep * t, l))?.matmul(v)?;
     out.reshape((b, nh, t, hd))?
         .transpose(1, 2)?
         .reshape((b, t, nh * hd))

@@ -1,6 +1,8 @@
 //! Each fused kernel with a backward (`alp_model::fused`) against its twin composed from candle
 //! ops, forward + backward, at the training shapes of the ~25M config (16 × 127 tokens, hidden
-//! 512, 8 heads of 64, MLP 1408, vocabulary 2048). CPU only: on other devices both take the twin.
+//! 512, 8 heads of 64, MLP 1408, vocabulary 2048); and the inference attention
+//! (`alp_model::attention`) against candle's composition at a decode step. CPU only: on other
+//! devices both take the twin.
 use alp_model::fused::{self, twin};
 use candle_core::{Device, Tensor, Var};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -88,6 +90,27 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let y = twin::log_softmax_gather(&logits, &tg).unwrap();
             criterion::black_box(y.sum_all().unwrap().backward().unwrap());
+        })
+    });
+    g.finish();
+
+    // Inference attention (no backward) at a decode step of one rollout shard: 32 sequences,
+    // 8 query heads over 4 KV heads of 64, 95 cached positions in a cache of 128.
+    let (b, kv, l) = (32, 4, 95);
+    let q = konst(&[b, heads, 1, hd]);
+    let cache = |_| konst(&[b, kv, 128, hd]).narrow(2, 0, l).unwrap();
+    let (k, v) = (cache(0), cache(1));
+    let scale = 1.0 / (hd as f64).sqrt();
+    let mut g = c.benchmark_group("fused/attention_decode");
+    g.sample_size(20);
+    g.throughput(Throughput::Elements((b * heads * l * hd) as u64));
+    g.bench_function(BenchmarkId::from_parameter("fused"), |bn| {
+        bn.iter(|| criterion::black_box(alp_model::attention::attention(&q, &k, &v, None, scale)))
+    });
+    g.bench_function(BenchmarkId::from_parameter("reference"), |bn| {
+        bn.iter(|| {
+            let r = alp_model::attention::attention_reference(&q, &k, &v, None, scale);
+            criterion::black_box(r)
         })
     });
     g.finish();

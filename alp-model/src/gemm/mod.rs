@@ -120,6 +120,11 @@ impl PackedWeight {
         }))
     }
 
+    #[doc(hidden)]
+    pub fn tmp_raw(&self, m: usize, dst: &mut [f32], lhs: &[f32]) {
+        self.run(m, dst, lhs)
+    }
+
     /// `dst[m×n] = lhs[m×k] · wᵀ`, the panels split across threads.
     fn run(&self, m: usize, dst: &mut [f32], lhs: &[f32]) {
         packed_gemm(self.isa, m, self.n, self.k, dst, lhs, &self.lines)
