@@ -57,16 +57,19 @@ pub(super) unsafe fn gemm_packed(
             let kc = KC.min(k - t0);
             let first = t0 == 0;
             let b = b.add(t0 * PANEL);
-            // The first row tile brings in the next block (the next panel's first after the
-            // last), one line a step; only an address, so running past the end is harmless.
+            // The row tiles bring in the next block (the next panel's first after the last)
+            // between them: tile `j` of `tiles` the lines `j`, `j + tiles`, … one every `tiles`
+            // steps, so that the requests are spread over the whole block rather than queued
+            // at once. Only addresses: running past the end is harmless.
             let next = b.wrapping_add(kc * PANEL);
-            for (i, rows) in row_tiles(m) {
+            let tiles = m.div_ceil(MR);
+            for (j, (i, rows)) in row_tiles(m).enumerate() {
                 // The tile's rows of `x`, step-major ([`pack_rows`]), from step `t0` on.
                 let (xi, ai) = (
                     x.add(i * k + t0 * rows),
                     acc.as_mut_ptr().add(i) as *mut f32,
                 );
-                let pf = (i == 0).then_some(next);
+                let pf = (next.wrapping_add(j * PANEL), tiles);
                 match rows {
                     1 => panel_tile::<1>(kc, xi, b, ai, first, pf),
                     2 => panel_tile::<2>(kc, xi, b, ai, first, pf),
@@ -93,8 +96,8 @@ pub(super) unsafe fn gemm_packed(
 }
 
 /// `R` rows of `x` against `kc` steps of one panel `b`, added to the partial sums `acc` (`R`
-/// rows of [`PANEL`]; zero instead where `first`), while the lines from `prefetch` on (if
-/// any) are brought in, one a step.
+/// rows of [`PANEL`]; zero instead where `first`), while the lines `prefetch.0`,
+/// `prefetch.0 + prefetch.1`, … are brought in, one every `prefetch.1` steps.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
@@ -104,7 +107,7 @@ unsafe fn panel_tile<const R: usize>(
     b: *const f32,
     acc: *mut f32,
     first: bool,
-    prefetch: Option<*const f32>,
+    prefetch: (*const f32, usize),
 ) {
     let mut a = [[_mm256_setzero_ps(); 2]; R];
     if !first {
@@ -113,18 +116,16 @@ unsafe fn panel_tile<const R: usize>(
             a[1] = _mm256_load_ps(acc.add(r * PANEL + 8));
         }
     }
-    match prefetch {
-        Some(pf) => {
-            for t in 0..kc {
-                _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(t * PANEL) as *const i8);
-                step(&mut a, x.add(t * R), b.add(t * PANEL));
-            }
+    let (mut pf, every) = prefetch;
+    let mut wait = 1;
+    for t in 0..kc {
+        wait -= 1;
+        if wait == 0 {
+            _mm_prefetch::<_MM_HINT_T0>(pf as *const i8);
+            pf = pf.wrapping_add(every * PANEL);
+            wait = every;
         }
-        None => {
-            for t in 0..kc {
-                step(&mut a, x.add(t * R), b.add(t * PANEL));
-            }
-        }
+        step(&mut a, x.add(t * R), b.add(t * PANEL));
     }
     for (r, a) in a.iter().enumerate() {
         _mm256_store_ps(acc.add(r * PANEL), a[0]);
