@@ -194,7 +194,7 @@ fn one_query(
 ) {
     let hd = q.len();
     #[cfg(target_arch = "x86_64")]
-    let simd = crate::vmath::avx2() && hd % 8 == 0;
+    let simd = crate::vmath::avx2() && hd.is_multiple_of(8);
     #[cfg(not(target_arch = "x86_64"))]
     let simd = false;
     if simd {
@@ -280,7 +280,7 @@ mod simd {
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn scores(q: &[f32], k: &[f32], scale: f32, p: &mut [f32]) {
         let hd = q.len();
-        assert!(hd % 8 == 0 && k.len() >= p.len() * hd);
+        assert!(hd.is_multiple_of(8) && k.len() >= p.len() * hd);
         let (q, k) = (q.as_ptr(), k.as_ptr());
         let l = p.len();
         let mut j = 0;
@@ -323,7 +323,7 @@ mod simd {
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn weighted_sum(p: &[f32], v: &[f32], inv: f32, out: &mut [f32]) {
         let hd = out.len();
-        assert!(hd % 8 == 0 && v.len() >= p.len() * hd);
+        assert!(hd.is_multiple_of(8) && v.len() >= p.len() * hd);
         let v = v.as_ptr();
         let mut c0 = 0;
         while c0 < hd {
@@ -348,19 +348,9 @@ mod simd {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decoder::{causal_mask, padded_mask};
+    use crate::gemm::tests::max_rel;
     use candle_core::{Device, D};
-
-    fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-        let s = b
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        d.to_scalar::<f32>().unwrap() / s.max(1e-6)
-    }
 
     /// Keys and values as a cache holds them: views of the first `l` of `cap` positions.
     fn cache_view(b: usize, nkv: usize, l: usize, cap: usize, hd: usize) -> Tensor {
@@ -390,34 +380,10 @@ mod tests {
             );
             assert!(fusable(&q, &k, &v));
             let start = l - t;
-            let causal: Vec<f32> = (0..t)
-                .flat_map(|i| {
-                    (0..l).map(move |j| {
-                        if j <= start + i {
-                            0.0
-                        } else {
-                            f32::NEG_INFINITY
-                        }
-                    })
-                })
-                .collect();
-            let causal = Tensor::from_vec(causal, (1, 1, 1, t, l), &dev).unwrap();
-            // Row r hides its first r keys (left padding), but never a query's own position.
-            let padded: Vec<f32> = (0..b)
-                .flat_map(|r| {
-                    (0..t).flat_map(move |i| {
-                        (0..l).map(move |j| {
-                            let ok = j == start + i || (j <= start + i && j >= r.min(start));
-                            if ok {
-                                0.0
-                            } else {
-                                f32::NEG_INFINITY
-                            }
-                        })
-                    })
-                })
-                .collect();
-            let padded = Tensor::from_vec(padded, (b, 1, 1, t, l), &dev).unwrap();
+            let causal = causal_mask(start, t, &dev).unwrap();
+            // Row r starts with r padding positions (at most the prompt before the queries).
+            let pads: Vec<usize> = (0..b).map(|r| r.min(start)).collect();
+            let padded = padded_mask(&pads, start, t, &dev).unwrap();
             for mask in [None, Some(&causal), Some(&padded)] {
                 let want = attention_reference(&q, &k, &v, mask, 0.125).unwrap();
                 for single in [false, true] {

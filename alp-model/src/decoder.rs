@@ -626,7 +626,7 @@ impl Model {
 }
 
 /// Additive causal mask `[1, 1, 1, t, start + t]` (broadcasts over batch, KV heads, group).
-fn causal_mask(start: usize, t: usize, device: &Device) -> Result<Tensor> {
+pub(crate) fn causal_mask(start: usize, t: usize, device: &Device) -> Result<Tensor> {
     let l = start + t;
     let m: Vec<f32> = (0..t)
         .flat_map(|i| {
@@ -644,7 +644,12 @@ fn causal_mask(start: usize, t: usize, device: &Device) -> Result<Tensor> {
 
 /// Additive mask `[b, 1, 1, t, start + t]` for left-padded rows: a real query sees real keys
 /// up to itself; a padding query sees only itself (its output is never used).
-fn padded_mask(left_pad: &[usize], start: usize, t: usize, device: &Device) -> Result<Tensor> {
+pub(crate) fn padded_mask(
+    left_pad: &[usize],
+    start: usize,
+    t: usize,
+    device: &Device,
+) -> Result<Tensor> {
     let b = left_pad.len();
     let l = start + t;
     let mut m = Vec::with_capacity(b * t * l);

@@ -172,15 +172,15 @@ pub(super) const PACKED_MR: usize = 8;
 pub(super) const KC: usize = 128;
 
 /// `out[i, j] = Σ_t x[i, t] · w[j, t]` over the panels `panels` of a packed weight
-/// (`super::pack(n, k, w, LINES)`): `x` is `m × k`, `out` is `m × n`, row-major. Each panel is taken in blocks of [`KC`] steps,
-/// every row tile through one block before the next, the partial sums kept in `out` in
-/// between. Each output is summed over `t` in order, in one lane, so its value depends on
-/// neither `m`, the tiling, the blocking nor the threading.
+/// (`super::pack(n, k, w, LINES)`): `x` is `m × k`, `out` is `m × n`, row-major. Each panel
+/// is taken in blocks of [`KC`] steps, every row tile through one block before the next, the
+/// partial sums kept in `out` in between. Each output is summed over `t` in order, in one
+/// lane, so its value depends on neither `m`, the tiling, the blocking nor the threading.
 ///
 /// # Safety
-/// The CPU has AVX-512F ([`available`]); `x` and `out` hold `m·k` and `m·n` elements, `w`
-/// is `super::pack(n, k, .., LINES)`'s output; `panels` lies within `0..n.div_ceil(PANEL)`; no other thread
-/// writes those panels' columns of `out` meanwhile.
+/// The CPU has AVX-512F ([`available`]); `x` and `out` hold `m·k` and `m·n` elements, `w` is
+/// `super::pack(n, k, .., LINES)`'s output; `panels` lies within `0..n.div_ceil(PANEL)`; no
+/// other thread writes those panels' columns of `out` meanwhile.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn gemm_packed(

@@ -443,7 +443,7 @@ fn fma_gemm(_: usize, _: usize, _: usize, _: &mut [f32], _: &[f32], _: &[f32]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use candle_core::Device;
 
@@ -456,7 +456,8 @@ mod tests {
             .unwrap()
     }
 
-    fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
+    /// Largest |a − b| over the largest |b|.
+    pub(crate) fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
         abs_max(&(a - b).unwrap()) / abs_max(b).max(1e-6)
     }
 
