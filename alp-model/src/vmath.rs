@@ -46,11 +46,6 @@ pub(crate) fn available() -> bool {
     isa().is_some()
 }
 
-/// Whether this CPU has AVX-512F (alp's AVX-512 product kernels).
-pub(crate) fn avx512() -> bool {
-    isa() == Some(Isa::Avx512)
-}
-
 /// Whether this CPU has AVX2 and FMA (the 8-lane kernels; AVX-512 CPUs have them too).
 pub(crate) fn avx2() -> bool {
     static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();

@@ -120,11 +120,6 @@ impl PackedWeight {
         }))
     }
 
-    #[doc(hidden)]
-    pub fn tmp_raw(&self, m: usize, dst: &mut [f32], lhs: &[f32]) {
-        self.run(m, dst, lhs)
-    }
-
     /// `dst[m×n] = lhs[m×k] · wᵀ`, the panels split across threads.
     fn run(&self, m: usize, dst: &mut [f32], lhs: &[f32]) {
         packed_gemm(self.isa, m, self.n, self.k, dst, lhs, &self.lines)
@@ -223,17 +218,13 @@ impl Kernel {
 
     /// Every kernel this CPU can run, best first.
     fn all() -> Vec<Kernel> {
-        let mut out = Vec::new();
-        #[cfg(target_arch = "x86_64")]
-        {
-            if avx512::available() {
-                out.push(Kernel::Avx512);
-            }
-            if std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("avx2") {
-                out.push(Kernel::Fma);
-            }
-        }
-        out
+        Isa::all()
+            .into_iter()
+            .map(|isa| match isa {
+                Isa::Avx512 => Kernel::Avx512,
+                Isa::Avx2 => Kernel::Fma,
+            })
+            .collect()
     }
 
     /// `dst[m×n] = lhs[m×k] · rhsᵀ` for a row-major `rhs` of `[n, k]`; every element of `dst`
@@ -333,8 +324,8 @@ fn avx512_gemm(m: usize, n: usize, k: usize, dst: &mut [f32], lhs: &[f32], rhs: 
     // Shares of whole tiles of `NR` columns.
     for_each_share(n.div_ceil(avx512::NR), |tiles| {
         let cols = (tiles.start * avx512::NR).min(n)..(tiles.end * avx512::NR).min(n);
-        // SAFETY: `Kernel::all` checked `available()`; the lengths are asserted above;
-        // each share writes only its own columns.
+        // SAFETY: `Kernel::all` lists it only where `Isa::all` found AVX-512F; the lengths
+        // are asserted above; each share writes only its own columns.
         unsafe { avx512::gemm_nt(m, n, k, lhs.as_ptr(), rhs.as_ptr(), out.ptr(), cols) }
     })
 }
