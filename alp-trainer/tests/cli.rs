@@ -168,6 +168,8 @@ fn bench_rollout_reports_generated_tokens_as_json() {
             "5",
             "--new-tokens",
             "3",
+            "--repeats",
+            "3",
             "--json",
         ])
         .output()
@@ -176,7 +178,18 @@ fn bench_rollout_reports_generated_tokens_as_json() {
     let stdout = String::from_utf8(out.stdout).unwrap();
     let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(last["generated_tokens"], 12);
-    assert!(last["tokens_per_s"].as_f64().unwrap() > 0.0);
+    // The reported throughput is the median of the three timed runs, each listed.
+    let mut runs: Vec<f64> = last["runs_tokens_per_s"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(runs.len(), 3);
+    runs.sort_by(f64::total_cmp);
+    let tps = last["tokens_per_s"].as_f64().unwrap();
+    assert!(tps > 0.0);
+    assert!((tps - runs[1]).abs() <= 1e-9 * runs[1], "{tps} vs {runs:?}");
     // The machine the number belongs to.
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu = last["machine"]["cpu"].as_str().unwrap();

@@ -45,6 +45,11 @@ fn absurd_sizes_and_missing_models() {
         &["--seq-len"],
         &[d.path()],
     );
+    refuses(
+        &["bench", "rollout", "--preset", "tiny", "--repeats", "0"],
+        &["--repeats", "positive"],
+        &[d.path()],
+    );
     refuses(&["bench", "rollout"], &["--model", "--preset"], &[d.path()]);
     refuses(
         &["bench", "rollout", "--preset", "nope"],

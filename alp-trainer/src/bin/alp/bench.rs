@@ -34,11 +34,17 @@ pub struct RolloutArgs {
     /// Device: cpu or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Timed generations of the whole batch; the median one is reported (each is listed in
+    /// the JSON's `runs_tokens_per_s`).
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
     /// Print only the JSON line.
     #[arg(long)]
     pub json: bool,
 }
 
+/// Generates `--batch` sequences from random prompts `--repeats` times after a short warm-up,
+/// and prints the median run's throughput with the machine it was measured on.
 pub fn rollout(a: RolloutArgs) -> Result<()> {
     let shards = a.shards.unwrap_or_else(|| {
         if a.device == "cpu" {
@@ -56,8 +62,8 @@ pub fn rollout(a: RolloutArgs) -> Result<()> {
         }
         _ => bail!("give exactly one of --model <dir or repo id> or --preset <name>"),
     };
-    if a.batch == 0 || a.prompt_len == 0 || a.new_tokens == 0 {
-        bail!("--batch, --prompt-len and --new-tokens must be positive");
+    if a.batch == 0 || a.prompt_len == 0 || a.new_tokens == 0 || a.repeats == 0 {
+        bail!("--batch, --prompt-len, --new-tokens and --repeats must be positive");
     }
     // The KV cache of every row at full length, and its prompt and outputs.
     let c = model.config();
@@ -104,18 +110,29 @@ pub fn rollout(a: RolloutArgs) -> Result<()> {
             ..requests[0].params.clone()
         },
     }])?;
-    let t = Instant::now();
-    let (out, stats) = engine.generate_with_stats(&requests)?;
-    let secs = t.elapsed().as_secs_f64();
+    // Each repeat generates the same batch from scratch (same prompts and seeds).
+    let mut runs = Vec::with_capacity(a.repeats);
+    for _ in 0..a.repeats {
+        let t = Instant::now();
+        let (out, stats) = engine.generate_with_stats(&requests)?;
+        runs.push((t.elapsed().as_secs_f64(), out, stats));
+    }
+    let run_tps: Vec<f64> = runs
+        .iter()
+        .map(|(secs, out, _)| out.iter().map(|c| c.tokens.len()).sum::<usize>() as f64 / secs)
+        .collect();
+    runs.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let (secs, out, stats) = &runs[runs.len() / 2];
     let generated: usize = out.iter().map(|c| c.tokens.len()).sum();
     let tps = generated as f64 / secs;
     if !a.json {
-        println!("generated {generated} tokens in {secs:.2} s: {tps:.0} tokens/s ({} decode steps, {} prefills)", stats.decode_steps, stats.prefills);
+        println!("generated {generated} tokens in {secs:.2} s (median of {} runs): {tps:.0} tokens/s ({} decode steps, {} prefills)", a.repeats, stats.decode_steps, stats.prefills);
     }
     println!(
         "{}",
         serde_json::json!({
             "tokens_per_s": tps, "generated_tokens": generated, "seconds": secs,
+            "runs_tokens_per_s": run_tps,
             "batch": a.batch, "prompt_len": a.prompt_len, "new_tokens": a.new_tokens,
             "dtype": a.dtype, "device": a.device, "shards": shards, "decode_steps": stats.decode_steps,
             "prefill_seconds": stats.prefill_seconds, "decode_seconds": stats.decode_seconds,
