@@ -8,6 +8,15 @@ fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// A JSON array of numbers.
+fn f64s(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
 #[test]
 fn init_then_logprobs_matches_cached_decode() {
     let dir = tempfile::tempdir().unwrap();
@@ -33,12 +42,7 @@ fn init_then_logprobs_matches_cached_decode() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let lp: Vec<f64> = v["logprobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect();
+    let lp = f64s(&v["logprobs"]);
     assert_eq!(lp.len(), 3);
 
     // Same numbers as a token-by-token cached decode through the library.
@@ -179,12 +183,7 @@ fn bench_rollout_reports_generated_tokens_as_json() {
     let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(last["generated_tokens"], 12);
     // The reported throughput is the median of the three timed runs, each listed.
-    let mut runs: Vec<f64> = last["runs_tokens_per_s"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
+    let mut runs = f64s(&last["runs_tokens_per_s"]);
     assert_eq!(runs.len(), 3);
     runs.sort_by(f64::total_cmp);
     let tps = last["tokens_per_s"].as_f64().unwrap();

@@ -18,8 +18,9 @@ pub(super) const NR: usize = 4;
 /// `x` is `m × k`, `w` is `n × k`, `out` is `m × n`, all row-major.
 ///
 /// # Safety
-/// The CPU has AVX-512F (`Isa::Avx512` among `Isa::all()`); `x`, `w` and `out` hold `m·k`, `n·k` and `m·n` elements;
-/// `cols` lies within `0..n`; no other thread writes `out`'s columns `cols` meanwhile.
+/// The CPU has AVX-512F (`Isa::Avx512` among `Isa::all()`); `x`, `w` and `out` hold `m·k`,
+/// `n·k` and `m·n` elements; `cols` lies within `0..n`; no other thread writes `out`'s columns
+/// `cols` meanwhile.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn gemm_nt(
@@ -173,9 +174,9 @@ pub(super) const KC: usize = 128;
 /// lane, so its value depends on neither `m`, the tiling, the blocking nor the threading.
 ///
 /// # Safety
-/// The CPU has AVX-512F (`Isa::Avx512` among `Isa::all()`); `x` and `out` hold `m·k` and `m·n` elements, `w` is
-/// `super::pack(n, k, .., LINES)`'s output; `panels` lies within `0..n.div_ceil(PANEL)`; no
-/// other thread writes those panels' columns of `out` meanwhile.
+/// The CPU has AVX-512F (`Isa::Avx512` among `Isa::all()`); `x` and `out` hold `m·k` and
+/// `m·n` elements, `w` is `super::pack(n, k, .., LINES)`'s output; `panels` lies within
+/// `0..n.div_ceil(PANEL)`; no other thread writes those panels' columns of `out` meanwhile.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn gemm_packed(

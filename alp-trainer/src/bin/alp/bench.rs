@@ -110,21 +110,20 @@ pub fn rollout(a: RolloutArgs) -> Result<()> {
             ..requests[0].params.clone()
         },
     }])?;
-    // Each repeat generates the same batch from scratch (same prompts and seeds).
+    // Each repeat generates the same batch from scratch (same prompts and seeds): (tokens/s,
+    // seconds, generated tokens, counters) per run.
     let mut runs = Vec::with_capacity(a.repeats);
     for _ in 0..a.repeats {
         let t = Instant::now();
         let (out, stats) = engine.generate_with_stats(&requests)?;
-        runs.push((t.elapsed().as_secs_f64(), out, stats));
+        let secs = t.elapsed().as_secs_f64();
+        let generated: usize = out.iter().map(|c| c.tokens.len()).sum();
+        runs.push((generated as f64 / secs, secs, generated, stats));
     }
-    let run_tps: Vec<f64> = runs
-        .iter()
-        .map(|(secs, out, _)| out.iter().map(|c| c.tokens.len()).sum::<usize>() as f64 / secs)
-        .collect();
+    let run_tps: Vec<f64> = runs.iter().map(|r| r.0).collect();
     runs.sort_by(|x, y| x.0.total_cmp(&y.0));
-    let (secs, out, stats) = &runs[runs.len() / 2];
-    let generated: usize = out.iter().map(|c| c.tokens.len()).sum();
-    let tps = generated as f64 / secs;
+    // The lower middle for an even count, as the slower of the two middle runs.
+    let (tps, secs, generated, stats) = &runs[(runs.len() - 1) / 2];
     if !a.json {
         println!("generated {generated} tokens in {secs:.2} s (median of {} runs): {tps:.0} tokens/s ({} decode steps, {} prefills)", a.repeats, stats.decode_steps, stats.prefills);
     }
@@ -136,7 +135,7 @@ pub fn rollout(a: RolloutArgs) -> Result<()> {
             "batch": a.batch, "prompt_len": a.prompt_len, "new_tokens": a.new_tokens,
             "dtype": a.dtype, "device": a.device, "shards": shards, "decode_steps": stats.decode_steps,
             "prefill_seconds": stats.prefill_seconds, "decode_seconds": stats.decode_seconds,
-            "decode_tokens_per_s": (generated - out.len()) as f64 / stats.decode_seconds.max(1e-9),
+            "decode_tokens_per_s": (generated - requests.len()) as f64 / stats.decode_seconds.max(1e-9),
             "machine": machine(&a.device),
         })
     );
