@@ -37,8 +37,17 @@ fn rows_per_task(width: usize) -> usize {
     (MIN_PAR_ELEMS / width.max(1)).max(1)
 }
 
-/// Applies `f(out_row, row_index)` to every row of `out` (rows of `width`), in parallel.
+/// Applies `f(out_row, row_index)` to every row of `out` (rows of `width`), in parallel, or
+/// on the calling thread alone inside [`crate::gemm::single_threaded`] (a rollout shard, which
+/// already has a core of its own: handing its rows to the thread pool only made it wait for
+/// pool threads that compete with the other shard for the cores).
 fn for_rows(out: &mut [f32], width: usize, f: impl Fn(&mut [f32], usize) + Sync) {
+    if candle_core::utils::matmul_threads() == 1 {
+        for (r, row) in out.chunks_mut(width).enumerate() {
+            f(row, r);
+        }
+        return;
+    }
     let per = rows_per_task(width);
     out.par_chunks_mut(per * width)
         .enumerate()

@@ -157,6 +157,36 @@ proptest! {
         prop_assert!(e <= 1e-6, "values differ by {}", e);
     }
 
+    /// Inside `single_threaded` (a rollout shard) the forward kernels, and candle's
+    /// element-wise ops large enough for its thread pool, run on the calling thread alone: the
+    /// same bits as split across threads, for sizes on both sides of the split.
+    #[test]
+    fn forward_ops_on_one_thread_match_the_pool_bit_for_bit(rows in 1usize..200, d in 1usize..400, seed in 0u64..1000) {
+        let x = randn(&[rows, d], seed);
+        let y = randn(&[rows, d], seed + 1);
+        let w = randn(&[d], seed + 2);
+        let half = d.div_ceil(2);
+        let xr = randn(&[1, rows, 2, 2 * half], seed + 3);
+        let (cos, sin) = (randn(&[1, rows, half], seed + 4), randn(&[1, rows, half], seed + 5));
+        let ops = || -> candle_core::Result<Vec<Tensor>> {
+            Ok(vec![
+                fused::rms_norm(&x, &w, 1e-6)?,
+                fused::softmax_last_dim(&x)?,
+                fused::silu_mul_inference(&x, &y)?,
+                fused::silu_mul(&x, &y)?,
+                fused::rope_from_seq_major(&xr, &cos, &sin)?,
+                // 64K elements or more take candle's barrier pool outside `single_threaded`.
+                ((&x * 3.0)?.exp()? + &y)?,
+            ])
+        };
+        let pooled = ops().unwrap();
+        let alone = alp_model::gemm::single_threaded(ops).unwrap();
+        for (i, (a, b)) in alone.iter().zip(&pooled).enumerate() {
+            let (a, b) = (a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            prop_assert!(a.iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits()), "op {} differs", i);
+        }
+    }
+
     #[test]
     fn log_softmax_gather_matches_twin(rows in 1usize..60, v in 1usize..3000, seed in 0u64..1000) {
         let x = (randn(&[rows, v], seed) * 5.0).unwrap();

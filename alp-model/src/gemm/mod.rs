@@ -42,8 +42,9 @@ pub const SMALL_M_ROWS: usize = 128;
 
 /// Runs `f` with this thread's products computed on this thread alone (the small-product
 /// kernels of [`linear`], and candle's matmul through the vendored candle-core's
-/// `utils::matmul_on_this_thread`), for callers that already keep every core busy (one decode
-/// shard per core): splitting each product across the thread pool as well only adds
+/// `utils::matmul_on_this_thread`), and its row-wise kernels (`fused`, `attention`) and
+/// candle's large element-wise ops too, for callers that already keep every core busy (one
+/// decode shard per core): splitting each op across the thread pool as well only adds
 /// hand-offs. On a 2-core Intel Xeon two shards decoded 1,546 tokens/s this way and 1,432 with
 /// split small products; with candle's matmuls kept on the shard too, their prefill took a
 /// median 1.02 s instead of 1.14 (B64, 32+64 tokens, 10 alternated runs each).

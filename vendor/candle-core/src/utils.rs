@@ -262,6 +262,15 @@ impl BarrierPool {
             f(0);
             return;
         }
+        // alp patch: a caller that asked for its work on its own thread
+        // (`matmul_on_this_thread`) runs every share itself, in order, rather than waking the
+        // pool's workers and taking the call lock that other such callers also wait on.
+        if matmul_threads() == 1 {
+            for tid in 0..=n {
+                f(tid);
+            }
+            return;
+        }
 
         let mut guard = self.call_lock.lock().unwrap();
         let new_gen = guard.wrapping_add(1);
@@ -428,7 +437,8 @@ thread_local! {
     static MATMUL_ON_THIS_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Runs `f` with the CPU matmuls it calls on this thread computed on this thread alone.
+/// Runs `f` with the CPU matmuls it calls on this thread computed on this thread alone, and
+/// the element-wise ops that would use the barrier pool too.
 pub fn matmul_on_this_thread<R>(f: impl FnOnce() -> R) -> R {
     let before = MATMUL_ON_THIS_THREAD.with(|s| s.replace(true));
     let out = f();
