@@ -165,7 +165,7 @@ impl CustomOp3 for Attention {
             }
         };
         let per_row = t * nh * hd;
-        if candle_core::utils::matmul_threads() > 1 && b > 1 {
+        if crate::gemm::threads() > 1 && b > 1 {
             use rayon::prelude::*;
             out.par_chunks_mut(per_row)
                 .enumerate()

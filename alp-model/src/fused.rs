@@ -42,7 +42,7 @@ fn rows_per_task(width: usize) -> usize {
 /// already has a core of its own: handing its rows to the thread pool only made it wait for
 /// pool threads that compete with the other shard for the cores).
 fn for_rows(out: &mut [f32], width: usize, f: impl Fn(&mut [f32], usize) + Sync) {
-    if candle_core::utils::matmul_threads() == 1 {
+    if crate::gemm::threads() == 1 {
         for (r, row) in out.chunks_mut(width).enumerate() {
             f(row, r);
         }

@@ -52,9 +52,9 @@ pub fn single_threaded<R>(f: impl FnOnce() -> R) -> R {
     candle_core::utils::matmul_on_this_thread(f)
 }
 
-/// Threads a small product may use here: the same as candle's matmul (1 inside
-/// [`single_threaded`]).
-fn threads() -> usize {
+/// Threads an inference op may use here (a small product, a row-wise kernel, attention): the
+/// same as candle's matmul (1 inside [`single_threaded`]).
+pub(crate) fn threads() -> usize {
     candle_core::utils::matmul_threads()
 }
 
