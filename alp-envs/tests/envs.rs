@@ -361,7 +361,7 @@ fn code_block_episodes_run_python_and_survive_bad_blocks() {
     use alp_envs::{CallFormat, ToolEnv, ToolEnvConfig};
     let sb = std::sync::Arc::new(
         PythonSandbox::new(PythonConfig::default())
-            .expect("the python tool needs python3 and unshare with user namespaces"),
+            .expect("the python tool needs python3 and bubblewrap with user namespaces"),
     );
     let mut reg = ToolRegistry::new();
     reg.register(PythonTool::new(sb));
@@ -418,7 +418,7 @@ fn without_a_sandbox_the_python_tool_says_why_and_the_episode_goes_on() {
     use alp_envs::CallFormat;
     let mut reg = ToolRegistry::new();
     reg.register(UnavailablePython::new(
-        "unshare: user namespaces are disabled",
+        "bwrap: No permissions to create new namespace (user namespaces are disabled)",
     ));
     let cfg = ToolEnvConfig {
         call_format: CallFormat::CodeBlock,

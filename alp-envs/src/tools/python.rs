@@ -1,24 +1,42 @@
 //! A sandboxed Python interpreter, the tool of tool-integrated reasoning. Each call runs the
-//! model's code in a fresh interpreter process:
+//! model's code in a fresh interpreter inside a [bubblewrap](https://github.com/containers/bubblewrap)
+//! (`bwrap`) sandbox, built the way Flatpak builds its own:
 //!
-//! - **namespaces** (`unshare`): a new user namespace, **no network** (an empty network
-//!   namespace), its own PID namespace (every process it starts dies with it) and its own
-//!   mount namespace in which every mount is read-only and `/tmp` (the working directory and
-//!   `$HOME`), `/var/tmp`, `/dev/shm` and the caller's home are fresh size-limited tmpfs that
-//!   vanish with the call: nothing is left behind on the host;
-//! - **resource limits**: CPU seconds, address space, file size, open files and (running as its
-//!   own uid when started by root, else counted above the caller's own tasks) processes;
-//! - a **wall-clock timeout** that kills the whole process group; stdin closed; the environment
-//!   cleared; output cut at a configured size (the run is stopped there).
+//! - **a fresh, minimal root**, not the host's file system: an empty read-only tmpfs holding
+//!   only the interpreter, the directories on its `sys.path` (standard library,
+//!   `lib-dynload`, site-packages), the directories of the shared libraries it loads, its ELF
+//!   loader and `/etc/ld.so.cache`, all bind-mounted **read-only** at their host paths (what
+//!   [`PythonSandbox::visible_paths`] lists); a new `/proc` for its own PID namespace; a
+//!   read-only `/dev` with `null`, `zero`, `full`, `random`, `urandom` and `tty`; private
+//!   size-limited tmpfs at `/tmp` (the working directory and `$HOME`) and `/dev/shm` that
+//!   vanish with the call. There is no shell or other program, no `/etc/passwd`, no `/sys`,
+//!   no home directory, no checkout, no host socket;
+//! - **new namespaces** for users, PIDs, mounts, network (loopback only: no network), IPC,
+//!   UTS and cgroups, and no nested user namespaces (`--disable-userns`);
+//! - **no privileges**: every capability dropped and `no_new_privs` set before the
+//!   interpreter starts, so the code cannot mount, unmount, remount or make namespaces;
+//!   started by root the sandbox runs as an unprivileged uid of its own; a **seccomp** filter
+//!   refuses (`EPERM`) the system calls a snippet never needs (mounting, namespaces,
+//!   `ptrace`, keyrings, `bpf`, `io_uring`, file handles, kernel modules and the like);
+//! - **resource limits**: CPU seconds, address space, file size, open files and processes;
+//!   no file descriptor of the caller's is inherited;
+//! - a **wall-clock timeout** that kills the whole sandbox; stdin closed; the environment
+//!   cleared (`PATH`, `LANG`, `HOME=/tmp` only); output cut at a configured size (the run
+//!   is stopped there).
 //!
 //! Every failure — syntax error, exception, timeout, limit, a sandbox that cannot start — comes
 //! back as the tool's text ([`RunResult::to_tool_text`]), never as an error of the run.
+//!
+//! An exit status above 128 is reported as the signal 128 less (bubblewrap's convention,
+//! the shell's too): `sys.exit(137)` reads as "stopped by signal 9".
 
 use super::registry::{Tool, ToolError};
 use alp_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::io::Read;
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -32,6 +50,8 @@ use std::time::{Duration, Instant};
 pub struct PythonConfig {
     /// The interpreter (a name on `PATH` or a path); `/usr/bin/python3` is tried after it.
     pub python: String,
+    /// Bubblewrap (a name on `PATH` or a path; Debian and Ubuntu: `apt-get install bubblewrap`).
+    pub bwrap: String,
     /// Wall-clock seconds before the process group is killed.
     pub timeout_s: f64,
     /// CPU seconds (`RLIMIT_CPU`).
@@ -54,6 +74,7 @@ impl Default for PythonConfig {
     fn default() -> Self {
         PythonConfig {
             python: "python3".into(),
+            bwrap: "bwrap".into(),
             timeout_s: 5.0,
             cpu_seconds: 5,
             memory_mb: 1024,
@@ -165,34 +186,198 @@ impl RunResult {
 }
 
 /// Started by root, each sandbox runs as a uid of its own from this range (so that its
-/// process limit counts its own processes only).
+/// process limit counts its own processes only, and nothing it does acts as root).
 const SANDBOX_UID_BASE: libc::uid_t = 1_600_000;
 
-/// Sandboxes running now (a non-root caller's process allowance grows with them).
-static IN_FLIGHT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// The file descriptor on which bubblewrap reads the seccomp program.
+const SECCOMP_FD: libc::c_int = 3;
 
-/// The script the namespace's first process runs: every mount read-only, fresh tmpfs over the
-/// writable places, then the interpreter on the code (`$0` python, `$1` code, `$2` a home
-/// directory to hide, `$3` the tmpfs size).
-const SETUP: &str = r#"
-awk '{print $2}' /proc/self/mounts | while read -r m; do
-  mount -o remount,bind,ro "$m" 2>/dev/null || true
-done
-mount -t tmpfs -o "size=$3" tmpfs /tmp || { echo "sandbox: cannot mount a private /tmp" >&2; exit 125; }
-for d in /var/tmp /dev/shm "$2"; do
-  if [ -n "$d" ] && [ -d "$d" ]; then mount -t tmpfs -o size=1m tmpfs "$d" 2>/dev/null || true; fi
-done
-cd /tmp || exit 125
-export HOME=/tmp
-"$0" -I -B -c "$1"
-rc=$?
-if [ "$rc" -gt 128 ]; then printf '\n%s%d\n' "$SIGNAL_MARK" $((rc - 128)) >&2; fi
-exit "$rc"
+/// What the interpreter runs first, inside the sandbox (`sys.argv[1]` the process limit,
+/// `sys.argv[2]` the code): it sets `RLIMIT_NPROC`, which the kernel counts per user
+/// namespace, so the limit counts the sandbox's own processes whoever the caller is (set on
+/// the host it would count all of a non-root caller's processes); then it runs the code as
+/// `python -c` would, as `__main__` from `<string>`, its own two frames hidden from
+/// tracebacks.
+const LAUNCHER: &str = r#"def _alp_sandbox(sys=__import__("sys")):
+    import resource
+    n, code = int(sys.argv[1]), sys.argv[2]
+    del sys.argv[1:]
+    resource.setrlimit(resource.RLIMIT_NPROC, (n, n))
+    main = sys.modules["__main__"].__dict__
+    del main["_alp_sandbox"]
+    def hook(t, v, tb, show=sys.__excepthook__):
+        for _ in range(2):
+            tb = tb.tb_next if tb is not None else None
+        show(t, v.with_traceback(tb), tb)
+    sys.excepthook = hook
+    exec(compile(code, "<string>", "exec"), main)
+_alp_sandbox()
 "#;
 
-/// What the setup script writes to stderr, on a line of its own, when the interpreter dies of
-/// a signal.
-const SIGNAL_MARK: &str = "__alp_sandbox_signal__ ";
+/// Run on the host by the caller (not in the sandbox) to learn what the interpreter needs:
+/// its executable, the directories on its path and the files it maps once the usual
+/// extension modules are loaded (the shared libraries and their loader).
+const PROBE: &str = r#"
+import json, os, sys
+for m in ("array", "binascii", "bz2", "cmath", "collections", "ctypes", "datetime", "decimal",
+          "fractions", "hashlib", "heapq", "itertools", "json", "lzma", "math", "random", "re",
+          "select", "socket", "sqlite3", "statistics", "struct", "unicodedata", "zlib"):
+    try:
+        __import__(m)
+    except Exception:
+        pass
+maps = set()
+with open("/proc/self/maps") as f:
+    for line in f:
+        parts = line.split(None, 5)
+        if len(parts) == 6 and parts[5].startswith("/"):
+            maps.add(parts[5].rstrip("\n"))
+print(json.dumps({
+    "executable": os.path.realpath(sys.executable),
+    "path": [p for p in sys.path if p and os.path.isdir(p)],
+    "maps": sorted(maps),
+}))
+"#;
+
+/// System calls that a Python snippet never needs and that reach past the sandbox's own
+/// processes and files: they fail with `EPERM`. Namespaces and privileges already forbid
+/// most of them; the filter is a second wall (e.g. for a kernel bug in one of them).
+#[cfg(any(
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    target_arch = "riscv64"
+))]
+const REFUSED_SYSCALLS: &[i64] = &[
+    libc::SYS_mount,
+    libc::SYS_umount2,
+    libc::SYS_pivot_root,
+    libc::SYS_chroot,
+    libc::SYS_unshare,
+    libc::SYS_setns,
+    libc::SYS_open_tree,
+    libc::SYS_move_mount,
+    libc::SYS_fsopen,
+    libc::SYS_fsconfig,
+    libc::SYS_fsmount,
+    libc::SYS_fspick,
+    libc::SYS_mount_setattr,
+    libc::SYS_name_to_handle_at,
+    libc::SYS_open_by_handle_at,
+    libc::SYS_ptrace,
+    libc::SYS_process_vm_readv,
+    libc::SYS_process_vm_writev,
+    libc::SYS_kcmp,
+    libc::SYS_keyctl,
+    libc::SYS_add_key,
+    libc::SYS_request_key,
+    libc::SYS_bpf,
+    libc::SYS_perf_event_open,
+    libc::SYS_userfaultfd,
+    libc::SYS_io_uring_setup,
+    libc::SYS_io_uring_enter,
+    libc::SYS_io_uring_register,
+    libc::SYS_fanotify_init,
+    libc::SYS_init_module,
+    libc::SYS_finit_module,
+    libc::SYS_delete_module,
+    libc::SYS_kexec_load,
+    libc::SYS_reboot,
+    libc::SYS_swapon,
+    libc::SYS_swapoff,
+    libc::SYS_acct,
+    libc::SYS_quotactl,
+    libc::SYS_syslog,
+    libc::SYS_personality,
+    libc::SYS_setdomainname,
+    libc::SYS_sethostname,
+    libc::SYS_settimeofday,
+    libc::SYS_clock_settime,
+    libc::SYS_clock_adjtime,
+    libc::SYS_adjtimex,
+    libc::SYS_pidfd_getfd,
+];
+
+/// The seccomp program (raw `sock_filter`s, as bubblewrap's `--seccomp` reads them): the
+/// calls in [`REFUSED_SYSCALLS`] and `clone` with `CLONE_NEWUSER` fail with `EPERM`, `clone3`
+/// with `ENOSYS`, a call
+/// of another architecture's ABI kills the process, and on x86-64 the x32 ABI's numbers are
+/// refused too.
+#[cfg(any(
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    target_arch = "riscv64"
+))]
+fn seccomp_program() -> Result<Vec<u8>> {
+    use seccompiler::{
+        SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
+    };
+    use std::collections::BTreeMap;
+    let bad = |e: seccompiler::BackendError| Error::invalid(format!("seccomp filter: {e}"));
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = REFUSED_SYSCALLS
+        .iter()
+        .map(|&nr| (nr, vec![]))
+        .collect();
+    let new_user = SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Qword,
+        SeccompCmpOp::MaskedEq(libc::CLONE_NEWUSER as u64),
+        libc::CLONE_NEWUSER as u64,
+    )
+    .map_err(bad)?;
+    rules.insert(
+        libc::SYS_clone,
+        vec![SeccompRule::new(vec![new_user]).map_err(bad)?],
+    );
+    let arch = std::env::consts::ARCH
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| bad(e))?;
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        arch,
+    )
+    .map_err(bad)?;
+    let program: seccompiler::BpfProgram = filter.try_into().map_err(bad)?;
+    let mut insns: Vec<(u16, u8, u8, u32)> = Vec::new();
+    // `clone3` passes its flags in memory, out of a filter's sight: it answers ENOSYS, and
+    // the C library falls back to `clone`, whose flags the filter reads (as Flatpak does).
+    // BPF_LD|BPF_W|BPF_ABS the syscall number; BPF_JMP|BPF_JEQ|BPF_K; BPF_RET|BPF_K.
+    insns.push((0x20, 0, 0, 0));
+    insns.push((0x15, 0, 1, libc::SYS_clone3 as u32));
+    insns.push((0x06, 0, 0, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32));
+    #[cfg(target_arch = "x86_64")]
+    {
+        // BPF_LD|BPF_W|BPF_ABS the syscall number; BPF_JMP|BPF_JGE|BPF_K past x32's base
+        // (0x4000_0000) to BPF_RET|BPF_K EPERM. The program that follows checks the
+        // architecture itself.
+        let errno = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
+        insns.push((0x20, 0, 0, 0));
+        insns.push((0x35, 0, 1, 0x4000_0000));
+        insns.push((0x06, 0, 0, errno));
+    }
+    insns.extend(program.iter().map(|f| (f.code, f.jt, f.jf, f.k)));
+    let mut bytes = Vec::with_capacity(insns.len() * 8);
+    for (code, jt, jf, k) in insns {
+        bytes.extend_from_slice(&code.to_ne_bytes());
+        bytes.push(jt);
+        bytes.push(jf);
+        bytes.extend_from_slice(&k.to_ne_bytes());
+    }
+    Ok(bytes)
+}
+
+#[cfg(not(any(
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    target_arch = "riscv64"
+)))]
+fn seccomp_program() -> Result<Vec<u8>> {
+    Err(Error::invalid(format!(
+        "the python sandbox has no seccomp filter for {}",
+        std::env::consts::ARCH
+    )))
+}
 
 /// A sandboxed Python interpreter (see the module docs). Cheap to share between threads:
 /// every call is its own process.
@@ -200,40 +385,47 @@ const SIGNAL_MARK: &str = "__alp_sandbox_signal__ ";
 pub struct PythonSandbox {
     cfg: PythonConfig,
     python: PathBuf,
-    unshare: PathBuf,
+    bwrap: PathBuf,
+    /// Host paths bind-mounted read-only at the same place (files and directories).
+    visible: Arc<Vec<PathBuf>>,
+    seccomp: Arc<Vec<u8>>,
 }
 
 impl PythonSandbox {
     /// Finds an interpreter that runs inside the sandbox (probing with one call); an error
-    /// says why no sandbox can be made on this machine (no `unshare`, user namespaces off, no
+    /// says why no sandbox can be made on this machine (no `bwrap`, user namespaces off, no
     /// interpreter the sandbox user can run).
     pub fn new(cfg: PythonConfig) -> Result<Self> {
         cfg.validate()?;
-        let unshare = ["/usr/bin/unshare", "/bin/unshare"]
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.exists())
-            .ok_or_else(|| {
-                Error::invalid("the python tool needs `unshare` (util-linux) for its sandbox")
+        let bwrap =
+            find_program(&cfg.bwrap, &["/usr/bin/bwrap", "/bin/bwrap"]).ok_or_else(|| {
+                Error::invalid(format!(
+                    "the python tool needs bubblewrap for its sandbox: `{}` is not on PATH \
+                 (Debian/Ubuntu: apt-get install bubblewrap; or set python.bwrap)",
+                    cfg.bwrap
+                ))
             })?;
+        let seccomp = Arc::new(seccomp_program()?);
         let mut candidates = Vec::new();
-        if let Ok(o) = Command::new(&cfg.python)
-            .args(["-c", "import sys; print(sys.executable)"])
-            .stdin(Stdio::null())
-            .output()
-        {
-            let p = String::from_utf8_lossy(&o.stdout).trim().to_string();
-            if o.status.success() && !p.is_empty() {
-                candidates.push(PathBuf::from(p));
-            }
+        if let Some(p) = find_program(&cfg.python, &[]) {
+            candidates.push(p);
         }
         candidates.push(PathBuf::from("/usr/bin/python3"));
         let mut why = Vec::new();
         for python in candidates {
+            let (python, visible) = match interpreter_view(&python) {
+                Ok(v) => v,
+                Err(e) => {
+                    why.push(format!("{}: {e}", python.display()));
+                    continue;
+                }
+            };
             let sb = PythonSandbox {
                 cfg: cfg.clone(),
                 python: python.clone(),
-                unshare: unshare.clone(),
+                bwrap: bwrap.clone(),
+                visible: Arc::new(visible),
+                seccomp: seccomp.clone(),
             };
             let r = sb.run("print(6 * 7)");
             if r.stdout.trim() == "42" {
@@ -246,7 +438,8 @@ impl PythonSandbox {
             ));
         }
         Err(Error::invalid(format!(
-            "no Python interpreter runs in the sandbox (user namespaces must be enabled): {}",
+            "no Python interpreter runs in the sandbox (bubblewrap needs user namespaces, and \
+             started by root the interpreter must be readable by every user): {}",
             why.join("; ")
         )))
     }
@@ -259,6 +452,73 @@ impl PythonSandbox {
     /// The interpreter in use.
     pub fn python(&self) -> &Path {
         &self.python
+    }
+
+    /// The host paths the sandbox shows, read-only and at the same place (besides its own
+    /// `/proc`, `/dev`, `/dev/shm` and `/tmp`).
+    pub fn visible_paths(&self) -> &[PathBuf] {
+        &self.visible
+    }
+
+    /// The bubblewrap arguments of one call, up to the interpreter's.
+    fn bwrap_args(&self) -> Vec<OsString> {
+        let mut a: Vec<OsString> = Vec::with_capacity(64);
+        let push = |a: &mut Vec<OsString>, xs: &[&str]| a.extend(xs.iter().map(OsString::from));
+        push(
+            &mut a,
+            &[
+                "--unshare-all",
+                "--unshare-user",
+                "--disable-userns",
+                "--die-with-parent",
+                "--new-session",
+                "--hostname",
+                "sandbox",
+                "--clearenv",
+                "--setenv",
+                "PATH",
+                "/usr/local/bin:/usr/bin:/bin",
+                "--setenv",
+                "LANG",
+                "C.UTF-8",
+                "--setenv",
+                "HOME",
+                "/tmp",
+                "--proc",
+                "/proc",
+                "--dev",
+                "/dev",
+                "--size",
+                "1048576",
+                "--tmpfs",
+                "/dev/shm",
+                "--remount-ro",
+                "/dev",
+            ],
+        );
+        let tmp_bytes = (self.cfg.file_size_mb << 20).to_string();
+        push(&mut a, &["--size", &tmp_bytes, "--tmpfs", "/tmp"]);
+        for p in self.visible.iter() {
+            a.push("--ro-bind".into());
+            a.push(p.into());
+            a.push(p.into());
+        }
+        push(
+            &mut a,
+            &[
+                "--ro-bind-try",
+                "/etc/ld.so.cache",
+                "/etc/ld.so.cache",
+                "--remount-ro",
+                "/",
+                "--chdir",
+                "/tmp",
+                "--seccomp",
+                &SECCOMP_FD.to_string(),
+                "--",
+            ],
+        );
+        a
     }
 
     /// Runs `code` in a fresh sandbox and returns what it produced (never an error: a sandbox
@@ -281,46 +541,42 @@ impl PythonSandbox {
         if code.contains('\0') {
             return fail("the code contains a NUL byte".into());
         }
-        let home = std::env::var("HOME").unwrap_or_default();
-        let mut cmd = Command::new(&self.unshare);
-        cmd.args([
-            "--user",
-            "--map-root-user",
-            "--net",
-            "--pid",
-            "--fork",
-            "--kill-child",
-            "--mount",
-            "--propagation",
-            "private",
-            "/bin/sh",
-            "-c",
-            SETUP,
-        ])
-        .arg(&self.python)
-        .arg(code)
-        .arg(&home)
-        .arg(format!("{}m", self.cfg.file_size_mb))
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("LANG", "C.UTF-8")
-        .env("SIGNAL_MARK", SIGNAL_MARK)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        let seccomp = match seccomp_pipe(&self.seccomp) {
+            Ok(fd) => fd,
+            Err(e) => return fail(format!("sandbox: cannot pass the seccomp filter: {e}")),
+        };
+        let mut cmd = Command::new(&self.bwrap);
+        cmd.args(self.bwrap_args())
+            .arg(&self.python)
+            .args(["-I", "-B", "-c", LAUNCHER])
+            // Bubblewrap's init and the interpreter count too.
+            .arg((self.cfg.max_processes + 2).to_string())
+            .arg(code)
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("LANG", "C.UTF-8")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let limits = Limits::of(&self.cfg);
-        let _flight = InFlight::enter();
+        let seccomp_fd = seccomp.as_raw_fd();
         // SAFETY: the closure runs in the forked child before exec and only calls
-        // async-signal-safe functions (setsid, setrlimit, setgroups, setgid, setuid).
+        // async-signal-safe functions (dup2, fcntl, close_range, setsid, setrlimit,
+        // setgroups, setgid, setuid).
         unsafe {
-            cmd.pre_exec(move || limits.apply());
+            cmd.pre_exec(move || {
+                pass_only_fd(seccomp_fd, SECCOMP_FD)?;
+                limits.apply()
+            });
         }
-        let mut child = match cmd.spawn() {
+        let spawned = cmd.spawn();
+        drop(seccomp);
+        let mut child = match spawned {
             Ok(c) => c,
             Err(e) => {
                 return fail(format!(
                     "sandbox: cannot start {}: {e}",
-                    self.unshare.display()
+                    self.bwrap.display()
                 ))
             }
         };
@@ -348,25 +604,20 @@ impl PythonSandbox {
                 }
             }
         };
-        // Whatever the code left running in the group goes too (the PID namespace is gone).
+        // bubblewrap's own process group; the sandbox's processes die with its PID 1, which
+        // dies with bubblewrap (`--die-with-parent`).
         kill_group(pgid);
         let stdout = out.join().unwrap_or_default();
-        let mut stderr = String::from_utf8_lossy(&err.join().unwrap_or_default()).into_owned();
-        let mut signal = None;
-        if let Some(at) = stderr.rfind(SIGNAL_MARK) {
-            signal = stderr[at + SIGNAL_MARK.len()..].trim().parse::<i32>().ok();
-            stderr.truncate(at);
-        }
+        let stderr = String::from_utf8_lossy(&err.join().unwrap_or_default()).into_owned();
         use std::os::unix::process::ExitStatusExt;
         let ending = if timed_out {
             Ending::TimedOut
         } else if overflow.load(Ordering::SeqCst) {
             Ending::OutputLimit
-        } else if let Some(sig) = signal {
-            Ending::Signal(sig)
         } else {
             match status {
                 Some(s) => match (s.code(), s.signal()) {
+                    (Some(c), _) if c > 128 && c <= 128 + 64 => Ending::Signal(c - 128),
                     (Some(c), _) => Ending::Exited(c),
                     (None, Some(sig)) => Ending::Signal(sig),
                     _ => Ending::Exited(-1),
@@ -381,6 +632,217 @@ impl PythonSandbox {
             seconds: t0.elapsed().as_secs_f64(),
         }
     }
+}
+
+/// `name` as given when it holds a `/`, else the first match on `PATH`, else the first of
+/// `fallbacks` that exists.
+fn find_program(name: &str, fallbacks: &[&str]) -> Option<PathBuf> {
+    let is_exec = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        p.metadata()
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        return is_exec(&p).then_some(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .chain(fallbacks.iter().map(PathBuf::from))
+        .find(|p| is_exec(p))
+}
+
+/// What the sandbox of `python` shows: the interpreter's real path and the host paths to
+/// bind read-only (the directories on its path and of the libraries it maps, its ELF loader).
+/// Directories that would show more of the host (`/`, the home, the working directory, the
+/// places of temporary files and configuration) are never shown whole: a library found
+/// directly in one of them is shown alone.
+fn interpreter_view(python: &Path) -> std::result::Result<(PathBuf, Vec<PathBuf>), String> {
+    let out = Command::new(python)
+        .args(["-I", "-B", "-c", PROBE])
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("LANG", "C.UTF-8")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run it: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "its probe failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    #[derive(Deserialize)]
+    struct Probe {
+        executable: PathBuf,
+        path: Vec<PathBuf>,
+        maps: Vec<PathBuf>,
+    }
+    let probe: Probe = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("unreadable probe output ({e})"))?;
+    let exe = probe
+        .executable
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", probe.executable.display()))?;
+    let mut too_wide: Vec<PathBuf> = [
+        "/",
+        "/bin",
+        "/boot",
+        "/dev",
+        "/etc",
+        "/home",
+        "/media",
+        "/mnt",
+        "/opt",
+        "/proc",
+        "/root",
+        "/run",
+        "/sbin",
+        "/srv",
+        "/sys",
+        "/tmp",
+        "/usr",
+        "/usr/bin",
+        "/usr/local",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/usr/share",
+        "/var",
+        "/var/tmp",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .collect();
+    too_wide.extend(std::env::var_os("HOME").map(PathBuf::from));
+    too_wide.extend(std::env::current_dir().ok());
+    too_wide.push(std::env::temp_dir());
+    let shows_too_much = |d: &Path| {
+        too_wide
+            .iter()
+            .any(|w| w.starts_with(d) || w.canonicalize().is_ok_and(|w| w.starts_with(d)))
+    };
+    let mut shown: Vec<PathBuf> = Vec::new();
+    let mut add = |p: PathBuf| {
+        if p.exists() && !shown.contains(&p) {
+            shown.push(p);
+        }
+    };
+    add(exe.clone());
+    if let Some(interp) = elf_interpreter(&exe) {
+        add(interp);
+    }
+    for d in probe.path {
+        match d.canonicalize() {
+            Ok(d) if d.is_dir() && !shows_too_much(&d) => add(d),
+            _ => {}
+        }
+    }
+    for f in probe.maps {
+        let Ok(f) = f.canonicalize() else { continue };
+        if !f.is_file() || f == exe || f.starts_with("/dev") || f.starts_with("/proc") {
+            continue;
+        }
+        match f.parent() {
+            Some(d) if !shows_too_much(d) => add(d.to_path_buf()),
+            _ => add(f),
+        }
+    }
+    // A path inside another shown directory needs no mount of its own.
+    let all = shown.clone();
+    shown.retain(|p| !all.iter().any(|q| q != p && q.is_dir() && p.starts_with(q)));
+    shown.sort();
+    Ok((exe, shown))
+}
+
+/// The program interpreter (`PT_INTERP`, the dynamic loader) named by a 64-bit ELF file.
+fn elf_interpreter(exe: &Path) -> Option<PathBuf> {
+    let mut head = vec![0u8; 64];
+    let mut f = std::fs::File::open(exe).ok()?;
+    f.read_exact(&mut head).ok()?;
+    if &head[..4] != b"\x7fELF" || head[4] != 2 {
+        return None;
+    }
+    let le = head[5] == 1;
+    let u = |b: &[u8]| -> u64 {
+        let mut v = [0u8; 8];
+        v[..b.len()].copy_from_slice(b);
+        if le {
+            u64::from_le_bytes(v)
+        } else {
+            let mut r = [0u8; 8];
+            r[8 - b.len()..].copy_from_slice(b);
+            u64::from_be_bytes(r)
+        }
+    };
+    let (phoff, phentsize, phnum) = (
+        u(&head[32..40]),
+        u(&head[54..56]) as usize,
+        u(&head[56..58]) as usize,
+    );
+    let bytes = std::fs::read(exe).ok()?;
+    for i in 0..phnum {
+        let at = phoff as usize + i * phentsize;
+        let ph = bytes.get(at..at + 56)?;
+        if u(&ph[0..4]) == 3 {
+            let (off, size) = (u(&ph[8..16]) as usize, u(&ph[32..40]) as usize);
+            let s = bytes.get(off..off + size)?;
+            let s = s.split(|&b| b == 0).next()?;
+            return Some(PathBuf::from(String::from_utf8(s.to_vec()).ok()?));
+        }
+    }
+    None
+}
+
+/// A pipe whose read end holds the seccomp program (it fits the pipe's buffer); bubblewrap
+/// reads it from [`SECCOMP_FD`].
+fn seccomp_pipe(program: &[u8]) -> std::io::Result<OwnedFd> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into the array it is given.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and are owned here alone.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    std::fs::File::from(write).write_all(program)?;
+    Ok(read)
+}
+
+/// In the child before exec: `fd` becomes `target` (inherited), and every other descriptor
+/// above stderr is closed at exec, so that nothing of the caller's reaches the sandbox.
+fn pass_only_fd(fd: libc::c_int, target: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: dup2, fcntl and close_range act on descriptors only (async-signal-safe).
+    unsafe {
+        if fd == target {
+            if libc::fcntl(target, libc::F_SETFD, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        } else if libc::dup2(fd, target) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let first = (target + 1) as libc::c_uint;
+        const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+        if libc::syscall(
+            libc::SYS_close_range,
+            first,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        ) != 0
+        {
+            // Kernels before 5.11: mark each one.
+            let mut lim: libc::rlimit = std::mem::zeroed();
+            let top = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+                lim.rlim_cur.min(1 << 20) as libc::c_int
+            } else {
+                1 << 16
+            };
+            for f in first as libc::c_int..top {
+                libc::fcntl(f, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Reads `pipe` keeping at most `cap` bytes; past it, flags `overflow` and stops the group.
@@ -419,22 +881,6 @@ fn kill_group(pgid: libc::pid_t) {
     }
 }
 
-/// Counts a sandbox in [`IN_FLIGHT`] while it runs.
-struct InFlight;
-
-impl InFlight {
-    fn enter() -> Self {
-        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
-        InFlight
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 /// The resource limits applied in the child before exec.
 #[derive(Clone, Copy)]
 struct Limits {
@@ -442,9 +888,10 @@ struct Limits {
     memory: u64,
     file_size: u64,
     open_files: u64,
-    nproc: u64,
-    /// The uid to run as (started by root), else None.
-    uid: Option<libc::uid_t>,
+    /// Started by root: the sandbox's own uid and its process limit on the host (bubblewrap's
+    /// two processes, the interpreter and what the code may add). Started by anyone else the
+    /// host limit stays the caller's; inside, [`LAUNCHER`] sets `max_processes` either way.
+    uid: Option<(libc::uid_t, u64)>,
 }
 
 impl Limits {
@@ -452,24 +899,15 @@ impl Limits {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         // SAFETY: geteuid has no preconditions.
         let as_root = unsafe { libc::geteuid() } == 0;
-        // Processes count per real uid. Started by root, the sandbox has a uid of its own and
-        // exactly `max_processes`; otherwise the caller's tasks (and every sandbox running)
-        // are added to the allowance.
-        let (uid, nproc) = if as_root {
+        let uid = as_root.then(|| {
             let slot = NEXT.fetch_add(1, Ordering::SeqCst) % 1_000_000;
-            (Some(SANDBOX_UID_BASE + slot), cfg.max_processes)
-        } else {
-            // SAFETY: getuid has no preconditions.
-            let base = tasks_of_uid(unsafe { libc::getuid() });
-            let others = IN_FLIGHT.load(Ordering::SeqCst) * 4;
-            (None, base + others + cfg.max_processes)
-        };
+            (SANDBOX_UID_BASE + slot, cfg.max_processes + 4)
+        });
         Limits {
             cpu: cfg.cpu_seconds,
             memory: cfg.memory_mb << 20,
             file_size: cfg.file_size_mb << 20,
             open_files: cfg.open_files,
-            nproc,
             uid,
         }
     }
@@ -500,9 +938,10 @@ impl Limits {
         set(libc::RLIMIT_AS, self.memory)?;
         set(libc::RLIMIT_FSIZE, self.file_size)?;
         set(libc::RLIMIT_NOFILE, self.open_files)?;
-        set(libc::RLIMIT_NPROC, self.nproc)?;
         set(libc::RLIMIT_CORE, 0)?;
-        if let Some(uid) = self.uid {
+        if let Some((uid, nproc)) = self.uid {
+            set(libc::RLIMIT_NPROC, nproc)?;
+            // SAFETY: async-signal-safe system calls on plain integers.
             unsafe {
                 if libc::setgroups(0, std::ptr::null()) != 0
                     || libc::setgid(uid) != 0
@@ -514,30 +953,6 @@ impl Limits {
         }
         Ok(())
     }
-}
-
-/// Tasks (threads) of processes whose real uid is `uid`, from `/proc`.
-fn tasks_of_uid(uid: libc::uid_t) -> u64 {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    let mut n = 0;
-    for e in dir.flatten() {
-        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
-            continue;
-        };
-        let field = |name: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-        };
-        if field("Uid:") == Some(uid as u64) {
-            n += field("Threads:").unwrap_or(1);
-        }
-    }
-    n
 }
 
 /// The `python` tool: `{"code": "..."}` runs in a [`PythonSandbox`]; the response is the
@@ -593,7 +1008,7 @@ impl Tool for PythonTool {
     }
 }
 
-/// The `python` tool of a machine where no sandbox can start (no `unshare`, user namespaces
+/// The `python` tool of a machine where no sandbox can start (no `bwrap`, user namespaces
 /// off): every call answers, as a tool error, why — the run goes on and the
 /// `tool/errors_per_episode` metric shows it.
 #[derive(Debug, Clone)]
