@@ -25,7 +25,7 @@ pub mod trajectory;
 
 pub use error::{Error, Result};
 pub use seed::{mix_seed, splitmix64, splitmix_finalize, GOLDEN_GAMMA};
-pub use traits::{ChatMessage, Environment, Step, Task, TaskSource};
+pub use traits::{ChatMessage, Environment, Step, Task, TaskFn, TaskSource};
 pub use trajectory::{
     FinishReason, Outcome, SamplingInfo, SamplingSupports, Trajectory, TrajectoryGroup,
 };

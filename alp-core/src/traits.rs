@@ -36,6 +36,23 @@ pub struct Task {
     pub answer: String,
 }
 
+impl Task {
+    /// A task whose conversation is one user message.
+    pub fn user(
+        id: impl Into<String>,
+        kind: impl Into<String>,
+        prompt: impl Into<String>,
+        answer: impl Into<String>,
+    ) -> Self {
+        Task {
+            id: id.into(),
+            kind: kind.into(),
+            messages: vec![ChatMessage::new("user", prompt)],
+            answer: answer.into(),
+        }
+    }
+}
+
 /// What an environment answers to a model turn.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
@@ -67,4 +84,47 @@ pub trait TaskSource: Send {
     fn cursor(&self) -> u64;
     /// Moves the stream to `cursor`.
     fn seek(&mut self, cursor: u64);
+}
+
+/// An endless [`TaskSource`] made from a function of the task's index: the cursor is the index
+/// of the next task, so a resumed run sees the same tasks.
+///
+/// ```
+/// use alp_core::{ChatMessage, Task, TaskFn, TaskSource};
+///
+/// let mut tasks = TaskFn::new(|n| Task {
+///     id: format!("t{n}"),
+///     kind: "echo".into(),
+///     messages: vec![ChatMessage::new("user", format!("say {n}"))],
+///     answer: n.to_string(),
+/// });
+/// assert_eq!(tasks.next_task().unwrap().answer, "0");
+/// tasks.seek(7);
+/// assert_eq!(tasks.next_task().unwrap().id, "t7");
+/// assert_eq!(tasks.cursor(), 8);
+/// ```
+pub struct TaskFn<F> {
+    make: F,
+    next: u64,
+}
+
+impl<F: Fn(u64) -> Task + Send> TaskFn<F> {
+    /// The stream whose `n`-th task is `make(n)`.
+    pub fn new(make: F) -> Self {
+        TaskFn { make, next: 0 }
+    }
+}
+
+impl<F: Fn(u64) -> Task + Send> TaskSource for TaskFn<F> {
+    fn next_task(&mut self) -> Option<Task> {
+        let t = (self.make)(self.next);
+        self.next += 1;
+        Some(t)
+    }
+    fn cursor(&self) -> u64 {
+        self.next
+    }
+    fn seek(&mut self, cursor: u64) {
+        self.next = cursor;
+    }
 }

@@ -32,6 +32,16 @@ pub struct LossOutput {
     pub metrics: BTreeMap<String, f64>,
 }
 
+impl LossOutput {
+    /// A loss without metrics.
+    pub fn new(loss: Tensor) -> Self {
+        LossOutput {
+            loss,
+            metrics: BTreeMap::new(),
+        }
+    }
+}
+
 /// The tensors of [`LossInputs`] checked and put into one dtype, with masked positions zeroed.
 pub(crate) struct Prepared {
     pub logp: Tensor,

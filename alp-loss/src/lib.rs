@@ -38,4 +38,4 @@ pub use aggregate::{masked_mean, masked_row_mean, Aggregation};
 pub use diagnostics::{entropy_from_logits, mismatch_report, RatioCollector, RatioInputs};
 pub use inputs::{LossInputs, LossOutput};
 pub use kl::{kl_per_token, KlEstimator, KlPenalty};
-pub use objectives::{Level, Objective, METHODS};
+pub use objectives::{Level, Objective, PolicyObjective, METHODS};

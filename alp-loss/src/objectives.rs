@@ -577,3 +577,69 @@ fn clip_metrics(
     .into_iter()
     .collect())
 }
+
+/// A policy objective: the loss of one micro-batch, to minimise. The built-in methods
+/// ([`Objective`], chosen by name in config files) implement it; so does a user's type, handed
+/// to the trainer (`alp_trainer::Session::builder(..).objective(..)`).
+///
+/// ```
+/// use alp_loss::{Aggregation, LossInputs, LossOutput, PolicyObjective};
+///
+/// /// REINFORCE: −A · log π, reduced as the run aggregates.
+/// struct Reinforce;
+///
+/// impl PolicyObjective for Reinforce {
+///     fn name(&self) -> &str {
+///         "reinforce"
+///     }
+///     fn compute_part(&self, x: &LossInputs, agg: Aggregation, normaliser: f64) -> alp_core::Result<LossOutput> {
+///         let adv = x.advantages.unsqueeze(1)?.broadcast_as(x.logp.shape())?;
+///         let per_token = (adv * x.logp)?.neg()?;
+///         Ok(LossOutput::new(agg.reduce_part(&per_token, x.mask, normaliser)?))
+///     }
+/// }
+/// ```
+pub trait PolicyObjective: Send + Sync {
+    /// Its name in metrics, reports and errors (the type's name unless given).
+    fn name(&self) -> &str {
+        std::any::type_name::<Self>()
+    }
+    /// Whether the update perturbs the training policy (ALP's layerwise noise).
+    fn perturbs(&self) -> bool {
+        false
+    }
+    /// Whether it reads `logp_old` (a separate pass over the batch before the update).
+    fn needs_logp_old(&self) -> bool {
+        false
+    }
+    /// One micro-batch's part of a mini-batch loss: per-token losses reduced with
+    /// `normaliser`, the whole mini-batch's [`Aggregation::normaliser`], so that the parts of
+    /// a mini-batch sum to its loss. Metrics are fractions over the part's tokens (the
+    /// `tokens` metric, if given, weighs them).
+    fn compute_part(
+        &self,
+        inputs: &LossInputs,
+        agg: Aggregation,
+        normaliser: f64,
+    ) -> Result<LossOutput>;
+}
+
+impl PolicyObjective for Objective {
+    fn name(&self) -> &str {
+        Objective::name(self)
+    }
+    fn perturbs(&self) -> bool {
+        self.is_alp()
+    }
+    fn needs_logp_old(&self) -> bool {
+        Objective::needs_logp_old(self)
+    }
+    fn compute_part(
+        &self,
+        inputs: &LossInputs,
+        agg: Aggregation,
+        normaliser: f64,
+    ) -> Result<LossOutput> {
+        Objective::compute_part(self, inputs, agg, normaliser)
+    }
+}

@@ -4,7 +4,7 @@
 //! [`rl_step`] (the data path of one RL step), [`optim`] (AdamW groups, accumulation,
 //! clipping, the non-finite skip), [`eval`], [`metrics`] (names, [`StepMetrics`],
 //! [`MetricsSink`]s), [`checkpoint`], [`report`]; [`Session`] is the library entry point that
-//! drives a run step by step, and [`run::train`] the schedule of `alp train`.
+//! drives a run step by step, and `run::train` the schedule of `alp train`.
 //!
 //! ```
 //! use alp_trainer::{config::TrainConfig, metrics, Session};
@@ -24,11 +24,29 @@
 //! std::fs::remove_dir_all(dir).ok();
 //! # Ok::<(), alp_core::Error>(())
 //! ```
+//!
+//! ## A user's own pieces
+//!
+//! [`Session::builder`] takes a user's environment factory, [`alp_core::TaskSource`],
+//! [`alp_loss::PolicyObjective`] and [`MetricsSink`]s; what is not handed in comes from the
+//! config. This is `examples/reverse_word.rs`, run as a test (its reward rises):
+//!
+//! ```no_run
+#![doc = include_str!("../examples/reverse_word.rs")]
+//! ```
+//!
+//! ## Features
+//!
+//! `cli` (default): the `alp` binary, `run::train` (the schedule of `alp train`),
+//! `compare`, the plots and the progress bar. A library user can turn it off
+//! (`default-features = false`): no clap, plotters, indicatif or ctrlc.
 #![warn(missing_docs)]
 
 pub mod batch;
 pub mod checkpoint;
+#[cfg(feature = "cli")]
 pub mod compare;
+#[cfg(feature = "cli")]
 pub mod compare_report;
 pub mod config;
 pub mod default_task;
@@ -37,6 +55,7 @@ pub mod metrics;
 pub mod optim;
 pub mod report;
 pub mod rl_step;
+#[cfg(feature = "cli")]
 pub mod run;
 pub mod runtime;
 pub mod session;
@@ -44,7 +63,7 @@ pub mod sft;
 pub mod trainer;
 
 pub use metrics::{MetricsSink, StepMetrics};
-pub use session::Session;
+pub use session::{EnvFactory, Session, SessionBuilder};
 
 /// Parses a comma-separated list of token ids.
 pub fn parse_token_list(s: &str) -> Result<Vec<u32>, String> {

@@ -256,6 +256,7 @@ impl MetricsSink for MemorySink {
 /// Progress for people: a progress bar on a terminal, else one line per step; evaluations and
 /// messages as lines.
 pub struct ConsoleSink {
+    #[cfg(feature = "cli")]
     bar: Option<indicatif::ProgressBar>,
     total_steps: u64,
 }
@@ -263,7 +264,11 @@ pub struct ConsoleSink {
 impl ConsoleSink {
     /// A console sink for a run of `total_steps` RL steps, starting at `first`; with
     /// `progress_bar` (a terminal), steps update a bar instead of printing lines.
+    /// (The bar needs the `cli` feature; without it every step prints a line.)
     pub fn new(first: u64, total_steps: u64, progress_bar: bool) -> Self {
+        #[cfg(not(feature = "cli"))]
+        let _ = (first, progress_bar);
+        #[cfg(feature = "cli")]
         let bar = progress_bar.then(|| {
             let b = indicatif::ProgressBar::new(total_steps.saturating_sub(first));
             if let Ok(style) = indicatif::ProgressStyle::with_template(
@@ -273,11 +278,22 @@ impl ConsoleSink {
             }
             b
         });
-        ConsoleSink { bar, total_steps }
+        ConsoleSink {
+            #[cfg(feature = "cli")]
+            bar,
+            total_steps,
+        }
+    }
+
+    fn bar(&self) -> Option<&BarImpl> {
+        #[cfg(feature = "cli")]
+        return self.bar.as_ref();
+        #[cfg(not(feature = "cli"))]
+        None
     }
 
     fn line(&self, line: &str) {
-        match &self.bar {
+        match self.bar() {
             Some(b) => b.println(line),
             None => {
                 println!("{line}");
@@ -287,9 +303,30 @@ impl ConsoleSink {
     }
 }
 
+#[cfg(feature = "cli")]
+type BarImpl = indicatif::ProgressBar;
+/// Without the `cli` feature there is no bar.
+#[cfg(not(feature = "cli"))]
+enum BarImpl {}
+#[cfg(not(feature = "cli"))]
+impl BarImpl {
+    fn println(&self, _: &str) {
+        match *self {}
+    }
+    fn finish_and_clear(&self) {
+        match *self {}
+    }
+    fn inc(&self, _: u64) {
+        match *self {}
+    }
+    fn set_message(&self, _: String) {
+        match *self {}
+    }
+}
+
 impl Drop for ConsoleSink {
     fn drop(&mut self) {
-        if let Some(b) = &self.bar {
+        if let Some(b) = self.bar() {
             b.finish_and_clear();
         }
     }
@@ -316,7 +353,7 @@ impl MetricsSink for ConsoleSink {
             g(TIME_ROLLOUT),
             g(TIME_TRAIN),
         );
-        match &self.bar {
+        match self.bar() {
             Some(b) => {
                 b.set_message(line);
                 b.inc(1);

@@ -4,6 +4,7 @@ use crate::config::TrainConfig;
 use crate::eval::EvalResult;
 use crate::metrics::{self as names, loss};
 use alp_core::{Error, Result};
+#[cfg(feature = "cli")]
 use plotters::prelude::*;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -98,6 +99,7 @@ fn series(lines: &[Value], key: &str) -> Vec<(f64, f64)> {
         .collect()
 }
 
+#[cfg(feature = "cli")]
 /// Largest magnitude plotted: beyond it a value (an overflowed ratio) would make the axis range
 /// infinite; such points are left out and the title says so.
 const PLOT_LIMIT: f64 = 1e100;
@@ -105,6 +107,7 @@ const PLOT_LIMIT: f64 = 1e100;
 /// A named curve of (x, y, spread) points; a spread > 0 draws a band of y ± spread.
 pub type Curve = (String, Vec<(f64, f64, f64)>);
 
+#[cfg(feature = "cli")]
 fn plot(path: &Path, title: &str, curves: &[(String, Vec<(f64, f64)>)]) -> Result<()> {
     let curves: Vec<Curve> = curves
         .iter()
@@ -113,6 +116,7 @@ fn plot(path: &Path, title: &str, curves: &[(String, Vec<(f64, f64)>)]) -> Resul
     plot_curves(path, title, &curves)
 }
 
+#[cfg(feature = "cli")]
 /// The axis ranges of `curves` (bands included), never empty or infinite.
 fn ranges(curves: &[Curve]) -> ((f64, f64), (f64, f64)) {
     let pts: Vec<&(f64, f64, f64)> = curves.iter().flat_map(|c| c.1.iter()).collect();
@@ -142,6 +146,7 @@ fn ranges(curves: &[Curve]) -> ((f64, f64), (f64, f64)) {
     (x, y)
 }
 
+#[cfg(feature = "cli")]
 /// Draws named curves (with their bands) against the RL step into an SVG.
 pub fn plot_curves(path: &Path, title: &str, curves: &[Curve]) -> Result<()> {
     let ok = |p: &&(f64, f64, f64)| {
@@ -303,6 +308,7 @@ pub fn plot_specs(dir: &Path) -> Result<Vec<PlotSpec>> {
     ])
 }
 
+#[cfg(feature = "cli")]
 /// Redraws `<run>/plots/*.svg` from `<run>/metrics.jsonl`.
 pub fn plot_run(dir: &Path) -> Result<()> {
     // Read first: a missing or malformed metrics file creates nothing.

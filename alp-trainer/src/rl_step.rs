@@ -9,7 +9,7 @@ use crate::batch::{for_each_parallel, plan_micro_batches, SeqBatch, SupportIndex
 use crate::metrics::{self as names, StepMetrics};
 use crate::optim::{Gradients, Optimizer};
 use alp_core::{Error, Result, Trajectory, TrajectoryGroup};
-use alp_loss::{Advantages, Aggregation, LossInputs, Objective, RatioCollector};
+use alp_loss::{Advantages, Aggregation, LossInputs, PolicyObjective, RatioCollector};
 use alp_model::{Model, Perturbation};
 use candle_core::{DType, Device, Tensor};
 use std::collections::BTreeMap;
@@ -344,7 +344,7 @@ pub struct StepContext<'a> {
     /// The step, the first part of the noise key.
     pub step: u64,
     /// The objective.
-    pub objective: &'a Objective,
+    pub objective: &'a dyn PolicyObjective,
     /// The loss aggregation.
     pub aggregation: Aggregation,
     /// The KL-to-reference term (coefficient 0: off).

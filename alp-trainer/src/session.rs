@@ -8,16 +8,21 @@ use crate::checkpoint::{self, Manifest};
 use crate::config::TrainConfig;
 use crate::default_task;
 use crate::eval::{self, EvalResult};
+use crate::metrics::MetricsSink;
 use crate::metrics::{self as names, StepMetrics};
 use crate::trainer::Trainer;
-use alp_core::{Error, Result, Task, TaskSource};
+use alp_core::{Environment, Error, Result, Task, TaskSource};
 use alp_envs::math::Split;
+use alp_loss::PolicyObjective;
 use alp_model::Tokenizer;
 use alp_rollout::{run_episodes, Engine, EngineConfig, RolloutWorker};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+/// Makes the environment of one episode from its task (the trainer's `rl.env` by default).
+pub type EnvFactory = Arc<dyn Fn(&Task) -> Result<Box<dyn Environment>> + Send + Sync>;
 
 /// A run in progress: the trainer, its run directory and its rollout worker.
 pub struct Session {
@@ -38,6 +43,66 @@ pub struct Session {
     ahead: std::collections::VecDeque<alp_rollout::RolloutBatch>,
     prior_wall: f64,
     started: Instant,
+    /// A user's environment factory (else the config's `rl.env`).
+    env: Option<EnvFactory>,
+    /// A user's training task stream (else the config's arithmetic tasks).
+    tasks: Option<Arc<Mutex<Box<dyn TaskSource>>>>,
+    /// Sinks that receive every step's metrics.
+    sinks: Vec<Box<dyn MetricsSink>>,
+}
+
+/// Builds a [`Session`] whose pieces are a user's where handed in and the config's built-ins
+/// elsewhere ([`Session::builder`]).
+pub struct SessionBuilder {
+    cfg: TrainConfig,
+    dir: PathBuf,
+    env: Option<EnvFactory>,
+    tasks: Option<Box<dyn TaskSource>>,
+    objective: Option<Arc<dyn PolicyObjective>>,
+    sinks: Vec<Box<dyn MetricsSink>>,
+}
+
+impl SessionBuilder {
+    /// Episodes run in environments made by `make_env` (instead of `rl.env`'s).
+    pub fn environment(
+        mut self,
+        make_env: impl Fn(&Task) -> Result<Box<dyn Environment>> + Send + Sync + 'static,
+    ) -> Self {
+        self.env = Some(Arc::new(make_env));
+        self
+    }
+
+    /// Training tasks come from `tasks` (instead of the config's arithmetic stream); step `s`
+    /// takes the `rl.prompts_per_step` tasks from cursor `s · prompts_per_step`.
+    pub fn tasks(mut self, tasks: impl TaskSource + 'static) -> Self {
+        self.tasks = Some(Box::new(tasks));
+        self
+    }
+
+    /// RL updates minimise `objective` (instead of `rl.objective`).
+    pub fn objective(mut self, objective: impl PolicyObjective + 'static) -> Self {
+        self.objective = Some(Arc::new(objective));
+        self
+    }
+
+    /// Every step's metrics also go to `sink`.
+    pub fn sink(mut self, sink: impl MetricsSink + 'static) -> Self {
+        self.sinks.push(Box::new(sink));
+        self
+    }
+
+    /// The session: a fresh run of the config in the directory (created; `config.toml`
+    /// written).
+    pub fn build(self) -> Result<Session> {
+        let mut s = Session::create(self.cfg, self.dir)?;
+        if let Some(o) = self.objective {
+            s.trainer.set_objective(o)?;
+        }
+        s.env = self.env;
+        s.tasks = self.tasks.map(|t| Arc::new(Mutex::new(t)));
+        s.sinks = self.sinks;
+        Ok(s)
+    }
 }
 
 /// A fresh default directory name: `runs/run-<seconds>-<pid>-<n>`, unique within a process and
@@ -72,6 +137,19 @@ pub fn claim_dir(dir: &Path, overwrite: bool) -> Result<()> {
 }
 
 impl Session {
+    /// A builder for a fresh run of `cfg` in `dir` that takes a user's environment, task
+    /// source, objective and metrics sinks.
+    pub fn builder(cfg: TrainConfig, dir: impl Into<PathBuf>) -> SessionBuilder {
+        SessionBuilder {
+            cfg,
+            dir: dir.into(),
+            env: None,
+            tasks: None,
+            objective: None,
+            sinks: Vec::new(),
+        }
+    }
+
     /// A fresh run of `cfg` in `dir` (created; `config.toml` written).
     pub fn create(cfg: TrainConfig, dir: PathBuf) -> Result<Self> {
         cfg.validate()?;
@@ -168,6 +246,9 @@ impl Session {
             ahead: Default::default(),
             prior_wall: man.map(|m| m.wall_seconds).unwrap_or(0.0),
             started: Instant::now(),
+            env: None,
+            tasks: None,
+            sinks: Vec::new(),
         })
     }
 
@@ -268,8 +349,14 @@ impl Session {
         let t = &self.trainer;
         let cfg = t.cfg.clone();
         let tok = t.tokenizer.clone();
-        let env = t.make_env();
-        let mut tasks = t.task_stream(Split::Train, cfg.seed);
+        let env: EnvFactory = match &self.env {
+            Some(f) => f.clone(),
+            None => Arc::new(t.make_env()),
+        };
+        let tasks: Arc<Mutex<Box<dyn TaskSource>>> = match &self.tasks {
+            Some(t) => t.clone(),
+            None => Arc::new(Mutex::new(Box::new(t.task_stream(Split::Train, cfg.seed)))),
+        };
         let tools = t.tools_spec();
         let (p, g, seed) = (cfg.rl.prompts_per_step, cfg.rl.group_size, cfg.seed);
         let ep_template = t.rollout_episode_config(0);
@@ -286,11 +373,22 @@ impl Session {
                     .with_tokenizer(tok_b.clone()))
             },
             move |engine, step, version| {
-                tasks.seek(step * p as u64);
-                let batch: Vec<Task> = (0..p).filter_map(|_| tasks.next_task()).collect();
+                let batch: Vec<Task> = {
+                    let mut tasks = tasks
+                        .lock()
+                        .map_err(|_| Error::Msg("the task source panicked".into()))?;
+                    tasks.seek(step * p as u64);
+                    (0..p).filter_map(|_| tasks.next_task()).collect()
+                };
+                if batch.is_empty() {
+                    return Err(Error::invalid(format!(
+                        "the task source gave no task for step {step} (cursor {})",
+                        step * p as u64
+                    )));
+                }
                 let mut ec = ep_template.clone();
                 ec.sampling.seed = alp_core::mix_seed(seed, step);
-                run_episodes(engine, &tok, &batch, &env, g, &ec, tools.as_ref(), version)
+                run_episodes(engine, &tok, &batch, &*env, g, &ec, tools.as_ref(), version)
             },
         )?);
         Ok(())
@@ -339,6 +437,10 @@ impl Session {
         );
         m.set(names::SAMPLED_BY, batch.policy_version as f64);
         m.task_ids = batch.groups.iter().map(|g| g.task_id.clone()).collect();
+        let wall = self.wall_seconds();
+        for s in &mut self.sinks {
+            s.step(&m, wall)?;
+        }
         Ok(m)
     }
 

@@ -11,7 +11,7 @@ use alp_core::{Environment, Error, Result, Task, TrajectoryGroup};
 use alp_envs::math::{ExtractMode, Split};
 use alp_envs::tools::{PythonSandbox, PythonTool, ToolRegistry, UnavailablePython};
 use alp_envs::{CallFormat, MathEnv, ToolEnv, ToolEnvConfig};
-use alp_loss::compute_advantages;
+use alp_loss::{compute_advantages, PolicyObjective};
 use alp_model::{
     parse_device, presets, LayerwiseGaussian, Model, ModelWeights, NoPerturbation, Tokenizer,
 };
@@ -49,6 +49,9 @@ pub struct Trainer {
     history: std::collections::VecDeque<(u64, Model)>,
     /// The reference policy of the KL term (set when RL starts, if the term is on).
     reference: Option<Model>,
+    /// The objective of RL updates: `rl.objective` unless [`Trainer::set_objective`] gave
+    /// another.
+    objective: Arc<dyn PolicyObjective>,
 }
 
 impl Trainer {
@@ -91,6 +94,7 @@ impl Trainer {
         tokenizer: Tokenizer,
     ) -> Result<Self> {
         let device = parse_device(&cfg.model.device)?;
+        let cfg_objective = cfg.rl.objective;
         let (model, varmap) = weights.build_trainable()?;
         let n_layers = weights.config.num_hidden_layers;
         let mut pc = cfg.perturbation.clone();
@@ -129,7 +133,29 @@ impl Trainer {
             bad_steps: 0,
             history: Default::default(),
             reference: None,
+            objective: Arc::new(cfg_objective),
         })
+    }
+
+    /// The objective of RL updates.
+    pub fn objective(&self) -> &dyn PolicyObjective {
+        self.objective.as_ref()
+    }
+
+    /// Trains with `objective` instead of `rl.objective` (a user's [`PolicyObjective`]); an
+    /// objective that reads `logp_old` needs `rl.recompute_logp_old`.
+    pub fn set_objective(&mut self, objective: Arc<dyn PolicyObjective>) -> Result<()> {
+        if objective.needs_logp_old() && !self.cfg.rl.recompute_logp_old {
+            return Err(alp_core::Error::config(
+                "rl.recompute_logp_old",
+                format!(
+                    "the objective `{}` needs log π_old; set rl.recompute_logp_old = true",
+                    objective.name()
+                ),
+            ));
+        }
+        self.objective = objective;
+        Ok(())
     }
 
     /// The current weights (sharing storage with the trainable variables).
@@ -395,7 +421,8 @@ impl Trainer {
             scorers,
             &self.device,
         )?;
-        let use_perturb = rl.objective.is_alp() || rl.perturb_always;
+        let objective = self.objective.clone();
+        let use_perturb = objective.perturbs() || rl.perturb_always;
         let step_sigma = use_perturb && self.perturb.config().learnable && rl.sigma_lr > 0.0;
         let mut stats = StepStats::default();
         let mut micro_index = 0u64;
@@ -409,7 +436,7 @@ impl Trainer {
                         &NoPerturbation
                     },
                     step: self.step,
-                    objective: &rl.objective,
+                    objective: objective.as_ref(),
                     aggregation: rl.aggregation,
                     kl: rl.kl,
                     threads,

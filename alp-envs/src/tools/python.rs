@@ -313,10 +313,8 @@ fn seccomp_program() -> Result<Vec<u8>> {
     };
     use std::collections::BTreeMap;
     let bad = |e: seccompiler::BackendError| Error::invalid(format!("seccomp filter: {e}"));
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = REFUSED_SYSCALLS
-        .iter()
-        .map(|&nr| (nr, vec![]))
-        .collect();
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+        REFUSED_SYSCALLS.iter().map(|&nr| (nr, vec![])).collect();
     let new_user = SeccompCondition::new(
         0,
         SeccompCmpArgLen::Qword,

@@ -41,21 +41,52 @@ use crate::vmath::Isa;
 pub const SMALL_M_ROWS: usize = 128;
 
 /// Runs `f` with this thread's products computed on this thread alone (the small-product
-/// kernels of [`linear`], and candle's matmul through the vendored candle-core's
-/// `utils::matmul_on_this_thread`), and its row-wise kernels (`fused`, `attention`) and
-/// candle's large element-wise ops too, for callers that already keep every core busy (one
-/// decode shard per core): splitting each op across the thread pool as well only adds
-/// hand-offs. On a 2-core Intel Xeon two shards decoded 1,546 tokens/s this way and 1,432 with
-/// split small products; with candle's matmuls kept on the shard too, their prefill took a
-/// median 1.02 s instead of 1.14 (B64, 32+64 tokens, 10 alternated runs each).
+/// kernels of [`linear`], and, with the workspace's patched candle-core, candle's matmul
+/// through its `utils::matmul_on_this_thread`), and its row-wise kernels (`fused`,
+/// `attention`) and (patched candle) candle's large element-wise ops too, for callers that
+/// already keep every core busy (one decode shard per core): splitting each op across the
+/// thread pool as well only adds hand-offs. With the registry's candle-core, candle's own
+/// matmuls and element-wise ops still split across its pool: the same numbers, a slower
+/// prefill (ARCHITECTURE.md, "candle-core patches").
 pub fn single_threaded<R>(f: impl FnOnce() -> R) -> R {
-    candle_core::utils::matmul_on_this_thread(f)
+    #[cfg(candle_patched)]
+    {
+        candle_core::utils::matmul_on_this_thread(f)
+    }
+    #[cfg(not(candle_patched))]
+    {
+        struct Restore(bool);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                ON_THIS_THREAD.with(|c| c.set(self.0));
+            }
+        }
+        let _restore = Restore(ON_THIS_THREAD.with(|c| c.replace(true)));
+        f()
+    }
+}
+
+#[cfg(not(candle_patched))]
+thread_local! {
+    /// Inside [`single_threaded`] (without the patched candle-core, which keeps this flag).
+    static ON_THIS_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Threads an inference op may use here (a small product, a row-wise kernel, attention): the
 /// same as candle's matmul (1 inside [`single_threaded`]).
 pub(crate) fn threads() -> usize {
-    candle_core::utils::matmul_threads()
+    #[cfg(candle_patched)]
+    {
+        candle_core::utils::matmul_threads()
+    }
+    #[cfg(not(candle_patched))]
+    {
+        if ON_THIS_THREAD.with(|c| c.get()) {
+            1
+        } else {
+            candle_core::utils::get_num_threads()
+        }
+    }
 }
 
 /// `x · wᵀ` for `x` of shape `[..., k]` and `w` of shape `[n, k]` (a `Linear` layer without
@@ -629,9 +660,12 @@ pub(crate) mod tests {
         assert_eq!(inner, (1, 1));
         assert_eq!(threads(), all);
         // candle's matmuls follow it (the vendored candle-core's patch), and only inside.
-        assert_eq!(candle_core::utils::matmul_threads(), all);
-        assert_eq!(single_threaded(candle_core::utils::matmul_threads), 1);
-        assert_eq!(candle_core::utils::matmul_threads(), all);
+        #[cfg(candle_patched)]
+        {
+            assert_eq!(candle_core::utils::matmul_threads(), all);
+            assert_eq!(single_threaded(candle_core::utils::matmul_threads), 1);
+            assert_eq!(candle_core::utils::matmul_threads(), all);
+        }
     }
 
     /// A product too large for the small-product kernels (prefill's), computed on the calling

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# A user's crate outside the workspace: it depends on alp's crates by path with no
+# `[patch]`, so it builds on the registry's candle-core, and on alp-trainer without default
+# features; it runs a two-step RL loop (scripts/downstream/main.rs). Also checks that
+# alp-trainer without default features pulls none of the application's crates.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+echo "+ cargo tree -p alp-trainer --no-default-features -e normal (no clap, plotters, indicatif, ctrlc)"
+if cargo tree -p alp-trainer --no-default-features -e normal --prefix none \
+        | grep -E '^(clap|plotters|indicatif|ctrlc) '; then
+    echo "alp-trainer without default features still depends on the crates above" >&2
+    exit 1
+fi
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+mkdir -p "$dir/src"
+cp scripts/downstream/main.rs "$dir/src/main.rs"
+# The workspace's lock as a starting point (the same versions where they still apply).
+cp Cargo.lock "$dir/Cargo.lock"
+cat > "$dir/Cargo.toml" <<TOML
+[package]
+name = "alp-downstream"
+version = "0.0.0"
+edition = "2021"
+publish = false
+
+[dependencies]
+alp-core = { path = "$root/alp-core" }
+alp-trainer = { path = "$root/alp-trainer", default-features = false }
+
+[workspace]
+
+[profile.release]
+debug = false
+TOML
+cd "$dir"
+echo "+ (in $dir) cargo run --release"
+# Its own target directory: the registry's candle-core and everything above it build anew.
+CARGO_TARGET_DIR="$dir/target" cargo run --release
+src=$(cargo tree -e normal --prefix none -i candle-core | head -1)
+echo "candle-core in the downstream build: $src"
+case "$src" in
+    *vendor*|*"$root"*) echo "the downstream build used the vendored candle-core" >&2; exit 1 ;;
+esac
