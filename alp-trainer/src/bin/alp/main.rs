@@ -45,7 +45,7 @@ enum Command {
         /// Override a setting, e.g. --set rl.lr=1e-5 --set rl.objective.method=grpo.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
-        /// Run directory (default runs/run-<time>).
+        /// Run directory (default runs/run-TIME-PID-N).
         #[arg(long)]
         out: Option<PathBuf>,
         /// Resume from a run directory (its latest checkpoint) or a checkpoint.
@@ -95,7 +95,7 @@ enum Command {
     },
     /// Evaluate a model on held-out tasks of the default mix.
     Eval {
-        /// Model directory (e.g. <run>/checkpoints/step-000100/model).
+        /// Model directory (e.g. RUN/checkpoints/step-000100/model).
         #[arg(long)]
         model: String,
         /// A TOML config (task mix, limits).
