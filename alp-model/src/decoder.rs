@@ -6,7 +6,8 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use std::sync::{Arc, OnceLock};
 
-use crate::{fused, rope, Config, KvCache};
+use crate::kernels::fused;
+use crate::{rope, Config, KvCache};
 
 /// Which kernels a forward uses. candle's fused CPU ops have no backward and silently cut the
 /// autograd graph, so training must use differentiable kernels.
@@ -14,7 +15,7 @@ use crate::{fused, rope, Config, KvCache};
 pub enum Numerics {
     /// candle's fused softmax, RMSNorm and rotary kernels, no backward (inference, rollouts).
     Fused,
-    /// Differentiable: alp's fused kernels with a backward ([`crate::fused`]) on f32 CPU
+    /// Differentiable: alp's fused kernels with a backward (`fused`) on f32 CPU
     /// tensors, their twins elsewhere (training).
     Differentiable,
     /// Differentiable twins only, composed from candle ops: the slow reference that
@@ -49,18 +50,18 @@ impl RmsNorm {
 /// A projection layer (`Linear` with the checkpoint's `weight` and optional `bias`).
 ///
 /// For the training numerics it is candle's `Linear` (with a backward). For the inference
-/// numerics it is [`crate::gemm::linear`], whose SIMD kernels suit the product's shape; with
+/// numerics it is `gemm::linear`, whose SIMD kernels suit the product's shape; with
 /// bf16/f16 weights on the CPU it multiplies in f32 over a widened copy of the weight made on
 /// first use, as candle's CPU matmul does on every call (it has no half-precision kernel and
 /// widens both operands each time), then rounds the product back. A decode step's small
-/// products over such a weight go through a packed copy ([`crate::gemm::PackedWeight`]), also
+/// products over such a weight go through a packed copy (`gemm::PackedWeight`), also
 /// made on first use. Only weights that are not training variables (the rollout engine's
 /// snapshot) get copies: a variable can change in place, a copy would go stale.
 #[derive(Debug, Clone)]
 struct Proj {
     linear: Linear,
     wide: Arc<OnceLock<Tensor>>,
-    packed: Arc<OnceLock<Option<crate::gemm::PackedWeight>>>,
+    packed: Arc<OnceLock<Option<crate::kernels::gemm::PackedWeight>>>,
 }
 
 impl Proj {
@@ -84,14 +85,14 @@ impl Proj {
         }
         let w = self.linear.weight();
         let frozen = !w.is_variable();
-        let y = if crate::gemm::half_on_cpu(w) && x.dtype() == w.dtype() && frozen {
+        let y = if crate::kernels::gemm::half_on_cpu(w) && x.dtype() == w.dtype() && frozen {
             let wide = get_or_try_init(&self.wide, || w.to_dtype(DType::F32))?;
             self.frozen_product(&x.to_dtype(DType::F32)?, wide)?
                 .to_dtype(w.dtype())?
         } else if frozen {
             self.frozen_product(x, w)?
         } else {
-            crate::gemm::linear(x, w)?
+            crate::kernels::gemm::linear(x, w)?
         };
         Ok(match self.linear.bias() {
             Some(b) => y.broadcast_add(b)?,
@@ -100,19 +101,19 @@ impl Proj {
     }
 
     /// `x · wᵀ` for a weight that cannot change (`w`, or its widened copy): a small product
-    /// (a decode step) packs the weight on first use ([`crate::gemm::PackedWeight`]) and
+    /// (a decode step) packs the weight on first use (`gemm::PackedWeight`) and
     /// multiplies over the packed copy from then on; a larger one (prefill, scoring) goes to
-    /// [`crate::gemm::linear`] and packs nothing.
+    /// `gemm::linear` and packs nothing.
     fn frozen_product(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
         let k = x.dim(candle_core::D::Minus1)?;
         let rows = x.elem_count() / k.max(1);
-        if rows > crate::gemm::SMALL_M_ROWS {
-            return Ok(crate::gemm::linear(x, w)?);
+        if rows > crate::kernels::gemm::SMALL_M_ROWS {
+            return Ok(crate::kernels::gemm::linear(x, w)?);
         }
-        let packed = get_or_try_init(&self.packed, || crate::gemm::PackedWeight::new(w))?;
+        let packed = get_or_try_init(&self.packed, || crate::kernels::gemm::PackedWeight::new(w))?;
         Ok(match packed {
-            Some(p) => crate::gemm::linear_packed(x, w, p)?,
-            None => crate::gemm::linear(x, w)?,
+            Some(p) => crate::kernels::gemm::linear_packed(x, w, p)?,
+            None => crate::kernels::gemm::linear(x, w)?,
         })
     }
 
@@ -273,9 +274,9 @@ impl Attention {
         let _ = padded;
         let scale = 1.0 / (hd as f64).sqrt();
         // f32 inference on the CPU: one pass per query over the cache's views
-        // ([`crate::attention`]); the composition below is its reference.
-        if n == Numerics::Fused && crate::attention::fusable(&q, &k, &v) {
-            let out = crate::attention::attention(&q, &k, &v, mask, scale)?;
+        // (`attention`); the composition below is its reference.
+        if n == Numerics::Fused && crate::kernels::attention::fusable(&q, &k, &v) {
+            let out = crate::kernels::attention::attention(&q, &k, &v, mask, scale)?;
             return self.o_proj.forward(&out, n);
         }
         let l = k.dim(2)?;

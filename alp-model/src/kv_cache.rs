@@ -72,7 +72,7 @@ impl KvCache {
         // Half-precision keys and values on the CPU are stored widened to f32 (exactly: every
         // bf16/f16 value is an f32); candle would otherwise widen the whole cache for every
         // product of every decode step.
-        let store = if crate::gemm::half_on_cpu(k) {
+        let store = if crate::kernels::gemm::half_on_cpu(k) {
             DType::F32
         } else {
             k.dtype()

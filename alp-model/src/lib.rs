@@ -2,10 +2,11 @@
 //! candle decoder with an explicit KV cache and the layerwise perturbation hook of ALP.
 //!
 //! Two numeric paths share one set of weights: [`Numerics::Fused`] (candle's fused RMSNorm and
-//! rotary kernels, alp's one-pass [`attention`] and packed [`gemm`] products, none with a
-//! backward) for inference and rollouts, and
-//! [`Numerics::Differentiable`] for training (alp's own fused kernels with a backward,
-//! [`fused`], held by tests to [`Numerics::Reference`], their composition from candle ops).
+//! rotary kernels, alp's one-pass attention and packed products, none with a backward) for
+//! inference and rollouts, and [`Numerics::Differentiable`] for training (alp's own fused
+//! kernels with a backward, held by tests to [`Numerics::Reference`], their composition from
+//! candle ops). The kernels are the crate's own (not public): each instruction-set variant runs
+//! only where a CPU check found that instruction set.
 //!
 //! ```
 //! use alp_model::{presets, ModelWeights, NoPerturbation};
@@ -22,11 +23,9 @@
 //! ```
 #![warn(missing_docs)]
 
-pub mod attention;
 pub mod config;
 pub mod decoder;
-pub mod fused;
-pub mod gemm;
+mod kernels;
 pub mod kv_cache;
 pub mod loader;
 pub mod logprobs;
@@ -34,7 +33,6 @@ pub mod perturbation;
 pub mod rope;
 pub mod save;
 pub mod tokenizer;
-mod vmath;
 
 pub use config::{presets, Config, ModelType};
 pub use decoder::{Model, Numerics};
@@ -46,6 +44,16 @@ pub use perturbation::{
     PerturbationConfig, SigmaMode,
 };
 pub use tokenizer::Tokenizer;
+
+pub use kernels::gemm::{single_threaded, SMALL_M_ROWS};
+
+/// alp's CPU kernels, for alp's own criterion benchmarks only (feature `bench-internals`):
+/// not an API, no stability promised.
+#[cfg(feature = "bench-internals")]
+#[doc(hidden)]
+pub mod bench_internals {
+    pub use crate::kernels::{attention, fused, gemm};
+}
 
 use std::path::Path;
 

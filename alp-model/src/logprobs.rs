@@ -34,8 +34,10 @@ pub fn token_logprobs(logits: &Tensor, targets: &Tensor, temperature: f64) -> Re
     } else {
         x
     };
-    let picked =
-        crate::fused::log_softmax_gather(&x.reshape((b * t, v))?, &targets.flatten_all()?)?;
+    let picked = crate::kernels::fused::log_softmax_gather(
+        &x.reshape((b * t, v))?,
+        &targets.flatten_all()?,
+    )?;
     Ok(picked.reshape((b, t))?)
 }
 

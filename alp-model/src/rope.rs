@@ -1,5 +1,5 @@
 //! Rotary position embeddings: the tables, and the fused inference kernel (the differentiable
-//! one for training is [`crate::fused::rope`]).
+//! one for training is `fused::rope`).
 use alp_core::Result;
 use candle_core::{DType, Device, Tensor};
 

@@ -334,9 +334,7 @@ impl Engine {
                     let sub = &sub;
                     // The shards keep the cores busy: each computes its own products on its
                     // own thread rather than splitting them across the pool too.
-                    scope.spawn(move || {
-                        alp_model::gemm::single_threaded(|| sub.generate_batch(&reqs))
-                    })
+                    scope.spawn(move || alp_model::single_threaded(|| sub.generate_batch(&reqs)))
                 })
                 .collect();
             handles

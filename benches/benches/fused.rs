@@ -3,7 +3,7 @@
 //! 512, 8 heads of 64, MLP 1408, vocabulary 2048); and the inference attention
 //! (`alp_model::attention`) against candle's composition at a decode step. CPU only: on other
 //! devices both take the twin.
-use alp_model::fused::{self, twin};
+use alp_model::bench_internals::fused::{self, twin};
 use candle_core::{Device, Tensor, Var};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
@@ -105,11 +105,16 @@ fn bench(c: &mut Criterion) {
     g.sample_size(20);
     g.throughput(Throughput::Elements((b * heads * l * hd) as u64));
     g.bench_function(BenchmarkId::from_parameter("fused"), |bn| {
-        bn.iter(|| criterion::black_box(alp_model::attention::attention(&q, &k, &v, None, scale)))
+        bn.iter(|| {
+            criterion::black_box(alp_model::bench_internals::attention::attention(
+                &q, &k, &v, None, scale,
+            ))
+        })
     });
     g.bench_function(BenchmarkId::from_parameter("reference"), |bn| {
         bn.iter(|| {
-            let r = alp_model::attention::attention_reference(&q, &k, &v, None, scale);
+            let r =
+                alp_model::bench_internals::attention::attention_reference(&q, &k, &v, None, scale);
             criterion::black_box(r)
         })
     });

@@ -1,5 +1,5 @@
 //! Prefill and decode-step throughput of the decoder (CPU by default; `ALP_BENCH_DEVICE=cuda:0`),
-//! and the inference path's product (`alp_model::gemm::linear`) against candle's matmul by rows.
+//! and the inference path's product (`alp_model::bench_internals::gemm::linear`) against candle's matmul by rows.
 use alp_benches::{bench_device, random_tokens};
 use alp_model::NoPerturbation;
 use alp_model::{presets, Config, ModelWeights};
@@ -73,28 +73,28 @@ fn bench(c: &mut Criterion) {
 /// One MLP up-projection of the 25M shape (512 → 1408) at growing row counts: the inference
 /// path's shape-picked product, and its packed variant over a prepared weight (the rollout
 /// snapshot's), against candle's matmul (the reference), to place
-/// `alp_model::gemm::SMALL_M_ROWS` on this CPU. The weight stays in cache here; a decode step's
+/// `alp_model::bench_internals::gemm::SMALL_M_ROWS` on this CPU. The weight stays in cache here; a decode step's
 /// weights stream from memory.
 fn linear(c: &mut Criterion) {
     let dev = candle_core::Device::Cpu;
     let (k, n) = (512, 1408);
     let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
     // The rollout snapshot's path, where the CPU has it (AVX-512).
-    let packed = alp_model::gemm::PackedWeight::new(&w).unwrap();
+    let packed = alp_model::bench_internals::gemm::PackedWeight::new(&w).unwrap();
     let mut g = c.benchmark_group("linear_512x1408");
     g.sample_size(20);
     for m in [1usize, 16, 32, 64, 128, 256, 512, 1024] {
         let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
         g.throughput(Throughput::Elements((2 * m * n * k) as u64));
         g.bench_function(BenchmarkId::new("alp", m), |b| {
-            b.iter(|| alp_model::gemm::linear(&x, &w).unwrap())
+            b.iter(|| alp_model::bench_internals::gemm::linear(&x, &w).unwrap())
         });
         g.bench_function(BenchmarkId::new("candle", m), |b| {
-            b.iter(|| alp_model::gemm::linear_reference(&x, &w).unwrap())
+            b.iter(|| alp_model::bench_internals::gemm::linear_reference(&x, &w).unwrap())
         });
         if let Some(p) = &packed {
             g.bench_function(BenchmarkId::new("alp-packed", m), |b| {
-                b.iter(|| alp_model::gemm::linear_packed(&x, &w, p).unwrap())
+                b.iter(|| alp_model::bench_internals::gemm::linear_packed(&x, &w, p).unwrap())
             });
         }
     }

@@ -197,12 +197,12 @@ fn machine(device: &str) -> serde_json::Value {
         let family = if feats.contains(&"avx512f") {
             format!(
                 "AVX-512 kernels; inference products of at most {} rows on alp's AVX-512 kernels (packed weights for the rollout snapshot)",
-                alp_model::gemm::SMALL_M_ROWS
+                alp_model::SMALL_M_ROWS
             )
         } else if feats.contains(&"fma") && feats.contains(&"avx2") {
             format!(
                 "AVX2/FMA kernels; inference products of at most {} rows on gemm's FMA kernels (alp's packed AVX2 kernel for the rollout snapshot)",
-                alp_model::gemm::SMALL_M_ROWS
+                alp_model::SMALL_M_ROWS
             )
         } else if cfg!(target_arch = "x86_64") {
             "scalar kernels".to_string()

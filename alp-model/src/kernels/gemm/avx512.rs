@@ -18,7 +18,7 @@ pub(super) const NR: usize = 4;
 /// `x` is `m × k`, `w` is `n × k`, `out` is `m × n`, all row-major.
 ///
 /// # Safety
-/// The CPU has AVX-512F (`Isa::Avx512` among `Isa::all()`); `x`, `w` and `out` hold `m·k`,
+/// The CPU has AVX-512F (an `Isa` of `Set::Avx512` from `Isa::all()`); `x`, `w` and `out` hold `m·k`,
 /// `n·k` and `m·n` elements; `cols` lies within `0..n`; no other thread writes `out`'s columns
 /// `cols` meanwhile.
 #[cfg(target_arch = "x86_64")]
@@ -33,7 +33,7 @@ pub(super) unsafe fn gemm_nt(
     cols: std::ops::Range<usize>,
 ) {
     let rem = k % 16;
-    let mask = crate::vmath::first_lanes(rem);
+    let mask = crate::kernels::vmath::first_lanes(rem);
     let mut j = cols.start;
     while j + NR <= cols.end {
         rows::<NR>(m, n, k, mask, x, w.add(j * k), out.add(j));
@@ -174,7 +174,7 @@ pub(super) const KC: usize = 128;
 /// lane, so its value depends on neither `m`, the tiling, the blocking nor the threading.
 ///
 /// # Safety
-/// The CPU has AVX-512F (`Isa::Avx512` among `Isa::all()`); `x` and `out` hold `m·k` and
+/// The CPU has AVX-512F (an `Isa` of `Set::Avx512` from `Isa::all()`); `x` and `out` hold `m·k` and
 /// `m·n` elements, `w` is `super::pack(n, k, .., LINES)`'s output; `panels` lies within
 /// `0..n.div_ceil(PANEL)`; no other thread writes those panels' columns of `out` meanwhile.
 #[cfg(target_arch = "x86_64")]
@@ -191,8 +191,9 @@ pub(super) unsafe fn gemm_packed(
     for p in panels {
         let b = w.add(p * k * LINES) as *const f32;
         let cols = (n - p * PANEL).min(PANEL);
-        let masks: [__mmask16; LINES] =
-            std::array::from_fn(|l| crate::vmath::first_lanes(cols.saturating_sub(16 * l)));
+        let masks: [__mmask16; LINES] = std::array::from_fn(|l| {
+            crate::kernels::vmath::first_lanes(cols.saturating_sub(16 * l))
+        });
         let out = out.add(p * PANEL);
         let mut t0 = 0;
         while t0 < k {

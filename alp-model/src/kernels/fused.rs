@@ -38,11 +38,11 @@ fn rows_per_task(width: usize) -> usize {
 }
 
 /// Applies `f(out_row, row_index)` to every row of `out` (rows of `width`), in parallel, or
-/// on the calling thread alone inside [`crate::gemm::single_threaded`] (a rollout shard, which
+/// on the calling thread alone inside [`crate::kernels::gemm::single_threaded`] (a rollout shard, which
 /// already has a core of its own: handing its rows to the thread pool only made it wait for
 /// pool threads that compete with the other shard for the cores).
 fn for_rows(out: &mut [f32], width: usize, f: impl Fn(&mut [f32], usize) + Sync) {
-    if crate::gemm::threads() == 1 {
+    if crate::kernels::gemm::threads() == 1 {
         for (r, row) in out.chunks_mut(width).enumerate() {
             f(row, r);
         }
@@ -376,7 +376,7 @@ impl CustomOp1 for Softmax {
             for (o, &v) in o.iter_mut().zip(xr) {
                 *o = v - m;
             }
-            crate::vmath::exp_in_place(o);
+            crate::kernels::vmath::exp_in_place(o);
             let inv = 1.0 / o.iter().sum::<f32>();
             o.iter_mut().for_each(|o| *o *= inv);
         });
@@ -467,7 +467,7 @@ impl CustomOp2 for SiluMul {
         let d = last_dim(l1)?;
         let mut out = vec![0f32; g.len()];
         for_rows(&mut out, d, |o, r| {
-            crate::vmath::silu_mul(&g[r * d..(r + 1) * d], &u[r * d..(r + 1) * d], o);
+            crate::kernels::vmath::silu_mul(&g[r * d..(r + 1) * d], &u[r * d..(r + 1) * d], o);
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -517,7 +517,7 @@ impl CustomOp3 for SiluMulBwd {
                 for (e, &gv) in dg.iter_mut().zip(&g[off..]) {
                     *e = -gv;
                 }
-                crate::vmath::exp_in_place(dg);
+                crate::kernels::vmath::exp_in_place(dg);
                 for i in 0..dg.len() {
                     let (gv, uv, gr) = (g[off + i], u[off + i], gr[off + i]);
                     let s = 1.0 / (1.0 + dg[i]);
@@ -536,7 +536,7 @@ impl CustomOp3 for SiluMulBwd {
 /// the CPU; candle's `silu` then `mul` elsewhere ([`twin::silu_mul`]). The rollout engine's
 /// MLPs spent 6% of a rollout in libm's `expf` and a second pass over the activations.
 pub fn silu_mul_inference(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    if !crate::vmath::available() || !fusable(&[gate, up]) || gate.dims() != up.dims() {
+    if !crate::kernels::vmath::available() || !fusable(&[gate, up]) || gate.dims() != up.dims() {
         return twin::silu_mul(gate, up);
     }
     gate.contiguous()?
@@ -560,7 +560,7 @@ impl CustomOp2 for SiluMulInference {
         let mut out = vec![0f32; g.len()];
         let d = last_dim(l1)?;
         for_rows(&mut out, d, |o, r| {
-            crate::vmath::silu_mul(&g[r * d..(r + 1) * d], &u[r * d..(r + 1) * d], o)
+            crate::kernels::vmath::silu_mul(&g[r * d..(r + 1) * d], &u[r * d..(r + 1) * d], o)
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -581,7 +581,7 @@ struct LogSoftmaxGather;
 
 fn row_max_lse(xr: &[f32]) -> (f32, f32) {
     let m = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    (m, m + crate::vmath::exp_sum(xr, m).ln())
+    (m, m + crate::kernels::vmath::exp_sum(xr, m).ln())
 }
 
 impl CustomOp2 for LogSoftmaxGather {
@@ -652,7 +652,7 @@ impl CustomOp3 for LogSoftmaxGatherBwd {
             for (o, &xv) in o.iter_mut().zip(xr) {
                 *o = xv - lse;
             }
-            crate::vmath::exp_in_place(o);
+            crate::kernels::vmath::exp_in_place(o);
             o.iter_mut().for_each(|o| *o *= -gv);
             if let Some(o) = o.get_mut(t[r] as usize) {
                 *o += gv;

@@ -9,9 +9,15 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-/// The vector instruction sets the kernels are written for.
+/// A vector instruction set this CPU has. Only [`Isa::all`] makes one, after a CPU check
+/// (its field is private to this module), so holding one is the proof that the kernels
+/// written for that set may run: the safe functions that take an `Isa` rely on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Isa {
+pub(crate) struct Isa(Set);
+
+/// The instruction sets the kernels are written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Set {
     /// AVX-512F: 16 lanes, masked tails.
     Avx512,
     /// AVX2 with FMA: 8 lanes (AMD Zen 1–3, Intel before Skylake-SP, most laptops).
@@ -25,13 +31,18 @@ impl Isa {
         #[cfg(target_arch = "x86_64")]
         {
             if std::is_x86_feature_detected!("avx512f") {
-                out.push(Isa::Avx512);
+                out.push(Isa(Set::Avx512));
             }
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                out.push(Isa::Avx2);
+                out.push(Isa(Set::Avx2));
             }
         }
         out
+    }
+
+    /// Which set it is.
+    pub(crate) fn set(self) -> Set {
+        self.0
     }
 }
 
@@ -49,7 +60,7 @@ pub(crate) fn available() -> bool {
 /// Whether this CPU has AVX2 and FMA (the 8-lane kernels; AVX-512 CPUs have them too).
 pub(crate) fn avx2() -> bool {
     static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *HAS.get_or_init(|| Isa::all().contains(&Isa::Avx2))
+    *HAS.get_or_init(|| Isa::all().iter().any(|i| i.set() == Set::Avx2))
 }
 
 /// The mask of the first `n` of 16 lanes (all of them from 16 on): a loop's tail, or the
@@ -145,9 +156,9 @@ fn silu_mul_on(isa: Option<Isa>, g: &[f32], u: &[f32], out: &mut [f32]) {
     match isa {
         // SAFETY: `isa` is one this CPU has (`Isa::all`).
         #[cfg(target_arch = "x86_64")]
-        Some(Isa::Avx512) => unsafe { silu_mul_avx512(g, u, out) },
+        Some(Isa(Set::Avx512)) => unsafe { silu_mul_avx512(g, u, out) },
         #[cfg(target_arch = "x86_64")]
-        Some(Isa::Avx2) => unsafe { silu_mul_avx2(g, u, out) },
+        Some(Isa(Set::Avx2)) => unsafe { silu_mul_avx2(g, u, out) },
         _ => {
             for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
                 *o = silu_mul_one(g, u);
@@ -208,9 +219,9 @@ fn exp_in_place_on(isa: Option<Isa>, xs: &mut [f32]) {
     match isa {
         // SAFETY: `isa` is one this CPU has (`Isa::all`).
         #[cfg(target_arch = "x86_64")]
-        Some(Isa::Avx512) => unsafe { exp_avx512(xs) },
+        Some(Isa(Set::Avx512)) => unsafe { exp_avx512(xs) },
         #[cfg(target_arch = "x86_64")]
-        Some(Isa::Avx2) => unsafe { exp_avx2(xs) },
+        Some(Isa(Set::Avx2)) => unsafe { exp_avx2(xs) },
         _ => xs.iter_mut().for_each(|x| *x = x.exp()),
     }
 }

@@ -142,7 +142,7 @@ impl CustomOp3 for Attention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let q = crate::fused::contiguous::<f32>(s1, l1, self.name())?;
+        let q = crate::kernels::fused::contiguous::<f32>(s1, l1, self.name())?;
         let (b, nh, t, hd) = l1.shape().dims4()?;
         let (nkv, l) = (l2.dims()[1], l2.dims()[2]);
         let (keys, values) = (Heads::new(s2, l2)?, Heads::new(s3, l3)?);
@@ -165,7 +165,7 @@ impl CustomOp3 for Attention {
             }
         };
         let per_row = t * nh * hd;
-        if crate::gemm::threads() > 1 && b > 1 {
+        if crate::kernels::gemm::threads() > 1 && b > 1 {
             use rayon::prelude::*;
             out.par_chunks_mut(per_row)
                 .enumerate()
@@ -194,7 +194,7 @@ fn one_query(
 ) {
     let hd = q.len();
     #[cfg(target_arch = "x86_64")]
-    let simd = crate::vmath::avx2() && hd.is_multiple_of(8);
+    let simd = crate::kernels::vmath::avx2() && hd.is_multiple_of(8);
     #[cfg(not(target_arch = "x86_64"))]
     let simd = false;
     if simd {
@@ -218,7 +218,7 @@ fn one_query(
         return;
     }
     p.iter_mut().for_each(|s| *s -= max);
-    crate::vmath::exp_in_place(p);
+    crate::kernels::vmath::exp_in_place(p);
     let inv = 1.0 / p.iter().sum::<f32>();
     if simd {
         // SAFETY: as above; `v` holds `p.len()` rows of `hd`.
@@ -349,7 +349,7 @@ mod simd {
 mod tests {
     use super::*;
     use crate::decoder::{causal_mask, padded_mask};
-    use crate::gemm::tests::max_rel;
+    use crate::kernels::gemm::tests::max_rel;
     use candle_core::{Device, D};
 
     /// Keys and values as a cache holds them: views of the first `l` of `cap` positions.
@@ -389,7 +389,7 @@ mod tests {
                 for single in [false, true] {
                     let run = || attention(&q, &k, &v, mask, 0.125).unwrap();
                     let got = if single {
-                        crate::gemm::single_threaded(run)
+                        crate::kernels::gemm::single_threaded(run)
                     } else {
                         run()
                     };

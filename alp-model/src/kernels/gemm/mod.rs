@@ -31,7 +31,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape
 mod avx2;
 mod avx512;
 
-use crate::vmath::Isa;
+use crate::kernels::vmath::{Isa, Set};
 
 /// Inference products with at most this many rows take the small-product kernels.
 ///
@@ -131,7 +131,7 @@ impl PackedWeight {
     /// or AVX2 with FMA); `None` on other CPUs, dtypes and devices, where [`linear`] is the
     /// path.
     pub fn new(w: &Tensor) -> Result<Option<Self>> {
-        match crate::vmath::isa() {
+        match crate::kernels::vmath::isa() {
             Some(isa) => Self::new_on(isa, w),
             None => Ok(None),
         }
@@ -165,9 +165,9 @@ struct Line([f32; 16]);
 
 /// Cache lines per step of `k` in a panel of `isa`'s packed kernel.
 fn panel_lines(isa: Isa) -> usize {
-    match isa {
-        Isa::Avx512 => avx512::LINES,
-        Isa::Avx2 => avx2::LINES,
+    match isa.set() {
+        Set::Avx512 => avx512::LINES,
+        Set::Avx2 => avx2::LINES,
     }
 }
 
@@ -232,14 +232,10 @@ fn small_m_path(x: &Tensor, w: &Tensor) -> bool {
         && w.is_contiguous()
 }
 
-/// The small-product kernels.
+/// The small-product kernel of an instruction set this CPU has: alp's AVX-512 kernel
+/// (`avx512`) or gemm's AVX2/FMA microkernels. Made only from an [`Isa`] (a CPU check).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kernel {
-    /// alp's AVX-512 kernel (`avx512`).
-    Avx512,
-    /// gemm's AVX2/FMA microkernels.
-    Fma,
-}
+struct Kernel(Isa);
 
 impl Kernel {
     /// The best kernel this CPU has, if any (looked up once: `linear` asks on every product).
@@ -250,21 +246,18 @@ impl Kernel {
 
     /// Every kernel this CPU can run, best first.
     fn all() -> Vec<Kernel> {
-        Isa::all()
-            .into_iter()
-            .map(|isa| match isa {
-                Isa::Avx512 => Kernel::Avx512,
-                Isa::Avx2 => Kernel::Fma,
-            })
-            .collect()
+        Isa::all().into_iter().map(Kernel).collect()
     }
 
     /// `dst[m×n] = lhs[m×k] · rhsᵀ` for a row-major `rhs` of `[n, k]`; every element of `dst`
     /// is written.
     fn run(self, m: usize, n: usize, k: usize, dst: &mut [f32], lhs: &[f32], rhs: &[f32]) {
-        match self {
-            Kernel::Avx512 => avx512_gemm(m, n, k, dst, lhs, rhs),
-            Kernel::Fma => fma_gemm(m, n, k, dst, lhs, rhs),
+        // SAFETY: `self.0` is an `Isa` a CPU check made: this CPU has that instruction set.
+        unsafe {
+            match self.0.set() {
+                Set::Avx512 => avx512_gemm(m, n, k, dst, lhs, rhs),
+                Set::Avx2 => fma_gemm(m, n, k, dst, lhs, rhs),
+            }
         }
     }
 }
@@ -283,8 +276,8 @@ impl CustomOp2 for SmallM {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = crate::fused::contiguous::<f32>(s1, l1, self.name())?;
-        let w = crate::fused::contiguous::<f32>(s2, l2, self.name())?;
+        let x = crate::kernels::fused::contiguous::<f32>(s1, l1, self.name())?;
+        let w = crate::kernels::fused::contiguous::<f32>(s2, l2, self.name())?;
         let dims = l1.dims();
         let k = *dims.last().unwrap_or(&0);
         let (n, wk) = l2.shape().dims2()?;
@@ -308,7 +301,7 @@ impl CustomOp1 for Packed<'_> {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = crate::fused::contiguous::<f32>(s, l, self.name())?;
+        let x = crate::kernels::fused::contiguous::<f32>(s, l, self.name())?;
         let (n, k) = (self.0.n, self.0.k);
         let m = x.len() / k.max(1);
         let mut out = vec![0f32; m * n];
@@ -349,8 +342,11 @@ fn for_each_share(units: usize, run: impl Fn(std::ops::Range<usize>) + Sync) {
 }
 
 /// `dst[m×n] = lhs[m×k] · rhsᵀ` on [`avx512`]'s kernel, the columns split across threads.
+///
+/// # Safety
+/// The CPU has AVX-512F (a `Kernel` of an `Isa` of `Set::Avx512` says so).
 #[cfg(target_arch = "x86_64")]
-fn avx512_gemm(m: usize, n: usize, k: usize, dst: &mut [f32], lhs: &[f32], rhs: &[f32]) {
+unsafe fn avx512_gemm(m: usize, n: usize, k: usize, dst: &mut [f32], lhs: &[f32], rhs: &[f32]) {
     assert!(dst.len() == m * n && lhs.len() == m * k && rhs.len() == n * k);
     let out = SharedOut(dst.as_mut_ptr());
     // Shares of whole tiles of `NR` columns.
@@ -372,9 +368,9 @@ fn packed_gemm(isa: Isa, m: usize, n: usize, k: usize, dst: &mut [f32], lhs: &[f
     let out = SharedOut(dst.as_mut_ptr());
     // The AVX2 kernel reads `x` rearranged ([`avx2::pack_rows`]), in blocks of `avx2::MC`
     // rows that stay in the level-2 cache while every panel multiplies them.
-    let rows = match isa {
-        Isa::Avx2 => Some(avx2::pack_rows(m, k, lhs)),
-        Isa::Avx512 => None,
+    let rows = match isa.set() {
+        Set::Avx2 => Some(avx2::pack_rows(m, k, lhs)),
+        Set::Avx512 => None,
     };
     for_each_share(panels, |mine| {
         let (w, o) = (w.as_ptr(), out.ptr());
@@ -400,14 +396,17 @@ fn packed_gemm(_: Isa, _: usize, _: usize, _: usize, _: &mut [f32], _: &[f32], _
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn avx512_gemm(_: usize, _: usize, _: usize, _: &mut [f32], _: &[f32], _: &[f32]) {
+unsafe fn avx512_gemm(_: usize, _: usize, _: usize, _: &mut [f32], _: &[f32], _: &[f32]) {
     unreachable!("the AVX-512 path is taken on x86-64 only")
 }
 
 /// `dst[m×n] = lhs[m×k] · rhsᵀ` for a row-major `rhs` of `[n, k]`, on gemm's AVX2/FMA kernels
 /// whatever kernel family the process picked for candle.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA (a `Kernel` of an `Isa` of `Set::Avx2` or `Set::Avx512` says so).
 #[cfg(target_arch = "x86_64")]
-fn fma_gemm(m: usize, n: usize, k: usize, dst: &mut [f32], lhs: &[f32], rhs: &[f32]) {
+unsafe fn fma_gemm(m: usize, n: usize, k: usize, dst: &mut [f32], lhs: &[f32], rhs: &[f32]) {
     use gemm_f32::microkernel::fma::f32 as uk;
     const LANES: usize = 8; // f32 lanes of an AVX2 register
     assert!(dst.len() == m * n && lhs.len() == m * k && rhs.len() == n * k);
@@ -461,7 +460,7 @@ fn fma_gemm(m: usize, n: usize, k: usize, dst: &mut [f32], lhs: &[f32], rhs: &[f
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn fma_gemm(_: usize, _: usize, _: usize, _: &mut [f32], _: &[f32], _: &[f32]) {
+unsafe fn fma_gemm(_: usize, _: usize, _: usize, _: &mut [f32], _: &[f32], _: &[f32]) {
     unreachable!("the small-M path is taken on x86-64 only")
 }
 
@@ -559,7 +558,7 @@ pub(crate) mod tests {
         assert!(!small_m_path(&x, &w.t().unwrap()));
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx512f") {
-            assert_eq!(Kernel::detect(), Some(Kernel::Avx512));
+            assert_eq!(Kernel::detect().map(|k| k.0.set()), Some(Set::Avx512));
         }
     }
 

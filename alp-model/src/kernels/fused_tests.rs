@@ -1,8 +1,8 @@
 //! The fused kernels with a backward against their differentiable twins: values within 1e-5
 //! (relative), gradients within 1e-4, on odd shapes drawn by proptest; and the model's training
 //! path against the reference path, gradient of every parameter included.
-use alp_model::fused::{self, twin};
-use alp_model::{presets, ModelWeights, NoPerturbation, Numerics};
+use crate::kernels::fused::{self, twin};
+use crate::{presets, ModelWeights, NoPerturbation, Numerics};
 use candle_core::{DType, Device, Tensor, Var};
 use proptest::prelude::*;
 
@@ -180,7 +180,7 @@ proptest! {
             ])
         };
         let pooled = ops().unwrap();
-        let alone = alp_model::gemm::single_threaded(ops).unwrap();
+        let alone = crate::single_threaded(ops).unwrap();
         for (i, (a, b)) in alone.iter().zip(&pooled).enumerate() {
             let (a, b) = (a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
             prop_assert!(a.iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits()), "op {} differs", i);
@@ -232,7 +232,7 @@ fn training_path_matches_reference_path_with_every_gradient() {
         let logits = model
             .forward_full(&ids, &[0, 2], &NoPerturbation, n)
             .unwrap();
-        let lp = alp_model::token_logprobs(&logits, &targets, 0.7).unwrap();
+        let lp = crate::token_logprobs(&logits, &targets, 0.7).unwrap();
         let loss = lp.sum_all().unwrap();
         let grads = loss.backward().unwrap();
         let mut named: Vec<(String, Tensor)> = varmap
