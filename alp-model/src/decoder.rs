@@ -13,13 +13,14 @@ use crate::{rope, Config, KvCache};
 /// autograd graph, so training must use differentiable kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Numerics {
-    /// candle's fused softmax, RMSNorm and rotary kernels, no backward (inference, rollouts).
-    Fused,
-    /// Differentiable: alp's fused kernels with a backward (`fused`) on f32 CPU
-    /// tensors, their twins elsewhere (training).
-    Differentiable,
+    /// Inference and rollouts: candle's fused softmax, RMSNorm and rotary kernels and alp's
+    /// one-pass attention and packed products, no backward.
+    Inference,
+    /// Training: alp's fused kernels with a backward on f32 CPU tensors, their
+    /// differentiable twins elsewhere.
+    Training,
     /// Differentiable twins only, composed from candle ops: the slow reference that
-    /// `Differentiable` is tested against.
+    /// `Training` is tested against.
     Reference,
 }
 
@@ -38,10 +39,10 @@ impl RmsNorm {
     }
     fn forward(&self, x: &Tensor, n: Numerics) -> Result<Tensor> {
         Ok(match n {
-            Numerics::Fused => {
+            Numerics::Inference => {
                 candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32)?
             }
-            Numerics::Differentiable => fused::rms_norm(x, &self.weight, self.eps as f32)?,
+            Numerics::Training => fused::rms_norm(x, &self.weight, self.eps as f32)?,
             Numerics::Reference => fused::twin::rms_norm(x, &self.weight, self.eps as f32)?,
         })
     }
@@ -80,8 +81,8 @@ impl Proj {
     fn forward(&self, x: &Tensor, n: Numerics) -> Result<Tensor> {
         match n {
             Numerics::Reference => return Ok(self.linear.forward(x)?),
-            Numerics::Differentiable => return self.forward_rows(x),
-            Numerics::Fused => {}
+            Numerics::Training => return self.forward_rows(x),
+            Numerics::Inference => {}
         }
         let w = self.linear.weight();
         let frozen = !w.is_variable();
@@ -233,15 +234,15 @@ impl Attention {
         let cpu_f32 = q.device().is_cpu() && q.dtype() == DType::F32;
         let heads_first = |t: Tensor| t.transpose(1, 2)?.contiguous();
         let (q, k) = match n {
-            Numerics::Differentiable | Numerics::Fused if cpu_f32 => (
+            Numerics::Training | Numerics::Inference if cpu_f32 => (
                 fused::rope_from_seq_major(&q, cos, sin)?,
                 fused::rope_from_seq_major(&k, cos, sin)?,
             ),
-            Numerics::Fused => (
+            Numerics::Inference => (
                 rope::apply_fused(&heads_first(q)?, cos, sin)?,
                 rope::apply_fused(&heads_first(k)?, cos, sin)?,
             ),
-            Numerics::Differentiable => (
+            Numerics::Training => (
                 fused::rope(&heads_first(q)?, cos, sin)?,
                 fused::rope(&heads_first(k)?, cos, sin)?,
             ),
@@ -258,7 +259,7 @@ impl Attention {
         // goes through flash attention (it handles grouped KV heads itself); everything else
         // takes the path below, which is also the reference the GPU tests compare it with.
         #[cfg(feature = "flash-attn")]
-        if n == Numerics::Fused
+        if n == Numerics::Inference
             && !padded
             && matches!(q.dtype(), DType::F16 | DType::BF16)
             && q.device().is_cuda()
@@ -275,7 +276,7 @@ impl Attention {
         let scale = 1.0 / (hd as f64).sqrt();
         // f32 inference on the CPU: one pass per query over the cache's views
         // (`attention`); the composition below is its reference.
-        if n == Numerics::Fused && crate::kernels::attention::fusable(&q, &k, &v) {
+        if n == Numerics::Inference && crate::kernels::attention::fusable(&q, &k, &v) {
             let out = crate::kernels::attention::attention(&q, &k, &v, mask, scale)?;
             return self.o_proj.forward(&out, n);
         }
@@ -300,8 +301,8 @@ impl Attention {
             None => scores,
         };
         let probs = match n {
-            Numerics::Fused => candle_nn::ops::softmax_last_dim(&scores.contiguous()?)?,
-            Numerics::Differentiable => fused::softmax_last_dim(&scores)?,
+            Numerics::Inference => candle_nn::ops::softmax_last_dim(&scores.contiguous()?)?,
+            Numerics::Training => fused::softmax_last_dim(&scores)?,
             Numerics::Reference => fused::twin::softmax_last_dim(&scores)?,
         };
         let probs = probs.reshape((b, nkv, rep * t, l))?.to_dtype(dtype)?;
@@ -338,8 +339,8 @@ impl Mlp {
         let g = self.gate_proj.forward(x, n)?;
         let u = self.up_proj.forward(x, n)?;
         let a = match n {
-            Numerics::Differentiable => fused::silu_mul(&g, &u)?,
-            Numerics::Fused => fused::silu_mul_inference(&g, &u)?,
+            Numerics::Training => fused::silu_mul(&g, &u)?,
+            Numerics::Inference => fused::silu_mul_inference(&g, &u)?,
             Numerics::Reference => fused::twin::silu_mul(&g, &u)?,
         };
         self.down_proj.forward(&a, n)
@@ -555,7 +556,7 @@ impl Model {
         perturb: &dyn Perturbation,
     ) -> Result<Tensor> {
         let h = self.run_cached(input_ids, cache, perturb)?;
-        self.head(&h, Numerics::Fused)
+        self.head(&h, Numerics::Inference)
     }
 
     /// Final hidden states of a fused forward that continues `cache`.
@@ -573,7 +574,7 @@ impl Model {
             &pad,
             Some(cache),
             perturb,
-            Numerics::Fused,
+            Numerics::Inference,
         )
     }
 
@@ -587,7 +588,7 @@ impl Model {
     ) -> Result<Tensor> {
         let h = self.run_cached(input_ids, cache, perturb)?;
         let t = h.dim(1)?;
-        self.head(&h.narrow(1, t - 1, 1)?.squeeze(1)?, Numerics::Fused)
+        self.head(&h.narrow(1, t - 1, 1)?.squeeze(1)?, Numerics::Inference)
     }
 
     /// Full-sequence forward without a cache, with the chosen numerics.
@@ -610,14 +611,7 @@ impl Model {
         left_pad: &[usize],
         perturb: &dyn Perturbation,
     ) -> Result<Tensor> {
-        self.run(
-            input_ids,
-            0,
-            left_pad,
-            None,
-            perturb,
-            Numerics::Differentiable,
-        )
+        self.run(input_ids, 0, left_pad, None, perturb, Numerics::Training)
     }
 
     /// The LM head weight `[vocab, hidden]` (the embedding when tied).

@@ -1,9 +1,9 @@
 //! `alp-model` loads and saves Hugging Face Qwen2/Llama/Qwen3 checkpoints and runs them as a
 //! candle decoder with an explicit KV cache and the layerwise perturbation hook of ALP.
 //!
-//! Two numeric paths share one set of weights: [`Numerics::Fused`] (candle's fused RMSNorm and
+//! Two numeric paths share one set of weights: [`Numerics::Inference`] (candle's fused RMSNorm and
 //! rotary kernels, alp's one-pass attention and packed products, none with a backward) for
-//! inference and rollouts, and [`Numerics::Differentiable`] for training (alp's own fused
+//! inference and rollouts, and [`Numerics::Training`] for training (alp's own fused
 //! kernels with a backward, held by tests to [`Numerics::Reference`], their composition from
 //! candle ops). The kernels are the crate's own (not public): each instruction-set variant runs
 //! only where a CPU check found that instruction set.

@@ -60,7 +60,7 @@ fn kv_cache_decode_equals_full_forward() {
             .map(|r| rand_tokens(12, cfg.vocab_size, r + 10 * si as u64))
             .collect();
         let full = m
-            .forward_full(&ids(&toks), &[], &NoPerturbation, Numerics::Fused)
+            .forward_full(&ids(&toks), &[], &NoPerturbation, Numerics::Inference)
             .unwrap();
         let (dec, cache) = decode_with_cache(&m, &toks, 5, 16);
         let d = max_abs_diff(&full, &dec);
@@ -92,7 +92,7 @@ fn left_padded_batch_equals_rows_alone() {
                 v
             })
             .collect();
-        for numerics in [Numerics::Fused, Numerics::Differentiable] {
+        for numerics in [Numerics::Inference, Numerics::Training] {
             let out = m
                 .forward_full(&ids(&batch), &pads, &NoPerturbation, numerics)
                 .unwrap();
@@ -132,7 +132,7 @@ fn left_padded_batch_equals_rows_alone() {
                     &ids(std::slice::from_ref(&seq)),
                     &[],
                     &NoPerturbation,
-                    Numerics::Fused,
+                    Numerics::Inference,
                 )
                 .unwrap();
             let want = alone.narrow(1, seq.len() - 1, 1).unwrap();
@@ -156,15 +156,10 @@ fn fused_and_differentiable_agree_and_every_parameter_gets_a_gradient() {
         ];
         let pads = [0usize, 2];
         let fused = m
-            .forward_full(&ids(&toks), &pads, &NoPerturbation, Numerics::Fused)
+            .forward_full(&ids(&toks), &pads, &NoPerturbation, Numerics::Inference)
             .unwrap();
         let diff = m
-            .forward_full(
-                &ids(&toks),
-                &pads,
-                &NoPerturbation,
-                Numerics::Differentiable,
-            )
+            .forward_full(&ids(&toks), &pads, &NoPerturbation, Numerics::Training)
             .unwrap();
         let d = max_abs_diff(&fused, &diff);
         assert!(d <= 1e-4, "shape {si}: fused vs differentiable {d}");
@@ -234,12 +229,12 @@ fn save_then_load_is_bit_identical() {
         let l1 = w
             .build()
             .unwrap()
-            .forward_full(&toks, &[], &NoPerturbation, Numerics::Fused)
+            .forward_full(&toks, &[], &NoPerturbation, Numerics::Inference)
             .unwrap();
         let l2 = back
             .build()
             .unwrap()
-            .forward_full(&toks, &[], &NoPerturbation, Numerics::Fused)
+            .forward_full(&toks, &[], &NoPerturbation, Numerics::Inference)
             .unwrap();
         assert_eq!(max_abs_diff(&l1, &l2), 0.0);
         // bf16 round trip keeps bf16 bits.
@@ -285,14 +280,12 @@ fn zero_sigma_reproduces_unperturbed_logits_exactly() {
         .unwrap();
     let toks = ids(&[rand_tokens(8, cfg.vocab_size, 1)]);
     let base = m
-        .forward_full(&toks, &[], &NoPerturbation, Numerics::Differentiable)
+        .forward_full(&toks, &[], &NoPerturbation, Numerics::Training)
         .unwrap();
     for mode in [SigmaMode::Absolute, SigmaMode::Relative] {
         let p = gaussian(0.0, mode, false, LayerSelection::All, cfg.num_hidden_layers);
         assert!(!p.is_identity());
-        let out = m
-            .forward_full(&toks, &[], &p, Numerics::Differentiable)
-            .unwrap();
+        let out = m.forward_full(&toks, &[], &p, Numerics::Training).unwrap();
         assert_eq!(max_abs_diff(&base, &out), 0.0);
     }
     let p = gaussian(
@@ -302,9 +295,7 @@ fn zero_sigma_reproduces_unperturbed_logits_exactly() {
         LayerSelection::All,
         cfg.num_hidden_layers,
     );
-    let out = m
-        .forward_full(&toks, &[], &p, Numerics::Differentiable)
-        .unwrap();
+    let out = m.forward_full(&toks, &[], &p, Numerics::Training).unwrap();
     assert!(
         max_abs_diff(&base, &out) > 1e-6,
         "σ = 0.1 must change the logits"
@@ -335,9 +326,7 @@ fn gradient_wrt_every_log_sigma_is_finite_and_nonzero() {
             cfg.num_hidden_layers,
         );
         p.set_context(3, 1);
-        let logits = m
-            .forward_full(&toks, &[], &p, Numerics::Differentiable)
-            .unwrap();
+        let logits = m.forward_full(&toks, &[], &p, Numerics::Training).unwrap();
         let tgt = ids(&[
             rand_tokens(8, cfg.vocab_size, 4),
             rand_tokens(8, cfg.vocab_size, 5),
@@ -369,7 +358,7 @@ fn gradient_wrt_every_log_sigma_is_finite_and_nonzero() {
         cfg.num_hidden_layers,
     );
     let loss = m
-        .forward_full(&toks, &[], &p, Numerics::Differentiable)
+        .forward_full(&toks, &[], &p, Numerics::Training)
         .unwrap()
         .sum_all()
         .unwrap();
@@ -544,10 +533,10 @@ fn bf16_inference_on_the_cpu_matches_candles_half_precision_path() {
             .map(|r| rand_tokens(10, cfg.vocab_size, r + 7 * si as u64))
             .collect();
         let reference = vars
-            .forward_full(&ids(&toks), &[], &NoPerturbation, Numerics::Fused)
+            .forward_full(&ids(&toks), &[], &NoPerturbation, Numerics::Inference)
             .unwrap();
         let full = plain
-            .forward_full(&ids(&toks), &[], &NoPerturbation, Numerics::Fused)
+            .forward_full(&ids(&toks), &[], &NoPerturbation, Numerics::Inference)
             .unwrap();
         let (dec, _) = decode_with_cache(&plain, &toks, 4, 12);
         assert_eq!(dec.dtype(), DType::BF16);
@@ -575,19 +564,19 @@ fn a_trained_bf16_model_is_never_multiplied_with_a_stale_widened_copy() {
     let (model, varmap) = w.build_trainable().unwrap();
     let toks = ids(&[rand_tokens(6, cfg.vocab_size, 1)]);
     let before = model
-        .forward_full(&toks, &[], &NoPerturbation, Numerics::Fused)
+        .forward_full(&toks, &[], &NoPerturbation, Numerics::Inference)
         .unwrap();
     let w2 = ModelWeights::random(&cfg, 5, DType::BF16, &Device::Cpu).unwrap();
     for (name, var) in varmap.data().lock().unwrap().iter() {
         var.set(&w2.tensors[name]).unwrap();
     }
     let after = model
-        .forward_full(&toks, &[], &NoPerturbation, Numerics::Fused)
+        .forward_full(&toks, &[], &NoPerturbation, Numerics::Inference)
         .unwrap();
     let fresh = w2
         .build()
         .unwrap()
-        .forward_full(&toks, &[], &NoPerturbation, Numerics::Fused)
+        .forward_full(&toks, &[], &NoPerturbation, Numerics::Inference)
         .unwrap();
     assert!(rel_diff(&before, &fresh) > 0.1, "new weights, same logits");
     let r = rel_diff(&after, &fresh);

@@ -53,7 +53,7 @@ fn full_logits(m: &Model, ids: &[TokenId]) -> Tensor {
         .unwrap()
         .unsqueeze(0)
         .unwrap();
-    m.forward_full(&input, &[], &NoPerturbation, Numerics::Fused)
+    m.forward_full(&input, &[], &NoPerturbation, Numerics::Inference)
         .unwrap()
 }
 

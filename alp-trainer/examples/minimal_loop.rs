@@ -62,7 +62,7 @@ fn main() -> Result<()> {
             &ids.narrow(1, 0, prompt.len() + len - 1)?,
             &[],
             &perturb,
-            Numerics::Differentiable,
+            Numerics::Training,
         )?;
         let logits = logits.narrow(1, prompt.len() - 1, len)?.contiguous()?;
         let logp = token_logprobs(&logits, &ids.narrow(1, prompt.len(), len)?, 1.0)?;

@@ -55,8 +55,7 @@ impl SeqBatch {
         // Positions p-1 .. p+t-2 predict the response tokens p .. p+t-1; the last
         // position's logits are never needed.
         let input = self.ids.narrow(1, 0, p + t - 1)?;
-        let logits =
-            model.forward_full(&input, &self.left_pad, perturb, Numerics::Differentiable)?;
+        let logits = model.forward_full(&input, &self.left_pad, perturb, Numerics::Training)?;
         Ok(logits.narrow(1, p - 1, t)?.contiguous()?)
     }
 

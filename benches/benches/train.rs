@@ -32,7 +32,7 @@ fn bench(c: &mut Criterion) {
         g.throughput(Throughput::Elements((b * (t - 1)) as u64));
         // The fused kernels with a backward, and the candle-op reference they replace.
         for (label, numerics) in [
-            ("fused", Numerics::Differentiable),
+            ("fused", Numerics::Training),
             ("reference", Numerics::Reference),
         ] {
             g.bench_function(

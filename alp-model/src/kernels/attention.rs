@@ -9,7 +9,7 @@
 //! samples. Here each query reads its KV head's keys and values in place, from the cache's
 //! views, with no copy.
 //!
-//! Used by the decoder's inference numerics ([`crate::Numerics::Fused`]); no backward.
+//! Used by the decoder's inference numerics ([`crate::Numerics::Inference`]); no backward.
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 /// Whether [`attention`] takes these tensors: f32 on the CPU, keys and values with their last

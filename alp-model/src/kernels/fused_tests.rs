@@ -251,7 +251,7 @@ fn training_path_matches_reference_path_with_every_gradient() {
         named.sort_by(|a, b| a.0.cmp(&b.0));
         (logits, named)
     };
-    let (lf, gf) = run(Numerics::Differentiable);
+    let (lf, gf) = run(Numerics::Training);
     let (lr, gr) = run(Numerics::Reference);
     assert!(rel_err(&lf, &lr) <= 1e-5, "logits differ");
     assert_eq!(gf.len(), gr.len());

@@ -296,7 +296,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
                     &ids.narrow(1, 0, a.seq_len - 1)?,
                     &[],
                     &alp_model::NoPerturbation,
-                    alp_model::Numerics::Differentiable,
+                    alp_model::Numerics::Training,
                 )?;
                 let part =
                     (alp_model::token_logprobs(&logits, &ids.narrow(1, 1, a.seq_len - 1)?, 1.0)?

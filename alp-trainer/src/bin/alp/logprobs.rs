@@ -16,7 +16,7 @@ pub fn run(model: &str, tokens: &str, dtype: &str, device: &str) -> Result<()> {
     let weights = ModelWeights::load(&resolve_model_dir(model)?, parse_dtype(dtype)?, &device)?;
     let lm = weights.build()?;
     let ids = Tensor::new(toks.as_slice(), &device)?.unsqueeze(0)?;
-    let logits = lm.forward_full(&ids, &[], &NoPerturbation, Numerics::Fused)?;
+    let logits = lm.forward_full(&ids, &[], &NoPerturbation, Numerics::Inference)?;
     let lp = sequence_logprobs(&logits, &toks)?;
     if let Some(i) = lp.iter().position(|x| !x.is_finite()) {
         match alp_trainer::checkpoint::first_non_finite(&weights)? {
