@@ -36,8 +36,9 @@ debug = false
 TOML
 cd "$dir"
 echo "+ (in $dir) cargo run --release"
-# Its own target directory: the registry's candle-core and everything above it build anew.
-CARGO_TARGET_DIR="$dir/target" cargo run --release
+# The workspace's target directory: crates of the same version and features are reused; the
+# registry's candle-core and everything above it build anew.
+CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}" cargo run --release
 src=$(cargo tree -e normal --prefix none -i candle-core | head -1)
 echo "candle-core in the downstream build: $src"
 case "$src" in

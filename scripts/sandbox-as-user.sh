@@ -13,12 +13,13 @@ fi
 user=${ALP_SANDBOX_USER:-alp-sandbox-user}
 id -u "$user" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$user"
 home=$(getent passwd "$user" | cut -d: -f6)
-bin=$(cargo test --release -p alp-envs --test python_sandbox --no-run --message-format=json \
+# The workspace's test build (the README's test command: the same features, nothing rebuilt).
+bin=$(cargo test --workspace --release --no-run --message-format=json 2>/dev/null \
     | python3 -c 'import json, sys
 for line in sys.stdin:
     j = json.loads(line)
     if j.get("reason") == "compiler-artifact" and j.get("executable") and j["target"]["name"] == "python_sandbox":
-        print(j["executable"])')
+        print(j["executable"])' | head -1)
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 cp "$bin" "$dir/python_sandbox"

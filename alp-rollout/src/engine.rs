@@ -1,7 +1,7 @@
 //! The batched sampling engine with continuous batching.
 
 use crate::sampling::{sample_kept, SamplingParams, Support};
-use alp_core::{Error, FinishReason, Result, SamplingSupports, TokenId};
+use alp_core::{Error, FinishReason, PolicyVersion, Result, SamplingSupports, TokenId};
 use alp_model::NoPerturbation;
 use alp_model::{KvCache, Model, ModelWeights, Tokenizer};
 use candle_core::{DType, Device, Tensor};
@@ -178,6 +178,8 @@ pub struct Engine {
     tokenizer: Option<Arc<Tokenizer>>,
     eos: Vec<TokenId>,
     config: EngineConfig,
+    /// The policy version of `model`'s weights.
+    version: PolicyVersion,
 }
 
 impl std::fmt::Debug for Engine {
@@ -199,6 +201,7 @@ impl Engine {
             tokenizer: None,
             eos: Vec::new(),
             config,
+            version: 0,
         })
     }
 
@@ -217,6 +220,12 @@ impl Engine {
     pub fn with_tokenizer(mut self, tokenizer: Arc<Tokenizer>) -> Self {
         self.eos = tokenizer.eos_ids().to_vec();
         self.tokenizer = Some(tokenizer);
+        self
+    }
+
+    /// Says that the model's weights are policy version `version` (0 unless given).
+    pub fn with_version(mut self, version: PolicyVersion) -> Self {
+        self.version = version;
         self
     }
 
@@ -593,6 +602,25 @@ impl Engine {
                 supports: row.supports.take(),
             });
         }
+        Ok(())
+    }
+}
+
+impl crate::backend::RolloutBackend for Engine {
+    fn generate(&self, requests: &[Request]) -> Result<crate::backend::Generation> {
+        Ok(crate::backend::Generation {
+            completions: Engine::generate(self, requests)?,
+            policy_version: self.version,
+        })
+    }
+
+    fn policy_version(&self) -> PolicyVersion {
+        self.version
+    }
+
+    fn publish(&mut self, version: PolicyVersion, weights: &ModelWeights) -> Result<()> {
+        self.model = Arc::new(weights.build()?);
+        self.version = version;
         Ok(())
     }
 }

@@ -1,7 +1,8 @@
 //! Multi-turn episodes: generate a turn, hand its text to an [`Environment`], append the
 //! observation tokens (loss mask 0), continue, until the environment is done or a limit is hit.
 
-use crate::engine::{Engine, Request};
+use crate::backend::RolloutBackend;
+use crate::engine::Request;
 use crate::sampling::SamplingParams;
 use alp_core::{
     mix_seed, ChatMessage, Environment, Error, FinishReason, Outcome, PolicyVersion, Result,
@@ -63,6 +64,8 @@ struct Episode {
     turns: u32,
     seed: u64,
     done: Option<(Outcome, FinishReason)>,
+    /// The oldest weight version that sampled any of its turns.
+    version: Option<PolicyVersion>,
 }
 
 impl Episode {
@@ -176,20 +179,37 @@ fn step_envs(eps: &mut [Episode], active: &[usize], texts: &[String]) -> Vec<Res
         .collect()
 }
 
-/// Runs `group_size` episodes of every task, all turns batched through `engine`, and returns
-/// one [`TrajectoryGroup`] per task. `make_env` builds a fresh environment per episode; `tools`
-/// goes to the chat template. Every trajectory is stamped with `policy_version`.
-#[allow(clippy::too_many_arguments)]
+/// A batch of episodes for [`run_episodes`]: which tasks, how each episode's environment is
+/// made, how many samples per task and with which settings.
+#[derive(Clone, Copy)]
+pub struct Episodes<'a> {
+    /// The tasks; one [`TrajectoryGroup`] each.
+    pub tasks: &'a [Task],
+    /// Builds a fresh environment per episode.
+    pub make_env: &'a dyn Fn(&Task) -> Result<Box<dyn Environment>>,
+    /// Episodes per task (the group of GRPO-style advantages).
+    pub group_size: usize,
+    /// Turn and token limits, sampling parameters, stop strings.
+    pub config: &'a EpisodeConfig,
+    /// Tool descriptions for the chat template, if any.
+    pub tools: Option<&'a serde_json::Value>,
+}
+
+/// Runs `group_size` episodes of every task, all turns batched through `backend`, and returns
+/// one [`TrajectoryGroup`] per task. Every trajectory is stamped with the oldest weight
+/// version the backend reported for its turns.
 pub fn run_episodes(
-    engine: &Engine,
+    backend: &dyn RolloutBackend,
     tokenizer: &Tokenizer,
-    tasks: &[Task],
-    make_env: &dyn Fn(&Task) -> Result<Box<dyn Environment>>,
-    group_size: usize,
-    config: &EpisodeConfig,
-    tools: Option<&serde_json::Value>,
-    policy_version: PolicyVersion,
+    episodes: &Episodes,
 ) -> Result<Vec<TrajectoryGroup>> {
+    let Episodes {
+        tasks,
+        make_env,
+        group_size,
+        config,
+        tools,
+    } = *episodes;
     config.validate()?;
     if group_size == 0 {
         return Err(Error::config("group_size", "must be at least 1"));
@@ -213,6 +233,7 @@ pub fn run_episodes(
                 turns: 0,
                 seed: mix_seed(config.sampling.seed, (ti * group_size + g) as u64),
                 done: None,
+                version: None,
             });
         }
     }
@@ -235,7 +256,21 @@ pub fn run_episodes(
             prompt.extend_from_slice(&e.response);
             requests.push(Request { prompt, params });
         }
-        let completions = engine.generate(&requests)?;
+        let generation = backend.generate(&requests)?;
+        if generation.completions.len() != requests.len() {
+            return Err(Error::Msg(format!(
+                "the rollout backend answered {} of {} requests",
+                generation.completions.len(),
+                requests.len()
+            )));
+        }
+        let completions = generation.completions;
+        for &i in &active {
+            let v = &mut eps[i].version;
+            *v = Some(v.map_or(generation.policy_version, |v| {
+                v.min(generation.policy_version)
+            }));
+        }
         let mut texts = Vec::with_capacity(active.len());
         for (&i, c) in active.iter().zip(&completions) {
             let e = &mut eps[i];
@@ -308,7 +343,7 @@ pub fn run_episodes(
             response: e.response,
             loss_mask: e.mask,
             logp_infer: e.logp,
-            policy_version,
+            policy_version: e.version.unwrap_or_else(|| backend.policy_version()),
             outcome,
             sampling,
             finish_reason,

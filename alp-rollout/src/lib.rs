@@ -22,12 +22,14 @@
 //! assert!(out[0].logprobs.iter().all(|&lp| lp <= 0.0));
 //! ```
 
+pub mod backend;
 pub mod engine;
 pub mod episodes;
 pub mod sampling;
 pub mod worker;
 
+pub use backend::{Generation, RolloutBackend};
 pub use engine::{Completion, Engine, EngineConfig, GenerateStats, Request, SeqState};
-pub use episodes::{observation_tokens, run_episodes, sampling_info, EpisodeConfig};
+pub use episodes::{observation_tokens, run_episodes, sampling_info, EpisodeConfig, Episodes};
 pub use sampling::{sample, sample_kept, Sampled, SamplingParams, Support};
 pub use worker::{RolloutBatch, RolloutWorker};

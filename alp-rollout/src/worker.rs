@@ -109,7 +109,7 @@ impl RolloutWorker {
             .name("alp-rollout".into())
             .spawn(move || {
                 let mut run = || -> Result<()> {
-                    let mut engine = build(&weights)?;
+                    let mut engine = build(&weights)?.with_version(version);
                     let mut current = version;
                     let mut pending: Option<Snapshot> = None;
                     let mut step: u64 = first_step;
@@ -148,7 +148,7 @@ impl RolloutWorker {
                         }
                         let wait_seconds = waited.elapsed().as_secs_f64();
                         if let Some((v, w)) = pending.take() {
-                            engine = build(&w)?;
+                            engine = build(&w)?.with_version(v);
                             current = v;
                         }
                         let t = Instant::now();

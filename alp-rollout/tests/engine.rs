@@ -4,7 +4,10 @@
 use alp_core::{ChatMessage, Environment, FinishReason, Step, Task, TokenId};
 use alp_model::NoPerturbation;
 use alp_model::{presets, token_logprobs, Model, ModelWeights, Numerics, Tokenizer};
-use alp_rollout::{run_episodes, Engine, EngineConfig, EpisodeConfig, Request, SamplingParams};
+use alp_rollout::{
+    run_episodes, Engine, EngineConfig, EpisodeConfig, Episodes, Request, RolloutBackend,
+    SamplingParams,
+};
 use candle_core::{DType, Device, Tensor};
 use std::sync::Arc;
 
@@ -457,6 +460,63 @@ impl Environment for Scripted {
     }
 }
 
+/// A backend whose weights move on between calls (a server reloading mid-episode): version
+/// 9 samples the first turn, 8 the second (e.g. a rollback), 12 any later one.
+struct Moving {
+    engine: Engine,
+    calls: std::sync::atomic::AtomicU64,
+}
+
+impl RolloutBackend for Moving {
+    fn generate(&self, requests: &[Request]) -> alp_core::Result<alp_rollout::Generation> {
+        let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut g = RolloutBackend::generate(&self.engine, requests)?;
+        g.policy_version = [9, 8].get(n as usize).copied().unwrap_or(12);
+        Ok(g)
+    }
+    fn policy_version(&self) -> alp_core::PolicyVersion {
+        12
+    }
+    fn publish(&mut self, v: alp_core::PolicyVersion, w: &ModelWeights) -> alp_core::Result<()> {
+        self.engine.publish(v, w)
+    }
+}
+
+#[test]
+fn an_episode_is_stamped_with_the_oldest_version_that_sampled_it() {
+    let tok = Arc::new(word_tokenizer());
+    let backend = Moving {
+        engine: engine(8).with_tokenizer(tok.clone()),
+        calls: Default::default(),
+    };
+    let task = Task {
+        id: "t0".into(),
+        kind: "k".into(),
+        messages: vec![ChatMessage::new("user", "w5 w6")],
+        answer: String::new(),
+    };
+    let cfg = EpisodeConfig {
+        max_turns: 3,
+        sampling: SamplingParams {
+            max_new_tokens: 3,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let episodes = Episodes {
+        tasks: std::slice::from_ref(&task),
+        make_env: &|_| Ok(Box::new(Scripted { turns: 0 })),
+        group_size: 2,
+        config: &cfg,
+        tools: None,
+    };
+    let groups = run_episodes(&backend, &tok, &episodes).unwrap();
+    for t in &groups[0].trajectories {
+        // Two turns: sampled by versions 9 and then 8.
+        assert_eq!((t.num_turns, t.policy_version), (2, 8));
+    }
+}
+
 #[test]
 fn multi_turn_episode_has_the_right_loss_mask() {
     let tok = Arc::new(word_tokenizer());
@@ -476,17 +536,15 @@ fn multi_turn_episode_has_the_right_loss_mask() {
         },
         ..Default::default()
     };
-    let groups = run_episodes(
-        &eng,
-        &tok,
-        std::slice::from_ref(&task),
-        &|_| Ok(Box::new(Scripted { turns: 0 })),
-        2,
-        &cfg,
-        None,
-        7,
-    )
-    .unwrap();
+    let eng = eng.with_version(7);
+    let episodes = Episodes {
+        tasks: std::slice::from_ref(&task),
+        make_env: &|_| Ok(Box::new(Scripted { turns: 0 })),
+        group_size: 2,
+        config: &cfg,
+        tools: None,
+    };
+    let groups = run_episodes(&eng, &tok, &episodes).unwrap();
     assert_eq!(groups.len(), 1);
     assert_eq!(groups[0].trajectories.len(), 2);
     // Prompt: "user w5 w6 w1 assistant"; observation: " w1 " closing + "tool w3 w1 assistant ".
@@ -617,7 +675,14 @@ fn environment_steps_run_concurrently_and_reach_their_own_episodes() {
         },
         ..Default::default()
     };
-    let groups = run_episodes(&eng, &tok, &tasks, &make, 2, &cfg, None, 0).unwrap();
+    let episodes = Episodes {
+        tasks: &tasks,
+        make_env: &make,
+        group_size: 2,
+        config: &cfg,
+        tools: None,
+    };
+    let groups = run_episodes(&eng, &tok, &episodes).unwrap();
     for (i, g) in groups.iter().enumerate() {
         assert_eq!(g.task_id, i.to_string());
         assert!(g.trajectories.iter().all(|t| t.reward() == i as f32));

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use alp_core::{ChatMessage, Environment, Outcome, Result, Step, Task};
 use alp_envs::math::grade;
 use alp_model::{presets, ModelWeights};
-use alp_rollout::{run_episodes, Engine, EngineConfig, EpisodeConfig, SamplingParams};
+use alp_rollout::{run_episodes, Engine, EngineConfig, EpisodeConfig, Episodes, SamplingParams};
 use candle_core::{DType, Device};
 
 /// Rewards a boxed word count equal to the number of words in the task's sentence.
@@ -54,20 +54,18 @@ fn main() -> Result<()> {
         },
         ..Default::default()
     };
-    let groups = run_episodes(
-        &engine,
-        &tok,
-        &tasks,
-        &|_| {
+    let episodes = Episodes {
+        tasks: &tasks,
+        make_env: &|_| {
             Ok(Box::new(WordCount {
                 answer: String::new(),
             }))
         },
-        4,
-        &cfg,
-        None,
-        0,
-    )?;
+        group_size: 4,
+        config: &cfg,
+        tools: None,
+    };
+    let groups = run_episodes(&engine, &tok, &episodes)?;
     assert_eq!(groups.len(), 2);
     for g in &groups {
         assert_eq!(g.trajectories.len(), 4);

@@ -4,7 +4,7 @@
 use crate::trainer::Trainer;
 use alp_core::{Result, Task, TaskSource, TrajectoryGroup};
 use alp_envs::math::Split;
-use alp_rollout::{run_episodes, Engine, EngineConfig};
+use alp_rollout::{run_episodes, Engine, EngineConfig, Episodes};
 use std::collections::BTreeMap;
 
 /// Held-out evaluation of a model.
@@ -80,7 +80,8 @@ pub fn evaluate_tasks(
         &trainer.device,
         EngineConfig::default(),
     )?
-    .with_tokenizer(trainer.tokenizer.clone());
+    .with_tokenizer(trainer.tokenizer.clone())
+    .with_version(trainer.version);
     let env = trainer.make_env_kind(kind);
     let tools = if kind == crate::config::EnvKind::Tool {
         trainer.tools_spec()
@@ -88,16 +89,15 @@ pub fn evaluate_tasks(
         None
     };
     let run = |n: usize, temperature: f32, seed: u64| {
-        run_episodes(
-            &engine,
-            &trainer.tokenizer,
+        let config = trainer.episode_config(temperature, seed);
+        let episodes = Episodes {
             tasks,
-            &env,
-            n,
-            &trainer.episode_config(temperature, seed),
-            tools.as_ref(),
-            trainer.version,
-        )
+            make_env: &env,
+            group_size: n,
+            config: &config,
+            tools: tools.as_ref(),
+        };
+        run_episodes(&engine, &trainer.tokenizer, &episodes)
     };
     let mut res = greedy_stats(tasks, &run(1, 0.0, 0)?);
     if k > 0 {

@@ -15,7 +15,7 @@ use alp_core::{Environment, Error, Result, Task, TaskSource};
 use alp_envs::math::Split;
 use alp_loss::PolicyObjective;
 use alp_model::Tokenizer;
-use alp_rollout::{run_episodes, Engine, EngineConfig, RolloutWorker};
+use alp_rollout::{run_episodes, Engine, EngineConfig, Episodes, RolloutWorker};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -372,7 +372,8 @@ impl Session {
                 Ok(Engine::new(Arc::new(w.build()?), EngineConfig::default())?
                     .with_tokenizer(tok_b.clone()))
             },
-            move |engine, step, version| {
+            // The engine knows the weight version it samples with (the worker set it).
+            move |engine, step, _version| {
                 let batch: Vec<Task> = {
                     let mut tasks = tasks
                         .lock()
@@ -388,7 +389,14 @@ impl Session {
                 }
                 let mut ec = ep_template.clone();
                 ec.sampling.seed = alp_core::mix_seed(seed, step);
-                run_episodes(engine, &tok, &batch, &*env, g, &ec, tools.as_ref(), version)
+                let episodes = Episodes {
+                    tasks: &batch,
+                    make_env: &*env,
+                    group_size: g,
+                    config: &ec,
+                    tools: tools.as_ref(),
+                };
+                run_episodes(engine, &tok, &episodes)
             },
         )?);
         Ok(())

@@ -4,7 +4,7 @@
 use alp_core::TaskSource;
 use alp_envs::math::Split;
 use alp_loss::METHODS;
-use alp_rollout::{run_episodes, Engine, EngineConfig};
+use alp_rollout::{run_episodes, Engine, EngineConfig, Episodes};
 use alp_trainer::checkpoint;
 use alp_trainer::config::TrainConfig;
 use alp_trainer::default_task::ArithmeticTasks;
@@ -360,20 +360,18 @@ fn rollouts_with(
         EngineConfig::default(),
     )
     .unwrap()
-    .with_tokenizer(t.tokenizer.clone());
+    .with_tokenizer(t.tokenizer.clone())
+    .with_version(t.version);
     let mut src = ArithmeticTasks::new(&t.cfg.tasks, Split::Train, task_seed);
     let tasks: Vec<_> = (0..2).filter_map(|_| src.next_task()).collect();
-    run_episodes(
-        &engine,
-        &t.tokenizer,
-        &tasks,
-        &t.make_env(),
-        2,
-        ec,
-        None,
-        t.version,
-    )
-    .unwrap()
+    let episodes = Episodes {
+        tasks: &tasks,
+        make_env: &t.make_env(),
+        group_size: 2,
+        config: ec,
+        tools: None,
+    };
+    run_episodes(&engine, &t.tokenizer, &episodes).unwrap()
 }
 
 /// Largest |log π_trainer − log μ| over the generated tokens of `trajs`, the trainer scoring
