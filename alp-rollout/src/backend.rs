@@ -30,3 +30,15 @@ pub trait RolloutBackend: Send + Sync {
     /// device), which are version `version`.
     fn publish(&mut self, version: PolicyVersion, weights: &ModelWeights) -> Result<()>;
 }
+
+impl<T: RolloutBackend + ?Sized> RolloutBackend for Box<T> {
+    fn generate(&self, requests: &[Request]) -> Result<Generation> {
+        (**self).generate(requests)
+    }
+    fn policy_version(&self) -> PolicyVersion {
+        (**self).policy_version()
+    }
+    fn publish(&mut self, version: PolicyVersion, weights: &ModelWeights) -> Result<()> {
+        (**self).publish(version, weights)
+    }
+}

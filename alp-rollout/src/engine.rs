@@ -618,8 +618,19 @@ impl crate::backend::RolloutBackend for Engine {
         self.version
     }
 
+    /// Rebuilds the model from `weights` in the engine's dtype, on its device (no copy where
+    /// they already are).
     fn publish(&mut self, version: PolicyVersion, weights: &ModelWeights) -> Result<()> {
-        self.model = Arc::new(weights.build()?);
+        let (dtype, device) = (self.model.dtype(), self.model.device().clone());
+        let ready = weights
+            .tensors
+            .values()
+            .all(|t| t.dtype() == dtype && t.device().same_device(&device));
+        self.model = Arc::new(if ready {
+            weights.build()?
+        } else {
+            weights.snapshot(dtype, &device)?.build()?
+        });
         self.version = version;
         Ok(())
     }

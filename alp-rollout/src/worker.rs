@@ -2,7 +2,7 @@
 //! stamped with a policy version, and sends back batches of trajectory groups stamped with the
 //! version that sampled them, never exceeding a staleness bound.
 
-use crate::engine::Engine;
+use crate::backend::RolloutBackend;
 use alp_core::{Error, PolicyVersion, Result, TrajectoryGroup};
 use alp_model::ModelWeights;
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender, TryRecvError};
@@ -43,9 +43,11 @@ pub struct RolloutWorker {
 }
 
 impl RolloutWorker {
-    /// Starts the worker with `weights` as version `version`. `build` turns a snapshot into an
-    /// engine (e.g. in bf16); `produce` generates the batch for a step.
-    pub fn spawn<B, P>(
+    /// Starts the worker with `weights` as version `version`. `build` makes the rollout backend
+    /// from them (e.g. an [`Engine`](crate::Engine) in bf16), on the worker's thread; each
+    /// snapshot published later reaches it through [`RolloutBackend::publish`]. `produce`
+    /// generates the batch for a step.
+    pub fn spawn<E, B, P>(
         version: PolicyVersion,
         weights: Arc<ModelWeights>,
         max_staleness: u64,
@@ -53,15 +55,16 @@ impl RolloutWorker {
         produce: P,
     ) -> Result<Self>
     where
-        B: Fn(&ModelWeights) -> Result<Engine> + Send + 'static,
-        P: FnMut(&Engine, u64, PolicyVersion) -> Result<Vec<TrajectoryGroup>> + Send + 'static,
+        E: RolloutBackend + 'static,
+        B: FnOnce(PolicyVersion, &ModelWeights) -> Result<E> + Send + 'static,
+        P: FnMut(&E, u64, PolicyVersion) -> Result<Vec<TrajectoryGroup>> + Send + 'static,
     {
         Self::spawn_from(0, version, weights, max_staleness, build, produce)
     }
 
     /// Like [`RolloutWorker::spawn`], but the first batch is for step `first_step` (resuming a
     /// run whose trainer is at version `version`).
-    pub fn spawn_from<B, P>(
+    pub fn spawn_from<E, B, P>(
         first_step: u64,
         version: PolicyVersion,
         weights: Arc<ModelWeights>,
@@ -70,8 +73,9 @@ impl RolloutWorker {
         produce: P,
     ) -> Result<Self>
     where
-        B: Fn(&ModelWeights) -> Result<Engine> + Send + 'static,
-        P: FnMut(&Engine, u64, PolicyVersion) -> Result<Vec<TrajectoryGroup>> + Send + 'static,
+        E: RolloutBackend + 'static,
+        B: FnOnce(PolicyVersion, &ModelWeights) -> Result<E> + Send + 'static,
+        P: FnMut(&E, u64, PolicyVersion) -> Result<Vec<TrajectoryGroup>> + Send + 'static,
     {
         Self::spawn_with(
             first_step,
@@ -88,7 +92,7 @@ impl RolloutWorker {
     /// version `max(version, s − max_staleness)` rather than the newest one published, so that
     /// an asynchronous run does not depend on timing (reproducible, and bit-identical across
     /// a resume). Versions must then be published one by one (`version + 1`, `+ 2`, …).
-    pub fn spawn_with<B, P>(
+    pub fn spawn_with<E, B, P>(
         first_step: u64,
         version: PolicyVersion,
         weights: Arc<ModelWeights>,
@@ -98,8 +102,9 @@ impl RolloutWorker {
         mut produce: P,
     ) -> Result<Self>
     where
-        B: Fn(&ModelWeights) -> Result<Engine> + Send + 'static,
-        P: FnMut(&Engine, u64, PolicyVersion) -> Result<Vec<TrajectoryGroup>> + Send + 'static,
+        E: RolloutBackend + 'static,
+        B: FnOnce(PolicyVersion, &ModelWeights) -> Result<E> + Send + 'static,
+        P: FnMut(&E, u64, PolicyVersion) -> Result<Vec<TrajectoryGroup>> + Send + 'static,
     {
         let (weights_tx, weights_rx) = unbounded::<Snapshot>();
         let (out_tx, out_rx) = unbounded::<Result<RolloutBatch>>();
@@ -108,8 +113,8 @@ impl RolloutWorker {
         let handle = std::thread::Builder::new()
             .name("alp-rollout".into())
             .spawn(move || {
-                let mut run = || -> Result<()> {
-                    let mut engine = build(&weights)?.with_version(version);
+                let run = || -> Result<()> {
+                    let mut engine = build(version, &weights)?;
                     let mut current = version;
                     let mut pending: Option<Snapshot> = None;
                     let mut step: u64 = first_step;
@@ -148,7 +153,7 @@ impl RolloutWorker {
                         }
                         let wait_seconds = waited.elapsed().as_secs_f64();
                         if let Some((v, w)) = pending.take() {
-                            engine = build(&w)?.with_version(v);
+                            engine.publish(v, &w)?;
                             current = v;
                         }
                         let t = Instant::now();

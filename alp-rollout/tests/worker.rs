@@ -11,20 +11,26 @@ fn weights(seed: u64) -> Arc<ModelWeights> {
     Arc::new(ModelWeights::random(&presets::tiny(), seed, DType::F32, &Device::Cpu).unwrap())
 }
 
-fn build(w: &ModelWeights) -> alp_core::Result<Engine> {
-    Engine::from_weights(w, DType::BF16, &Device::Cpu, EngineConfig::default())
+fn build(v: u64, w: &ModelWeights) -> alp_core::Result<Engine> {
+    Ok(
+        Engine::from_weights(w, DType::BF16, &Device::Cpu, EngineConfig::default())?
+            .with_version(v),
+    )
 }
 
 /// One group with one short sampled completion, stamped with the version.
 fn produce(engine: &Engine, step: u64, version: u64) -> alp_core::Result<Vec<TrajectoryGroup>> {
-    let c = engine.generate(&[Request {
-        prompt: vec![1, 2, 3],
-        params: SamplingParams {
-            max_new_tokens: 4,
-            seed: step,
-            ..Default::default()
-        },
-    }])?;
+    let c = Engine::generate(
+        engine,
+        &[Request {
+            prompt: vec![1, 2, 3],
+            params: SamplingParams {
+                max_new_tokens: 4,
+                seed: step,
+                ..Default::default()
+            },
+        }],
+    )?;
     let t = Trajectory::single_turn(
         vec![1, 2, 3],
         c[0].tokens.clone(),

@@ -28,8 +28,8 @@
 //! ## A user's own pieces
 //!
 //! [`Session::builder`] takes a user's environment factory, [`alp_core::TaskSource`],
-//! [`alp_loss::PolicyObjective`] and [`MetricsSink`]s; what is not handed in comes from the
-//! config. This is `examples/reverse_word.rs`, run as a test (its reward rises):
+//! [`alp_loss::PolicyObjective`], [`MetricsSink`]s and [`alp_rollout::RolloutBackend`]; what
+//! is not handed in comes from the config. This is `examples/reverse_word.rs`, run as a test (its reward rises):
 //!
 //! ```no_run
 #![doc = include_str!("../examples/reverse_word.rs")]

@@ -15,7 +15,7 @@ use alp_core::{Environment, Error, Result, Task, TaskSource};
 use alp_envs::math::Split;
 use alp_loss::PolicyObjective;
 use alp_model::Tokenizer;
-use alp_rollout::{run_episodes, Engine, EngineConfig, Episodes, RolloutWorker};
+use alp_rollout::{run_episodes, Engine, EngineConfig, Episodes, RolloutBackend, RolloutWorker};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -49,6 +49,9 @@ pub struct Session {
     tasks: Option<Arc<Mutex<Box<dyn TaskSource>>>>,
     /// Sinks that receive every step's metrics.
     sinks: Vec<Box<dyn MetricsSink>>,
+    /// A user's rollout backend (else the in-process engine): `Some(Some(_))` until the worker
+    /// takes it, `Some(None)` after.
+    backend: Option<Option<Box<dyn RolloutBackend>>>,
 }
 
 /// Builds a [`Session`] whose pieces are a user's where handed in and the config's built-ins
@@ -60,6 +63,7 @@ pub struct SessionBuilder {
     tasks: Option<Box<dyn TaskSource>>,
     objective: Option<Arc<dyn PolicyObjective>>,
     sinks: Vec<Box<dyn MetricsSink>>,
+    backend: Option<Box<dyn RolloutBackend>>,
 }
 
 impl SessionBuilder {
@@ -85,6 +89,14 @@ impl SessionBuilder {
         self
     }
 
+    /// Rollouts come from `backend` (instead of an in-process engine over the rollout
+    /// snapshot): it receives every published snapshot through
+    /// [`RolloutBackend::publish`], the first when the worker starts.
+    pub fn rollout_backend(mut self, backend: impl RolloutBackend + 'static) -> Self {
+        self.backend = Some(Box::new(backend));
+        self
+    }
+
     /// Every step's metrics also go to `sink`.
     pub fn sink(mut self, sink: impl MetricsSink + 'static) -> Self {
         self.sinks.push(Box::new(sink));
@@ -101,6 +113,7 @@ impl SessionBuilder {
         s.env = self.env;
         s.tasks = self.tasks.map(|t| Arc::new(Mutex::new(t)));
         s.sinks = self.sinks;
+        s.backend = self.backend.map(Some);
         Ok(s)
     }
 }
@@ -138,7 +151,7 @@ pub fn claim_dir(dir: &Path, overwrite: bool) -> Result<()> {
 
 impl Session {
     /// A builder for a fresh run of `cfg` in `dir` that takes a user's environment, task
-    /// source, objective and metrics sinks.
+    /// source, objective, metrics sinks and rollout backend.
     pub fn builder(cfg: TrainConfig, dir: impl Into<PathBuf>) -> SessionBuilder {
         SessionBuilder {
             cfg,
@@ -147,6 +160,7 @@ impl Session {
             tasks: None,
             objective: None,
             sinks: Vec::new(),
+            backend: None,
         }
     }
 
@@ -249,6 +263,7 @@ impl Session {
             env: None,
             tasks: None,
             sinks: Vec::new(),
+            backend: None,
         })
     }
 
@@ -361,16 +376,38 @@ impl Session {
         let (p, g, seed) = (cfg.rl.prompts_per_step, cfg.rl.group_size, cfg.seed);
         let ep_template = t.rollout_episode_config(0);
         let tok_b = tok.clone();
+        let user_backend = match self.backend.take() {
+            Some(Some(b)) => Some(b),
+            Some(None) => {
+                return Err(Error::invalid(
+                    "the session's rollout backend went to a worker that has stopped; build a new session to start another",
+                ))
+            }
+            None => None,
+        };
+        if user_backend.is_some() {
+            self.backend = Some(None);
+        }
         self.worker = Some(RolloutWorker::spawn_with(
             t.step + self.ahead.len() as u64,
             t.version,
             Arc::new(t.rollout_snapshot()?),
             cfg.rl.max_staleness,
             cfg.rl.exact_staleness,
-            // The snapshot is already in the rollout dtype on the device: build over it, no copy.
-            move |w| {
-                Ok(Engine::new(Arc::new(w.build()?), EngineConfig::default())?
-                    .with_tokenizer(tok_b.clone()))
+            // A user's backend takes the snapshot as its first weights; the built-in engine is
+            // built over it (already in the rollout dtype on the device: no copy).
+            move |v, w| -> Result<Box<dyn RolloutBackend>> {
+                match user_backend {
+                    Some(mut b) => {
+                        b.publish(v, w)?;
+                        Ok(b)
+                    }
+                    None => Ok(Box::new(
+                        Engine::new(Arc::new(w.build()?), EngineConfig::default())?
+                            .with_tokenizer(tok_b.clone())
+                            .with_version(v),
+                    )),
+                }
             },
             // The engine knows the weight version it samples with (the worker set it).
             move |engine, step, _version| {
@@ -396,7 +433,7 @@ impl Session {
                     config: &ec,
                     tools: tools.as_ref(),
                 };
-                run_episodes(engine, &tok, &episodes)
+                run_episodes(&**engine, &tok, &episodes)
             },
         )?);
         Ok(())
