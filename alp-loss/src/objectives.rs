@@ -161,31 +161,66 @@ config_struct!(
     }
 );
 
-/// The policy objective, chosen from config by `method`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "method", rename_all = "kebab-case")]
-pub enum Objective {
+/// The built-in methods, each named once: its variant, settings, config name, whether it reads
+/// log π_old and whether it perturbs (ALP). The enum, its serde names, [`METHODS`],
+/// [`Objective::name`], [`Objective::needs_logp_old`] and [`Objective::is_alp`] all come from
+/// this table; a new method adds a row here and its arms in `clip`, `validate` and
+/// `compute_inner` (the compiler points at each).
+macro_rules! methods {
+    ($( $(#[$doc:meta])* $variant:ident($settings:ty) = $name:literal, logp_old: $old:expr, alp: $alp:expr; )*) => {
+        /// The policy objective, chosen from config by `method`.
+        #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "method")]
+        pub enum Objective {
+            $( $(#[$doc])* #[serde(rename = $name)] $variant($settings), )*
+        }
+
+        /// The method names, as config spells them.
+        pub const METHODS: &[&str] = &[$($name),*];
+
+        impl Objective {
+            /// The config name of the method.
+            pub fn name(&self) -> &'static str {
+                match self { $( Objective::$variant(_) => $name, )* }
+            }
+
+            /// Whether the method needs `logp_old` (the trainer then recomputes it before the
+            /// update).
+            pub fn needs_logp_old(&self) -> bool {
+                match self { $( Objective::$variant(_) => $old, )* }
+            }
+
+            /// Whether the method is one of the ALP family (the trainer turns the perturbation
+            /// on).
+            pub fn is_alp(&self) -> bool {
+                match self { $( Objective::$variant(_) => $alp, )* }
+            }
+        }
+    };
+}
+
+methods! {
     /// Token PPO clip on π/π_old.
-    Grpo(Grpo),
+    Grpo(Grpo) = "grpo", logp_old: true, alp: false;
     /// The GRPO surrogate on π/μ (no recompute).
-    Bypass(Grpo),
+    Bypass(Grpo) = "bypass", logp_old: false, alp: false;
     /// The GRPO clip on the summed sequence log-ratio against μ (GSPO-token form), no
     /// perturbation: Seq-ALP without δ and with the narrow clip.
-    SeqBypass(Grpo),
+    SeqBypass(Grpo) = "seq-bypass", logp_old: false, alp: false;
     /// Truncated importance sampling.
-    Tis(Tis),
+    Tis(Tis) = "tis", logp_old: true, alp: false;
     /// Masked importance sampling.
-    Mis(Mis),
+    Mis(Mis) = "mis", logp_old: true, alp: false;
     /// IcePop token masking.
-    Icepop(IcePop),
+    Icepop(IcePop) = "icepop", logp_old: true, alp: false;
     /// Group sequence policy optimisation.
-    Gspo(Gspo),
+    Gspo(Gspo) = "gspo", logp_old: true, alp: false;
     /// Clipped IS-weight policy optimisation.
-    Cispo(Cispo),
+    Cispo(Cispo) = "cispo", logp_old: true, alp: false;
     /// Token-level ALP.
-    AlpToken(Alp),
+    AlpToken(Alp) = "alp-token", logp_old: false, alp: true;
     /// Sequence-level ALP (the paper's best).
-    AlpSeq(Alp),
+    AlpSeq(Alp) = "alp-seq", logp_old: false, alp: true;
 }
 
 impl Default for Objective {
@@ -194,20 +229,6 @@ impl Default for Objective {
     }
 }
 
-/// The method names, as config spells them.
-pub const METHODS: &[&str] = &[
-    "grpo",
-    "bypass",
-    "seq-bypass",
-    "tis",
-    "mis",
-    "icepop",
-    "gspo",
-    "cispo",
-    "alp-token",
-    "alp-seq",
-];
-
 struct Clip {
     lo: f64,
     hi: f64,
@@ -215,22 +236,6 @@ struct Clip {
 }
 
 impl Objective {
-    /// The config name of the method.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Objective::Grpo(_) => "grpo",
-            Objective::Bypass(_) => "bypass",
-            Objective::SeqBypass(_) => "seq-bypass",
-            Objective::Tis(_) => "tis",
-            Objective::Mis(_) => "mis",
-            Objective::Icepop(_) => "icepop",
-            Objective::Gspo(_) => "gspo",
-            Objective::Cispo(_) => "cispo",
-            Objective::AlpToken(_) => "alp-token",
-            Objective::AlpSeq(_) => "alp-seq",
-        }
-    }
-
     /// The default settings of a method by name; an unknown name lists the known ones.
     pub fn from_name(name: &str) -> Result<Self> {
         serde_json::from_value(serde_json::json!({ "method": name })).map_err(|_| {
@@ -239,22 +244,6 @@ impl Objective {
                 format!("unknown method `{name}`; known: {}", METHODS.join(", ")),
             )
         })
-    }
-
-    /// Whether the method needs `logp_old` (the trainer then recomputes it before the update).
-    pub fn needs_logp_old(&self) -> bool {
-        !matches!(
-            self,
-            Objective::Bypass(_)
-                | Objective::SeqBypass(_)
-                | Objective::AlpToken(_)
-                | Objective::AlpSeq(_)
-        )
-    }
-
-    /// Whether the method is one of the ALP family (the trainer turns the perturbation on).
-    pub fn is_alp(&self) -> bool {
-        matches!(self, Objective::AlpToken(_) | Objective::AlpSeq(_))
     }
 
     fn clip(&self) -> Clip {
