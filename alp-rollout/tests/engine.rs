@@ -460,6 +460,26 @@ impl Environment for Scripted {
     }
 }
 
+/// The two-turn task of the [`Scripted`] environment, with up to 3 turns of 3 tokens.
+fn scripted_task(seed: u64) -> (Task, EpisodeConfig) {
+    let task = Task {
+        id: "t0".into(),
+        kind: "k".into(),
+        messages: vec![ChatMessage::new("user", "w5 w6")],
+        answer: String::new(),
+    };
+    let cfg = EpisodeConfig {
+        max_turns: 3,
+        sampling: SamplingParams {
+            max_new_tokens: 3,
+            seed,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    (task, cfg)
+}
+
 /// A backend whose weights move on between calls (a server reloading mid-episode): version
 /// 9 samples the first turn, 8 the second (e.g. a rollback), 12 any later one.
 struct Moving {
@@ -489,20 +509,7 @@ fn an_episode_is_stamped_with_the_oldest_version_that_sampled_it() {
         engine: engine(8).with_tokenizer(tok.clone()),
         calls: Default::default(),
     };
-    let task = Task {
-        id: "t0".into(),
-        kind: "k".into(),
-        messages: vec![ChatMessage::new("user", "w5 w6")],
-        answer: String::new(),
-    };
-    let cfg = EpisodeConfig {
-        max_turns: 3,
-        sampling: SamplingParams {
-            max_new_tokens: 3,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let (task, cfg) = scripted_task(0);
     let episodes = Episodes {
         tasks: std::slice::from_ref(&task),
         make_env: &|_| Ok(Box::new(Scripted { turns: 0 })),
@@ -521,21 +528,7 @@ fn an_episode_is_stamped_with_the_oldest_version_that_sampled_it() {
 fn multi_turn_episode_has_the_right_loss_mask() {
     let tok = Arc::new(word_tokenizer());
     let eng = engine(8).with_tokenizer(tok.clone());
-    let task = Task {
-        id: "t0".into(),
-        kind: "k".into(),
-        messages: vec![ChatMessage::new("user", "w5 w6")],
-        answer: String::new(),
-    };
-    let cfg = EpisodeConfig {
-        max_turns: 3,
-        sampling: SamplingParams {
-            max_new_tokens: 3,
-            seed: 1,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let (task, cfg) = scripted_task(1);
     let eng = eng.with_version(7);
     let episodes = Episodes {
         tasks: std::slice::from_ref(&task),
