@@ -18,6 +18,20 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A file operation failed: the operation (write, rename, fsync, remove), the path, what
+    /// the system said and, where there is one, the fix (e.g. the space a checkpoint needs).
+    #[error("cannot {op} {path}: {source}{hint}")]
+    FileOp {
+        /// The operation, as a verb: `write`, `rename`, `fsync`, `remove`, `create`.
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+        /// Empty, or `"; "` followed by what to do.
+        hint: String,
+    },
     /// A required file does not exist.
     #[error("missing file {path}: {hint}")]
     MissingFile {
@@ -90,6 +104,26 @@ impl Error {
         Error::Io {
             path: path.into(),
             source,
+        }
+    }
+    /// An [`Error::FileOp`] without a hint.
+    pub fn file_op(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::FileOp {
+            op,
+            path: path.into(),
+            source,
+            hint: String::new(),
+        }
+    }
+    /// Whether this is a file operation that failed because the disk (or quota) is full.
+    pub fn is_disk_full(&self) -> bool {
+        let full = |e: &std::io::Error| {
+            e.kind() == std::io::ErrorKind::StorageFull
+                || e.kind() == std::io::ErrorKind::QuotaExceeded
+        };
+        match self {
+            Error::FileOp { source, .. } | Error::Io { source, .. } => full(source),
+            _ => false,
         }
     }
     /// An [`Error::Config`] naming `field`.

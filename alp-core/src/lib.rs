@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod fsio;
 pub mod memory;
 pub mod pyjson;
 pub mod seed;

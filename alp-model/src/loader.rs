@@ -322,7 +322,7 @@ impl ModelWeights {
     /// Writes `config.json` and `model.safetensors` (Hugging Face names, `format: pt`
     /// metadata) into `dir`, creating it.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::file_op("create", dir, e))?;
         crate::save::write_config(&self.config, self.dtype_device()?.0, dir)?;
         crate::save::write_safetensors(&self.tensors, &dir.join("model.safetensors"))
     }

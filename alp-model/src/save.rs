@@ -32,7 +32,7 @@ pub fn write_config(cfg: &Config, dtype: DType, dir: &Path) -> Result<()> {
     }
     let path = dir.join("config.json");
     let s = serde_json::to_string_pretty(&v).map_err(|e| Error::Msg(e.to_string()))?;
-    std::fs::write(&path, s).map_err(|e| Error::io(&path, e))
+    alp_core::fsio::write_synced(&path, s.as_bytes())
 }
 
 /// Writes tensors to a safetensors file with `{"format": "pt"}` metadata (what transformers
@@ -43,8 +43,7 @@ pub fn write_safetensors(tensors: &BTreeMap<String, Tensor>, path: &Path) -> Res
         .map(|(k, t)| Ok((k.clone(), t.to_device(&Device::Cpu)?.contiguous()?)))
         .collect::<Result<_>>()?;
     let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-    safetensors::serialize_to_file(cpu, Some(meta), path).map_err(|e| Error::Parse {
-        path: path.to_path_buf(),
-        message: format!("writing safetensors: {e}"),
-    })
+    let bytes = safetensors::serialize(cpu, Some(meta))
+        .map_err(|e| Error::Msg(format!("cannot serialise {}: {e}", path.display())))?;
+    alp_core::fsio::write_synced(path, &bytes)
 }

@@ -313,9 +313,11 @@ impl Tokenizer {
     /// chat template and EOS ids, into `dir`.
     pub fn save(&self, dir: &Path) -> Result<()> {
         let tj = dir.join("tokenizer.json");
-        self.inner
-            .save(&tj, false)
-            .map_err(|e| Error::Tokenizer(format!("saving {}: {e}", tj.display())))?;
+        let body = self
+            .inner
+            .to_string(false)
+            .map_err(|e| Error::Tokenizer(format!("serialising {}: {e}", tj.display())))?;
+        alp_core::fsio::write_synced(&tj, body.as_bytes())?;
         let mut tc = serde_json::Map::new();
         if let Some(t) = &self.chat_template {
             tc.insert("chat_template".into(), t.clone().into());
@@ -328,11 +330,15 @@ impl Tokenizer {
         }
         tc.insert("tokenizer_class".into(), "PreTrainedTokenizerFast".into());
         let p = dir.join("tokenizer_config.json");
-        std::fs::write(&p, serde_json::to_string_pretty(&tc).expect("json"))
-            .map_err(|e| Error::io(&p, e))?;
+        alp_core::fsio::write_synced(
+            &p,
+            serde_json::to_string_pretty(&tc).expect("json").as_bytes(),
+        )?;
         let gc = serde_json::json!({ "eos_token_id": self.eos_ids });
         let p = dir.join("generation_config.json");
-        std::fs::write(&p, serde_json::to_string_pretty(&gc).expect("json"))
-            .map_err(|e| Error::io(&p, e))
+        alp_core::fsio::write_synced(
+            &p,
+            serde_json::to_string_pretty(&gc).expect("json").as_bytes(),
+        )
     }
 }

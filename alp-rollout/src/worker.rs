@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 pub struct RolloutBatch {
     /// The trainer step this batch is for (0, 1, 2, ...).
     pub step: u64,
-    /// The policy version of the weights that sampled it.
+    /// The policy version of the weights that sampled it (the oldest trajectory's).
     pub policy_version: PolicyVersion,
     /// The groups.
     pub groups: Vec<TrajectoryGroup>,
@@ -158,9 +158,17 @@ impl RolloutWorker {
                         }
                         let t = Instant::now();
                         let groups = produce(&engine, step, current)?;
+                        // The batch is as stale as its oldest trajectory: a backend may answer
+                        // from weights older than the last published ones (a server between
+                        // reloads).
+                        let oldest = groups
+                            .iter()
+                            .flat_map(|g| &g.trajectories)
+                            .map(|t| t.policy_version)
+                            .min();
                         let batch = RolloutBatch {
                             step,
-                            policy_version: current,
+                            policy_version: oldest.unwrap_or(current),
                             groups,
                             generate_seconds: t.elapsed().as_secs_f64(),
                             wait_seconds,

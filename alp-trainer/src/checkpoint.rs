@@ -5,7 +5,7 @@
 
 use crate::trainer::Trainer;
 use alp_core::{Error, Result};
-use alp_model::ModelWeights;
+use alp_model::{sequence_logprobs, ModelWeights, NoPerturbation, Numerics};
 use alp_rollout::RolloutBatch;
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
@@ -47,11 +47,16 @@ pub fn first_non_finite(w: &ModelWeights) -> Result<Option<String>> {
     Ok(None)
 }
 
-/// Writes a checkpoint of `trainer` under `run` and points `<run>/checkpoints/latest` at it.
-/// Weights that are not finite are never written (the error names the first bad tensor and
-/// `latest` stays on the last good checkpoint). Every file operation leaves either the old or
-/// the new state complete: the new checkpoint is written aside, an existing one of the same
-/// step is moved aside before the new one is renamed in, and `latest` moves last.
+/// Writes a checkpoint of `trainer` under `run` and points `<run>/checkpoints/latest` at it,
+/// then prunes older checkpoints as `checkpoint.keep_last` / `keep_every` say.
+///
+/// Only a checkpoint that can be resumed becomes `latest`: weights that are not finite are
+/// never written (the error names the first bad tensor), and finite weights whose model no
+/// longer computes (a non-finite log-prob on a fixed probe) are written aside as
+/// `unusable-step-N-nonfinite-logprobs`, which a resume never picks. Every file operation leaves
+/// either the old or the new state complete: the new checkpoint is written aside and flushed,
+/// an existing one of the same step is moved aside before the new one is renamed in, `latest`
+/// moves next, and old checkpoints are removed only after that (moved aside, then deleted).
 pub fn save(
     run: &Path,
     trainer: &Trainer,
@@ -67,51 +72,62 @@ pub fn save(
             manifest.step
         )));
     }
-    let root = run.join("checkpoints");
-    crash_point("create the checkpoints directory");
-    std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
-    let final_dir = checkpoint_dir(run, manifest.step);
-    let tmp = root.join(format!(
-        ".tmp-step-{:06}-{}",
-        manifest.step,
-        std::process::id()
-    ));
-    if tmp.exists() {
-        crash_point("remove a stale temporary directory");
-        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    }
-    crash_point("create the temporary directory");
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    // The model in Hugging Face format (f32 keeps resume bit-exact) and its tokenizer.
-    let model_dir = tmp.join("model");
-    crash_point("write the weights");
-    weights.save(&model_dir)?;
-    crash_point("write the tokenizer");
-    trainer.tokenizer.save(&model_dir)?;
+    let unusable = probe_forward(&weights)?;
     let mut state: BTreeMap<String, Tensor> = trainer.opt.theta.state("opt")?;
     state.extend(trainer.opt.sigma.state("opt_sigma")?);
     state.insert(
         "log_sigma".into(),
         trainer.perturb.log_sigma().as_tensor().clone(),
     );
-    let state: Vec<(String, Tensor)> = state
-        .into_iter()
-        .map(|(k, t)| Ok((k, t.to_device(&candle_core::Device::Cpu)?)))
-        .collect::<Result<_>>()?;
-    let state_path = tmp.join("trainer_state.safetensors");
-    crash_point("write the trainer state");
-    candle_core::safetensors::save(&state.into_iter().collect(), &state_path)?;
-    if !pending.is_empty() {
-        // Sampled but not yet trained: the resumed run trains on exactly these next.
-        let p = tmp.join(PENDING_FILE);
-        let body = serde_json::to_vec(pending).map_err(|e| Error::Msg(e.to_string()))?;
-        crash_point("write the pending rollouts");
-        std::fs::write(&p, body).map_err(|e| Error::io(&p, e))?;
+    let pending_body = (!pending.is_empty())
+        .then(|| serde_json::to_vec(pending).map_err(|e| Error::Msg(e.to_string())))
+        .transpose()?;
+    let need = tensor_bytes(weights.tensors.values())
+        + tensor_bytes(state.values())
+        + pending_body.as_ref().map_or(0, |b| b.len() as u64);
+    let root = run.join("checkpoints");
+    crash_point("create the checkpoints directory");
+    std::fs::create_dir_all(&root).map_err(|e| Error::file_op("create", &root, e))?;
+    remove_leftovers(&root)?;
+    if let Some(free) = free_bytes(&root) {
+        if free < need {
+            eprintln!(
+                "warning: {} has {} free and one checkpoint needs about {}: this save may fail for want of space",
+                root.display(),
+                mib(free),
+                mib(need)
+            );
+        }
     }
-    let man = serde_json::to_string_pretty(manifest).map_err(|e| Error::Msg(e.to_string()))?;
-    let man_path = tmp.join("manifest.json");
-    crash_point("write the manifest");
-    std::fs::write(&man_path, man).map_err(|e| Error::io(&man_path, e))?;
+    let tmp = root.join(format!(
+        ".tmp-step-{:06}-{}",
+        manifest.step,
+        std::process::id()
+    ));
+    let written = write_files(&tmp, trainer, &weights, state, manifest, pending_body);
+    if let Err(e) = written {
+        // A partial checkpoint is of no use; removing it gives the space back.
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(with_space_hint(e, &root, need));
+    }
+    if let Some(why) = unusable {
+        let aside = root.join(format!(
+            "unusable-step-{:06}-nonfinite-logprobs",
+            manifest.step
+        ));
+        if aside.exists() {
+            std::fs::remove_dir_all(&aside).map_err(|e| Error::file_op("remove", &aside, e))?;
+        }
+        alp_core::fsio::rename(&tmp, &aside)?;
+        let kept = std::fs::read_to_string(root.join("latest")).unwrap_or_default();
+        return Err(Error::NonFinite(format!(
+            "the weights of step {} are finite but the model no longer computes ({why}): written aside to {} for inspection; `latest` stays on {} (lower rl.lr, then --resume)",
+            manifest.step,
+            aside.display(),
+            if kept.trim().is_empty() { "no checkpoint" } else { kept.trim() }
+        )));
+    }
+    let final_dir = checkpoint_dir(run, manifest.step);
     // Replacing a checkpoint of the same step: move the old one aside first, so that a crash
     // leaves it (recoverable by the fallback in `latest`) or the new one in place.
     let aside = root.join(format!(
@@ -121,28 +137,191 @@ pub fn save(
     ));
     if final_dir.exists() {
         crash_point("move the old checkpoint of this step aside");
-        std::fs::rename(&final_dir, &aside).map_err(|e| Error::io(&final_dir, e))?;
+        alp_core::fsio::rename(&final_dir, &aside)?;
     }
     crash_point("rename the new checkpoint into place");
-    std::fs::rename(&tmp, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
+    alp_core::fsio::rename(&tmp, &final_dir)?;
     let latest = root.join("latest");
     let latest_tmp = root.join(".latest.tmp");
     crash_point("write the new latest pointer");
-    std::fs::write(
-        &latest_tmp,
-        final_dir
-            .file_name()
-            .and_then(|s| s.to_str())
-            .unwrap_or_default(),
-    )
-    .map_err(|e| Error::io(&latest_tmp, e))?;
+    let name = final_dir
+        .file_name()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default();
+    alp_core::fsio::write_synced(&latest_tmp, name.as_bytes())
+        .map_err(|e| with_space_hint(e, &root, need))?;
     crash_point("move latest");
-    std::fs::rename(&latest_tmp, &latest).map_err(|e| Error::io(&latest, e))?;
+    alp_core::fsio::rename(&latest_tmp, &latest)?;
+    alp_core::fsio::sync_dir(&root)?;
     if aside.exists() {
         crash_point("remove the old checkpoint");
-        std::fs::remove_dir_all(&aside).map_err(|e| Error::io(&aside, e))?;
+        std::fs::remove_dir_all(&aside).map_err(|e| Error::file_op("remove", &aside, e))?;
     }
+    prune(&root, &final_dir, &trainer.cfg.checkpoint)?;
     Ok(final_dir)
+}
+
+/// Writes the checkpoint's files into `tmp` (created), each flushed to the disk.
+fn write_files(
+    tmp: &Path,
+    trainer: &Trainer,
+    weights: &ModelWeights,
+    state: BTreeMap<String, Tensor>,
+    manifest: &Manifest,
+    pending: Option<Vec<u8>>,
+) -> Result<()> {
+    if tmp.exists() {
+        crash_point("remove a stale temporary directory");
+        std::fs::remove_dir_all(tmp).map_err(|e| Error::file_op("remove", tmp, e))?;
+    }
+    crash_point("create the temporary directory");
+    std::fs::create_dir_all(tmp).map_err(|e| Error::file_op("create", tmp, e))?;
+    // The model in Hugging Face format (f32 keeps resume bit-exact) and its tokenizer.
+    let model_dir = tmp.join("model");
+    crash_point("write the weights");
+    weights.save(&model_dir)?;
+    crash_point("write the tokenizer");
+    trainer.tokenizer.save(&model_dir)?;
+    crash_point("write the trainer state");
+    alp_model::save::write_safetensors(&state, &tmp.join("trainer_state.safetensors"))?;
+    if let Some(body) = pending {
+        // Sampled but not yet trained: the resumed run trains on exactly these next.
+        crash_point("write the pending rollouts");
+        alp_core::fsio::write_synced(&tmp.join(PENDING_FILE), &body)?;
+    }
+    let man = serde_json::to_string_pretty(manifest).map_err(|e| Error::Msg(e.to_string()))?;
+    crash_point("write the manifest");
+    alp_core::fsio::write_synced(&tmp.join("manifest.json"), man.as_bytes())?;
+    alp_core::fsio::sync_dir(&model_dir)?;
+    alp_core::fsio::sync_dir(tmp)
+}
+
+/// The tokens of the probe that decides whether a checkpoint's model still computes.
+const PROBE_LEN: usize = 16;
+
+/// Why the model of `w` no longer computes, if it does not: a non-finite log-prob (or logit)
+/// on a fixed probe of [`PROBE_LEN`] tokens. Finite weights can still overflow every forward
+/// (a learning rate that is far too high leaves them at 1e12).
+pub fn probe_forward(w: &ModelWeights) -> Result<Option<String>> {
+    let vocab = w.config.vocab_size as u64;
+    let toks: Vec<u32> = (0..PROBE_LEN as u64)
+        .map(|i| ((i * 7919 + 1) % vocab) as u32)
+        .collect();
+    let lm = w.build()?;
+    let ids = Tensor::new(toks.as_slice(), &candle_core::Device::Cpu)?.unsqueeze(0)?;
+    let logits = match lm.forward_full(&ids, &[], &NoPerturbation, Numerics::Inference) {
+        Ok(l) => l,
+        Err(Error::NonFinite(why)) => return Ok(Some(why)),
+        Err(e) => return Err(e),
+    };
+    let lp = sequence_logprobs(&logits, &toks)?;
+    Ok(lp
+        .iter()
+        .position(|x| !x.is_finite())
+        .map(|i| format!("log-prob {i} of a {PROBE_LEN}-token probe is {}", lp[i])))
+}
+
+/// Bytes the tensors take.
+fn tensor_bytes<'a>(ts: impl Iterator<Item = &'a Tensor>) -> u64 {
+    ts.map(|t| (t.elem_count() * t.dtype().size_in_bytes()) as u64)
+        .sum()
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.0} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// Bytes free to an unprivileged writer on the file system of `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: `c` is a NUL-terminated path and `s` a plain struct statvfs fills in.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statvfs(c.as_ptr(), &mut s) } == 0)
+        .then(|| s.f_bavail as u64 * s.f_frsize as u64)
+}
+
+/// A full disk's error says what one checkpoint needs, what is free and what to do.
+fn with_space_hint(e: Error, root: &Path, need: u64) -> Error {
+    if !e.is_disk_full() {
+        return e;
+    }
+    let free = free_bytes(root).map_or("an unknown amount".into(), mib);
+    let hint = format!(
+        "; one checkpoint of this run needs about {} and {free} is free under {}: free some space (or set checkpoint.keep_last) and continue with `alp train --resume`; `latest` stays on the last complete checkpoint",
+        mib(need),
+        root.display()
+    );
+    match e {
+        Error::FileOp {
+            op, path, source, ..
+        } => Error::FileOp {
+            op,
+            path,
+            source,
+            hint,
+        },
+        Error::Io { path, source } => Error::FileOp {
+            op: "write",
+            path,
+            source,
+            hint,
+        },
+        e => e,
+    }
+}
+
+/// Removes what an interrupted save or prune left under `root`: temporary directories of
+/// other processes, checkpoints already moved out by a prune, and checkpoints moved aside by a
+/// replace whose new `step-N` is in place (only a complete checkpoint is renamed to `step-N`).
+/// None of them is ever read again.
+fn remove_leftovers(root: &Path) -> Result<()> {
+    let mine = format!("-{}", std::process::id());
+    let Ok(d) = std::fs::read_dir(root) else {
+        return Ok(());
+    };
+    for p in d.filter_map(|e| e.ok().map(|e| e.path())) {
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let stale_tmp = name.starts_with(".tmp-step-") && !name.ends_with(&mine);
+        let replaced = matches!(step_of(name), Some((step, false)) if step_dirs(root)
+            .iter()
+            .any(|d| d.file_name().and_then(|n| n.to_str()) == Some(&format!("step-{step:06}"))));
+        if stale_tmp || replaced || name.starts_with(".pruned-") {
+            crash_point("remove a leftover of an interrupted save");
+            std::fs::remove_dir_all(&p).map_err(|e| Error::file_op("remove", &p, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes the checkpoints the retention policy does not keep: of the `step-N` directories,
+/// the newest `keep_last` (the one just written, `latest`, among them) and every multiple of
+/// `keep_every` stay. Each is first renamed out of the set (atomic), then deleted, so a crash
+/// leaves only complete checkpoints under `step-N` names.
+fn prune(root: &Path, latest: &Path, policy: &crate::config::CheckpointSection) -> Result<()> {
+    if policy.keep_last == 0 {
+        return Ok(());
+    }
+    let in_place: Vec<(u64, PathBuf)> = step_dirs(root)
+        .into_iter()
+        .filter_map(|p| match step_of(p.file_name()?.to_str()?) {
+            Some((step, true)) => Some((step, p)),
+            _ => None,
+        })
+        .collect();
+    for (i, (step, dir)) in in_place.iter().enumerate() {
+        let milestone = policy.keep_every > 0 && step % policy.keep_every == 0;
+        if i < policy.keep_last || milestone || dir == latest {
+            continue;
+        }
+        let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let out = root.join(format!(".pruned-{name}"));
+        crash_point("move a checkpoint out of the retained set");
+        alp_core::fsio::rename(dir, &out)?;
+        crash_point("remove a pruned checkpoint");
+        std::fs::remove_dir_all(&out).map_err(|e| Error::file_op("remove", &out, e))?;
+    }
+    Ok(())
 }
 
 /// The environment variable of the crash-safety test: `ALP_TEST_CRASH_AT_CHECKPOINT_OP=k`

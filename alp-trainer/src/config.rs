@@ -418,11 +418,20 @@ impl Default for EvalSection {
 pub struct CheckpointSection {
     /// Save every this many RL steps (0: only at the end).
     pub every: usize,
+    /// Keep the newest this many checkpoints, removing older ones once a newer one is
+    /// complete and `latest` (0: keep every one; Hugging Face's `save_total_limit`).
+    pub keep_last: usize,
+    /// Also keep every checkpoint whose step is a multiple of this (milestones; 0: none).
+    pub keep_every: u64,
 }
 
 impl Default for CheckpointSection {
     fn default() -> Self {
-        CheckpointSection { every: 50 }
+        CheckpointSection {
+            every: 50,
+            keep_last: 0,
+            keep_every: 0,
+        }
     }
 }
 
@@ -580,6 +589,12 @@ impl TrainConfig {
         }
         if !(0.0..=1.0).contains(&self.sft.tool_fraction) {
             return Err(Error::config("sft.tool_fraction", "must lie in [0, 1]"));
+        }
+        if self.checkpoint.keep_every > 0 && self.checkpoint.keep_last == 0 {
+            return Err(Error::config(
+                "checkpoint.keep_every",
+                "keeps milestones besides the newest `checkpoint.keep_last`, which is 0 (keep every checkpoint): set checkpoint.keep_last too",
+            ));
         }
         alp_model::parse_device(&self.model.device)
             .map_err(|e| Error::config("model.device", e.to_string()))?;

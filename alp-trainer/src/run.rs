@@ -7,7 +7,7 @@ use crate::eval::EvalResult;
 use crate::metrics::{ConsoleSink, JsonlSink, MetricsSink, Sinks};
 use crate::report;
 use crate::session::{default_run_dir, Session};
-use alp_core::Result;
+use alp_core::{Error, Result};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -122,8 +122,16 @@ pub fn train_with(
         Err(e) => {
             // Keep what ran: a checkpoint of the last state, then the error.
             s.stop_worker();
-            let _ = s.save_checkpoint();
-            return Err(e);
+            if s.last_save_attempt() == Some(s.step_index()) {
+                // This state's checkpoint was written, or failed (then `e` says why).
+                return Err(e);
+            }
+            return Err(match s.save_checkpoint() {
+                Ok(_) => e,
+                Err(saved) => {
+                    Error::Msg(format!("{e}; the last state was not checkpointed: {saved}"))
+                }
+            });
         }
     };
     // Save while the worker runs: the checkpoint keeps the batches it sampled ahead.

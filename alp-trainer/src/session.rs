@@ -49,9 +49,20 @@ pub struct Session {
     tasks: Option<Arc<Mutex<Box<dyn TaskSource>>>>,
     /// Sinks that receive every step's metrics.
     sinks: Vec<Box<dyn MetricsSink>>,
-    /// A user's rollout backend (else the in-process engine): `Some(Some(_))` until the worker
-    /// takes it, `Some(None)` after.
-    backend: Option<Option<Box<dyn RolloutBackend>>>,
+    /// Where rollouts come from.
+    backend: BackendSlot,
+    /// The RL step of the last checkpoint write, whether it succeeded or not.
+    save_attempt: Option<u64>,
+}
+
+/// The session's rollout backend: the built-in engine, or a user's until the worker takes it.
+enum BackendSlot {
+    /// An in-process engine over each snapshot (built by the worker).
+    BuiltIn,
+    /// A user's backend, not yet handed to a worker.
+    User(Box<dyn RolloutBackend>),
+    /// A user's backend, owned by the worker (started once per session).
+    Taken,
 }
 
 /// Builds a [`Session`] whose pieces are a user's where handed in and the config's built-ins
@@ -113,7 +124,10 @@ impl SessionBuilder {
         s.env = self.env;
         s.tasks = self.tasks.map(|t| Arc::new(Mutex::new(t)));
         s.sinks = self.sinks;
-        s.backend = self.backend.map(Some);
+        s.backend = match self.backend {
+            Some(b) => BackendSlot::User(b),
+            None => BackendSlot::BuiltIn,
+        };
         Ok(s)
     }
 }
@@ -263,7 +277,8 @@ impl Session {
             env: None,
             tasks: None,
             sinks: Vec::new(),
-            backend: None,
+            backend: BackendSlot::BuiltIn,
+            save_attempt: None,
         })
     }
 
@@ -316,6 +331,7 @@ impl Session {
     /// uninterrupted run would: with `rl.exact_staleness` it first waits for every batch that
     /// needs an older version; otherwise it takes those already finished).
     pub fn save_checkpoint(&mut self) -> Result<PathBuf> {
+        self.save_attempt = Some(self.trainer.step);
         self.collect_ahead()?;
         let pending: Vec<_> = self.ahead.iter().cloned().collect();
         let t = &self.trainer;
@@ -353,6 +369,12 @@ impl Session {
         Ok(())
     }
 
+    /// The RL step of the last [`Session::save_checkpoint`] of this session, whether it
+    /// succeeded or not (None before the first).
+    pub fn last_save_attempt(&self) -> Option<u64> {
+        self.save_attempt
+    }
+
     /// RL steps done.
     pub fn step_index(&self) -> u64 {
         self.trainer.step
@@ -376,18 +398,18 @@ impl Session {
         let (p, g, seed) = (cfg.rl.prompts_per_step, cfg.rl.group_size, cfg.seed);
         let ep_template = t.rollout_episode_config(0);
         let tok_b = tok.clone();
-        let user_backend = match self.backend.take() {
-            Some(Some(b)) => Some(b),
-            Some(None) => {
+        let user_backend = match std::mem::replace(&mut self.backend, BackendSlot::Taken) {
+            BackendSlot::User(b) => Some(b),
+            BackendSlot::Taken => {
                 return Err(Error::invalid(
                     "the session's rollout backend went to a worker that has stopped; build a new session to start another",
                 ))
             }
-            None => None,
+            BackendSlot::BuiltIn => {
+                self.backend = BackendSlot::BuiltIn;
+                None
+            }
         };
-        if user_backend.is_some() {
-            self.backend = Some(None);
-        }
         self.worker = Some(RolloutWorker::spawn_with(
             t.step + self.ahead.len() as u64,
             t.version,
@@ -455,6 +477,13 @@ impl Session {
             return Err(Error::Msg(format!(
                 "the rollout batch is for step {} but the trainer is at step {}",
                 batch.step, self.trainer.step
+            )));
+        }
+        let bound = self.trainer.cfg.rl.max_staleness;
+        if batch.policy_version.saturating_add(bound) < batch.step {
+            return Err(Error::Msg(format!(
+                "the rollout batch for step {} was sampled by weight version {}, older than rl.max_staleness = {bound} allows: the rollout backend answered from stale weights (check that it takes every publish)",
+                batch.step, batch.policy_version
             )));
         }
         let wait = tw.elapsed().as_secs_f64();

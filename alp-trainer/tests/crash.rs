@@ -9,10 +9,12 @@ use std::process::{Command, Output};
 
 mod common;
 
-/// [`common::SMALL`] with an evaluation after every step (its records are redone on resume).
+/// [`common::SMALL`] with an evaluation after every step (its records are redone on resume)
+/// and only the newest checkpoint kept (each save after the first prunes one).
 fn settings() -> Vec<&'static str> {
     let mut v = common::SMALL.to_vec();
     v.push("eval.every=1");
+    v.push("checkpoint.keep_last=1");
     v
 }
 
@@ -106,6 +108,13 @@ fn a_run_killed_at_any_checkpoint_file_operation_resumes_to_the_same_result() {
             "k={k}: final weights differ\n{rlog}"
         );
         assert_eq!(records(&run), want_m, "k={k}: metrics differ\n{rlog}");
+        // The resumed run's retention holds: the newest checkpoint only, nothing aside.
+        let mut left: Vec<String> = std::fs::read_dir(run.join("checkpoints"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["latest", "step-000002"], "k={k}\n{rlog}");
         std::fs::remove_dir_all(&run).unwrap();
     }
     assert!(crashes > 0);

@@ -8,11 +8,13 @@ use alp_trainer::{config::TrainConfig, default_task, Session};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// The in-process engine, counting what reaches it.
+/// The in-process engine, counting what reaches it; with `frozen` it keeps its first weights
+/// (and their version) whatever is published, as a server whose reloads fail silently would.
 struct Counting {
     engine: Option<Engine>,
     publishes: Arc<std::sync::Mutex<Vec<PolicyVersion>>>,
     requests: Arc<AtomicU64>,
+    frozen: bool,
 }
 
 impl RolloutBackend for Counting {
@@ -28,6 +30,7 @@ impl RolloutBackend for Counting {
     fn publish(&mut self, version: PolicyVersion, weights: &ModelWeights) -> alp_core::Result<()> {
         self.publishes.lock().unwrap().push(version);
         match &mut self.engine {
+            Some(_) if self.frozen => Ok(()),
             Some(e) => e.publish(version, weights),
             None => {
                 let tok = default_task::build_tokenizer()?;
@@ -39,9 +42,8 @@ impl RolloutBackend for Counting {
     }
 }
 
-#[test]
-fn a_user_backend_receives_every_snapshot_and_samples_every_turn() {
-    let cfg = TrainConfig::default()
+fn small_sync_config() -> TrainConfig {
+    TrainConfig::default()
         .apply_overrides(
             &[
                 "rl.steps=3",
@@ -54,7 +56,11 @@ fn a_user_backend_receives_every_snapshot_and_samples_every_turn() {
             ]
             .map(String::from),
         )
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn a_user_backend_receives_every_snapshot_and_samples_every_turn() {
     let dir = tempfile::tempdir().unwrap();
     let publishes = Arc::new(std::sync::Mutex::new(Vec::new()));
     let requests = Arc::new(AtomicU64::new(0));
@@ -62,8 +68,9 @@ fn a_user_backend_receives_every_snapshot_and_samples_every_turn() {
         engine: None,
         publishes: publishes.clone(),
         requests: requests.clone(),
+        frozen: false,
     };
-    let mut run = Session::builder(cfg, dir.path().join("run"))
+    let mut run = Session::builder(small_sync_config(), dir.path().join("run"))
         .rollout_backend(backend)
         .build()
         .unwrap();
@@ -80,4 +87,30 @@ fn a_user_backend_receives_every_snapshot_and_samples_every_turn() {
     assert!(got.starts_with(&[0, 1, 2]), "{got:?}");
     // Every episode's turns went through it: at least one request per episode and step.
     assert!(requests.load(Ordering::SeqCst) >= 3 * 4);
+}
+
+#[test]
+fn a_backend_answering_from_weights_older_than_the_bound_is_refused_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Counting {
+        engine: None,
+        publishes: Default::default(),
+        requests: Default::default(),
+        frozen: true,
+    };
+    let mut run = Session::builder(small_sync_config(), dir.path().join("run"))
+        .rollout_backend(backend)
+        .build()
+        .unwrap();
+    // Step 1 is sampled by version 0, as it should be; step 2 by version 0 again, one older
+    // than `rl.max_staleness = 0` allows.
+    run.step().unwrap();
+    let before = run.trainer.version;
+    let e = run.step().unwrap_err().to_string();
+    assert!(e.contains("sampled by weight version 0"), "{e}");
+    assert!(e.contains("rl.max_staleness = 0"), "{e}");
+    assert_eq!(
+        run.trainer.version, before,
+        "the stale batch was trained on"
+    );
 }
