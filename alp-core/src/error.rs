@@ -93,12 +93,29 @@ pub enum Error {
     /// A numeric problem (NaN, Inf) that must not be silently propagated.
     #[error("non-finite value: {0}")]
     NonFinite(String),
+    /// A rollout server (reached over HTTP) failed or answered something that cannot be
+    /// trained on; `server` is its address.
+    #[error("rollout server {server}: {message}")]
+    Remote {
+        /// The server's base URL.
+        server: String,
+        /// What went wrong, and the fix where one exists.
+        message: String,
+    },
     /// Anything else, with its context.
     #[error("{0}")]
     Msg(String),
 }
 
 impl Error {
+    /// An [`Error::Remote`] naming `server`.
+    pub fn remote(server: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Remote {
+            server: server.into(),
+            message: message.into(),
+        }
+    }
+
     /// An [`Error::Io`] for `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {

@@ -1,5 +1,5 @@
 //! Durable file writes whose errors name the operation and the path: a checkpoint that says
-//! it is written is on the disk (`fsync`), and a full disk reads "cannot write <file>: No space
+//! it is written is on the disk (`fsync`), and a full disk reads "cannot write FILE: No space
 //! left on device", not a parse error.
 use crate::{Error, Result};
 use std::io::Write;

@@ -109,34 +109,51 @@ impl Row {
     }
 }
 
+/// The requests a continuous batch knows about, by arrival index: those waiting or running
+/// (a finished one is removed, so a server's loop does not grow without bound).
+struct Live(std::collections::HashMap<usize, Request>);
+
+impl std::ops::Index<usize> for Live {
+    type Output = Request;
+    fn index(&self, i: usize) -> &Request {
+        &self.0[&i]
+    }
+}
+
 /// Admission of waiting requests into the running batch, within the batch size and the token
 /// budget (what the running sequences' KV caches may grow to), in arrival order.
 struct Scheduler {
     waiting: VecDeque<usize>,
-    reservations: Vec<usize>,
+    reservations: std::collections::HashMap<usize, usize>,
     max_batch: usize,
     token_budget: usize,
 }
 
 impl Scheduler {
-    fn new(engine: &Engine, requests: &[Request]) -> Self {
+    fn new(engine: &Engine) -> Self {
         Scheduler {
-            waiting: (0..requests.len()).collect(),
-            reservations: requests.iter().map(|r| engine.reservation(r)).collect(),
+            waiting: VecDeque::new(),
+            reservations: Default::default(),
             max_batch: engine.config.max_batch,
             token_budget: engine.config.token_budget,
         }
+    }
+
+    /// Queues request `i`, which will hold `reservation` tokens of the budget once admitted.
+    fn push(&mut self, i: usize, reservation: usize) {
+        self.waiting.push_back(i);
+        self.reservations.insert(i, reservation);
     }
 
     /// The requests to admit now, given the running rows; they move to `Prefilling`. Returns
     /// them and the number of live sequences after admission.
     fn admit(&mut self, rows: &[Row]) -> (Vec<usize>, usize) {
         let live: Vec<&Row> = rows.iter().filter(|r| !r.done()).collect();
-        let mut used: usize = live.iter().map(|r| self.reservations[r.req]).sum();
+        let mut used: usize = live.iter().map(|r| self.reservations[&r.req]).sum();
         let mut n = live.len();
         let mut admit = Vec::new();
         while let Some(&i) = self.waiting.front() {
-            let need = self.reservations[i];
+            let need = self.reservations[&i];
             if n >= self.max_batch || used + need > self.token_budget {
                 break;
             }
@@ -146,6 +163,11 @@ impl Scheduler {
             n += 1;
         }
         (admit, n)
+    }
+
+    /// Forgets a finished request.
+    fn finish(&mut self, i: usize) {
+        self.reservations.remove(&i);
     }
 }
 
@@ -377,29 +399,84 @@ impl Engine {
 
     /// One continuous batch over `requests` (already checked).
     fn generate_batch(&self, requests: &[Request]) -> Result<(Vec<Completion>, GenerateStats)> {
+        let mut results: Vec<Option<Result<Completion>>> = (0..requests.len()).map(|_| None).collect();
+        let mut batch = Some(requests.to_vec());
+        let stats = self.serve_with_stats(|_| batch.take(), |i, c| results[i] = Some(c))?;
+        let out = results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Error::Msg("a request finished without a completion".into()))))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((out, stats))
+    }
+
+    /// Continuous batching over requests that arrive while others decode (a server's loop).
+    ///
+    /// Before every step `intake(idle)` hands over the requests that arrived (numbered in
+    /// arrival order from 0, across calls); `idle` is true when nothing is running or waiting,
+    /// so it may block until something arrives. `None` means that nothing more will come: the
+    /// running requests finish and `serve` returns. Each request's completion goes to
+    /// `finished(index, ..)` as soon as it is done, an invalid request's error at once. The
+    /// completions are the ones [`Engine::generate`] gives for the same requests.
+    pub fn serve(
+        &self,
+        intake: impl FnMut(bool) -> Option<Vec<Request>>,
+        finished: impl FnMut(usize, Result<Completion>),
+    ) -> Result<GenerateStats> {
+        self.serve_with_stats(intake, finished)
+    }
+
+    fn serve_with_stats(
+        &self,
+        mut intake: impl FnMut(bool) -> Option<Vec<Request>>,
+        mut finished: impl FnMut(usize, Result<Completion>),
+    ) -> Result<GenerateStats> {
         let mut stats = GenerateStats::default();
-        let mut results: Vec<Option<Completion>> = vec![None; requests.len()];
-        let mut scheduler = Scheduler::new(self, requests);
+        let mut live = Live(Default::default());
+        let mut scheduler = Scheduler::new(self);
         let mut rows: Vec<Row> = Vec::new();
         let mut cache: Option<KvCache> = None;
+        let mut arrived = 0usize;
+        let mut open = true;
         loop {
-            let (admit, live) = scheduler.admit(&rows);
-            if live == 0 {
+            if open {
+                let idle = live.0.is_empty();
+                match intake(idle) {
+                    Some(new) => {
+                        for r in new {
+                            let i = arrived;
+                            arrived += 1;
+                            match self.check(std::slice::from_ref(&r)) {
+                                Ok(()) => {
+                                    scheduler.push(i, self.reservation(&r));
+                                    live.0.insert(i, r);
+                                }
+                                Err(e) => finished(i, Err(e)),
+                            }
+                        }
+                    }
+                    None => open = false,
+                }
+            }
+            let (admit, running) = scheduler.admit(&rows);
+            if running == 0 {
+                if open {
+                    continue;
+                }
                 break;
             }
             if !admit.is_empty() {
                 let t_prefill = std::time::Instant::now();
-                let (new_cache, logits) = self.prefill(requests, &admit)?;
+                let (new_cache, logits) = self.prefill(&live, &admit)?;
                 stats.prefills += 1;
                 let mut new_rows: Vec<Row> = admit
                     .iter()
                     .map(|&i| Row {
                         req: i,
-                        rng: ChaCha8Rng::seed_from_u64(requests[i].params.seed),
+                        rng: ChaCha8Rng::seed_from_u64(live[i].params.seed),
                         tokens: Vec::new(),
                         logprobs: Vec::new(),
                         supports: {
-                            let p = &requests[i].params;
+                            let p = &live[i].params;
                             (p.truncates() && p.keep_sampling_mask).then(SamplingSupports::default)
                         },
                         next_input: 0,
@@ -407,11 +484,13 @@ impl Engine {
                     })
                     .collect();
                 for (j, row) in new_rows.iter_mut().enumerate() {
-                    self.advance(row, &logits[j], requests, &mut results)?;
+                    if let Some(c) = self.advance(row, &logits[j], &live)? {
+                        finished(row.req, Ok(c));
+                    }
                 }
                 // Merge the running rows and the new ones into one cache.
                 let (c, r) =
-                    self.rebuild(cache.as_ref(), rows, Some((&new_cache, new_rows)), requests)?;
+                    self.rebuild(cache.as_ref(), rows, Some((&new_cache, new_rows)), &live)?;
                 cache = Some(c);
                 rows = r;
                 stats.rebuilds += 1;
@@ -420,44 +499,47 @@ impl Engine {
                 // Drop finished rows when they are the majority (one copy, amortised).
                 let dead = rows.iter().filter(|r| r.done()).count();
                 if dead * 2 > rows.len() {
-                    let (c, r) = self.rebuild(cache.as_ref(), rows, None, requests)?;
+                    let (c, r) = self.rebuild(cache.as_ref(), rows, None, &live)?;
                     cache = Some(c);
                     rows = r;
                     stats.rebuilds += 1;
                 }
             }
-            if rows.iter().all(|r| r.done()) {
-                continue;
+            if !rows.iter().all(|r| r.done()) {
+                // One decode step for every running row.
+                let t_decode = std::time::Instant::now();
+                let c = cache.as_mut().expect("rows imply a cache");
+                let ids: Vec<TokenId> = rows
+                    .iter()
+                    .map(|r| if r.done() { 0 } else { r.next_input })
+                    .collect();
+                let input = Tensor::from_vec(ids, (rows.len(), 1), self.model.device())?;
+                let logits = self
+                    .model
+                    .forward_last(&input, c, &NoPerturbation)?
+                    .to_dtype(DType::F32)?
+                    .to_vec2::<f32>()?;
+                stats.decode_steps += 1;
+                stats.peak_batch = stats
+                    .peak_batch
+                    .max(rows.iter().filter(|r| !r.done()).count());
+                for (row, l) in rows.iter_mut().zip(&logits) {
+                    if !row.done() {
+                        if let Some(c) = self.advance(row, l, &live)? {
+                            finished(row.req, Ok(c));
+                        }
+                    }
+                }
+                stats.decode_seconds += t_decode.elapsed().as_secs_f64();
             }
-            // One decode step for every running row.
-            let t_decode = std::time::Instant::now();
-            let c = cache.as_mut().expect("rows imply a cache");
-            let ids: Vec<TokenId> = rows
-                .iter()
-                .map(|r| if r.done() { 0 } else { r.next_input })
-                .collect();
-            let input = Tensor::from_vec(ids, (rows.len(), 1), self.model.device())?;
-            let logits = self
-                .model
-                .forward_last(&input, c, &NoPerturbation)?
-                .to_dtype(DType::F32)?
-                .to_vec2::<f32>()?;
-            stats.decode_steps += 1;
-            stats.peak_batch = stats
-                .peak_batch
-                .max(rows.iter().filter(|r| !r.done()).count());
-            for (row, l) in rows.iter_mut().zip(&logits) {
-                if !row.done() {
-                    self.advance(row, l, requests, &mut results)?;
+            // Forget what finished (rows keep only their state until the next rebuild).
+            for row in rows.iter().filter(|r| r.done()) {
+                if live.0.remove(&row.req).is_some() {
+                    scheduler.finish(row.req);
                 }
             }
-            stats.decode_seconds += t_decode.elapsed().as_secs_f64();
         }
-        let out = results
-            .into_iter()
-            .map(|r| r.ok_or_else(|| Error::Msg("a request finished without a completion".into())))
-            .collect::<Result<Vec<_>>>()?;
-        Ok((out, stats))
+        Ok(stats)
     }
 
     /// A new cache holding the unfinished rows of `cache` followed by `joining` rows (from their
@@ -467,7 +549,7 @@ impl Engine {
         cache: Option<&KvCache>,
         rows: Vec<Row>,
         joining: Option<(&KvCache, Vec<Row>)>,
-        requests: &[Request],
+        requests: &Live,
     ) -> Result<(KvCache, Vec<Row>)> {
         let mut parts: Vec<(&KvCache, usize)> = Vec::new();
         let mut kept: Vec<Row> = Vec::with_capacity(rows.len());
@@ -492,7 +574,7 @@ impl Engine {
         &self,
         parts: &[(&KvCache, usize)],
         rows: &[Row],
-        requests: &[Request],
+        requests: &Live,
     ) -> usize {
         let len = parts
             .iter()
@@ -514,7 +596,7 @@ impl Engine {
 
     /// Prefills the prompts of `admit` together (left-padded); returns their cache and the
     /// last-position logits of each.
-    fn prefill(&self, requests: &[Request], admit: &[usize]) -> Result<(KvCache, Vec<Vec<f32>>)> {
+    fn prefill(&self, requests: &Live, admit: &[usize]) -> Result<(KvCache, Vec<Vec<f32>>)> {
         let longest = admit
             .iter()
             .map(|&i| requests[i].prompt.len())
@@ -554,14 +636,9 @@ impl Engine {
         Ok(stops.iter().any(|s| text.contains(s.as_str())))
     }
 
-    /// Samples the next token of `row`, records it, and finishes the row if a stop rule fires.
-    fn advance(
-        &self,
-        row: &mut Row,
-        logits: &[f32],
-        requests: &[Request],
-        results: &mut [Option<Completion>],
-    ) -> Result<()> {
+    /// Samples the next token of `row` and records it; finishes the row and returns its
+    /// completion if a stop rule fires.
+    fn advance(&self, row: &mut Row, logits: &[f32], requests: &Live) -> Result<Option<Completion>> {
         let req = &requests[row.req];
         let p = &req.params;
         let drawn = sample_kept(logits, p, &mut row.rng)?;
@@ -593,16 +670,15 @@ impl Engine {
             None
         };
         row.state = SeqState::Decoding;
-        if let Some(finish_reason) = reason {
+        Ok(reason.map(|finish_reason| {
             row.state = SeqState::Finished(finish_reason);
-            results[row.req] = Some(Completion {
+            Completion {
                 tokens: std::mem::take(&mut row.tokens),
                 logprobs: std::mem::take(&mut row.logprobs),
                 finish_reason,
                 supports: row.supports.take(),
-            });
-        }
-        Ok(())
+            }
+        }))
     }
 }
 

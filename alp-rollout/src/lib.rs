@@ -25,11 +25,14 @@
 pub mod backend;
 pub mod engine;
 pub mod episodes;
+pub mod remote;
 pub mod sampling;
+pub mod wire;
 pub mod worker;
 
 pub use backend::{Generation, RolloutBackend};
 pub use engine::{Completion, Engine, EngineConfig, GenerateStats, Request, SeqState};
 pub use episodes::{observation_tokens, run_episodes, sampling_info, EpisodeConfig, Episodes};
 pub use sampling::{sample, sample_kept, Sampled, SamplingParams, Support};
+pub use remote::{RemoteBackend, RemoteConfig, ServerKind};
 pub use worker::{RolloutBatch, RolloutWorker};
