@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A user's crate outside the workspace: it depends on alp's crates by path with no
 # `[patch]`, so it builds on the registry's candle-core, and on alp-trainer without default
-# features; it runs a two-step RL loop (scripts/downstream/main.rs). Also checks that
+# features (and on alp-serve); it runs a two-step RL loop (scripts/downstream/main.rs). Also checks that
 # alp-trainer without default features pulls none of the application's crates.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -28,6 +28,8 @@ publish = false
 [dependencies]
 alp-core = { path = "$root/alp-core" }
 alp-trainer = { path = "$root/alp-trainer", default-features = false }
+# The server crate builds on the registry's candle-core too.
+alp-serve = { path = "$root/alp-serve" }
 
 [workspace]
 

@@ -147,6 +147,49 @@ config_struct!(
     }
 );
 config_struct!(
+    /// DPPO-Binary-TV (divergence-constrained PPO, arXiv 2602.04879; verl's `dppo_tv`): the
+    /// trust region is on the probability difference p − p_old instead of the ratio. A token
+    /// is dropped when A > 0 and p − p_old > `delta_high`, or A < 0 and p − p_old <
+    /// −`delta_low`; the others get −A · sg(min(π/π_old, `ratio_cap`)) · log π.
+    DppoTv {
+        /// Largest probability increase kept for A > 0 (prime-rl's default 0.2).
+        delta_high: f64 = 0.2,
+        /// Largest probability decrease kept for A < 0.
+        delta_low: f64 = 0.2,
+        /// Truncation of the detached ratio (verl's `clip_ratio_c`, 20).
+        ratio_cap: f64 = 20.0,
+    }
+);
+config_struct!(
+    /// DPPO-Binary-KL (arXiv 2602.04879; verl's `dppo_kl`): as [`DppoTv`] with the binary KL
+    /// q·log(q/p) + (1 − q)·log((1 − q)/(1 − p)) between the old (q) and new (p) probability
+    /// of the token: dropped when A > 0, p > q and the KL exceeds `delta_high`, or A < 0,
+    /// p < q and it exceeds `delta_low`.
+    DppoKl {
+        /// Largest binary KL kept for an increase with A > 0 (alp's default: the anchors
+        /// set it per run).
+        delta_high: f64 = 0.05,
+        /// Largest binary KL kept for a decrease with A < 0.
+        delta_low: f64 = 0.05,
+        /// Truncation of the detached ratio.
+        ratio_cap: f64 = 20.0,
+    }
+);
+config_struct!(
+    /// IPO (prime-rl's `ipo` loss): against μ, tokens whose probability moved more than
+    /// `threshold` in absolute terms (|p − p_μ|) are dropped from the policy-gradient term
+    /// −`adv_tau`·A·π/μ (the ratio carries the gradient), and every token pays
+    /// `kl_tau`·(log π/μ)².
+    Ipo {
+        /// Largest |p − p_μ| kept (prime-rl's default 0.1).
+        threshold: f64 = 0.1,
+        /// Scale of the advantages.
+        adv_tau: f64 = 1.0,
+        /// Weight of the squared log-ratio.
+        kl_tau: f64 = 1e-3,
+    }
+);
+config_struct!(
     /// ALP: ratio of the perturbed training policy over μ, clipped with dual clip.
     Alp {
         /// Lower clip ε (ρ ≥ 1 − eps_low).
@@ -217,6 +260,13 @@ methods! {
     Gspo(Gspo) = "gspo", logp_old: true, alp: false;
     /// Clipped IS-weight policy optimisation.
     Cispo(Cispo) = "cispo", logp_old: true, alp: false;
+    /// DPPO with the total-variation trust region on π vs π_old.
+    DppoTv(DppoTv) = "dppo-tv", logp_old: true, alp: false;
+    /// DPPO with the binary-KL trust region on π vs π_old.
+    DppoKl(DppoKl) = "dppo-kl", logp_old: true, alp: false;
+    /// prime-rl's IPO: a symmetric probability trust region on π vs μ and a squared
+    /// log-ratio penalty.
+    Ipo(Ipo) = "ipo", logp_old: false, alp: false;
     /// Token-level ALP.
     AlpToken(Alp) = "alp-token", logp_old: false, alp: true;
     /// Sequence-level ALP (the paper's best).
@@ -257,6 +307,8 @@ impl Objective {
             Objective::Icepop(i) => c(i.eps_low, i.eps_high, i.dual_clip),
             Objective::Gspo(g) => c(g.eps_low, g.eps_high, g.dual_clip),
             Objective::Cispo(x) => c(1.0, x.eps_max, x.dual_clip),
+            // Trust regions by masks: no ratio clip.
+            Objective::DppoTv(_) | Objective::DppoKl(_) | Objective::Ipo(_) => c(0.0, 0.0, None),
             Objective::AlpToken(a) | Objective::AlpSeq(a) => c(a.eps_low, a.eps_high, a.dual_clip),
         }
     }
@@ -267,6 +319,9 @@ impl Objective {
         let f = |n: &str| format!("objective.{n}");
         let is_cispo = matches!(self, Objective::Cispo(_));
         let lo_ok = lo > 0.0 && lo < 1.0;
+        if self.masks() {
+            return self.validate_mask_method();
+        }
         if !is_cispo && !lo_ok {
             return Err(Error::config(
                 f("eps_low"),
@@ -299,6 +354,51 @@ impl Objective {
                 f("beta"),
                 format!("need 0 <= alpha < beta, got [{}, {}]", i.alpha, i.beta),
             )),
+            _ => Ok(()),
+        }
+    }
+
+    /// True for the methods whose trust region is a mask of tokens (DPPO, IPO), not a clip.
+    fn masks(&self) -> bool {
+        matches!(
+            self,
+            Objective::DppoTv(_) | Objective::DppoKl(_) | Objective::Ipo(_)
+        )
+    }
+
+    fn validate_mask_method(&self) -> Result<()> {
+        let f = |n: &str| format!("objective.{n}");
+        let positive = |name: &str, v: f64| {
+            if v > 0.0 && v.is_finite() {
+                Ok(())
+            } else {
+                Err(Error::config(f(name), format!("{v} must be > 0")))
+            }
+        };
+        match *self {
+            Objective::DppoTv(DppoTv {
+                delta_high,
+                delta_low,
+                ratio_cap,
+            })
+            | Objective::DppoKl(DppoKl {
+                delta_high,
+                delta_low,
+                ratio_cap,
+            }) => {
+                positive("delta_high", delta_high)?;
+                positive("delta_low", delta_low)?;
+                positive("ratio_cap", ratio_cap)
+            }
+            Objective::Ipo(i) => {
+                positive("threshold", i.threshold)?;
+                for (n, v) in [("adv_tau", i.adv_tau), ("kl_tau", i.kl_tau)] {
+                    if !(v >= 0.0 && v.is_finite()) {
+                        return Err(Error::config(f(n), format!("{v} must be >= 0")));
+                    }
+                }
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
@@ -417,12 +517,49 @@ impl Objective {
                 let l = (w.neg()? * &p.adv)?.mul(&p.logp)?;
                 (r, l, None)
             }
+            Objective::DppoTv(d) => {
+                let old = old()?;
+                let r = exp_clamped(&(&p.logp - old)?)?;
+                let diff = (p.logp.detach().exp()? - old.exp()?)?;
+                let valid = by_sign(&p.adv, &diff.le(d.delta_high)?, &diff.ge(-d.delta_low)?)?;
+                let l = dppo_loss(&p, &r, &valid, d.ratio_cap)?;
+                (r, l, Some(valid))
+            }
+            Objective::DppoKl(d) => {
+                let old = old()?;
+                let r = exp_clamped(&(&p.logp - old)?)?;
+                let (np, q) = (p.logp.detach().exp()?, old.exp()?);
+                let one_minus =
+                    |x: &Tensor| -> Result<Tensor> { Ok(((x.neg()? + 1.0)? + 1e-8)?.log()?) };
+                let kl = ((&q * (old - &p.logp.detach())?)?
+                    + ((q.neg()? + 1.0)? * (one_minus(&q)? - one_minus(&np)?)?)?)?;
+                let up = kl.le(d.delta_high)?.maximum(&np.le(&q)?)?;
+                let down = kl.le(d.delta_low)?.maximum(&np.ge(&q)?)?;
+                let valid = by_sign(&p.adv, &up, &down)?;
+                let l = dppo_loss(&p, &r, &valid, d.ratio_cap)?;
+                (r, l, Some(valid))
+            }
+            Objective::Ipo(i) => {
+                let lr = (&p.logp - &p.logp_infer)?.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)?;
+                let r = lr.exp()?;
+                let moved = (p.logp.detach().exp()? - p.logp_infer.exp()?)?.abs()?;
+                let keep = moved.le(i.threshold)?.to_dtype(p.logp.dtype())?;
+                let pg = ((&keep * &p.adv)? * &r)?.affine(i.adv_tau, 0.0)?;
+                let l = (lr.sqr()?.affine(i.kl_tau, 0.0)? - pg)?;
+                (r, l, Some(keep))
+            }
         };
         let loss = match normaliser {
             Some(n) => agg.reduce_part(&per_token, &p.mask, n)?,
             None => agg.reduce(&per_token, &p.mask)?,
         };
         let mut metrics = clip_metrics(&ratio, &p, &clip, matches!(self, Objective::Cispo(_)))?;
+        if self.masks() {
+            let w = weight.as_ref().expect("mask methods return their mask");
+            let (low, high) = dropped_by_sign(w, &p)?;
+            metrics.insert(names::CLIP_FRAC_LOW.into(), low);
+            metrics.insert(names::CLIP_FRAC_HIGH.into(), high);
+        }
         if let Some(w) = weight {
             let kept =
                 crate::aggregate::masked_mean(&w.gt(0.0)?.to_dtype(p.mask.dtype())?, &p.mask)?;
@@ -502,6 +639,44 @@ fn veto_keep(p: &Prepared, old: &Tensor, veto: f64) -> Result<Tensor> {
     let low = d.lt(veto.ln())?.to_dtype(d.dtype())?;
     let any = low.max_keepdim(D::Minus1)?;
     Ok((any.neg()? + 1.0)?.broadcast_as(d.shape())?.contiguous()?)
+}
+
+/// `if_positive` where A > 0, else `otherwise` (u8 masks), as the mask's float dtype.
+fn by_sign(adv: &Tensor, if_positive: &Tensor, otherwise: &Tensor) -> Result<Tensor> {
+    Ok(adv
+        .gt(0.0)?
+        .where_cond(if_positive, otherwise)?
+        .to_dtype(adv.dtype())?)
+}
+
+/// DPPO's per-token loss −A · sg(min(r, cap)) · log π on the kept tokens.
+fn dppo_loss(p: &Prepared, ratio: &Tensor, valid: &Tensor, cap: f64) -> Result<Tensor> {
+    let w = (ratio.detach().minimum(cap)? * valid)?;
+    Ok((w.neg()? * &p.adv)?.mul(&p.logp)?)
+}
+
+/// The fractions of masked tokens dropped by a mask method with A ≤ 0 (low) and A > 0 (high).
+fn dropped_by_sign(valid: &Tensor, p: &Prepared) -> Result<(f64, f64)> {
+    let v: Vec<Vec<f64>> = valid.to_dtype(candle_core::DType::F64)?.to_vec2()?;
+    let a: Vec<Vec<f64>> = p.adv.to_dtype(candle_core::DType::F64)?.to_vec2()?;
+    let m: Vec<Vec<u8>> = p.mask_u8.to_vec2()?;
+    let (mut n, mut low, mut high) = (0f64, 0f64, 0f64);
+    for i in 0..v.len() {
+        for t in 0..v[i].len() {
+            if m[i][t] == 0 {
+                continue;
+            }
+            n += 1.0;
+            if v[i][t] == 0.0 {
+                if a[i][t] > 0.0 {
+                    high += 1.0;
+                } else {
+                    low += 1.0;
+                }
+            }
+        }
+    }
+    Ok((low / n.max(1.0), high / n.max(1.0)))
 }
 
 /// max(−Aρ, −A·clip(ρ, 1−lo, 1+hi)), then for A < 0 min(·, −A·c).

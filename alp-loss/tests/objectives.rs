@@ -196,6 +196,33 @@ fn naive_token(obj: &Objective, d: &Data, i: usize, t: usize, x: f64) -> f64 {
                 p.dual_clip,
             )
         }
+        Objective::DppoTv(c) => {
+            let diff = d.logp[i][t].exp() - d.old[i][t].exp();
+            let valid = if a > 0.0 {
+                diff <= c.delta_high
+            } else {
+                diff >= -c.delta_low
+            };
+            let w = cl(d.logp[i][t] - d.old[i][t]).exp().min(c.ratio_cap);
+            -a * w * f64::from(u8::from(valid)) * x
+        }
+        Objective::DppoKl(c) => {
+            // Binary KL between the old (q) and new (p) probability of the token.
+            let (p, q) = (d.logp[i][t].exp(), d.old[i][t].exp());
+            let kl = q * (q.ln() - p.ln()) + (1.0 - q) * ((1.0 - q + 1e-8) / (1.0 - p + 1e-8)).ln();
+            let valid = if a > 0.0 {
+                kl <= c.delta_high || p <= q
+            } else {
+                kl <= c.delta_low || p >= q
+            };
+            let w = cl(d.logp[i][t] - d.old[i][t]).exp().min(c.ratio_cap);
+            -a * w * f64::from(u8::from(valid)) * x
+        }
+        Objective::Ipo(c) => {
+            let keep = (d.logp[i][t].exp() - d.infer[i][t].exp()).abs() <= c.threshold;
+            let lr = cl(x - d.infer[i][t]);
+            -f64::from(u8::from(keep)) * c.adv_tau * a * lr.exp() + c.kl_tau * lr * lr
+        }
         Objective::Cispo(c) => {
             let r = cl(d.logp[i][t] - d.old[i][t]).exp();
             let mut w = r.min(1.0 + c.eps_max);
@@ -340,6 +367,24 @@ fn all_objectives() -> Vec<Objective> {
         Objective::Cispo(Cispo {
             eps_max: 0.3,
             dual_clip: Some(1.2),
+        }),
+        Objective::DppoTv(DppoTv::default()),
+        Objective::DppoTv(DppoTv {
+            delta_high: 0.03,
+            delta_low: 0.05,
+            ratio_cap: 3.0,
+        }),
+        Objective::DppoKl(DppoKl::default()),
+        Objective::DppoKl(DppoKl {
+            delta_high: 0.002,
+            delta_low: 0.004,
+            ratio_cap: 2.0,
+        }),
+        Objective::Ipo(Ipo::default()),
+        Objective::Ipo(Ipo {
+            threshold: 0.02,
+            adv_tau: 2.0,
+            kl_tau: 0.3,
         }),
         Objective::AlpToken(Alp::default()),
         Objective::AlpSeq(Alp::default()),
@@ -490,7 +535,8 @@ fn methods_that_need_logp_old_refuse_without_it() {
             .iter()
             .filter(|n| Objective::from_name(n).unwrap().needs_logp_old())
             .count(),
-        6
+        // grpo, tis, mis, icepop, gspo, cispo, dppo-tv, dppo-kl
+        8
     );
 }
 
@@ -608,4 +654,51 @@ fn micro_batches_of_unequal_token_counts_sum_to_the_mini_batch_loss_and_gradient
             }
         }
     }
+}
+
+#[test]
+fn the_mask_methods_drop_some_tokens_and_keep_others() {
+    // On the test batch each trust region bites somewhere and not everywhere, so the naive
+    // comparison above exercises both sides of every mask.
+    let d = data(1);
+    for obj in [
+        Objective::DppoTv(DppoTv {
+            delta_high: 0.03,
+            delta_low: 0.05,
+            ratio_cap: 3.0,
+        }),
+        Objective::DppoKl(DppoKl {
+            delta_high: 0.002,
+            delta_low: 0.004,
+            ratio_cap: 2.0,
+        }),
+        Objective::Ipo(Ipo {
+            threshold: 0.02,
+            ..Ipo::default()
+        }),
+    ] {
+        let (_, _, m) = candle(&obj, &d, Aggregation::TokenMean);
+        let kept = m[alp_loss::names::IS_WEIGHT_KEPT_FRAC];
+        assert!(kept > 0.0 && kept < 1.0, "{obj:?}: kept {kept}");
+        let dropped = m[alp_loss::names::CLIP_FRAC_LOW] + m[alp_loss::names::CLIP_FRAC_HIGH];
+        assert!((dropped + kept - 1.0).abs() < 1e-9, "{obj:?}: {m:?}");
+    }
+    let bad = Objective::DppoTv(DppoTv {
+        delta_high: 0.0,
+        ..DppoTv::default()
+    });
+    assert!(bad
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("objective.delta_high"));
+    let bad = Objective::Ipo(Ipo {
+        kl_tau: -1.0,
+        ..Ipo::default()
+    });
+    assert!(bad
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("objective.kl_tau"));
 }

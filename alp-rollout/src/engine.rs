@@ -399,12 +399,17 @@ impl Engine {
 
     /// One continuous batch over `requests` (already checked).
     fn generate_batch(&self, requests: &[Request]) -> Result<(Vec<Completion>, GenerateStats)> {
-        let mut results: Vec<Option<Result<Completion>>> = (0..requests.len()).map(|_| None).collect();
+        let mut results: Vec<Option<Result<Completion>>> =
+            (0..requests.len()).map(|_| None).collect();
         let mut batch = Some(requests.to_vec());
         let stats = self.serve_with_stats(|_| batch.take(), |i, c| results[i] = Some(c))?;
         let out = results
             .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(Error::Msg("a request finished without a completion".into()))))
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(Error::Msg("a request finished without a completion".into()))
+                })
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok((out, stats))
     }
@@ -570,12 +575,7 @@ impl Engine {
 
     /// Capacity of a rebuilt cache: the longest row now plus the most tokens any row may
     /// still add.
-    fn capacity_for(
-        &self,
-        parts: &[(&KvCache, usize)],
-        rows: &[Row],
-        requests: &Live,
-    ) -> usize {
+    fn capacity_for(&self, parts: &[(&KvCache, usize)], rows: &[Row], requests: &Live) -> usize {
         let len = parts
             .iter()
             .map(|(c, r)| c.len() - c.left_pad().get(*r).copied().unwrap_or(0).min(c.len()))
@@ -638,7 +638,12 @@ impl Engine {
 
     /// Samples the next token of `row` and records it; finishes the row and returns its
     /// completion if a stop rule fires.
-    fn advance(&self, row: &mut Row, logits: &[f32], requests: &Live) -> Result<Option<Completion>> {
+    fn advance(
+        &self,
+        row: &mut Row,
+        logits: &[f32],
+        requests: &Live,
+    ) -> Result<Option<Completion>> {
         let req = &requests[row.req];
         let p = &req.params;
         let drawn = sample_kept(logits, p, &mut row.rng)?;

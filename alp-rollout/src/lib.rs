@@ -4,7 +4,9 @@
 //! exact log-prob under the distribution it was drawn from. [`run_episodes`] drives
 //! multi-turn [`alp_core::Environment`]s into [`alp_core::Trajectory`] groups, and
 //! [`RolloutWorker`] runs all of it on a thread fed with versioned weight snapshots, within a
-//! staleness bound.
+//! staleness bound. Both talk to a [`RolloutBackend`]: the in-process [`Engine`], or a
+//! [`RemoteBackend`] that samples on inference servers over HTTP (`alp serve`, SGLang) in the
+//! JSON of [`wire`].
 //!
 //! ```
 //! use std::sync::Arc;
@@ -33,6 +35,6 @@ pub mod worker;
 pub use backend::{Generation, RolloutBackend};
 pub use engine::{Completion, Engine, EngineConfig, GenerateStats, Request, SeqState};
 pub use episodes::{observation_tokens, run_episodes, sampling_info, EpisodeConfig, Episodes};
-pub use sampling::{sample, sample_kept, Sampled, SamplingParams, Support};
 pub use remote::{RemoteBackend, RemoteConfig, ServerKind};
+pub use sampling::{sample, sample_kept, Sampled, SamplingParams, Support};
 pub use worker::{RolloutBatch, RolloutWorker};

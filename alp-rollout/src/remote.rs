@@ -98,7 +98,10 @@ impl RemoteConfig {
             }
         }
         if !(self.timeout_s > 0.0 && self.timeout_s.is_finite()) {
-            return Err(Error::config("timeout_s", "must be a positive number of seconds"));
+            return Err(Error::config(
+                "timeout_s",
+                "must be a positive number of seconds",
+            ));
         }
         if !(self.reload_timeout_s > 0.0 && self.reload_timeout_s.is_finite()) {
             return Err(Error::config(
@@ -210,7 +213,11 @@ impl RemoteBackend {
             .min_by_key(|s| s.in_flight.load(Ordering::SeqCst))
     }
 
-    fn send(&self, server: &Server, req: &Request) -> std::result::Result<(Completion, PolicyVersion), Fault> {
+    fn send(
+        &self,
+        server: &Server,
+        req: &Request,
+    ) -> std::result::Result<(Completion, PolicyVersion), Fault> {
         let url = format!("{}/v1/completions", server.url);
         let body = CompletionRequest::from_engine(req);
         let resp = self
@@ -219,7 +226,9 @@ impl RemoteBackend {
             .timeout(Duration::from_secs_f64(self.cfg.timeout_s))
             .send_json(&body);
         let text = match resp {
-            Ok(r) => r.into_string().map_err(|e| Fault::Down(format!("reading the answer: {e}")))?,
+            Ok(r) => r
+                .into_string()
+                .map_err(|e| Fault::Down(format!("reading the answer: {e}")))?,
             Err(ureq::Error::Status(code, r)) => {
                 let msg = r.into_string().unwrap_or_default();
                 return Err(if code >= 500 || code == 429 {
@@ -234,7 +243,8 @@ impl RemoteBackend {
             Err(ureq::Error::Transport(t)) => return Err(Fault::Down(t.to_string())),
         };
         let known = *server.version.lock().expect("version lock");
-        self.parse(&server.url, &text, req, known).map_err(Fault::Fatal)
+        self.parse(&server.url, &text, req, known)
+            .map_err(Fault::Fatal)
     }
 
     /// Reads one answer; anything that cannot be trained on is an error naming `server`.
@@ -246,8 +256,8 @@ impl RemoteBackend {
         known: PolicyVersion,
     ) -> Result<(Completion, PolicyVersion)> {
         let bad = |m: String| Error::remote(server, format!("malformed answer: {m}"));
-        let resp: CompletionResponse =
-            serde_json::from_str(text).map_err(|e| bad(format!("not a completions response ({e})")))?;
+        let resp: CompletionResponse = serde_json::from_str(text)
+            .map_err(|e| bad(format!("not a completions response ({e})")))?;
         let [choice] = <[_; 1]>::try_from(resp.choices)
             .map_err(|c: Vec<_>| bad(format!("{} choices for a request of n = 1", c.len())))?;
         let lp = choice
@@ -261,7 +271,11 @@ impl RemoteBackend {
                 .map(|s| {
                     s.strip_prefix("token_id:")
                         .and_then(|n| n.parse().ok())
-                        .ok_or_else(|| bad(format!("no token ids, and the token `{s}` is not `token_id:N`")))
+                        .ok_or_else(|| {
+                            bad(format!(
+                                "no token ids, and the token `{s}` is not `token_id:N`"
+                            ))
+                        })
                 })
                 .collect::<Result<_>>()?,
         };
@@ -285,7 +299,9 @@ impl RemoteBackend {
         }
         if let Some(v) = self.vocab_size {
             if let Some(t) = tokens.iter().find(|&&t| t as usize >= v) {
-                return Err(bad(format!("token id {t} is outside the vocabulary of {v}")));
+                return Err(bad(format!(
+                    "token id {t} is outside the vocabulary of {v}"
+                )));
             }
         }
         if let Some((i, l)) = logprobs
@@ -293,7 +309,9 @@ impl RemoteBackend {
             .enumerate()
             .find(|(_, l)| !l.is_finite() || **l > 1e-4)
         {
-            return Err(bad(format!("log-prob {l} of token {i} is not a log-probability")));
+            return Err(bad(format!(
+                "log-prob {l} of token {i} is not a log-probability"
+            )));
         }
         let version = match (resp.weight_version, self.cfg.kind) {
             (Some(v), _) => v,
@@ -338,7 +356,9 @@ impl RemoteBackend {
             }
             if let Some(v) = self.vocab_size {
                 if s.ids.iter().any(|&t| t as usize >= v) {
-                    return Err(bad("a support holds a token id outside the vocabulary".into()));
+                    return Err(bad(
+                        "a support holds a token id outside the vocabulary".into()
+                    ));
                 }
             }
         }
@@ -456,7 +476,8 @@ impl RolloutBackend for RemoteBackend {
             .expect("lock")
             .into_iter()
             .map(|r| {
-                let (c, v) = r.ok_or_else(|| Error::Msg("a rollout request got no answer".into()))?;
+                let (c, v) =
+                    r.ok_or_else(|| Error::Msg("a rollout request got no answer".into()))?;
                 version = version.min(v);
                 Ok(c)
             })

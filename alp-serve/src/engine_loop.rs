@@ -58,7 +58,10 @@ impl Shared {
         let now = Instant::now();
         let mut r = self.recent.lock().expect("recent lock");
         r.push_back((now, tokens));
-        while r.front().is_some_and(|(t, _)| now.duration_since(*t) > WINDOW) {
+        while r
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > WINDOW)
+        {
             r.pop_front();
         }
     }
@@ -75,6 +78,9 @@ impl Shared {
         n as f64 / WINDOW.as_secs_f64()
     }
 }
+
+/// A swap received while a batch runs: the new engine, its version and whom to tell.
+type PendingSwap = (Box<Engine>, PolicyVersion, tokio::sync::oneshot::Sender<()>);
 
 /// One HTTP request's sequences in the running batch.
 struct Job {
@@ -137,7 +143,11 @@ fn run(initial: Option<(Engine, PolicyVersion)>, rx: Receiver<Msg>, shared: Arc<
                     shared.queued.fetch_sub(requests.len(), Ordering::SeqCst);
                     let results = requests
                         .iter()
-                        .map(|_| Err(Error::Msg("no weights are loaded yet (POST /reload)".into())))
+                        .map(|_| {
+                            Err(Error::Msg(
+                                "no weights are loaded yet (POST /reload)".into(),
+                            ))
+                        })
                         .collect();
                     let _ = reply.send(Answer {
                         results,
@@ -151,8 +161,7 @@ fn run(initial: Option<(Engine, PolicyVersion)>, rx: Receiver<Msg>, shared: Arc<
         let version = *version;
         let jobs: RefCell<HashMap<usize, Job>> = RefCell::new(HashMap::new());
         let index: RefCell<Vec<(usize, usize)>> = RefCell::new(Vec::new());
-        let swap: RefCell<Option<(Box<Engine>, PolicyVersion, tokio::sync::oneshot::Sender<()>)>> =
-            RefCell::new(None);
+        let swap: RefCell<Option<PendingSwap>> = RefCell::new(None);
         let closed = std::cell::Cell::new(false);
         let mut next_job = 0usize;
         let served = engine.serve(
@@ -172,7 +181,10 @@ fn run(initial: Option<(Engine, PolicyVersion)>, rx: Receiver<Msg>, shared: Arc<
                     None
                 };
                 let mut out = Vec::new();
-                for m in first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+                for m in first
+                    .into_iter()
+                    .chain(std::iter::from_fn(|| rx.try_recv().ok()))
+                {
                     match m {
                         Msg::Generate { requests, reply } => {
                             let job = next_job;

@@ -33,7 +33,10 @@ pub struct App {
 
 impl App {
     /// The state and the engine thread over `initial`.
-    pub fn new(cfg: ServeConfig, initial: Option<(Engine, PolicyVersion)>) -> (EngineThread, Arc<App>) {
+    pub fn new(
+        cfg: ServeConfig,
+        initial: Option<(Engine, PolicyVersion)>,
+    ) -> (EngineThread, Arc<App>) {
         let shared = Arc::new(Shared::default());
         let meta = initial.as_ref().map(|(e, _)| e.clone());
         let (thread, tx) = EngineThread::spawn(initial, shared.clone());
@@ -104,8 +107,8 @@ async fn completions(State(app): State<Arc<App>>, body: Bytes) -> Response {
 }
 
 async fn complete(app: &App, body: &[u8]) -> Result<CompletionResponse, Response> {
-    let req: CompletionRequest =
-        serde_json::from_slice(body).map_err(|e| invalid(format!("the body is not a completions request: {e}")))?;
+    let req: CompletionRequest = serde_json::from_slice(body)
+        .map_err(|e| invalid(format!("the body is not a completions request: {e}")))?;
     if !app.shared.has_weights.load(Ordering::SeqCst) {
         return Err(error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -115,7 +118,10 @@ async fn complete(app: &App, body: &[u8]) -> Result<CompletionResponse, Response
     }
     let cfg = &app.cfg;
     if req.n == 0 || req.n > cfg.max_n {
-        return Err(invalid(format!("n = {} (1 to {} on this server)", req.n, cfg.max_n)));
+        return Err(invalid(format!(
+            "n = {} (1 to {} on this server)",
+            req.n, cfg.max_n
+        )));
     }
     if req.max_tokens == 0 || req.max_tokens > cfg.max_tokens {
         return Err(invalid(format!(
@@ -133,7 +139,9 @@ async fn complete(app: &App, body: &[u8]) -> Result<CompletionResponse, Response
         Prompt::Tokens(t) => t.clone(),
         Prompt::Text(s) => match &tokenizer {
             Some(t) => t.encode(s, false).map_err(|e| invalid(e.to_string()))?,
-            None => return Err(invalid("a text prompt needs a tokenizer: this model directory has none, send token ids")),
+            None => return Err(invalid(
+                "a text prompt needs a tokenizer: this model directory has none, send token ids",
+            )),
         },
     };
     let id = app.next_id.fetch_add(1, Ordering::SeqCst);
@@ -157,7 +165,10 @@ async fn complete(app: &App, body: &[u8]) -> Result<CompletionResponse, Response
         return Err(error(
             StatusCode::TOO_MANY_REQUESTS,
             "overloaded",
-            format!("{queued} sequences are queued (the bound is {}): retry later or on another server", cfg.max_queue),
+            format!(
+                "{queued} sequences are queued (the bound is {}): retry later or on another server",
+                cfg.max_queue
+            ),
         ));
     }
     let (reply, answer) = tokio::sync::oneshot::channel();
@@ -166,7 +177,11 @@ async fn complete(app: &App, body: &[u8]) -> Result<CompletionResponse, Response
         return Err(r);
     }
     let Answer { results, version } = answer.await.map_err(|_| {
-        error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "the engine stopped")
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "the engine stopped",
+        )
     })?;
     let mut choices = Vec::with_capacity(results.len());
     let mut completion_tokens = 0;
@@ -175,7 +190,11 @@ async fn complete(app: &App, body: &[u8]) -> Result<CompletionResponse, Response
             Error::InvalidInput(_) | Error::TokenOutOfRange { .. } | Error::Config { .. } => {
                 invalid(e.to_string())
             }
-            e => error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e.to_string()),
+            e => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                e.to_string(),
+            ),
         })?;
         completion_tokens += c.tokens.len();
         let text = tokenizer
@@ -244,7 +263,13 @@ async fn reload(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) ->
     let engine = match loaded {
         Ok(Ok(e)) => e,
         Ok(Err(e)) => return invalid(format!("cannot load {}: {e}", req.path)),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e.to_string()),
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                e.to_string(),
+            )
+        }
     };
     let load_seconds = t0.elapsed().as_secs_f64();
     let version = req
@@ -260,7 +285,11 @@ async fn reload(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) ->
         return r;
     }
     if done.await.is_err() {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "the engine stopped");
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "the engine stopped",
+        );
     }
     *app.engine_meta.lock().expect("meta lock") = Some(meta);
     Json(ReloadResponse {

@@ -96,9 +96,11 @@ impl ServeConfig {
     /// Checks the limits; errors name the field.
     pub fn validate(&self) -> Result<()> {
         self.engine.validate()?;
-        alp_model::parse_device(&self.device).map_err(|e| Error::config("device", e.to_string()))?;
+        alp_model::parse_device(&self.device)
+            .map_err(|e| Error::config("device", e.to_string()))?;
         if self.dtype != "auto" {
-            alp_model::parse_dtype(&self.dtype).map_err(|e| Error::config("dtype", e.to_string()))?;
+            alp_model::parse_dtype(&self.dtype)
+                .map_err(|e| Error::config("dtype", e.to_string()))?;
         }
         for (name, v) in [
             ("max_body_bytes", self.max_body_bytes),

@@ -88,7 +88,10 @@ fn assert_same(remote: &[Completion], local: &[Completion]) {
     assert_eq!(remote.len(), local.len());
     for (i, (r, l)) in remote.iter().zip(local).enumerate() {
         assert_eq!(r.tokens, l.tokens, "request {i}: tokens");
-        assert_eq!(r.finish_reason, l.finish_reason, "request {i}: finish reason");
+        assert_eq!(
+            r.finish_reason, l.finish_reason,
+            "request {i}: finish reason"
+        );
         assert_eq!(r.supports, l.supports, "request {i}: supports");
         for (a, b) in r.logprobs.iter().zip(&l.logprobs) {
             assert!((a - b).abs() <= 1e-5, "request {i}: log-prob {a} vs {b}");
@@ -110,14 +113,23 @@ fn remote_answers_equal_the_in_process_engine() {
     let local = in_process(&weights(0), &reqs);
     assert_same(&g.completions, &local);
     // The truncated requests carry their supports, and the stop token stopped one.
-    assert!(g.completions[1].supports.as_ref().is_some_and(|s| !s.is_empty()));
-    assert!(g.completions.iter().any(|c| c.finish_reason == alp_core::FinishReason::StopToken));
+    assert!(g.completions[1]
+        .supports
+        .as_ref()
+        .is_some_and(|s| !s.is_empty()));
+    assert!(g
+        .completions
+        .iter()
+        .any(|c| c.finish_reason == alp_core::FinishReason::StopToken));
 }
 
 #[test]
 fn publish_reloads_every_server_and_answers_carry_the_version() {
     let dir = model_dir(0);
-    let (a, b) = (start(dir.path(), Some(TOKEN)), start(dir.path(), Some(TOKEN)));
+    let (a, b) = (
+        start(dir.path(), Some(TOKEN)),
+        start(dir.path(), Some(TOKEN)),
+    );
     let publish = tempfile::tempdir().unwrap();
     let mut backend = RemoteBackend::new(remote(vec![a.url(), b.url()], publish.path())).unwrap();
     let new = weights(1);
@@ -168,8 +180,14 @@ fn requests_in_flight_finish_on_the_old_weights() {
     // Reload once the long request is running.
     let mut running = false;
     for _ in 0..2000 {
-        let m = ureq::get(&format!("{url}/metrics")).call().unwrap().into_string().unwrap();
-        if m.lines().any(|l| l.starts_with("alp_queue_depth ") && l != "alp_queue_depth 0") {
+        let m = ureq::get(&format!("{url}/metrics"))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        if m.lines()
+            .any(|l| l.starts_with("alp_queue_depth ") && l != "alp_queue_depth 0")
+        {
             running = true;
             break;
         }
@@ -224,9 +242,20 @@ fn reload_needs_the_token_and_requests_are_bounded() {
         )
     };
     assert_eq!(reload(&guarded, None).0, 401);
-    assert_eq!(reload(&guarded, Some("Bearer a-long-random-reload-tokem")).0, 401);
-    assert_eq!(reload(&guarded, Some(TOKEN)).0, 401, "the token without the Bearer scheme");
-    assert_eq!(reload(&open, Some(&format!("Bearer {TOKEN}"))).0, 403, "no token configured: reload is off");
+    assert_eq!(
+        reload(&guarded, Some("Bearer a-long-random-reload-tokem")).0,
+        401
+    );
+    assert_eq!(
+        reload(&guarded, Some(TOKEN)).0,
+        401,
+        "the token without the Bearer scheme"
+    );
+    assert_eq!(
+        reload(&open, Some(&format!("Bearer {TOKEN}"))).0,
+        403,
+        "no token configured: reload is off"
+    );
     let (c, body) = reload(&guarded, Some(&format!("Bearer {TOKEN}")));
     assert_eq!(c, 200, "{body}");
     // A directory that is not a model: a clear error, the old weights keep serving.
@@ -245,7 +274,10 @@ fn reload_needs_the_token_and_requests_are_bounded() {
         assert!(text.contains(needle), "`{needle}` not in {text}");
     };
     bad(serde_json::json!({"prompt": [1], "n": 65}), "n = 65");
-    bad(serde_json::json!({"prompt": [1], "max_tokens": 100000}), "max_tokens = 100000");
+    bad(
+        serde_json::json!({"prompt": [1], "max_tokens": 100000}),
+        "max_tokens = 100000",
+    );
     bad(serde_json::json!({"prompt": [1], "stream": true}), "stream");
     bad(serde_json::json!({"prompt": [1, 64]}), "64");
     bad(serde_json::json!({"prompt": []}), "empty");
@@ -255,7 +287,11 @@ fn reload_needs_the_token_and_requests_are_bounded() {
     let huge = serde_json::json!({"prompt": vec![1; 700_000]});
     assert_eq!(post(&url, huge, None).0, 413);
     // The server still answers.
-    let (c, _) = post(&url, serde_json::json!({"prompt": [1, 2], "max_tokens": 2}), None);
+    let (c, _) = post(
+        &url,
+        serde_json::json!({"prompt": [1, 2], "max_tokens": 2}),
+        None,
+    );
     assert_eq!(c, 200);
 }
 
@@ -266,7 +302,11 @@ fn the_default_listen_address_is_loopback() {
         reload_token: Some("short".into()),
         ..Default::default()
     };
-    assert!(short.validate().unwrap_err().to_string().contains("reload_token"));
+    assert!(short
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("reload_token"));
 }
 
 /// A port nothing listens on.
@@ -307,8 +347,15 @@ fn a_dead_or_hanging_server_fails_over_and_no_request_is_lost() {
     let state = backend.servers();
     assert!(!state[0].1 && !state[1].1 && state[2].1, "{state:?}");
     // The live server answered each request once.
-    let m = ureq::get(&format!("{}/metrics", live.url())).call().unwrap().into_string().unwrap();
-    assert!(m.contains(&format!("alp_requests_total {}", reqs.len())), "{m}");
+    let m = ureq::get(&format!("{}/metrics", live.url()))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(
+        m.contains(&format!("alp_requests_total {}", reqs.len())),
+        "{m}"
+    );
 
     let none = RemoteBackend::new(RemoteConfig {
         timeout_s: 1.0,
@@ -348,7 +395,11 @@ fn liar(body: serde_json::Value) -> Liar {
     Liar { url, _rt: rt }
 }
 
-fn answer(tokens: serde_json::Value, logprobs: serde_json::Value, version: PolicyVersion) -> serde_json::Value {
+fn answer(
+    tokens: serde_json::Value,
+    logprobs: serde_json::Value,
+    version: PolicyVersion,
+) -> serde_json::Value {
     serde_json::json!({
         "id": "x", "object": "text_completion", "created": 0, "model": "m",
         "choices": [{"index": 0, "text": "", "token_ids": tokens,
@@ -361,18 +412,48 @@ fn answer(tokens: serde_json::Value, logprobs: serde_json::Value, version: Polic
 #[test]
 fn a_malformed_answer_is_an_error_naming_the_server() {
     let cases = [
-        (serde_json::json!("this is not JSON"), "not a completions response"),
+        (
+            serde_json::json!("this is not JSON"),
+            "not a completions response",
+        ),
         (
             serde_json::json!({"id": "x", "object": "text_completion", "created": 0, "model": "m",
                 "choices": [{"index": 0, "token_ids": [1, 2], "finish_reason": "length"}],
                 "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}, "weight_version": 5}),
             "no log-probs",
         ),
-        (answer(serde_json::json!([1, 64]), serde_json::json!([-0.1, -0.2]), 5), "outside the vocabulary"),
-        (answer(serde_json::json!([1, 2]), serde_json::json!([-0.1]), 5), "2 tokens but 1 log-probs"),
-        (answer(serde_json::json!([1, 2]), serde_json::json!([-0.1, 3.0]), 5), "not a log-probability"),
-        (answer(serde_json::json!([1, 2]), serde_json::json!([-0.1, -0.2]), 3), "older than the staleness bound"),
-        (answer(serde_json::json!([1, 2]), serde_json::json!([-0.1, -0.2]), 9), "newer than the last one published"),
+        (
+            answer(
+                serde_json::json!([1, 64]),
+                serde_json::json!([-0.1, -0.2]),
+                5,
+            ),
+            "outside the vocabulary",
+        ),
+        (
+            answer(serde_json::json!([1, 2]), serde_json::json!([-0.1]), 5),
+            "2 tokens but 1 log-probs",
+        ),
+        (
+            answer(serde_json::json!([1, 2]), serde_json::json!([-0.1, 3.0]), 5),
+            "not a log-probability",
+        ),
+        (
+            answer(
+                serde_json::json!([1, 2]),
+                serde_json::json!([-0.1, -0.2]),
+                3,
+            ),
+            "older than the staleness bound",
+        ),
+        (
+            answer(
+                serde_json::json!([1, 2]),
+                serde_json::json!([-0.1, -0.2]),
+                9,
+            ),
+            "newer than the last one published",
+        ),
     ];
     let publish = tempfile::tempdir().unwrap();
     let req = [Request {
@@ -382,42 +463,102 @@ fn a_malformed_answer_is_an_error_naming_the_server() {
             ..Default::default()
         },
     }];
-    for (body, needle) in cases {
-        let l = liar(body);
-        let backend = RemoteBackend::new(RemoteConfig {
+    // A client at version 5 with a staleness bound of 1.
+    let client = |url: &str| {
+        RemoteBackend::new(RemoteConfig {
             max_staleness: 1,
-            ..remote(vec![l.url.clone()], publish.path())
+            ..remote(vec![url.to_string()], publish.path())
         })
         .unwrap()
         .with_vocab_size(64)
-        .with_version(5);
-        let e = backend.generate(&req).unwrap_err().to_string();
+        .with_version(5)
+    };
+    for (body, needle) in cases {
+        let l = liar(body);
+        let e = client(&l.url).generate(&req).unwrap_err().to_string();
         assert!(e.contains(&l.url), "{e}");
         assert!(e.contains(needle), "`{needle}` not in {e}");
     }
     // An answer one version behind is within the bound and is taken.
-    let l = liar(answer(serde_json::json!([1, 2]), serde_json::json!([-0.1, -0.2]), 4));
-    let backend = RemoteBackend::new(RemoteConfig {
-        max_staleness: 1,
-        ..remote(vec![l.url.clone()], publish.path())
-    })
-    .unwrap()
-    .with_vocab_size(64)
-    .with_version(5);
-    assert_eq!(backend.generate(&req).unwrap().policy_version, 4);
+    let l = liar(answer(
+        serde_json::json!([1, 2]),
+        serde_json::json!([-0.1, -0.2]),
+        4,
+    ));
+    assert_eq!(client(&l.url).generate(&req).unwrap().policy_version, 4);
 }
 
 #[test]
-fn engine_serve_is_generate() {
-    // The server's loop, fed all at once, gives what generate gives.
+fn requests_arriving_while_others_decode_get_what_generate_gives() {
+    // The server's loop with one request arriving before each decode step (so every later one
+    // joins a running batch) gives each request what a batch of all of them at once gives.
     let w = weights(0);
-    let engine = Engine::from_weights(&w, DType::F32, &Device::Cpu, EngineConfig::default()).unwrap();
+    let engine =
+        Engine::from_weights(&w, DType::F32, &Device::Cpu, EngineConfig::default()).unwrap();
     let reqs = requests();
-    let mut batch = Some(reqs.clone());
+    let mut queue: std::collections::VecDeque<Request> = reqs.iter().cloned().collect();
     let mut got: Vec<Option<Completion>> = vec![None; reqs.len()];
-    engine
-        .serve(|_| batch.take(), |i, c| got[i] = Some(c.unwrap()))
+    let stats = engine
+        .serve(
+            |_| queue.pop_front().map(|r| vec![r]),
+            |i, c| got[i] = Some(c.unwrap()),
+        )
         .unwrap();
     let got: Vec<Completion> = got.into_iter().map(Option::unwrap).collect();
     assert_same(&got, &in_process(&w, &reqs));
+    assert!(
+        stats.prefills >= reqs.len(),
+        "one prefill per arrival: {stats:?}"
+    );
+}
+
+#[test]
+fn garbage_and_floods_are_refused_and_the_server_keeps_answering() {
+    let dir = model_dir(0);
+    let server = Server::start(ServeConfig {
+        model: Some(dir.path().into()),
+        max_queue: 4,
+        ..Default::default()
+    })
+    .unwrap();
+    let url = format!("{}/v1/completions", server.url());
+    // Bytes that are not JSON at all.
+    let r = ureq::post(&url)
+        .set("Content-Type", "application/json")
+        .send_bytes(b"\x00\xff{{{ not json");
+    match r {
+        Err(ureq::Error::Status(400, r)) => {
+            assert!(r
+                .into_string()
+                .unwrap()
+                .contains("not a completions request"))
+        }
+        other => panic!("{other:?}"),
+    }
+    // More sequences than the queue holds: 429, nothing admitted.
+    let (c, body) = post(&url, serde_json::json!({"prompt": [1], "n": 5}), None);
+    assert_eq!(c, 429, "{body}");
+    // Many concurrent clients within the bound all get their answers.
+    let answers: Vec<u16> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4)
+            .map(|i| {
+                let url = url.clone();
+                s.spawn(move || {
+                    post(
+                        &url,
+                        serde_json::json!({"prompt": [1, i + 2], "max_tokens": 8, "seed": i}),
+                        None,
+                    )
+                    .0
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(answers.iter().all(|&c| c == 200 || c == 429), "{answers:?}");
+    assert!(answers.contains(&200));
+    let h = ureq::get(&format!("{}/health", server.url()))
+        .call()
+        .unwrap();
+    assert_eq!(h.status(), 200);
 }

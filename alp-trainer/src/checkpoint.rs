@@ -200,7 +200,7 @@ fn write_files(
 const PROBE_LEN: usize = 16;
 
 /// Why the model of `w` no longer computes, if it does not: a non-finite log-prob (or logit)
-/// on a fixed probe of [`PROBE_LEN`] tokens. Finite weights can still overflow every forward
+/// on a fixed probe of `PROBE_LEN` (16) tokens. Finite weights can still overflow every forward
 /// (a learning rate that is far too high leaves them at 1e12).
 pub fn probe_forward(w: &ModelWeights) -> Result<Option<String>> {
     let vocab = w.config.vocab_size as u64;

@@ -50,6 +50,10 @@ pub fn all_arms() -> Vec<Arm> {
         a("icepop", "icepop", &[]),
         a("gspo", "gspo", &[]),
         a("cispo", "cispo", &[]),
+        // The anchors' newest: verl's DPPO (both trust regions) and prime-rl's IPO.
+        a("dppo-tv", "dppo-tv", &[]),
+        a("dppo-kl", "dppo-kl", &[]),
+        a("ipo", "ipo", &[]),
         a("alp-token", "alp-token", &[]),
         a("alp-seq", "alp-seq", &[]),
         a(
@@ -77,6 +81,29 @@ pub fn all_arms() -> Vec<Arm> {
             "alp-seq",
             &["perturbation.learnable=false"],
         ),
+        // σ as the reference sets it (the rows above use relative σ₀ = 0.05, learnable): its
+        // single-turn runs (absolute σ = 0.02, fixed) and its multi-turn runs (absolute 1e-6,
+        // learnable at 5e-4 with the weights' decay of 1e-2 on log σ).
+        a(
+            "alp-seq-abs-fixed",
+            "alp-seq",
+            &[
+                "perturbation.mode=absolute",
+                "perturbation.sigma_init=0.02",
+                "perturbation.learnable=false",
+            ],
+        ),
+        a(
+            "alp-seq-abs-learnable",
+            "alp-seq",
+            &[
+                "perturbation.mode=absolute",
+                "perturbation.sigma_init=1e-6",
+                "perturbation.learnable=true",
+                "rl.sigma_lr=5e-4",
+                "rl.sigma_weight_decay=1e-2",
+            ],
+        ),
         // The ALP loss with the perturbation off: what the wide clip does without the noise.
         a(
             "alp-loss-no-noise",
@@ -86,28 +113,14 @@ pub fn all_arms() -> Vec<Arm> {
     ]
 }
 
-/// The main rows (no ablations).
-pub const MAIN_METHODS: &[&str] = &[
-    "bypass",
-    "grpo",
-    "alp-seq",
-    "seq-bypass",
-    "mis-token",
-    "mis-seq",
-    "alp-token",
-    "tis",
-    "icepop",
-    "gspo",
-    "cispo",
-];
-
 /// A mismatch setting: a name and its overrides.
 pub type Setting = Arm;
 
-/// What to run.
+/// What to run: a plan file (`alp compare --plan FILE`) or a preset (`--preset NAME`, the
+/// files in `alp-trainer/plans/`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
-    /// Preset name.
+    /// The plan's name.
     pub preset: String,
     /// Overrides of every run (budget, evaluation).
     pub base: Vec<String>,
@@ -119,123 +132,162 @@ pub struct Plan {
     pub seeds: usize,
 }
 
-fn sets(v: &[&str]) -> Vec<String> {
-    v.iter().map(|x| x.to_string()).collect()
+/// A plan as a file spells it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlanFile {
+    name: String,
+    #[serde(default = "one")]
+    seeds: usize,
+    #[serde(default)]
+    base: Vec<String>,
+    #[serde(default)]
+    settings: Vec<SettingFile>,
+    arms: Vec<ArmFile>,
 }
 
-/// The regime where a probe saw GRPO collapse: staleness bound 8, lr 3e-4, 2 PPO epochs over
-/// 2 mini-batches.
-fn high_mismatch() -> Setting {
-    arm(
-        "high-mismatch",
-        &[
-            "rl.max_staleness=8",
-            "rl.lr=3e-4",
-            "rl.ppo_epochs=2",
-            "rl.mini_batch=32",
-            "rl.micro_batch=32",
-        ],
-    )
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SettingFile {
+    name: String,
+    #[serde(default)]
+    sets: Vec<String>,
 }
 
-/// Every method (ablations included) for a few steps after a short warm start: minutes.
-fn smoke_plan() -> Plan {
-    Plan {
-        preset: "smoke".into(),
-        base: sets(&[
-            "sft.steps=300",
-            "sft.batch_size=16",
-            "rl.steps=4",
-            "rl.prompts_per_step=2",
-            "rl.group_size=4",
-            "rl.mini_batch=4",
-            "rl.micro_batch=4",
-            "eval.tasks=8",
-            "eval.pass_k=2",
-            "eval.every=0",
-            "checkpoint.every=0",
-        ]),
-        settings: vec![arm("default", &[])],
-        arms: all_arms(),
-        seeds: 1,
-    }
+/// A method row: a built-in row by name alone, or a name and its overrides.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ArmFile {
+    name: String,
+    sets: Option<Vec<String>>,
 }
 
-/// Every main method × 3 seeds at the high-mismatch setting and at the default one.
-fn default_plan() -> Plan {
-    let all = all_arms();
-    Plan {
-        preset: "default".into(),
-        base: sets(&[
-            "rl.steps=40",
-            "rl.prompts_per_step=8",
-            "rl.group_size=8",
-            "rl.mini_batch=64",
-            "rl.micro_batch=64",
-            "eval.tasks=100",
-            "eval.pass_k=4",
-            "eval.every=20",
-            "checkpoint.every=0",
-        ]),
-        settings: vec![high_mismatch(), arm("default", &[])],
-        arms: MAIN_METHODS
-            .iter()
-            .filter_map(|m| all.iter().find(|a| a.name == *m).cloned())
-            .collect(),
-        seeds: 3,
-    }
+fn one() -> usize {
+    1
 }
 
-/// Everything, ablations included, × 5 seeds, with a mismatch sweep up to int4 rollouts,
-/// staleness 16, lr 1e-3 and 4 PPO epochs.
-fn full_plan() -> Plan {
-    Plan {
-        preset: "full".into(),
-        base: sets(&[
-            "rl.steps=100",
-            "eval.tasks=200",
-            "eval.pass_k=8",
-            "eval.every=25",
-            "checkpoint.every=0",
-        ]),
-        settings: vec![
-            arm("default", &[]),
-            high_mismatch(),
-            arm(
-                "int4-rollouts",
-                &[
-                    "rl.rollout_quant=int4",
-                    "rl.max_staleness=8",
-                    "rl.lr=3e-4",
-                    "rl.ppo_epochs=2",
-                ],
-            ),
-            arm(
-                "staleness-16-lr-1e-3",
-                &["rl.max_staleness=16", "rl.lr=1e-3", "rl.ppo_epochs=4"],
-            ),
-        ],
-        arms: all_arms(),
-        seeds: 5,
-    }
-}
+/// The presets, as files in the repository (`alp-trainer/plans/`).
+const PRESETS: &[(&str, &str)] = &[
+    ("smoke", include_str!("../plans/smoke.toml")),
+    ("default", include_str!("../plans/default.toml")),
+    ("full", include_str!("../plans/full.toml")),
+    ("phase", include_str!("../plans/phase.toml")),
+];
 
-/// `smoke` (every method, a few steps, minutes), `default` (every main method × 3 seeds at
-/// the default mismatch and a high-mismatch setting), `full` (with ablations and a sweep up
-/// to quantised rollouts, long staleness, large learning rates and several PPO epochs).
+/// `smoke` (every method row, a few steps, minutes), `default` (every main method × 3 seeds
+/// at the default mismatch and a high-mismatch setting), `full` (with ablations and a sweep up
+/// to quantised rollouts, long staleness, large learning rates and several PPO epochs),
+/// `phase` (the mismatch phase diagram: engine and drift axes apart, 5 paired seeds).
 pub fn preset(name: &str) -> Result<Plan> {
-    match name {
-        "smoke" => Ok(smoke_plan()),
-        "default" => Ok(default_plan()),
-        "full" => Ok(full_plan()),
-        other => Err(Error::config(
+    match PRESETS.iter().find(|(n, _)| *n == name) {
+        Some((n, text)) => Plan::from_toml(text, &format!("alp-trainer/plans/{n}.toml")),
+        None => Err(Error::config(
             "--preset",
-            format!("unknown preset `{other}`; known: smoke, default, full"),
+            format!(
+                "unknown preset `{name}`; known: {} (or --plan FILE)",
+                PRESETS.iter().map(|p| p.0).collect::<Vec<_>>().join(", ")
+            ),
         )),
     }
 }
 
 impl Plan {
+    /// Reads a plan file (`origin` names it in errors): unknown keys, an empty or repeated
+    /// row, or a row without settings that is not a built-in one are errors naming them.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Plan> {
+        let f: PlanFile = toml::from_str(text).map_err(|e| Error::Parse {
+            path: origin.into(),
+            message: e.message().to_string()
+                + &e.span()
+                    .map(|s| format!(" (at line {})", text[..s.start].lines().count().max(1)))
+                    .unwrap_or_default(),
+        })?;
+        let bad = |field: &str, m: String| Error::config(format!("{origin}: {field}"), m);
+        if f.seeds == 0 {
+            return Err(bad("seeds", "must be at least 1".into()));
+        }
+        if f.arms.is_empty() {
+            return Err(bad("arms", "is empty: list at least one method row".into()));
+        }
+        let builtin = all_arms();
+        let mut arms: Vec<Arm> = Vec::new();
+        for a in f.arms {
+            if arms.iter().any(|x| x.name == a.name) {
+                return Err(bad("arms", format!("`{}` appears twice", a.name)));
+            }
+            arms.push(match a.sets {
+                Some(sets) => Arm { name: a.name, sets },
+                None => builtin
+                    .iter()
+                    .find(|b| b.name == a.name)
+                    .cloned()
+                    .ok_or_else(|| {
+                        bad(
+                            "arms",
+                            format!(
+                                "`{}` is not a built-in row (give it `sets`); built-in: {}",
+                                a.name,
+                                builtin
+                                    .iter()
+                                    .map(|b| b.name.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        )
+                    })?,
+            });
+        }
+        let mut settings: Vec<Setting> = Vec::new();
+        for s in f.settings {
+            if settings.iter().any(|x| x.name == s.name) {
+                return Err(bad("settings", format!("`{}` appears twice", s.name)));
+            }
+            settings.push(Arm {
+                name: s.name,
+                sets: s.sets,
+            });
+        }
+        if settings.is_empty() {
+            settings.push(arm("default", &[]));
+        }
+        Ok(Plan {
+            preset: f.name,
+            base: f.base,
+            settings,
+            arms,
+            seeds: f.seeds,
+        })
+    }
+
+    /// Reads a plan file from disk.
+    pub fn load(path: &Path) -> Result<Plan> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::file_op("read", path, e))?;
+        Plan::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Checks every run's config (base, then `extra`, then the row's and the setting's
+    /// overrides) before any work starts; the error names the row, the setting and the key.
+    pub fn validate(&self, extra: &[String]) -> Result<()> {
+        for s in &self.settings {
+            for a in &self.arms {
+                let mut all = self.base.clone();
+                all.extend(extra.iter().cloned());
+                all.extend(a.sets.iter().cloned());
+                all.extend(s.sets.iter().cloned());
+                TrainConfig::default()
+                    .apply_overrides(&all)
+                    .and_then(|c| c.validate())
+                    .map_err(|e| {
+                        Error::Msg(format!(
+                            "plan `{}`, method row `{}` in setting `{}`: {e}",
+                            self.preset, a.name, s.name
+                        ))
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
     /// Keeps only the named mismatch settings.
     pub fn with_settings(mut self, names: &[String]) -> Result<Self> {
         for n in names {

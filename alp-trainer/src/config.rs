@@ -228,8 +228,11 @@ pub struct RlSection {
     pub ppo_epochs: usize,
     /// Learning rate of the weights.
     pub lr: f64,
-    /// Learning rate of the perturbation's log σ (its own AdamW group, no weight decay).
+    /// Learning rate of the perturbation's log σ (its own AdamW group).
     pub sigma_lr: f64,
+    /// Weight decay of log σ (0: none; the reference's multi-turn runs keep log σ in the
+    /// weights' AdamW, so their decay of 1e-2 pulls log σ towards 0, σ towards 1).
+    pub sigma_weight_decay: f64,
     /// Weight decay of the weights.
     pub weight_decay: f64,
     /// Global gradient-norm clip (0: off).
@@ -273,6 +276,96 @@ pub struct RlSection {
     pub sampling: RolloutSampling,
     /// Limits of the sandboxed Python tool (`env = "python"`).
     pub python: alp_envs::tools::PythonConfig,
+    /// Where rollouts are sampled: the in-process engine or inference servers.
+    pub rollout: RolloutSection,
+}
+
+/// Where rollouts are sampled: `backend = "local"` (the in-process engine) or `"remote"`
+/// (inference servers over HTTP, `alp serve` or SGLang; [`alp_rollout::RemoteBackend`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RolloutSection {
+    /// `local` or `remote`.
+    pub backend: RolloutBackendKind,
+    /// The servers' base URLs (`remote`), e.g. `["http://127.0.0.1:8000"]`.
+    pub servers: Vec<String>,
+    /// Their software: `alp`, `sglang` or `vllm` (sampling only).
+    pub server_kind: alp_rollout::ServerKind,
+    /// Deadline of one request, seconds; past it the server counts as down.
+    pub timeout_s: f64,
+    /// Deadline of one weight reload, seconds.
+    pub reload_timeout_s: f64,
+    /// Requests in flight at once over all servers.
+    pub max_in_flight: usize,
+    /// Where the trainer publishes weights for the servers (empty: `RUN/published`); every
+    /// server must read it at the same path.
+    pub publish_dir: String,
+    /// The environment variable that holds the servers' reload token.
+    pub reload_token_env: String,
+}
+
+/// Which rollout backend a run uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RolloutBackendKind {
+    /// The in-process engine.
+    Local,
+    /// Inference servers over HTTP.
+    Remote,
+}
+
+impl Default for RolloutSection {
+    fn default() -> Self {
+        RolloutSection {
+            backend: RolloutBackendKind::Local,
+            servers: Vec::new(),
+            server_kind: alp_rollout::ServerKind::Alp,
+            timeout_s: 120.0,
+            reload_timeout_s: 300.0,
+            max_in_flight: 64,
+            publish_dir: String::new(),
+            reload_token_env: "ALP_RELOAD_TOKEN".into(),
+        }
+    }
+}
+
+impl RolloutSection {
+    /// The client's settings for a run in `run_dir` whose staleness bound is `max_staleness`.
+    pub fn remote_config(
+        &self,
+        run_dir: &std::path::Path,
+        max_staleness: u64,
+    ) -> alp_rollout::RemoteConfig {
+        alp_rollout::RemoteConfig {
+            servers: self.servers.clone(),
+            kind: self.server_kind,
+            timeout_s: self.timeout_s,
+            reload_timeout_s: self.reload_timeout_s,
+            max_in_flight: self.max_in_flight,
+            max_staleness,
+            publish_dir: if self.publish_dir.is_empty() {
+                run_dir.join("published")
+            } else {
+                self.publish_dir.clone().into()
+            },
+            reload_token: std::env::var(&self.reload_token_env).ok(),
+        }
+    }
+
+    /// Checks the remote settings when they are used.
+    pub fn validate(&self) -> Result<()> {
+        if self.backend == RolloutBackendKind::Remote {
+            self.remote_config(std::path::Path::new("."), 0)
+                .validate()
+                .map_err(|e| match e {
+                    Error::Config { field, message } if field == "kind" => {
+                        Error::config("server_kind", message)
+                    }
+                    e => e,
+                })?;
+        }
+        Ok(())
+    }
 }
 
 /// Prefixes the field of a [`Error::Config`] with `prefix` (a check of a sub-config run as
@@ -366,6 +459,7 @@ impl Default for RlSection {
             ppo_epochs: 1,
             lr: 3e-5,
             sigma_lr: 1e-2,
+            sigma_weight_decay: 0.0,
             weight_decay: 0.0,
             grad_clip: 1.0,
             max_staleness: 1,
@@ -386,6 +480,7 @@ impl Default for RlSection {
             kl: KlPenalty::default(),
             sampling: RolloutSampling::default(),
             python: Default::default(),
+            rollout: Default::default(),
         }
     }
 }
@@ -584,6 +679,10 @@ impl TrainConfig {
         self.validate_numbers()?;
         self.rl.sampling.validate()?;
         self.rl.python.validate().map_err(in_section("rl."))?;
+        self.rl
+            .rollout
+            .validate()
+            .map_err(in_section("rl.rollout."))?;
         if self.sft.steps > 0 && self.sft.batch_size == 0 {
             return Err(Error::config("sft.batch_size", "must be at least 1"));
         }
@@ -672,6 +771,12 @@ impl TrainConfig {
             return Err(Error::config(
                 "rl.lr / rl.sigma_lr",
                 "learning rates must be positive and finite",
+            ));
+        }
+        if !(rl.sigma_weight_decay >= 0.0 && rl.sigma_weight_decay.is_finite()) {
+            return Err(Error::config(
+                "rl.sigma_weight_decay",
+                format!("{} must be >= 0 and finite", rl.sigma_weight_decay),
             ));
         }
         if rl.max_new_tokens == 0 || rl.max_total_tokens == 0 {

@@ -5,7 +5,7 @@
 //! [`crate::run::train`]).
 
 use crate::checkpoint::{self, Manifest};
-use crate::config::TrainConfig;
+use crate::config::{RolloutBackendKind, TrainConfig};
 use crate::default_task;
 use crate::eval::{self, EvalResult};
 use crate::metrics::MetricsSink;
@@ -15,7 +15,9 @@ use alp_core::{Environment, Error, Result, Task, TaskSource};
 use alp_envs::math::Split;
 use alp_loss::PolicyObjective;
 use alp_model::Tokenizer;
-use alp_rollout::{run_episodes, Engine, EngineConfig, Episodes, RolloutBackend, RolloutWorker};
+use alp_rollout::{
+    run_episodes, Engine, EngineConfig, Episodes, RemoteBackend, RolloutBackend, RolloutWorker,
+};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -407,7 +409,15 @@ impl Session {
             }
             BackendSlot::BuiltIn => {
                 self.backend = BackendSlot::BuiltIn;
-                None
+                match cfg.rl.rollout.backend {
+                    RolloutBackendKind::Local => None,
+                    RolloutBackendKind::Remote => {
+                        let rc = cfg.rl.rollout.remote_config(&self.dir, cfg.rl.max_staleness);
+                        let b: Box<dyn RolloutBackend> =
+                            Box::new(RemoteBackend::new(rc)?.with_tokenizer(tok.clone()));
+                        Some(b)
+                    }
+                }
             }
         };
         self.worker = Some(RolloutWorker::spawn_with(

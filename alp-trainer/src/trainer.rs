@@ -113,7 +113,10 @@ impl Trainer {
         )?;
         let sigma = AdamW::new(
             vec![("log_sigma".into(), perturb.log_sigma().clone())],
-            AdamWParams::with_lr(cfg.rl.sigma_lr),
+            AdamWParams {
+                weight_decay: cfg.rl.sigma_weight_decay,
+                ..AdamWParams::with_lr(cfg.rl.sigma_lr)
+            },
         )?;
         let opt = Optimizer {
             theta,

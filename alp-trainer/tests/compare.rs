@@ -61,7 +61,7 @@ fn a_tiny_comparison_writes_its_report_and_is_not_redone() {
 
 #[test]
 fn every_method_row_and_preset_is_a_valid_config() {
-    for name in ["smoke", "default", "full"] {
+    for name in ["smoke", "default", "full", "phase"] {
         let p = compare::preset(name).unwrap();
         for s in &p.settings {
             for a in &p.arms {
@@ -123,4 +123,59 @@ fn the_noise_test_needs_a_difference_beyond_two_standard_errors() {
     ));
     // One seed is never enough to call a difference.
     assert!(!compare_report::exceeds_noise(&[40.0], &[60.0]));
+}
+
+#[test]
+fn a_plan_file_is_read_and_checked_before_any_run_naming_its_bad_key() {
+    let good = r#"
+name = "mine"
+seeds = 2
+base = ["rl.steps=3"]
+[[settings]]
+name = "stale"
+sets = ["rl.max_staleness=2"]
+[[arms]]
+name = "grpo"
+[[arms]]
+name = "ipo-tight"
+sets = ["rl.objective.method=ipo", "rl.objective.threshold=0.05"]
+"#;
+    let p = Plan::from_toml(good, "mine.toml").unwrap();
+    assert_eq!((p.preset.as_str(), p.seeds), ("mine", 2));
+    assert_eq!(p.arms[0].sets, ["rl.objective.method=grpo"]);
+    assert_eq!(p.arms[1].name, "ipo-tight");
+    assert_eq!(p.settings[0].sets, ["rl.max_staleness=2"]);
+    p.validate(&[]).unwrap();
+    // An unknown key of the file, with its line.
+    let e = Plan::from_toml(&good.replace("seeds = 2", "seedz = 2"), "mine.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("mine.toml") && e.contains("seedz") && e.contains("line 3"),
+        "{e}"
+    );
+    // A row that is neither built in nor given its settings.
+    let e = Plan::from_toml(
+        &good.replace("name = \"grpo\"", "name = \"grpo2\""),
+        "mine.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("grpo2") && e.contains("built-in"), "{e}");
+    // A bad run setting is found before any run, naming the row, the setting and the key.
+    let p = Plan::from_toml(
+        &good.replace("threshold=0.05", "threshhold=0.05"),
+        "mine.toml",
+    )
+    .unwrap();
+    let e = p.validate(&[]).unwrap_err().to_string();
+    assert!(
+        e.contains("ipo-tight") && e.contains("stale") && e.contains("rl.objective.threshhold"),
+        "{e}"
+    );
+    // The presets are files in the repository.
+    let d = compare::preset("default").unwrap();
+    assert!(d.arms.iter().any(|a| a.name == "dppo-tv") && d.arms.iter().any(|a| a.name == "ipo"));
+    let full = compare::preset("full").unwrap();
+    assert!(full.arms.iter().any(|a| a.name == "alp-seq-abs-learnable"));
 }

@@ -9,6 +9,7 @@ mod generate;
 mod grade;
 mod init;
 mod logprobs;
+mod serve;
 mod train;
 
 /// Reinforcement learning of language models with Adaptive Layerwise Perturbation.
@@ -59,9 +60,15 @@ enum Command {
     /// The paper's comparison: one shared SFT warm start, then every method × seed × mismatch
     /// setting with the same tasks and budget; writes compare.json, report.md and plots.
     Compare {
-        /// smoke (minutes), default (every method × 3 seeds at two mismatch settings) or full.
-        #[arg(long, default_value = "default")]
-        preset: String,
+        /// smoke (minutes), default (every method × 3 seeds at two mismatch settings), full or
+        /// phase (the mismatch phase diagram): the plan files in alp-trainer/plans/ (default:
+        /// default).
+        #[arg(long, conflicts_with = "plan")]
+        preset: Option<String>,
+        /// A plan file (TOML: name, seeds, base overrides, settings and arms tables; see
+        /// alp-trainer/plans/*.toml), checked before any run starts.
+        #[arg(long)]
+        plan: Option<PathBuf>,
         /// Comma-separated methods (default: the preset's), e.g. grpo,bypass,alp-seq.
         #[arg(long, value_delimiter = ',')]
         methods: Vec<String>,
@@ -158,6 +165,10 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+    /// Serve the sampling engine over HTTP (OpenAI-compatible completions with log-probs and
+    /// weight versions) for `rl.rollout.backend = "remote"`; the reload endpoint takes its
+    /// token from the environment variable ALP_RELOAD_TOKEN (reload is off without it).
+    Serve(serve::ServeArgs),
     /// Benchmarks (throughput on random inputs).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -210,6 +221,7 @@ fn main() -> Result<()> {
     alp_trainer::runtime::tune_cpu_process();
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve(args) => serve::run(args),
         Command::Logprobs {
             model,
             tokens,
@@ -232,12 +244,21 @@ fn main() -> Result<()> {
         } => train::sft(config, sets, out, force),
         Command::Compare {
             preset,
+            plan,
             methods,
             seeds,
             settings,
             sets,
             out,
-        } => train::compare(&preset, &methods, seeds, &settings, &sets, &out),
+        } => train::compare(
+            preset.as_deref(),
+            plan.as_deref(),
+            &methods,
+            seeds,
+            &settings,
+            &sets,
+            &out,
+        ),
         Command::Eval {
             model,
             config,

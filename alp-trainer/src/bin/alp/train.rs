@@ -202,7 +202,8 @@ fn machine() -> String {
 }
 
 pub fn compare(
-    preset: &str,
+    preset: Option<&str>,
+    plan_file: Option<&std::path::Path>,
     methods: &[String],
     seeds: Option<usize>,
     settings: &[String],
@@ -210,7 +211,10 @@ pub fn compare(
     out: &std::path::Path,
 ) -> Result<()> {
     use alp_trainer::compare;
-    let mut plan = compare::preset(preset)?;
+    let mut plan = match plan_file {
+        Some(p) => compare::Plan::load(p)?,
+        None => compare::preset(preset.unwrap_or("default"))?,
+    };
     if !methods.is_empty() {
         plan = plan.with_methods(methods)?;
     }
@@ -222,21 +226,11 @@ pub fn compare(
         plan.seeds = s;
     }
     // Every run's config is checked before any work starts.
-    for s in &plan.settings {
-        for a in &plan.arms {
-            let mut all = plan.base.clone();
-            all.extend(sets.iter().cloned());
-            all.extend(a.sets.iter().cloned());
-            all.extend(s.sets.iter().cloned());
-            TrainConfig::default()
-                .apply_overrides(&all)
-                .and_then(|c| c.validate())
-                .with_context(|| format!("method {} in setting {}", a.name, s.name))?;
-        }
-    }
+    plan.validate(sets)?;
     let t0 = std::time::Instant::now();
     println!(
-        "alp compare --preset {preset}: {} methods × {} seeds × {} settings into {}",
+        "alp compare, plan {}: {} methods × {} seeds × {} settings into {}",
+        plan.preset,
         plan.arms.len(),
         plan.seeds,
         plan.settings.len(),
