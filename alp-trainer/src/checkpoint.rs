@@ -157,6 +157,9 @@ pub fn save(
         crash_point("remove the old checkpoint");
         std::fs::remove_dir_all(&aside).map_err(|e| Error::file_op("remove", &aside, e))?;
     }
+    // A copy of this step that an interrupted replace left aside (and a resume may have read)
+    // is redundant now that the new one is in place.
+    remove_leftovers(&root)?;
     prune(&root, &final_dir, &trainer.cfg.checkpoint)?;
     Ok(final_dir)
 }

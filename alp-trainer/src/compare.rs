@@ -199,7 +199,7 @@ impl Plan {
             path: origin.into(),
             message: e.message().to_string()
                 + &e.span()
-                    .map(|s| format!(" (at line {})", text[..s.start].lines().count().max(1)))
+                    .map(|s| format!(" (at line {})", text[..s.start].matches('\n').count() + 1))
                     .unwrap_or_default(),
         })?;
         let bad = |field: &str, m: String| Error::config(format!("{origin}: {field}"), m);

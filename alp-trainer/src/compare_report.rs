@@ -46,14 +46,43 @@ fn find<'a>(rows: &'a Rows, setting: &str, method: &str) -> Option<&'a [RunResul
         .map(|(_, _, r)| r.as_slice())
 }
 
-/// `compare.json`: per (setting, method) the per-seed results, mean, std, tails and collapses.
+/// The row the paired differences are taken against.
+pub const PAIRED_REFERENCE: &str = "alp-seq";
+
+/// Bootstrap resamples of a paired interval (exact enumeration up to this many).
+const BOOTSTRAP_REPS: usize = 20_000;
+
+/// Held-out accuracy (%) of `a` minus that of `b`, paired by seed, with its interval.
+pub fn paired_accuracy(a: &[RunResult], b: &[RunResult]) -> Option<crate::stats::Interval> {
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for ra in a {
+        if let Some(rb) = b.iter().find(|rb| rb.seed == ra.seed) {
+            x.push(100.0 * ra.final_accuracy);
+            y.push(100.0 * rb.final_accuracy);
+        }
+    }
+    crate::stats::paired_bootstrap(&x, &y, BOOTSTRAP_REPS, 0)
+}
+
+/// `compare.json`: per (setting, method) the per-seed results, mean, std, tails, collapses
+/// with the collapse rate's 95% interval, and the accuracy difference to `alp-seq` paired by
+/// seed with its bootstrap 95% interval and the smallest difference the seeds could detect.
 pub fn to_json(plan: &Plan, rows: &Rows, machine: &str) -> Value {
     let methods: Vec<Value> = rows
         .iter()
         .map(|(setting, method, r)| {
             let (m, s) = mean_std(&acc(r));
             let degraded = r.iter().filter(|x| x.collapsed_at.is_some()).count();
+            let (clo, chi) = crate::stats::wilson(degraded, r.len());
+            let paired = match find(rows, setting, PAIRED_REFERENCE) {
+                Some(reference) if method != PAIRED_REFERENCE => paired_accuracy(r, reference),
+                _ => None,
+            };
             json!({
+                "collapse_rate": {"rate": degraded as f64 / r.len().max(1) as f64, "ci95": [clo, chi]},
+                "accuracy_minus_alp_seq_paired": paired.map(|i| json!({
+                    "mean": i.mean, "ci95": [i.lo, i.hi], "detectable": i.detectable, "pairs": i.pairs,
+                })),
                 "method": method,
                 "setting": setting,
                 "final_accuracy_per_seed": acc(r),
@@ -111,6 +140,49 @@ fn table(rows: &Rows, setting: &str) -> String {
             r.len()
         ));
     }
+    md
+}
+
+/// Every row against `alp-seq`, paired by seed: the accuracy difference with its bootstrap
+/// 95% interval and what it says, and the collapse rate with its Wilson interval.
+fn paired_table(rows: &Rows, setting: &str) -> String {
+    let Some(reference) = find(rows, setting, PAIRED_REFERENCE) else {
+        return String::new();
+    };
+    let mut md = format!("Paired by seed against `{PAIRED_REFERENCE}` (same warm start and task stream per seed; percentile bootstrap over the pairs; \"detectable\": the smallest true difference these pairs would find with 80% power at the 5% level):\n\n| method | accuracy − {PAIRED_REFERENCE} (points) | 95% interval | reading | collapse rate [95% interval] |\n| --- | --- | --- | --- | --- |\n");
+    for (_, method, r) in rows.iter().filter(|(s, _, _)| s == setting) {
+        let k = r.iter().filter(|x| x.collapsed_at.is_some()).count();
+        let (lo, hi) = crate::stats::wilson(k, r.len());
+        let rate = format!("{k}/{} [{:.0}%, {:.0}%]", r.len(), 100.0 * lo, 100.0 * hi);
+        if method == PAIRED_REFERENCE {
+            md.push_str(&format!("| {method} | — | — | reference | {rate} |\n"));
+            continue;
+        }
+        match paired_accuracy(r, reference) {
+            Some(i) => {
+                let reading = if i.excludes_zero() {
+                    if i.mean > 0.0 {
+                        format!("{method} better than {PAIRED_REFERENCE}")
+                    } else {
+                        format!("{PAIRED_REFERENCE} better than {method}")
+                    }
+                } else {
+                    format!(
+                        "no difference detectable (detectable: ±{:.1})",
+                        i.detectable
+                    )
+                };
+                md.push_str(&format!(
+                    "| {method} | {:+.1} | [{:+.1}, {:+.1}] | {reading} | {rate} |\n",
+                    i.mean, i.lo, i.hi
+                ));
+            }
+            None => md.push_str(&format!(
+                "| {method} | — | fewer than 2 paired seeds | — | {rate} |\n"
+            )),
+        }
+    }
+    md.push('\n');
     md
 }
 
@@ -225,6 +297,8 @@ pub fn write(dir: &Path, plan: &Plan, rows: &Rows, machine: &str, wall_s: f64) -
             mismatch_line(rows, &s.name)
         ));
         md.push_str(&table(rows, &s.name));
+        md.push('\n');
+        md.push_str(&paired_table(rows, &s.name));
         for (kind, file) in [
             (0usize, "heldout"),
             (1, "reward"),

@@ -60,6 +60,7 @@ pub mod run;
 pub mod runtime;
 pub mod session;
 pub mod sft;
+pub mod stats;
 pub mod trainer;
 
 pub use metrics::{MetricsSink, StepMetrics};

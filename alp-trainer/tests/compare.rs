@@ -49,8 +49,21 @@ fn a_tiny_comparison_writes_its_report_and_is_not_redone() {
         .map(|m| m["method"].as_str().unwrap())
         .collect();
     assert_eq!(methods, ["bypass", "alp-seq"]);
+    // bypass against alp-seq, paired over the 2 seeds, with its interval and detectable size.
+    let paired = &j["methods"][0]["accuracy_minus_alp_seq_paired"];
+    assert_eq!(paired["pairs"], 2);
+    let (lo, hi) = (
+        paired["ci95"][0].as_f64().unwrap(),
+        paired["ci95"][1].as_f64().unwrap(),
+    );
+    let mean = paired["mean"].as_f64().unwrap();
+    assert!(lo <= mean && mean <= hi, "{paired}");
+    assert!(j["methods"][1]["accuracy_minus_alp_seq_paired"].is_null());
+    let rate = &j["methods"][0]["collapse_rate"]["ci95"];
+    assert!(rate[0].as_f64().unwrap() <= rate[1].as_f64().unwrap());
     let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
     assert!(md.contains("| bypass |") && md.contains("three questions"));
+    assert!(md.contains("Paired by seed against `alp-seq`"), "{md}");
     assert!(dir.path().join("plots/default_heldout.svg").exists());
     // Run again: every run is read back, not redone.
     let t0 = std::time::Instant::now();
