@@ -496,3 +496,47 @@ fn ctrl_c_during_sft_exits_130_with_a_finite_sft_checkpoint() {
     .unwrap();
     assert_eq!(alp_trainer::checkpoint::first_non_finite(&w).unwrap(), None);
 }
+
+#[test]
+fn alp_serve_listens_on_loopback_and_refuses_reload_without_a_token() {
+    use std::io::BufRead;
+    let mut child = alp()
+        .args(["serve", "--port", "0"])
+        .env_remove("ALP_RELOAD_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in `{line}`"))
+        .to_string();
+    assert!(url.starts_with("http://127.0.0.1:"), "{line}");
+    assert!(line.contains("reload off"), "{line}");
+    // No weights yet: health says so; reload is off without a token.
+    let health = ureq::get(&format!("{url}/health")).call();
+    assert!(
+        matches!(health, Err(ureq::Error::Status(503, _))),
+        "{health:?}"
+    );
+    let reload = ureq::post(&format!("{url}/reload"))
+        .set("Authorization", "Bearer anything-at-all-0123456789")
+        .send_json(serde_json::json!({"path": "/"}));
+    assert!(
+        matches!(reload, Err(ureq::Error::Status(403, _))),
+        "{reload:?}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // A host that is not an address is refused by name.
+    let o = alp()
+        .args(["serve", "--host", "localhost:80"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--host localhost:80"));
+}
