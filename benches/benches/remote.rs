@@ -5,12 +5,9 @@
 //! local servers). The servers run in this process, on loopback. CPU only.
 use std::sync::Arc;
 
-use alp_benches::random_tokens;
+use alp_benches::random_requests;
 use alp_model::{presets, ModelWeights};
-use alp_rollout::{
-    Engine, EngineConfig, RemoteBackend, RemoteConfig, Request, RolloutBackend, SamplingParams,
-    ServerKind,
-};
+use alp_rollout::{Engine, EngineConfig, RemoteBackend, RemoteConfig, RolloutBackend, ServerKind};
 use alp_serve::{ServeConfig, Server};
 use candle_core::{DType, Device};
 
@@ -50,17 +47,7 @@ fn bench(c: &mut Criterion) {
     };
     let (one, two) = (client(1), client(2));
     let (batch, prompt_len, new_tokens) = (64usize, 32, 32);
-    let requests: Vec<Request> = (0..batch)
-        .map(|i| Request {
-            prompt: random_tokens(prompt_len, cfg.vocab_size, i as u64),
-            params: SamplingParams {
-                max_new_tokens: new_tokens,
-                seed: i as u64,
-                ignore_eos: true,
-                ..Default::default()
-            },
-        })
-        .collect();
+    let requests = random_requests(batch, prompt_len, new_tokens, cfg.vocab_size);
     let mut g = c.benchmark_group("alp-default/remote");
     g.sample_size(10);
     g.throughput(Throughput::Elements((batch * new_tokens) as u64));

@@ -3,9 +3,9 @@
 //! train`'s embedded default. CPU by default; `ALP_BENCH_DEVICE=cuda:0` for a GPU.
 use std::sync::Arc;
 
-use alp_benches::{bench_device, random_tokens};
+use alp_benches::{bench_device, random_requests};
 use alp_model::{presets, ModelWeights};
-use alp_rollout::{Engine, EngineConfig, Request, SamplingParams};
+use alp_rollout::{Engine, EngineConfig};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
@@ -34,17 +34,7 @@ fn bench(c: &mut Criterion) {
         let mut g = c.benchmark_group(format!("{name}/generate"));
         g.sample_size(10);
         for batch in [1usize, 16, 64] {
-            let requests: Vec<Request> = (0..batch)
-                .map(|i| Request {
-                    prompt: random_tokens(prompt_len, cfg.vocab_size, i as u64),
-                    params: SamplingParams {
-                        max_new_tokens: new_tokens,
-                        seed: i as u64,
-                        ignore_eos: true,
-                        ..Default::default()
-                    },
-                })
-                .collect();
+            let requests = random_requests(batch, prompt_len, new_tokens, cfg.vocab_size);
             g.throughput(Throughput::Elements((batch * new_tokens) as u64));
             g.bench_function(BenchmarkId::new("batch", batch), |b| {
                 b.iter(|| engine.generate(&requests).unwrap())

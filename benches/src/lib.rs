@@ -29,6 +29,27 @@ pub fn random_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
         .collect()
 }
 
+/// `batch` generation requests of `prompt_len` random prompt tokens and `new_tokens` new ones
+/// each (temperature 1, seed = index, no early stop): the rollout benches' workload.
+pub fn random_requests(
+    batch: usize,
+    prompt_len: usize,
+    new_tokens: usize,
+    vocab: usize,
+) -> Vec<alp_rollout::Request> {
+    (0..batch)
+        .map(|i| alp_rollout::Request {
+            prompt: random_tokens(prompt_len, vocab, i as u64),
+            params: alp_rollout::SamplingParams {
+                max_new_tokens: new_tokens,
+                seed: i as u64,
+                ignore_eos: true,
+                ..Default::default()
+            },
+        })
+        .collect()
+}
+
 /// The dtype benchmarks use on `dev`: f32 on the CPU, bf16 on a GPU.
 pub fn bench_dtype(dev: &candle_core::Device) -> candle_core::DType {
     if dev.is_cpu() {
