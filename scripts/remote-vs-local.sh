@@ -17,13 +17,13 @@ export ALP_RELOAD_TOKEN
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
-start_server() { # prints the server's URL
+start_server() { # starts one and sets $url (not in a subshell, so that cleanup knows its pid)
     local log=$1
     "$alp" serve --port 0 >"$log" 2>&1 &
     pids+=($!)
     for _ in $(seq 100); do
         url=$(grep -o 'http://[0-9.:]*' "$log" || true)
-        [ -n "$url" ] && { echo "$url"; return; }
+        [ -n "$url" ] && return
         sleep 0.1
     done
     echo "alp serve did not start: $(cat "$log")" >&2
@@ -32,8 +32,8 @@ start_server() { # prints the server's URL
 for s in "${seeds[@]}"; do
     [ -f "$out/local-$s/summary.json" ] || "$alp" train --force --out "$out/local-$s" --set seed="$s" >"$out/local-$s.log" 2>&1
     if [ ! -f "$out/remote-$s/summary.json" ]; then
-        a=$(start_server "$out/remote-$s.server-a.log")
-        b=$(start_server "$out/remote-$s.server-b.log")
+        start_server "$out/remote-$s.server-a.log"; a=$url
+        start_server "$out/remote-$s.server-b.log"; b=$url
         "$alp" train --force --out "$out/remote-$s" --set seed="$s" \
             --set rl.rollout.backend=remote --set "rl.rollout.servers=[\"$a\",\"$b\"]" >"$out/remote-$s.log" 2>&1
         cleanup; pids=()
