@@ -7,8 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: scripts/remote-vs-local.sh OUT_DIR [SEEDS...]}
 shift
-seeds=("${@:-0 1 2}")
-[ $# -eq 0 ] && seeds=(0 1 2)
+if [ $# -gt 0 ]; then seeds=("$@"); else seeds=(0 1 2); fi
 alp=target/release/alp
 [ -x "$alp" ] || cargo build --release -p alp-trainer
 mkdir -p "$out"

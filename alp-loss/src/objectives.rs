@@ -315,13 +315,13 @@ impl Objective {
 
     /// Rejects impossible settings, naming the field.
     pub fn validate(&self) -> Result<()> {
+        if self.masks() {
+            return self.validate_mask_method();
+        }
         let Clip { lo, hi, dual } = self.clip();
         let f = |n: &str| format!("objective.{n}");
         let is_cispo = matches!(self, Objective::Cispo(_));
         let lo_ok = lo > 0.0 && lo < 1.0;
-        if self.masks() {
-            return self.validate_mask_method();
-        }
         if !is_cispo && !lo_ok {
             return Err(Error::config(
                 f("eps_low"),

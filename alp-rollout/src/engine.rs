@@ -122,39 +122,26 @@ impl std::ops::Index<usize> for Live {
 
 /// Admission of waiting requests into the running batch, within the batch size and the token
 /// budget (what the running sequences' KV caches may grow to), in arrival order.
+#[derive(Default)]
 struct Scheduler {
     waiting: VecDeque<usize>,
-    reservations: std::collections::HashMap<usize, usize>,
-    max_batch: usize,
-    token_budget: usize,
 }
 
 impl Scheduler {
-    fn new(engine: &Engine) -> Self {
-        Scheduler {
-            waiting: VecDeque::new(),
-            reservations: Default::default(),
-            max_batch: engine.config.max_batch,
-            token_budget: engine.config.token_budget,
-        }
-    }
-
-    /// Queues request `i`, which will hold `reservation` tokens of the budget once admitted.
-    fn push(&mut self, i: usize, reservation: usize) {
-        self.waiting.push_back(i);
-        self.reservations.insert(i, reservation);
-    }
-
     /// The requests to admit now, given the running rows; they move to `Prefilling`. Returns
-    /// them and the number of live sequences after admission.
-    fn admit(&mut self, rows: &[Row]) -> (Vec<usize>, usize) {
+    /// them and the number of live sequences after admission. A request holds
+    /// `Engine::reservation` tokens of the budget.
+    fn admit(&mut self, engine: &Engine, rows: &[Row], requests: &Live) -> (Vec<usize>, usize) {
         let live: Vec<&Row> = rows.iter().filter(|r| !r.done()).collect();
-        let mut used: usize = live.iter().map(|r| self.reservations[&r.req]).sum();
+        let mut used: usize = live
+            .iter()
+            .map(|r| engine.reservation(&requests[r.req]))
+            .sum();
         let mut n = live.len();
         let mut admit = Vec::new();
         while let Some(&i) = self.waiting.front() {
-            let need = self.reservations[&i];
-            if n >= self.max_batch || used + need > self.token_budget {
+            let need = engine.reservation(&requests[i]);
+            if n >= engine.config.max_batch || used + need > engine.config.token_budget {
                 break;
             }
             admit.push(i);
@@ -163,11 +150,6 @@ impl Scheduler {
             n += 1;
         }
         (admit, n)
-    }
-
-    /// Forgets a finished request.
-    fn finish(&mut self, i: usize) {
-        self.reservations.remove(&i);
     }
 }
 
@@ -402,7 +384,7 @@ impl Engine {
         let mut results: Vec<Option<Result<Completion>>> =
             (0..requests.len()).map(|_| None).collect();
         let mut batch = Some(requests.to_vec());
-        let stats = self.serve_with_stats(|_| batch.take(), |i, c| results[i] = Some(c))?;
+        let stats = self.serve(|_| batch.take(), |i, c| results[i] = Some(c))?;
         let out = results
             .into_iter()
             .map(|r| {
@@ -424,20 +406,12 @@ impl Engine {
     /// completions are the ones [`Engine::generate`] gives for the same requests.
     pub fn serve(
         &self,
-        intake: impl FnMut(bool) -> Option<Vec<Request>>,
-        finished: impl FnMut(usize, Result<Completion>),
-    ) -> Result<GenerateStats> {
-        self.serve_with_stats(intake, finished)
-    }
-
-    fn serve_with_stats(
-        &self,
         mut intake: impl FnMut(bool) -> Option<Vec<Request>>,
         mut finished: impl FnMut(usize, Result<Completion>),
     ) -> Result<GenerateStats> {
         let mut stats = GenerateStats::default();
         let mut live = Live(Default::default());
-        let mut scheduler = Scheduler::new(self);
+        let mut scheduler = Scheduler::default();
         let mut rows: Vec<Row> = Vec::new();
         let mut cache: Option<KvCache> = None;
         let mut arrived = 0usize;
@@ -452,7 +426,7 @@ impl Engine {
                             arrived += 1;
                             match self.check(std::slice::from_ref(&r)) {
                                 Ok(()) => {
-                                    scheduler.push(i, self.reservation(&r));
+                                    scheduler.waiting.push_back(i);
                                     live.0.insert(i, r);
                                 }
                                 Err(e) => finished(i, Err(e)),
@@ -462,7 +436,7 @@ impl Engine {
                     None => open = false,
                 }
             }
-            let (admit, running) = scheduler.admit(&rows);
+            let (admit, running) = scheduler.admit(self, &rows, &live);
             if running == 0 {
                 if open {
                     continue;
@@ -539,9 +513,7 @@ impl Engine {
             }
             // Forget what finished (rows keep only their state until the next rebuild).
             for row in rows.iter().filter(|r| r.done()) {
-                if live.0.remove(&row.req).is_some() {
-                    scheduler.finish(row.req);
-                }
+                live.0.remove(&row.req);
             }
         }
         Ok(stats)

@@ -3,6 +3,7 @@
 use crate::engine_loop::{Answer, EngineThread, Msg, Shared};
 use crate::{load_engine, ServeConfig};
 use alp_core::{Error, PolicyVersion};
+use alp_model::Tokenizer;
 use alp_rollout::wire::{
     Choice, CompletionRequest, CompletionResponse, ErrorBody, ErrorDetail, Prompt, ReloadRequest,
     ReloadResponse, Usage,
@@ -25,7 +26,7 @@ pub struct App {
     shared: Arc<Shared>,
     tx: Mutex<Option<Sender<Msg>>>,
     /// The tokenizer of the weights serving now (text prompts and decoded text).
-    engine_meta: Mutex<Option<Engine>>,
+    tokenizer: Mutex<Option<Arc<Tokenizer>>>,
     /// One reload at a time.
     reload_lock: tokio::sync::Mutex<()>,
     next_id: AtomicU64,
@@ -38,13 +39,13 @@ impl App {
         initial: Option<(Engine, PolicyVersion)>,
     ) -> (EngineThread, Arc<App>) {
         let shared = Arc::new(Shared::default());
-        let meta = initial.as_ref().map(|(e, _)| e.clone());
+        let tokenizer = initial.as_ref().and_then(|(e, _)| e.tokenizer().cloned());
         let (thread, tx) = EngineThread::spawn(initial, shared.clone());
         let app = Arc::new(App {
             cfg,
             shared,
             tx: Mutex::new(Some(tx)),
-            engine_meta: Mutex::new(meta),
+            tokenizer: Mutex::new(tokenizer),
             reload_lock: tokio::sync::Mutex::new(()),
             next_id: AtomicU64::new(0),
         });
@@ -129,12 +130,7 @@ async fn complete(app: &App, body: &[u8]) -> Result<CompletionResponse, Response
             req.max_tokens, cfg.max_tokens
         )));
     }
-    let tokenizer = app
-        .engine_meta
-        .lock()
-        .expect("meta lock")
-        .as_ref()
-        .and_then(|e| e.tokenizer().cloned());
+    let tokenizer = app.tokenizer.lock().expect("tokenizer lock").clone();
     let prompt = match &req.prompt {
         Prompt::Tokens(t) => t.clone(),
         Prompt::Text(s) => match &tokenizer {
@@ -276,7 +272,7 @@ async fn reload(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) ->
         .version
         .unwrap_or_else(|| app.shared.version.load(Ordering::SeqCst) + 1);
     let (ack, done) = tokio::sync::oneshot::channel();
-    let meta = engine.clone();
+    let tokenizer = engine.tokenizer().cloned();
     if let Err(r) = app.send(Msg::Swap {
         engine: Box::new(engine),
         version,
@@ -291,7 +287,7 @@ async fn reload(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) ->
             "the engine stopped",
         );
     }
-    *app.engine_meta.lock().expect("meta lock") = Some(meta);
+    *app.tokenizer.lock().expect("tokenizer lock") = tokenizer;
     Json(ReloadResponse {
         weight_version: version,
         load_seconds,

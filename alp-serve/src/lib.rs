@@ -223,16 +223,24 @@ impl Server {
 
     /// Serves until the process ends (or the server fails).
     pub fn wait(mut self) -> Result<()> {
-        let t = self.thread.take().expect("a running server has its thread");
-        t.join()
-            .unwrap_or_else(|_| Err(Error::Msg("the server thread panicked".into())))
+        self.join()
     }
 
     /// Stops accepting, lets open requests finish, and stops.
     pub fn stop(mut self) -> Result<()> {
+        self.shut_down()
+    }
+
+    /// Asks the HTTP side to stop, then waits for the thread.
+    fn shut_down(&mut self) -> Result<()> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+        self.join()
+    }
+
+    /// Waits for the server thread (if it still runs) and returns how it ended.
+    fn join(&mut self) -> Result<()> {
         match self.thread.take() {
             Some(t) => t
                 .join()
@@ -244,11 +252,6 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        let _ = self.shut_down();
     }
 }

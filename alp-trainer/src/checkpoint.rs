@@ -283,12 +283,16 @@ fn remove_leftovers(root: &Path) -> Result<()> {
     let Ok(d) = std::fs::read_dir(root) else {
         return Ok(());
     };
+    // The steps whose checkpoint is in place (`step-N`), read once.
+    let in_place: Vec<u64> = step_dirs(root)
+        .iter()
+        .filter_map(|d| step_of(d.file_name()?.to_str()?))
+        .filter_map(|(step, placed)| placed.then_some(step))
+        .collect();
     for p in d.filter_map(|e| e.ok().map(|e| e.path())) {
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         let stale_tmp = name.starts_with(".tmp-step-") && !name.ends_with(&mine);
-        let replaced = matches!(step_of(name), Some((step, false)) if step_dirs(root)
-            .iter()
-            .any(|d| d.file_name().and_then(|n| n.to_str()) == Some(&format!("step-{step:06}"))));
+        let replaced = matches!(step_of(name), Some((step, false)) if in_place.contains(&step));
         if stale_tmp || replaced || name.starts_with(".pruned-") {
             crash_point("remove a leftover of an interrupted save");
             std::fs::remove_dir_all(&p).map_err(|e| Error::file_op("remove", &p, e))?;

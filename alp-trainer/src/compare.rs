@@ -113,6 +113,20 @@ pub fn all_arms() -> Vec<Arm> {
     ]
 }
 
+/// The built-in row named `name`.
+fn builtin_arm(name: &str) -> Option<Arm> {
+    all_arms().into_iter().find(|a| a.name == name)
+}
+
+/// The built-in rows' names, comma-separated (for errors).
+fn builtin_names() -> String {
+    all_arms()
+        .iter()
+        .map(|a| a.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A mismatch setting: a name and its overrides.
 pub type Setting = Arm;
 
@@ -209,7 +223,6 @@ impl Plan {
         if f.arms.is_empty() {
             return Err(bad("arms", "is empty: list at least one method row".into()));
         }
-        let builtin = all_arms();
         let mut arms: Vec<Arm> = Vec::new();
         for a in f.arms {
             if arms.iter().any(|x| x.name == a.name) {
@@ -217,24 +230,16 @@ impl Plan {
             }
             arms.push(match a.sets {
                 Some(sets) => Arm { name: a.name, sets },
-                None => builtin
-                    .iter()
-                    .find(|b| b.name == a.name)
-                    .cloned()
-                    .ok_or_else(|| {
-                        bad(
-                            "arms",
-                            format!(
-                                "`{}` is not a built-in row (give it `sets`); built-in: {}",
-                                a.name,
-                                builtin
-                                    .iter()
-                                    .map(|b| b.name.as_str())
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            ),
-                        )
-                    })?,
+                None => builtin_arm(&a.name).ok_or_else(|| {
+                    bad(
+                        "arms",
+                        format!(
+                            "`{}` is not a built-in row (give it `sets`); built-in: {}",
+                            a.name,
+                            builtin_names()
+                        ),
+                    )
+                })?,
             });
         }
         let mut settings: Vec<Setting> = Vec::new();
@@ -308,15 +313,13 @@ impl Plan {
 
     /// Keeps only the named methods (in the given order); an unknown name lists the known ones.
     pub fn with_methods(mut self, names: &[String]) -> Result<Self> {
-        let all = all_arms();
         self.arms = names
             .iter()
             .map(|n| {
-                all.iter().find(|a| &a.name == n).cloned().ok_or_else(|| {
-                    let known: Vec<&str> = all.iter().map(|a| a.name.as_str()).collect();
+                builtin_arm(n).ok_or_else(|| {
                     Error::config(
                         "--methods",
-                        format!("unknown method `{n}`; known: {}", known.join(", ")),
+                        format!("unknown method `{n}`; known: {}", builtin_names()),
                     )
                 })
             })

@@ -355,14 +355,9 @@ impl RolloutSection {
     /// Checks the remote settings when they are used.
     pub fn validate(&self) -> Result<()> {
         if self.backend == RolloutBackendKind::Remote {
+            // The client's checks name its fields, which are this section's.
             self.remote_config(std::path::Path::new("."), 0)
-                .validate()
-                .map_err(|e| match e {
-                    Error::Config { field, message } if field == "kind" => {
-                        Error::config("server_kind", message)
-                    }
-                    e => e,
-                })?;
+                .validate()?;
         }
         Ok(())
     }
