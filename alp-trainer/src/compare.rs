@@ -186,12 +186,14 @@ const PRESETS: &[(&str, &str)] = &[
     ("default", include_str!("../plans/default.toml")),
     ("full", include_str!("../plans/full.toml")),
     ("phase", include_str!("../plans/phase.toml")),
+    ("phase-smoke", include_str!("../plans/phase-smoke.toml")),
 ];
 
 /// `smoke` (every method row, a few steps, minutes), `default` (every main method × 3 seeds
 /// at the default mismatch and a high-mismatch setting), `full` (with ablations and a sweep up
 /// to quantised rollouts, long staleness, large learning rates and several PPO epochs),
-/// `phase` (the mismatch phase diagram: engine and drift axes apart, 5 paired seeds).
+/// `phase` (the mismatch phase diagram: engine and drift axes apart, 5 paired seeds),
+/// `phase-smoke` (the phase diagram's machinery in about half a minute).
 pub fn preset(name: &str) -> Result<Plan> {
     match PRESETS.iter().find(|(n, _)| *n == name) {
         Some((n, text)) => Plan::from_toml(text, &format!("alp-trainer/plans/{n}.toml")),

@@ -52,8 +52,8 @@ pub const PAIRED_REFERENCE: &str = "alp-seq";
 /// Bootstrap resamples of a paired interval (exact enumeration up to this many).
 const BOOTSTRAP_REPS: usize = 20_000;
 
-/// Held-out accuracy (%) of `a` minus that of `b`, paired by seed, with its interval.
-pub fn paired_accuracy(a: &[RunResult], b: &[RunResult]) -> Option<crate::stats::Interval> {
+/// Held-out accuracies (%) of `a` and `b` on the seeds both have, in `a`'s order.
+fn paired_values(a: &[RunResult], b: &[RunResult]) -> (Vec<f64>, Vec<f64>) {
     let (mut x, mut y) = (Vec::new(), Vec::new());
     for ra in a {
         if let Some(rb) = b.iter().find(|rb| rb.seed == ra.seed) {
@@ -61,7 +61,25 @@ pub fn paired_accuracy(a: &[RunResult], b: &[RunResult]) -> Option<crate::stats:
             y.push(100.0 * rb.final_accuracy);
         }
     }
-    crate::stats::paired_bootstrap(&x, &y, BOOTSTRAP_REPS, 0)
+    (x, y)
+}
+
+/// Held-out accuracy (%) of `a` minus that of `b`, paired by seed, with its Student t 95%
+/// interval (the one the report reads; see [`crate::stats::paired_t`]).
+pub fn paired_accuracy(a: &[RunResult], b: &[RunResult]) -> Option<crate::stats::Interval> {
+    let (x, y) = paired_values(a, b);
+    crate::stats::paired_t(&x, &y)
+}
+
+/// Mean held-out accuracy (%) over seeds with the t 95% interval of the mean (low, high).
+fn accuracy_interval(r: &[RunResult]) -> (f64, f64, f64) {
+    let v: Vec<f64> = acc(r).into_iter().filter(|x| x.is_finite()).collect();
+    let (m, s) = mean_std(&v);
+    if v.len() < 2 {
+        return (m, m, m);
+    }
+    let half = crate::stats::t_quantile(0.975, v.len() as f64 - 1.0) * s / (v.len() as f64).sqrt();
+    (m, m - half, m + half)
 }
 
 /// `compare.json`: per (setting, method) the per-seed results, mean, std, tails, collapses
@@ -71,22 +89,31 @@ pub fn to_json(plan: &Plan, rows: &Rows, machine: &str) -> Value {
     let methods: Vec<Value> = rows
         .iter()
         .map(|(setting, method, r)| {
-            let (m, s) = mean_std(&acc(r));
+            let s = mean_std(&acc(r)).1;
             let degraded = r.iter().filter(|x| x.collapsed_at.is_some()).count();
             let (clo, chi) = crate::stats::wilson(degraded, r.len());
             let paired = match find(rows, setting, PAIRED_REFERENCE) {
-                Some(reference) if method != PAIRED_REFERENCE => paired_accuracy(r, reference),
+                Some(reference) if method != PAIRED_REFERENCE => {
+                    let (x, y) = paired_values(r, reference);
+                    crate::stats::paired_t(&x, &y)
+                        .zip(crate::stats::paired_bootstrap(&x, &y, BOOTSTRAP_REPS, 0))
+                }
                 _ => None,
             };
+            let (am, alo, ahi) = accuracy_interval(r);
             json!({
                 "collapse_rate": {"rate": degraded as f64 / r.len().max(1) as f64, "ci95": [clo, chi]},
-                "accuracy_minus_alp_seq_paired": paired.map(|i| json!({
-                    "mean": i.mean, "ci95": [i.lo, i.hi], "detectable": i.detectable, "pairs": i.pairs,
+                "accuracy_minus_alp_seq_paired": paired.map(|(t, boot)| json!({
+                    "mean": t.mean, "ci95": [t.lo, t.hi], "interval": "student t, n − 1 degrees of freedom",
+                    "detectable": t.detectable, "pairs": t.pairs, "sd": t.sd,
+                    "bootstrap_ci95": [boot.lo, boot.hi],
+                    "replication_ci95_same_number_of_new_seeds": t.replication(t.pairs),
                 })),
+                "final_accuracy_ci95": [alo, ahi],
                 "method": method,
                 "setting": setting,
                 "final_accuracy_per_seed": acc(r),
-                "final_accuracy_mean": m,
+                "final_accuracy_mean": am,
                 "final_accuracy_std": s,
                 "avg_at_k_mean": mean_std(&r.iter().map(|x| 100.0 * x.final_avg_at_k).collect::<Vec<_>>()).0,
                 "ratio_p99_9_max": r.iter().map(|x| x.ratio_p99_9_max).fold(f64::NAN, f64::max),
@@ -143,13 +170,13 @@ fn table(rows: &Rows, setting: &str) -> String {
     md
 }
 
-/// Every row against `alp-seq`, paired by seed: the accuracy difference with its bootstrap
-/// 95% interval and what it says, and the collapse rate with its Wilson interval.
+/// Every row against `alp-seq`, paired by seed: the accuracy difference with its t 95%
+/// interval and what it says, and the collapse rate with its Wilson interval.
 fn paired_table(rows: &Rows, setting: &str) -> String {
     let Some(reference) = find(rows, setting, PAIRED_REFERENCE) else {
         return String::new();
     };
-    let mut md = format!("Paired by seed against `{PAIRED_REFERENCE}` (same warm start and task stream per seed; percentile bootstrap over the pairs; \"detectable\": the smallest true difference these pairs would find with 80% power at the 5% level):\n\n| method | accuracy − {PAIRED_REFERENCE} (points) | 95% interval | reading | collapse rate [95% interval] |\n| --- | --- | --- | --- | --- |\n");
+    let mut md = format!("Paired by seed against `{PAIRED_REFERENCE}` (same warm start and task stream per seed; Student t interval over the pairs, which keeps its 95% with few pairs where a percentile bootstrap does not; \"detectable\": the smallest true difference these pairs would find with 80% power at the 5% level; compare.json also has the bootstrap interval and the range a repeat on as many new seeds should land in):\n\n| method | accuracy − {PAIRED_REFERENCE} (points) | 95% interval | reading | collapse rate [95% interval] |\n| --- | --- | --- | --- | --- |\n");
     for (_, method, r) in rows.iter().filter(|(s, _, _)| s == setting) {
         let k = r.iter().filter(|x| x.collapsed_at.is_some()).count();
         let (lo, hi) = crate::stats::wilson(k, r.len());
@@ -289,6 +316,9 @@ pub fn write(dir: &Path, plan: &Plan, rows: &Rows, machine: &str, wall_s: f64) -
         "# alp compare: preset `{}`\n\nMachine: {machine}. {} seeds per method and setting; wall time {:.0} min. Each run starts from the same SFT warm start (`sft/`) with the same tasks and budget; every run's directory is under `runs/<setting>/<method>/seed<k>/`.\n\nAccuracy is greedy held-out accuracy after RL; avg@k the mean over k samples at T = 1. Tails are compared on the unperturbed ratio π_old/μ (the policy each step starts from over the sampler), the same tokens for every method; ALP's own training ratio is perturbed and wider by construction (last ratio column). A run is `collapsed` when its reward (5-step mean) falls below half its best and stays there, or its loss is not finite.\n\n",
         plan.preset, plan.seeds, wall_s / 60.0
     );
+    if plan.settings.len() > 1 {
+        md.push_str(&phase_section(plan, rows, &plots)?);
+    }
     for s in &plan.settings {
         md.push_str(&format!(
             "## Setting `{}` (`{}`)\n\n{}\n\n",
@@ -325,6 +355,125 @@ pub fn write(dir: &Path, plan: &Plan, rows: &Rows, machine: &str, wall_s: f64) -
     md.push_str(&questions(plan, rows));
     let p = dir.join("report.md");
     std::fs::write(&p, md).map_err(|e| Error::io(&p, e))
+}
+
+/// The settings grouped into axes by the name before their first `-` (`engine-bf16`,
+/// `engine-int4` → `engine`), in plan order.
+fn axes(plan: &Plan) -> Vec<(String, Vec<String>)> {
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for s in &plan.settings {
+        let axis = s.name.split('-').next().unwrap_or(&s.name).to_string();
+        match out.iter_mut().find(|(a, _)| *a == axis) {
+            Some((_, v)) => v.push(s.name.clone()),
+            None => out.push((axis, vec![s.name.clone()])),
+        }
+    }
+    out
+}
+
+/// The methods of the plan's rows, in order, once each.
+fn methods(rows: &Rows) -> Vec<String> {
+    let mut m: Vec<String> = Vec::new();
+    for (_, name, _) in rows {
+        if !m.contains(name) {
+            m.push(name.clone());
+        }
+    }
+    m
+}
+
+/// The phase diagram at a glance: per method and setting the paired difference to `alp-seq`
+/// with its t interval, the measured mismatch of each setting, and per axis plots of held-out
+/// accuracy, collapse rate and ratio tails against the settings.
+fn phase_section(plan: &Plan, rows: &Rows, plots: &Path) -> Result<String> {
+    let settings: Vec<&str> = plan.settings.iter().map(|s| s.name.as_str()).collect();
+    let mut md = format!("## The phase diagram\n\nHeld-out accuracy minus `{PAIRED_REFERENCE}` in points, paired by seed, with the t 95% interval; **bold** where the interval excludes 0 (the row is told apart from `{PAIRED_REFERENCE}`), otherwise the difference these seeds could detect follows as ±d.\n\n| method | {} |\n| --- |{}\n", settings.join(" | "), " --- |".repeat(settings.len()));
+    let cell = |setting: &str, method: &str| -> String {
+        let (Some(r), Some(reference)) = (
+            find(rows, setting, method),
+            find(rows, setting, PAIRED_REFERENCE),
+        ) else {
+            return "not run".into();
+        };
+        if method == PAIRED_REFERENCE {
+            let (m, lo, hi) = accuracy_interval(r);
+            return format!("{m:.1}% [{lo:.1}, {hi:.1}] (n {})", r.len());
+        }
+        match paired_accuracy(r, reference) {
+            Some(i) if i.excludes_zero() => {
+                format!("**{:+.1} [{:+.1}, {:+.1}]**", i.mean, i.lo, i.hi)
+            }
+            Some(i) => format!(
+                "{:+.1} [{:+.1}, {:+.1}] ±{:.1}",
+                i.mean, i.lo, i.hi, i.detectable
+            ),
+            None => "< 2 pairs".into(),
+        }
+    };
+    for m in methods(rows) {
+        let cells: Vec<String> = settings.iter().map(|s| cell(s, &m)).collect();
+        md.push_str(&format!("| {m} | {} |\n", cells.join(" | ")));
+    }
+    let early = |setting: &str, i: usize| {
+        let v: Vec<f64> = rows
+            .iter()
+            .filter(|(s, _, _)| s == setting)
+            .flat_map(|(_, _, r)| r.iter().map(|x| x.early_mismatch[i]))
+            .collect();
+        mean_std(&v).0
+    };
+    let line = |label: &str, i: usize| {
+        let cells: Vec<String> = settings.iter().map(|s| format!("{:.1e}", early(s, i))).collect();
+        format!("| *{label}* | {} |\n", cells.join(" | "))
+    };
+    md.push_str(&line("engine k3 KL(μ‖π_sampler), first 3 steps", 0));
+    md.push_str(&line("staleness k3 KL(π_sampler‖π_old), first 3 steps", 1));
+    md.push('\n');
+    for (axis, names) in axes(plan) {
+        if names.len() < 2 {
+            continue;
+        }
+        let per_method = |f: &dyn Fn(&[RunResult]) -> (f64, f64, f64)| -> Vec<crate::report::BandCurve> {
+            methods(rows)
+                .into_iter()
+                .map(|m| {
+                    let pts = names
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(x, s)| find(rows, s, &m).map(|r| (x as f64, f(r))))
+                        .map(|(x, (y, lo, hi))| (x, y, lo, hi))
+                        .collect();
+                    (m, pts)
+                })
+                .collect()
+        };
+        let collapse = |r: &[RunResult]| {
+            let k = r.iter().filter(|x| x.collapsed_at.is_some()).count();
+            let (lo, hi) = crate::stats::wilson(k, r.len());
+            (100.0 * k as f64 / r.len().max(1) as f64, 100.0 * lo, 100.0 * hi)
+        };
+        let tails = |r: &[RunResult]| {
+            let (m, s) = mean_std(&r.iter().map(|x| x.ratio_p99_9_max).collect::<Vec<_>>());
+            (m, m - s, m + s)
+        };
+        for (file, title, f) in [
+            ("heldout", "held-out accuracy % (mean, t 95% interval)", &accuracy_interval as &dyn Fn(&[RunResult]) -> (f64, f64, f64)),
+            ("collapse", "collapse rate % (Wilson 95% interval)", &collapse),
+            ("ratio_p99_9", "unperturbed ratio p99.9, max over the run (mean ± std)", &tails),
+        ] {
+            let name = format!("phase_{axis}_{file}.svg");
+            crate::report::plot_bands(
+                &plots.join(&name),
+                &format!("{axis} axis — {title}"),
+                "setting (mismatch grows to the right)",
+                Some(&names),
+                &per_method(f),
+            )?;
+            md.push_str(&format!("![{axis} {file}](plots/{name})\n"));
+        }
+        md.push('\n');
+    }
+    Ok(md)
 }
 
 /// (step, mean, std) points of a curve over seeds.

@@ -149,15 +149,39 @@ fn ranges(curves: &[Curve]) -> ((f64, f64), (f64, f64)) {
 #[cfg(feature = "cli")]
 /// Draws named curves (with their bands) against the RL step into an SVG.
 pub fn plot_curves(path: &Path, title: &str, curves: &[Curve]) -> Result<()> {
-    let ok = |p: &&(f64, f64, f64)| {
-        p.0.is_finite() && p.1.is_finite() && p.2.is_finite() && p.1.abs() + p.2 <= PLOT_LIMIT
+    let curves: Vec<BandCurve> = curves
+        .iter()
+        .map(|(n, c)| {
+            let pts = c.iter().map(|p| (p.0, p.1, p.1 - p.2, p.1 + p.2)).collect();
+            (n.clone(), pts)
+        })
+        .collect();
+    plot_bands(path, title, "RL step", None, &curves)
+}
+
+/// A named curve of (x, y, band low, band high) points; a band wider than zero is drawn.
+pub type BandCurve = (String, Vec<(f64, f64, f64, f64)>);
+
+#[cfg(feature = "cli")]
+/// Draws named curves with (possibly asymmetric) bands into an SVG; `x_names`, when given,
+/// labels x = 0, 1, 2, … with those names (categories such as mismatch settings).
+pub fn plot_bands(
+    path: &Path,
+    title: &str,
+    x_desc: &str,
+    x_names: Option<&[String]>,
+    curves: &[BandCurve],
+) -> Result<()> {
+    let ok = |p: &&(f64, f64, f64, f64)| {
+        [p.0, p.1, p.2, p.3].iter().all(|v| v.is_finite())
+            && p.2.abs().max(p.3.abs()) <= PLOT_LIMIT
     };
     let dropped = curves
         .iter()
         .flat_map(|c| c.1.iter())
         .filter(|p| !ok(p))
         .count();
-    let curves: Vec<Curve> = curves
+    let curves: Vec<BandCurve> = curves
         .iter()
         .map(|(n, c)| (n.clone(), c.iter().filter(ok).copied().collect()))
         .collect();
@@ -166,7 +190,22 @@ pub fn plot_curves(path: &Path, title: &str, curves: &[Curve]) -> Result<()> {
     } else {
         title.to_string()
     };
-    let ((x0, x1), (y0, y1)) = ranges(&curves);
+    // The axis ranges go through `ranges` as symmetric bands that cover both ends.
+    let sym: Vec<Curve> = curves
+        .iter()
+        .map(|(n, c)| {
+            let pts = c
+                .iter()
+                .map(|p| ((p.0), (p.2 + p.3) / 2.0, (p.3 - p.2) / 2.0))
+                .collect();
+            (n.clone(), pts)
+        })
+        .collect();
+    let ((x0, x1), (y0, y1)) = ranges(&sym);
+    let (x0, x1) = match x_names {
+        Some(_) => (x0 - 0.3, x1 + 0.3),
+        None => (x0, x1),
+    };
     let err = |e: &dyn std::fmt::Display| Error::Msg(format!("plot {}: {e}", path.display()));
     let root = SVGBackend::new(path, (760, 440)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
@@ -177,16 +216,28 @@ pub fn plot_curves(path: &Path, title: &str, curves: &[Curve]) -> Result<()> {
         .y_label_area_size(56)
         .build_cartesian_2d(x0..x1, y0..y1)
         .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("RL step")
-        .draw()
-        .map_err(|e| err(&e))?;
+    let name_of = |x: &f64| match x_names {
+        Some(names) => {
+            let i = x.round();
+            if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < names.len() {
+                names[i as usize].clone()
+            } else {
+                String::new()
+            }
+        }
+        None => format!("{x}"),
+    };
+    let mut mesh = chart.configure_mesh();
+    mesh.x_desc(x_desc);
+    if let Some(names) = x_names {
+        mesh.x_labels(names.len() * 4 + 1).x_label_formatter(&name_of);
+    }
+    mesh.draw().map_err(|e| err(&e))?;
     for (i, (name, c)) in curves.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
-        if c.iter().any(|p| p.2 > 0.0) {
-            let mut band: Vec<(f64, f64)> = c.iter().map(|p| (p.0, p.1 + p.2)).collect();
-            band.extend(c.iter().rev().map(|p| (p.0, p.1 - p.2)));
+        if c.iter().any(|p| p.3 > p.2) {
+            let mut band: Vec<(f64, f64)> = c.iter().map(|p| (p.0, p.3)).collect();
+            band.extend(c.iter().rev().map(|p| (p.0, p.2)));
             chart
                 .draw_series(std::iter::once(Polygon::new(
                     band,

@@ -1,18 +1,26 @@
 //! Statistics that let a comparison say something: the paired difference of two methods over
-//! the same seeds with a bootstrap 95% interval, a rate (collapses) with its Wilson interval,
-//! and the smallest difference a design of that size could detect.
+//! the same seeds with a 95% interval (Student t, which stays honest with five pairs, and a
+//! percentile bootstrap beside it), the range a repeat on new seeds should land in, a rate
+//! (collapses) with its Wilson interval, and the smallest difference a design of that size
+//! could detect.
 //!
 //! ```
-//! use alp_trainer::stats::{paired_bootstrap, wilson};
+//! use alp_trainer::stats::{paired_bootstrap, paired_t, wilson};
 //!
 //! // Method A beat method B by 2 to 4 points on each of five paired seeds.
-//! let d = paired_bootstrap(&[52.0, 55.0, 50.0, 58.0, 54.0], &[50.0, 52.0, 47.0, 54.0, 51.0], 2000, 0).unwrap();
-//! assert!(d.lo > 0.0 && d.hi < 5.0 && (d.mean - 3.0).abs() < 1e-9);
+//! let (a, b) = ([52.0, 55.0, 50.0, 58.0, 54.0], [50.0, 52.0, 47.0, 54.0, 51.0]);
+//! let t = paired_t(&a, &b).unwrap();
+//! assert!(t.lo > 0.0 && t.hi < 5.0 && (t.mean - 3.0).abs() < 1e-9);
+//! let boot = paired_bootstrap(&a, &b, 2000, 0).unwrap();
+//! assert!(boot.lo > t.lo && boot.hi < t.hi); // the percentile bootstrap is narrower
+//! let (lo, hi) = t.replication(5);
+//! assert!(lo < t.lo && hi > t.hi); // a new run's mean has its own noise
 //! let (lo, hi) = wilson(0, 5);
 //! assert!(lo == 0.0 && hi > 0.4); // no collapse in 5 runs still allows a rate of 40%
 //! ```
 
 use rand::{Rng, SeedableRng};
+use statrs::distribution::{ContinuousCDF, StudentsT};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
@@ -21,13 +29,16 @@ use serde::Serialize;
 pub struct Interval {
     /// Mean of the paired differences a − b.
     pub mean: f64,
-    /// 2.5th percentile of the bootstrap distribution of the mean.
+    /// Lower end of the 95% interval of the mean.
     pub lo: f64,
-    /// 97.5th percentile.
+    /// Upper end.
     pub hi: f64,
     /// The smallest true difference this many pairs with this spread would detect with 80%
-    /// power at a two-sided 5% level: (1.96 + 0.84) · sd / √n.
+    /// power at a two-sided 5% level: (t₀.₉₇₅ + t₀.₈) · sd / √n with n − 1 degrees of freedom
+    /// ([`paired_t`]), (1.96 + 0.84) · sd / √n ([`paired_bootstrap`]).
     pub detectable: f64,
+    /// Sample standard deviation of the paired differences.
+    pub sd: f64,
     /// Pairs used.
     pub pairs: usize,
 }
@@ -37,6 +48,59 @@ impl Interval {
     pub fn excludes_zero(&self) -> bool {
         self.lo > 0.0 || self.hi < 0.0
     }
+
+    /// Where the mean of `m` new pairs should land with 95% probability if the design holds
+    /// (same population of seeds): mean ± t₀.₉₇₅,ₙ₋₁ · sd · √(1/n + 1/m). This, not the
+    /// interval of the mean, is the range to check a repeat on new seeds against: the new
+    /// mean has its own noise.
+    pub fn replication(&self, m: usize) -> (f64, f64) {
+        let n = self.pairs as f64;
+        let half = t_quantile(0.975, n - 1.0) * self.sd * (1.0 / n + 1.0 / m.max(1) as f64).sqrt();
+        (self.mean - half, self.mean + half)
+    }
+}
+
+/// The `p` quantile of Student's t with `dof` degrees of freedom (the normal's for infinite).
+pub fn t_quantile(p: f64, dof: f64) -> f64 {
+    StudentsT::new(0.0, 1.0, dof)
+        .map(|t| t.inverse_cdf(p))
+        .unwrap_or(f64::NAN)
+}
+
+/// The finite paired differences a − b, their mean and sample sd; `None` under two pairs.
+fn differences(a: &[f64], b: &[f64]) -> Option<(Vec<f64>, f64, f64)> {
+    let d: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| x - y)
+        .filter(|x| x.is_finite())
+        .collect();
+    let n = d.len();
+    if n < 2 {
+        return None;
+    }
+    let mean = d.iter().sum::<f64>() / n as f64;
+    let sd = (d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt();
+    Some((d, mean, sd))
+}
+
+/// The paired difference mean(a_i − b_i) with its Student t 95% interval, mean ± t₀.₉₇₅ ·
+/// sd / √n on n − 1 degrees of freedom (`a[i]` and `b[i]` are the same seed). The interval
+/// to read with few pairs: a percentile bootstrap over five pairs is too narrow (it treats
+/// the five as the whole population). Non-finite pairs are dropped; `None` under two pairs.
+pub fn paired_t(a: &[f64], b: &[f64]) -> Option<Interval> {
+    let (d, mean, sd) = differences(a, b)?;
+    let n = d.len() as f64;
+    let se = sd / n.sqrt();
+    let t = t_quantile(0.975, n - 1.0);
+    Some(Interval {
+        mean,
+        lo: mean - t * se,
+        hi: mean + t * se,
+        detectable: (t + t_quantile(0.8, n - 1.0)) * se,
+        sd,
+        pairs: d.len(),
+    })
 }
 
 /// The value at quantile `q` of sorted `v` by nearest rank on (len − 1) · q.
@@ -51,18 +115,8 @@ fn quantile_sorted(v: &[f64], q: f64) -> f64 {
 /// `reps` every resample is enumerated (exact); otherwise `reps` resamples drawn with a
 /// ChaCha8 stream from `seed`.
 pub fn paired_bootstrap(a: &[f64], b: &[f64], reps: usize, seed: u64) -> Option<Interval> {
-    let d: Vec<f64> = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| x - y)
-        .filter(|x| x.is_finite())
-        .collect();
+    let (d, mean, sd) = differences(a, b)?;
     let n = d.len();
-    if n < 2 {
-        return None;
-    }
-    let mean = d.iter().sum::<f64>() / n as f64;
-    let sd = (d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt();
     let exhaustive = (n as f64).powi(n as i32) <= reps.max(1) as f64;
     let mut means: Vec<f64> = if exhaustive {
         let total = n.pow(n as u32);
@@ -88,6 +142,7 @@ pub fn paired_bootstrap(a: &[f64], b: &[f64], reps: usize, seed: u64) -> Option<
         lo: quantile_sorted(&means, 0.025),
         hi: quantile_sorted(&means, 0.975),
         detectable: (1.959_964 + 0.841_621) * sd / (n as f64).sqrt(),
+        sd,
         pairs: n,
     })
 }

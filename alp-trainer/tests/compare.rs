@@ -73,8 +73,54 @@ fn a_tiny_comparison_writes_its_report_and_is_not_redone() {
 }
 
 #[test]
+fn the_phase_smoke_plan_writes_the_phase_diagram_with_intervals() {
+    // The file in the repository, as a user passes it to `alp compare --plan`.
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("plans/phase-smoke.toml");
+    let plan = Plan::load(&path).unwrap();
+    plan.validate(&[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rows = compare::run_all(&plan, &[], dir.path(), &mut |_| {}, &mut |_| Ok(())).unwrap();
+    assert_eq!(rows.len(), 9);
+    compare_report::write(dir.path(), &plan, &rows, "test machine", 1.0).unwrap();
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("compare.json")).unwrap())
+            .unwrap();
+    for m in j["methods"].as_array().unwrap() {
+        let (lo, hi) = (
+            m["final_accuracy_ci95"][0].as_f64().unwrap(),
+            m["final_accuracy_ci95"][1].as_f64().unwrap(),
+        );
+        let mean = m["final_accuracy_mean"].as_f64().unwrap();
+        assert!(lo <= mean && mean <= hi, "{m}");
+        if m["method"] == "alp-seq" {
+            assert!(m["accuracy_minus_alp_seq_paired"].is_null());
+            continue;
+        }
+        let p = &m["accuracy_minus_alp_seq_paired"];
+        assert_eq!(p["pairs"], 3, "{m}");
+        let at = |k: &str, i: usize| p[k][i].as_f64().unwrap();
+        let mean = p["mean"].as_f64().unwrap();
+        // The t interval holds the mean and is at least as wide as the bootstrap's; a repeat's
+        // range is wider still.
+        assert!(at("ci95", 0) <= mean && mean <= at("ci95", 1), "{p}");
+        assert!(at("ci95", 0) <= at("bootstrap_ci95", 0) + 1e-9, "{p}");
+        assert!(at("ci95", 1) >= at("bootstrap_ci95", 1) - 1e-9, "{p}");
+        let rep = "replication_ci95_same_number_of_new_seeds";
+        assert!(at(rep, 0) <= at("ci95", 0) && at(rep, 1) >= at("ci95", 1), "{p}");
+    }
+    let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(md.contains("## The phase diagram"), "{md}");
+    assert!(md.contains("| grpo |") && md.contains("engine k3"));
+    for f in ["heldout", "collapse", "ratio_p99_9"] {
+        assert!(dir.path().join(format!("plots/phase_engine_{f}.svg")).exists());
+    }
+    // An axis with one setting gets no plot.
+    assert!(!dir.path().join("plots/phase_stale_heldout.svg").exists());
+}
+
+#[test]
 fn every_method_row_and_preset_is_a_valid_config() {
-    for name in ["smoke", "default", "full", "phase"] {
+    for name in ["smoke", "default", "full", "phase", "phase-smoke"] {
         // Every (setting, row) run's config applies and validates.
         compare::preset(name)
             .unwrap()

@@ -1,5 +1,6 @@
 //! The comparison statistics against slow references written independently.
-use alp_trainer::stats::{paired_bootstrap, wilson};
+use alp_trainer::stats::{paired_bootstrap, paired_t, t_quantile, wilson};
+use rand::{Rng, SeedableRng};
 
 /// Every resample of `d` by recursion, its mean collected.
 fn all_resample_means(d: &[f64], picked: &mut Vec<f64>, out: &mut Vec<f64>) {
@@ -90,4 +91,91 @@ fn the_wilson_interval_is_the_set_of_rates_the_score_test_keeps() {
             kept[kept.len() - 1]
         );
     }
+}
+
+/// Student t density integrated by Simpson's rule from 0 to x (slow reference for the CDF).
+fn t_cdf_reference(x: f64, nu: f64) -> f64 {
+    let ln_gamma = |z: f64| {
+        // Stirling series with a shift: accurate to ~1e-12 for z ≥ 0.5.
+        let mut acc = 0.0;
+        let mut z = z;
+        while z < 10.0 {
+            acc -= z.ln();
+            z += 1.0;
+        }
+        acc + (z - 0.5) * z.ln() - z + 0.5 * (2.0 * std::f64::consts::PI).ln() + 1.0 / (12.0 * z)
+            - 1.0 / (360.0 * z.powi(3))
+            + 1.0 / (1260.0 * z.powi(5))
+    };
+    let c = (ln_gamma((nu + 1.0) / 2.0) - ln_gamma(nu / 2.0)).exp() / (nu * std::f64::consts::PI).sqrt();
+    let f = |t: f64| c * (1.0 + t * t / nu).powf(-(nu + 1.0) / 2.0);
+    let n = 20_000;
+    let h = x / n as f64;
+    let mut s = f(0.0) + f(x);
+    for i in 1..n {
+        s += f(i as f64 * h) * if i % 2 == 1 { 4.0 } else { 2.0 };
+    }
+    0.5 + s * h / 3.0
+}
+
+#[test]
+fn t_quantiles_invert_the_integrated_density() {
+    for nu in [1.0, 2.0, 4.0, 9.0, 29.0] {
+        for p in [0.8, 0.975] {
+            let q = t_quantile(p, nu);
+            assert!((t_cdf_reference(q, nu) - p).abs() < 1e-7, "ν {nu} p {p}: {q}");
+        }
+    }
+    // The textbook value every table prints.
+    assert!((t_quantile(0.975, 4.0) - 2.776_445).abs() < 1e-6);
+}
+
+#[test]
+fn the_t_interval_is_mean_plus_minus_t_standard_errors() {
+    let a = [51.0, 49.5, 58.0, 40.0, 47.0];
+    let b = [47.0, 50.0, 51.0, 45.5, 44.0];
+    let d: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x - y).collect();
+    let m = d.iter().sum::<f64>() / 5.0;
+    let sd = (d.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / 4.0).sqrt();
+    let i = paired_t(&a, &b).unwrap();
+    let se = sd / 5f64.sqrt();
+    assert!((i.lo - (m - 2.776_445 * se)).abs() < 1e-5);
+    assert!((i.hi - (m + 2.776_445 * se)).abs() < 1e-5);
+    assert!((i.detectable - (2.776_445 + 0.940_965) * se).abs() < 1e-5);
+    let (lo, hi) = i.replication(5);
+    assert!((hi - lo - 2.0 * 2.776_445 * sd * 0.4f64.sqrt()).abs() < 1e-5);
+    assert!(paired_t(&[1.0], &[0.0]).is_none());
+}
+
+/// A standard normal draw (Box–Muller).
+fn normal(rng: &mut impl Rng) -> f64 {
+    let (u, v): (f64, f64) = (rng.random::<f64>().max(1e-300), rng.random());
+    (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+}
+
+#[test]
+fn with_five_pairs_the_t_interval_keeps_its_coverage_and_the_bootstrap_does_not() {
+    // Paired differences drawn N(1, 2²): how often does each interval hold the true mean, and
+    // how often does the mean of five new pairs land in the replication range?
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let trials = 4000;
+    let (mut t_in, mut boot_in, mut rep_in) = (0, 0, 0);
+    for k in 0..trials {
+        let draw = |rng: &mut rand_chacha::ChaCha8Rng| -> Vec<f64> {
+            (0..5).map(|_| 1.0 + 2.0 * normal(rng)).collect()
+        };
+        let d = draw(&mut rng);
+        let zero = [0.0; 5];
+        let t = paired_t(&d, &zero).unwrap();
+        let boot = paired_bootstrap(&d, &zero, 3125, k).unwrap();
+        t_in += (t.lo <= 1.0 && 1.0 <= t.hi) as usize;
+        boot_in += (boot.lo <= 1.0 && 1.0 <= boot.hi) as usize;
+        let new = draw(&mut rng).iter().sum::<f64>() / 5.0;
+        let (lo, hi) = t.replication(5);
+        rep_in += (lo <= new && new <= hi) as usize;
+    }
+    let rate = |k: usize| k as f64 / trials as f64;
+    assert!((rate(t_in) - 0.95).abs() < 0.015, "t coverage {}", rate(t_in));
+    assert!((rate(rep_in) - 0.95).abs() < 0.015, "replication {}", rate(rep_in));
+    assert!(rate(boot_in) < 0.9, "bootstrap coverage {}", rate(boot_in));
 }

@@ -60,9 +60,9 @@ enum Command {
     /// The paper's comparison: one shared SFT warm start, then every method × seed × mismatch
     /// setting with the same tasks and budget; writes compare.json, report.md and plots.
     Compare {
-        /// smoke (minutes), default (every method × 3 seeds at two mismatch settings), full or
-        /// phase (the mismatch phase diagram): the plan files in alp-trainer/plans/ (default:
-        /// default).
+        /// smoke (minutes), default (every method × 3 seeds at two mismatch settings), full,
+        /// phase (the mismatch phase diagram) or phase-smoke (its machinery in half a minute):
+        /// the plan files in alp-trainer/plans/ (default: default).
         #[arg(long, conflicts_with = "plan")]
         preset: Option<String>,
         /// A plan file (TOML: name, seeds, base overrides, settings and arms tables; see
