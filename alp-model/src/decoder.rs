@@ -374,6 +374,73 @@ impl DecoderLayer {
     }
 }
 
+/// The rotary tables and the mask of one forward.
+#[derive(Debug)]
+struct Prepared {
+    cos: Tensor,
+    sin: Tensor,
+    mask: Option<Tensor>,
+    padded: bool,
+}
+
+/// A checkpointed training forward ([`Model::forward_checkpointed`]): each decoder layer's
+/// input, kept detached, and the differentiable final hidden state.
+pub struct Checkpointed<'a> {
+    model: &'a Model,
+    perturb: &'a dyn Perturbation,
+    ids: Tensor,
+    prepared: Prepared,
+    /// Input of layer i (detached).
+    inputs: Vec<Tensor>,
+    /// The last layer's output, a leaf the loss's backward reaches.
+    last: candle_core::Var,
+    hidden: Tensor,
+}
+
+impl Checkpointed<'_> {
+    /// The final normed hidden state `[b, t, hidden]` (what [`Model::hidden_states`] returns).
+    pub fn hidden(&self) -> &Tensor {
+        &self.hidden
+    }
+
+    /// Every weight's gradient (and each learnable σ's) from `top`, the `backward` of a loss
+    /// built on [`Checkpointed::hidden`]: walks the layers from the last, recomputing each
+    /// from its kept input with the same noise and pulling the gradient of its output
+    /// through it. Returns `top` with the layers' and the embedding's gradients added.
+    pub fn backward(
+        self,
+        mut top: candle_core::backprop::GradStore,
+    ) -> Result<candle_core::backprop::GradStore> {
+        let m = self.model;
+        let Some(mut g) = top.remove(self.last.as_tensor()) else {
+            // The loss does not reach the hidden state: nothing below it gets a gradient.
+            return Ok(top);
+        };
+        for i in (0..m.layers.len()).rev() {
+            let x = candle_core::Var::from_tensor(&self.inputs[i])?;
+            let y = m.layer(
+                i,
+                x.as_tensor(),
+                &self.prepared,
+                None,
+                self.perturb,
+                Numerics::Training,
+            )?;
+            let mut part = (y * g.detach())?.sum_all()?.backward()?;
+            g = part.remove(x.as_tensor()).ok_or_else(|| {
+                Error::invalid(format!(
+                    "layer {i}'s input got no gradient in the recompute"
+                ))
+            })?;
+            top.extend(part)?;
+        }
+        // The embedding rows the tokens picked.
+        let e = m.embed(&self.ids)?;
+        top.extend((e * g.detach())?.sum_all()?.backward()?)?;
+        Ok(top)
+    }
+}
+
 /// A decoder-only language model with the Hugging Face Qwen2/Llama/Qwen3 layout.
 ///
 /// Weights are immutable during a forward; the KV cache and the perturbation are arguments.
@@ -468,17 +535,9 @@ impl Model {
         Ok((b, t))
     }
 
-    /// Hidden state after the final norm (before the LM head and its perturbation).
-    #[allow(clippy::too_many_arguments)]
-    fn run(
-        &self,
-        input_ids: &Tensor,
-        start: usize,
-        left_pad: &[usize],
-        mut cache: Option<&mut KvCache>,
-        perturb: &dyn Perturbation,
-        n: Numerics,
-    ) -> Result<Tensor> {
+    /// The positions' rotary tables and the attention mask of a forward of `input_ids` that
+    /// starts at position `start`.
+    fn prepare(&self, input_ids: &Tensor, start: usize, left_pad: &[usize]) -> Result<Prepared> {
         let (b, t) = self.check_ids(input_ids)?;
         if !left_pad.is_empty() && left_pad.len() != b {
             return Err(Error::invalid(format!(
@@ -515,27 +574,52 @@ impl Model {
         } else {
             None
         };
-        let mut h = self
+        Ok(Prepared {
+            cos,
+            sin,
+            mask,
+            padded,
+        })
+    }
+
+    /// The token embeddings `[b, t, hidden]` of `input_ids`.
+    fn embed(&self, input_ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = input_ids.dims2()?;
+        Ok(self
             .embed_tokens
             .index_select(&input_ids.flatten_all()?, 0)?
-            .reshape((b, t, self.cfg.hidden_size))?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            if !perturb.is_identity() {
-                h = perturb.perturb(i, &h)?;
-            }
-            let x = layer.input_layernorm.forward(&h, n)?;
-            let c = cache.as_deref_mut().map(|c| (c, i));
-            let x = layer
-                .self_attn
-                .forward(&x, &cos, &sin, mask.as_ref(), c, n, padded)?;
-            h = (h + x)?;
-            let x = layer.post_attention_layernorm.forward(&h, n)?;
-            h = (&h + layer.mlp.forward(&x, n)?)?;
-        }
-        if let Some(c) = cache {
-            c.advance(t);
-        }
-        let h = self.norm.forward(&h, n)?;
+            .reshape((b, t, self.cfg.hidden_size))?)
+    }
+
+    /// Decoder layer `i` on its input hidden state `h` (perturbed first).
+    fn layer(
+        &self,
+        i: usize,
+        h: &Tensor,
+        p: &Prepared,
+        cache: Option<&mut KvCache>,
+        perturb: &dyn Perturbation,
+        n: Numerics,
+    ) -> Result<Tensor> {
+        let layer = &self.layers[i];
+        let h = if perturb.is_identity() {
+            h.clone()
+        } else {
+            perturb.perturb(i, h)?
+        };
+        let x = layer.input_layernorm.forward(&h, n)?;
+        let c = cache.map(|c| (c, i));
+        let x = layer
+            .self_attn
+            .forward(&x, &p.cos, &p.sin, p.mask.as_ref(), c, n, p.padded)?;
+        let h = (h + x)?;
+        let x = layer.post_attention_layernorm.forward(&h, n)?;
+        Ok((&h + layer.mlp.forward(&x, n)?)?)
+    }
+
+    /// The final norm (and the head's perturbation) on the last layer's output.
+    fn final_norm(&self, h: &Tensor, perturb: &dyn Perturbation, n: Numerics) -> Result<Tensor> {
+        let h = self.norm.forward(h, n)?;
         if perturb.is_identity() {
             Ok(h)
         } else {
@@ -543,9 +627,74 @@ impl Model {
         }
     }
 
+    /// Hidden state after the final norm (before the LM head and its perturbation).
+    fn run(
+        &self,
+        input_ids: &Tensor,
+        start: usize,
+        left_pad: &[usize],
+        mut cache: Option<&mut KvCache>,
+        perturb: &dyn Perturbation,
+        n: Numerics,
+    ) -> Result<Tensor> {
+        let p = self.prepare(input_ids, start, left_pad)?;
+        let t = input_ids.dim(1)?;
+        let mut h = self.embed(input_ids)?;
+        for i in 0..self.layers.len() {
+            h = self.layer(i, &h, &p, cache.as_deref_mut(), perturb, n)?;
+        }
+        if let Some(c) = cache {
+            c.advance(t);
+        }
+        self.final_norm(&h, perturb, n)
+    }
+
+    /// A training forward that keeps only each decoder layer's input (gradient
+    /// checkpointing): the activations inside a layer are recomputed layer by layer in
+    /// [`Checkpointed::backward`]. [`Checkpointed::hidden`] is the final normed hidden state,
+    /// differentiable with respect to the final norm, the head's perturbation and the last
+    /// layer's output; build the loss on it, run its `backward`, and hand that to
+    /// [`Checkpointed::backward`] for every weight's gradient. The same gradients as
+    /// [`Model::hidden_states`] and one `backward` (a test holds them), for one layer's
+    /// activations instead of all of them at a time, at the cost of a second forward.
+    pub fn forward_checkpointed<'a>(
+        &'a self,
+        input_ids: &Tensor,
+        left_pad: &[usize],
+        perturb: &'a dyn Perturbation,
+    ) -> Result<Checkpointed<'a>> {
+        let n = Numerics::Training;
+        let p = self.prepare(input_ids, 0, left_pad)?;
+        let mut inputs = Vec::with_capacity(self.layers.len());
+        let mut h = self.embed(input_ids)?.detach();
+        for i in 0..self.layers.len() {
+            let next = self.layer(i, &h, &p, None, perturb, n)?.detach();
+            inputs.push(h);
+            h = next;
+        }
+        let last = candle_core::Var::from_tensor(&h)?;
+        let hidden = self.final_norm(last.as_tensor(), perturb, n)?;
+        Ok(Checkpointed {
+            model: self,
+            perturb,
+            ids: input_ids.clone(),
+            prepared: p,
+            inputs,
+            last,
+            hidden,
+        })
+    }
+
     /// Logits from a final hidden state.
     fn head(&self, h: &Tensor, n: Numerics) -> Result<Tensor> {
         self.lm_head.forward(h, n)
+    }
+
+    /// Differentiable logits `[.., vocab]` of final normed hidden states (from
+    /// [`Model::hidden_states`] or [`Checkpointed::hidden`], possibly narrowed to the
+    /// positions a loss needs).
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.head(hidden, Numerics::Training)
     }
 
     /// Fused-kernel forward that continues `cache`; logits `[batch, seq, vocab]`.

@@ -585,3 +585,67 @@ fn a_trained_bf16_model_is_never_multiplied_with_a_stale_widened_copy() {
         "updated variables vs a model built on the new weights: {r}"
     );
 }
+
+#[test]
+fn checkpointed_gradients_equal_the_plain_backward() {
+    // Every weight's and σ's gradient through the layer-by-layer recompute equals one plain
+    // backward: with the learnable layer-wise noise (recomputed from its key), left padding,
+    // tied and untied heads, and a loss that reads only some positions.
+    for (si, cfg) in shapes().into_iter().enumerate() {
+        let w = ModelWeights::random(&cfg, 5, DType::F32, &Device::Cpu).unwrap();
+        let (m, varmap) = w.build_trainable().unwrap();
+        let noise = LayerwiseGaussian::new(
+            PerturbationConfig {
+                sigma_init: 0.05,
+                mode: SigmaMode::Relative,
+                learnable: true,
+                layers: LayerSelection::All,
+                seed: 9,
+            },
+            cfg.num_hidden_layers,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let keyed = noise.keyed(3, 1).unwrap();
+        let toks = ids(&[
+            rand_tokens(10, cfg.vocab_size, 21),
+            rand_tokens(10, cfg.vocab_size, 22),
+        ]);
+        let tgt = ids(&[
+            rand_tokens(6, cfg.vocab_size, 23),
+            rand_tokens(6, cfg.vocab_size, 24),
+        ]);
+        let pads = [3usize, 0];
+        let loss = |h: &Tensor| {
+            let logits = m.logits(&h.narrow(1, 4, 6).unwrap()).unwrap();
+            token_logprobs(&logits, &tgt, 0.7)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .neg()
+                .unwrap()
+        };
+        let plain = loss(&m.hidden_states(&toks, &pads, keyed.as_ref()).unwrap())
+            .backward()
+            .unwrap();
+        let ck = m
+            .forward_checkpointed(&toks, &pads, keyed.as_ref())
+            .unwrap();
+        let top = loss(ck.hidden()).backward().unwrap();
+        let grads = ck.backward(top).unwrap();
+        let data = varmap.data().lock().unwrap();
+        let mut vars: Vec<(String, candle_core::Var)> =
+            data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        vars.push(("log_sigma".into(), noise.log_sigma().clone()));
+        for (name, var) in &vars {
+            let want = plain
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("{name}"));
+            let got = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("shape {si}: {name} has no checkpointed gradient"));
+            let r = rel_diff(got, want);
+            assert!(r < 1e-5, "shape {si}: {name}: {r}");
+        }
+    }
+}

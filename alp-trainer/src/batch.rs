@@ -3,7 +3,7 @@
 
 use alp_core::{Result, SamplingSupports, TokenId};
 use alp_model::Perturbation;
-use alp_model::{token_logprobs, Model, Numerics};
+use alp_model::{token_logprobs, Model};
 use candle_core::{Device, Tensor};
 
 /// A padded batch: prompts left-padded to a common end, responses right-padded after it.
@@ -51,12 +51,47 @@ impl SeqBatch {
     /// `[B, T, V]` logits at the positions that predict the response tokens, under `perturb`
     /// (differentiable).
     pub fn response_logits(&self, model: &Model, perturb: &dyn Perturbation) -> Result<Tensor> {
-        let (p, t) = (self.prompt_len, self.response_len);
-        // Positions p-1 .. p+t-2 predict the response tokens p .. p+t-1; the last
-        // position's logits are never needed.
-        let input = self.ids.narrow(1, 0, p + t - 1)?;
-        let logits = model.forward_full(&input, &self.left_pad, perturb, Numerics::Training)?;
-        Ok(logits.narrow(1, p - 1, t)?.contiguous()?)
+        let h = model.hidden_states(&self.input(), &self.left_pad, perturb)?;
+        self.logits_at_response(model, &h)
+    }
+
+    /// Positions p-1 .. p+t-2 predict the response tokens p .. p+t-1; the last position's
+    /// logits are never needed.
+    fn input(&self) -> Tensor {
+        self.ids
+            .narrow(1, 0, self.prompt_len + self.response_len - 1)
+            .expect("a batch has a prompt and a response")
+    }
+
+    /// The LM head on the response positions only (the prompt's logits are never read: at a
+    /// 150k vocabulary they would be most of a step's memory).
+    fn logits_at_response(&self, model: &Model, hidden: &Tensor) -> Result<Tensor> {
+        let h = hidden
+            .narrow(1, self.prompt_len - 1, self.response_len)?
+            .contiguous()?;
+        Ok(model.logits(&h)?)
+    }
+
+    /// The response logits of a training forward whose backward comes later: plain, or with
+    /// `checkpointing` each decoder layer recomputed in the backward
+    /// ([`Model::forward_checkpointed`]); the gradients are the same.
+    pub fn training_forward<'a>(
+        &self,
+        model: &'a Model,
+        perturb: &'a dyn Perturbation,
+        checkpointing: bool,
+    ) -> Result<TrainingForward<'a>> {
+        if !checkpointing {
+            return Ok(TrainingForward {
+                logits: self.response_logits(model, perturb)?,
+                checkpoint: None,
+            });
+        }
+        let ck = model.forward_checkpointed(&self.input(), &self.left_pad, perturb)?;
+        Ok(TrainingForward {
+            logits: self.logits_at_response(model, ck.hidden())?,
+            checkpoint: Some(ck),
+        })
     }
 
     /// `[B, T]` log-probs of the response tokens given `[B, T, V]` response logits, under
@@ -86,6 +121,24 @@ impl SeqBatch {
             v.extend(std::iter::repeat_n(0f32, t - r.len().min(t)));
         }
         Ok(Tensor::from_vec(v, (rows.len(), t), self.ids.device())?)
+    }
+}
+
+/// Response logits of [`SeqBatch::training_forward`] and what their backward needs.
+pub struct TrainingForward<'a> {
+    /// `[B, T, V]` response logits (differentiable).
+    pub logits: Tensor,
+    checkpoint: Option<alp_model::Checkpointed<'a>>,
+}
+
+impl TrainingForward<'_> {
+    /// Every weight's (and σ's) gradient of `loss`, a scalar built on [`TrainingForward::logits`].
+    pub fn backward(self, loss: &Tensor) -> Result<candle_core::backprop::GradStore> {
+        let top = loss.backward()?;
+        Ok(match self.checkpoint {
+            Some(ck) => ck.backward(top)?,
+            None => top,
+        })
     }
 }
 

@@ -423,7 +423,10 @@ fn phase_section(plan: &Plan, rows: &Rows, plots: &Path) -> Result<String> {
         mean_std(&v).0
     };
     let line = |label: &str, i: usize| {
-        let cells: Vec<String> = settings.iter().map(|s| format!("{:.1e}", early(s, i))).collect();
+        let cells: Vec<String> = settings
+            .iter()
+            .map(|s| format!("{:.1e}", early(s, i)))
+            .collect();
         format!("| *{label}* | {} |\n", cells.join(" | "))
     };
     md.push_str(&line("engine k3 KL(μ‖π_sampler), first 3 steps", 0));
@@ -433,33 +436,50 @@ fn phase_section(plan: &Plan, rows: &Rows, plots: &Path) -> Result<String> {
         if names.len() < 2 {
             continue;
         }
-        let per_method = |f: &dyn Fn(&[RunResult]) -> (f64, f64, f64)| -> Vec<crate::report::BandCurve> {
-            methods(rows)
-                .into_iter()
-                .map(|m| {
-                    let pts = names
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(x, s)| find(rows, s, &m).map(|r| (x as f64, f(r))))
-                        .map(|(x, (y, lo, hi))| (x, y, lo, hi))
-                        .collect();
-                    (m, pts)
-                })
-                .collect()
-        };
+        let per_method =
+            |f: &dyn Fn(&[RunResult]) -> (f64, f64, f64)| -> Vec<crate::report::BandCurve> {
+                methods(rows)
+                    .into_iter()
+                    .map(|m| {
+                        let pts = names
+                            .iter()
+                            .enumerate()
+                            .filter_map(|(x, s)| find(rows, s, &m).map(|r| (x as f64, f(r))))
+                            .map(|(x, (y, lo, hi))| (x, y, lo, hi))
+                            .collect();
+                        (m, pts)
+                    })
+                    .collect()
+            };
         let collapse = |r: &[RunResult]| {
             let k = r.iter().filter(|x| x.collapsed_at.is_some()).count();
             let (lo, hi) = crate::stats::wilson(k, r.len());
-            (100.0 * k as f64 / r.len().max(1) as f64, 100.0 * lo, 100.0 * hi)
+            (
+                100.0 * k as f64 / r.len().max(1) as f64,
+                100.0 * lo,
+                100.0 * hi,
+            )
         };
         let tails = |r: &[RunResult]| {
             let (m, s) = mean_std(&r.iter().map(|x| x.ratio_p99_9_max).collect::<Vec<_>>());
             (m, m - s, m + s)
         };
         for (file, title, f) in [
-            ("heldout", "held-out accuracy % (mean, t 95% interval)", &accuracy_interval as &dyn Fn(&[RunResult]) -> (f64, f64, f64)),
-            ("collapse", "collapse rate % (Wilson 95% interval)", &collapse),
-            ("ratio_p99_9", "unperturbed ratio p99.9, max over the run (mean ± std)", &tails),
+            (
+                "heldout",
+                "held-out accuracy % (mean, t 95% interval)",
+                &accuracy_interval as &dyn Fn(&[RunResult]) -> (f64, f64, f64),
+            ),
+            (
+                "collapse",
+                "collapse rate % (Wilson 95% interval)",
+                &collapse,
+            ),
+            (
+                "ratio_p99_9",
+                "unperturbed ratio p99.9, max over the run (mean ± std)",
+                &tails,
+            ),
         ] {
             let name = format!("phase_{axis}_{file}.svg");
             crate::report::plot_bands(

@@ -124,8 +124,13 @@ pub struct ModelSection {
     pub device: String,
     /// Micro-batches run at once (CPU: each on its own thread, gradients summed in a fixed
     /// order, so the result does not depend on timing). 0: as many as the CPU threads on a
-    /// CPU, 1 on a GPU.
+    /// CPU for models up to 64M parameters, otherwise 1 (each micro-batch in flight holds a
+    /// whole gradient copy); 1 on a GPU.
     pub parallel_micro_batches: usize,
+    /// Gradient checkpointing: keep only each decoder layer's input during a training forward
+    /// and recompute the layer's activations in the backward (the same gradients; one layer's
+    /// activations alive at a time instead of all of them, for a second forward's time).
+    pub gradient_checkpointing: bool,
 }
 
 impl Default for ModelSection {
@@ -137,6 +142,7 @@ impl Default for ModelSection {
             dtype: Dtype::F32,
             device: "cpu".into(),
             parallel_micro_batches: 0,
+            gradient_checkpointing: false,
         }
     }
 }
@@ -158,14 +164,30 @@ impl ModelSection {
         matches!(self.source(), ModelSource::Embedded { .. })
     }
 
-    /// How many micro-batches run at once: `parallel_micro_batches`, or with 0 the rayon
-    /// pool's threads on a CPU and 1 on a GPU (whose kernels already run asynchronously).
-    pub fn micro_batch_threads(&self) -> usize {
+    /// How many micro-batches run at once for a model of `params` parameters:
+    /// `parallel_micro_batches`, or with 0 [`default_parallel_micro_batches`].
+    pub fn micro_batch_threads(&self, params: usize) -> usize {
         match self.parallel_micro_batches {
-            0 if self.device.trim() == "cpu" => rayon::current_num_threads(),
-            0 => 1,
+            0 => default_parallel_micro_batches(params, self.device.trim() == "cpu"),
             n => n,
         }
+    }
+}
+
+/// Above this many parameters a CPU computes one micro-batch at a time (f32 gradients of
+/// 256 MiB): each micro-batch in flight holds a whole gradient copy until it is summed, and
+/// the products are large enough for the cores to share one micro-batch.
+pub const PARALLEL_MICRO_BATCHES_MAX_PARAMS: usize = 64 << 20;
+
+/// The default number of micro-batches computed at once: on a CPU, one per rayon thread for
+/// models up to [`PARALLEL_MICRO_BATCHES_MAX_PARAMS`] (small products leave cores idle
+/// otherwise), one above (at the 0.5B shape two in flight took 14.0 GB where one took
+/// 10.0 GB); on a GPU one (its kernels already run asynchronously).
+pub fn default_parallel_micro_batches(params: usize, cpu: bool) -> usize {
+    if cpu && params <= PARALLEL_MICRO_BATCHES_MAX_PARAMS {
+        rayon::current_num_threads()
+    } else {
+        1
     }
 }
 

@@ -64,7 +64,15 @@ impl AdamW {
         })
     }
 
-    /// The variables.
+    /// How many numbers the parameters hold.
+    pub fn num_params(&self) -> usize {
+        self.params
+            .iter()
+            .map(|(_, v)| v.as_tensor().elem_count())
+            .sum()
+    }
+
+    /// The parameters, named, in update order.
     pub fn params(&self) -> &[(String, Var)] {
         &self.params
     }

@@ -173,8 +173,7 @@ pub fn plot_bands(
     curves: &[BandCurve],
 ) -> Result<()> {
     let ok = |p: &&(f64, f64, f64, f64)| {
-        [p.0, p.1, p.2, p.3].iter().all(|v| v.is_finite())
-            && p.2.abs().max(p.3.abs()) <= PLOT_LIMIT
+        [p.0, p.1, p.2, p.3].iter().all(|v| v.is_finite()) && p.2.abs().max(p.3.abs()) <= PLOT_LIMIT
     };
     let dropped = curves
         .iter()
@@ -230,7 +229,8 @@ pub fn plot_bands(
     let mut mesh = chart.configure_mesh();
     mesh.x_desc(x_desc);
     if let Some(names) = x_names {
-        mesh.x_labels(names.len() * 4 + 1).x_label_formatter(&name_of);
+        mesh.x_labels(names.len() * 4 + 1)
+            .x_label_formatter(&name_of);
     }
     mesh.draw().map_err(|e| err(&e))?;
     for (i, (name, c)) in curves.iter().enumerate() {

@@ -351,6 +351,8 @@ pub struct StepContext<'a> {
     pub kl: alp_loss::KlPenalty,
     /// Micro-batches computed at once.
     pub threads: usize,
+    /// Recompute each decoder layer in the backward (`model.gradient_checkpointing`).
+    pub checkpointing: bool,
 }
 
 /// One micro-batch's forward and backward, before it is folded into the step.
@@ -372,8 +374,9 @@ fn forward_backward(
     let perturb = keyed.as_deref().unwrap_or(cx.perturb);
     let b = &m.batch;
     let mut weighed = Vec::new();
-    let logits = b.response_logits(cx.model, perturb)?;
-    let (logp, full) = score_parts(b, &logits, &m.temperatures, m.support.as_ref())?;
+    let fwd = b.training_forward(cx.model, perturb, cx.checkpointing)?;
+    let logits = &fwd.logits;
+    let (logp, full) = score_parts(b, logits, &m.temperatures, m.support.as_ref())?;
     let tokens = b.mask.sum_all()?.to_scalar::<f32>()? as f64;
     if let Some(s) = &m.support {
         // π's mass outside each kept support: 1 − π(S) = 1 − exp(log π(y) − log π_S(y)).
@@ -383,7 +386,7 @@ fn forward_backward(
         let sum = (outside * &on)?.sum_all()?.to_scalar::<f32>()? as f64;
         weighed.push((names::SUPPORT_MASS_OUTSIDE.into(), sum / n.max(1.0), n));
     }
-    let ent = alp_loss::entropy_from_logits(&logits, 1024)?.reshape(b.mask.shape())?;
+    let ent = alp_loss::entropy_from_logits(logits, 1024)?.reshape(b.mask.shape())?;
     let ent = (ent * &b.mask)?.sum_all()?.to_scalar::<f32>()? as f64;
     weighed.push((names::ENTROPY.into(), ent / tokens.max(1.0), tokens));
     let inputs = LossInputs {
@@ -418,7 +421,7 @@ fn forward_backward(
                 weighed.push((k.clone(), *v, w));
             }
         }
-        grads = Some(out.loss.backward()?);
+        grads = Some(fwd.backward(&out.loss)?);
     }
     Ok(MicroOut {
         value,

@@ -14,7 +14,8 @@
 //!   and RL phases 30% faster and the 25M-shape `alp bench train|rollout` no slower; matrix
 //!   products and alp's fused kernels still use all cores through rayon.
 
-/// Applies the settings above: glibc's allocator keeps freed memory (no effect on other
+/// Applies the settings above: glibc's allocator keeps freed memory in one arena shared by
+/// every thread (no effect on other
 /// allocators or platforms), `RAYON_NUM_THREADS` is fixed to candle's choice and
 /// `CANDLE_NUM_THREADS` to 1, each unless the user set it. Call it first thing in `main`,
 /// before any thread starts.
@@ -27,6 +28,11 @@ pub fn tune_cpu_process() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 512 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
         libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+        // One arena for every thread: freed blocks kept by the settings above are then
+        // reused by whichever thread allocates next. With an arena per thread, what the main
+        // thread freed (the loading copy of the weights) sat idle while the micro-batch
+        // threads grew their own: at the 0.5B shape the peak fell from 14.0 to 12.5 GB.
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         let n = candle_core::utils::get_num_threads();

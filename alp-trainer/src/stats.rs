@@ -20,9 +20,9 @@
 //! ```
 
 use rand::{Rng, SeedableRng};
-use statrs::distribution::{ContinuousCDF, StudentsT};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
+use statrs::distribution::{ContinuousCDF, StudentsT};
 
 /// A mean difference with its 95% interval and the smallest difference the design detects.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]

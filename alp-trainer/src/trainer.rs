@@ -244,11 +244,14 @@ impl Trainer {
         let plan = plan_micro_batches(&lens, 0, self.cfg.sft.micro_batch_tokens);
         let opt = &self.opt.theta;
         let (model, device) = (&self.model, &self.device);
+        let checkpointing = self.cfg.model.gradient_checkpointing;
         let mut value = 0.0;
         let mut g: Vec<Option<Tensor>> = Vec::new();
         for_each_parallel(
             &plan,
-            self.cfg.model.micro_batch_threads(),
+            self.cfg
+                .model
+                .micro_batch_threads(self.opt.theta.num_params()),
             |_, rows| {
                 let rows: Vec<(&[u32], &[u32], &[u8])> = rows
                     .iter()
@@ -262,11 +265,12 @@ impl Trainer {
                     })
                     .collect();
                 let b = SeqBatch::new(&rows, device)?;
-                let lp = b.response_logprobs(model, &NoPerturbation)?;
+                let fwd = b.training_forward(model, &NoPerturbation, checkpointing)?;
+                let lp = b.logprobs_of(&fwd.logits)?;
                 let loss = ((lp * &b.mask)?.sum_all()? * (-1.0 / n))?;
                 let v = loss.to_scalar::<f32>()? as f64;
                 let grads = if v.is_finite() {
-                    opt.grads(&loss.backward()?)
+                    opt.grads(&fwd.backward(&loss)?)
                 } else {
                     vec![]
                 };
@@ -409,7 +413,10 @@ impl Trainer {
             self.set_reference(&w)?;
         }
         let scorers = self.scorers(sampled_by)?;
-        let threads = self.cfg.model.micro_batch_threads();
+        let threads = self
+            .cfg
+            .model
+            .micro_batch_threads(self.opt.theta.num_params());
         let shape = rl_step::BatchShape {
             mini_batch: rl.mini_batch,
             micro_batch: rl.micro_batch,
@@ -443,6 +450,7 @@ impl Trainer {
                     aggregation: rl.aggregation,
                     kl: rl.kl,
                     threads,
+                    checkpointing: self.cfg.model.gradient_checkpointing,
                 };
                 let mut grads =
                     rl_step::backward_minibatch(&cx, &self.opt, mini, &mut stats, micro_index)?;

@@ -106,13 +106,19 @@ fn the_phase_smoke_plan_writes_the_phase_diagram_with_intervals() {
         assert!(at("ci95", 0) <= at("bootstrap_ci95", 0) + 1e-9, "{p}");
         assert!(at("ci95", 1) >= at("bootstrap_ci95", 1) - 1e-9, "{p}");
         let rep = "replication_ci95_same_number_of_new_seeds";
-        assert!(at(rep, 0) <= at("ci95", 0) && at(rep, 1) >= at("ci95", 1), "{p}");
+        assert!(
+            at(rep, 0) <= at("ci95", 0) && at(rep, 1) >= at("ci95", 1),
+            "{p}"
+        );
     }
     let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
     assert!(md.contains("## The phase diagram"), "{md}");
     assert!(md.contains("| grpo |") && md.contains("engine k3"));
     for f in ["heldout", "collapse", "ratio_p99_9"] {
-        assert!(dir.path().join(format!("plots/phase_engine_{f}.svg")).exists());
+        assert!(dir
+            .path()
+            .join(format!("plots/phase_engine_{f}.svg"))
+            .exists());
     }
     // An axis with one setting gets no plot.
     assert!(!dir.path().join("plots/phase_stale_heldout.svg").exists());

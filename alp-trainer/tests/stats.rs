@@ -107,7 +107,8 @@ fn t_cdf_reference(x: f64, nu: f64) -> f64 {
             - 1.0 / (360.0 * z.powi(3))
             + 1.0 / (1260.0 * z.powi(5))
     };
-    let c = (ln_gamma((nu + 1.0) / 2.0) - ln_gamma(nu / 2.0)).exp() / (nu * std::f64::consts::PI).sqrt();
+    let c = (ln_gamma((nu + 1.0) / 2.0) - ln_gamma(nu / 2.0)).exp()
+        / (nu * std::f64::consts::PI).sqrt();
     let f = |t: f64| c * (1.0 + t * t / nu).powf(-(nu + 1.0) / 2.0);
     let n = 20_000;
     let h = x / n as f64;
@@ -123,7 +124,10 @@ fn t_quantiles_invert_the_integrated_density() {
     for nu in [1.0, 2.0, 4.0, 9.0, 29.0] {
         for p in [0.8, 0.975] {
             let q = t_quantile(p, nu);
-            assert!((t_cdf_reference(q, nu) - p).abs() < 1e-7, "ν {nu} p {p}: {q}");
+            assert!(
+                (t_cdf_reference(q, nu) - p).abs() < 1e-7,
+                "ν {nu} p {p}: {q}"
+            );
         }
     }
     // The textbook value every table prints.
@@ -175,7 +179,15 @@ fn with_five_pairs_the_t_interval_keeps_its_coverage_and_the_bootstrap_does_not(
         rep_in += (lo <= new && new <= hi) as usize;
     }
     let rate = |k: usize| k as f64 / trials as f64;
-    assert!((rate(t_in) - 0.95).abs() < 0.015, "t coverage {}", rate(t_in));
-    assert!((rate(rep_in) - 0.95).abs() < 0.015, "replication {}", rate(rep_in));
+    assert!(
+        (rate(t_in) - 0.95).abs() < 0.015,
+        "t coverage {}",
+        rate(t_in)
+    );
+    assert!(
+        (rate(rep_in) - 0.95).abs() < 0.015,
+        "replication {}",
+        rate(rep_in)
+    );
     assert!(rate(boot_in) < 0.9, "bootstrap coverage {}", rate(boot_in));
 }

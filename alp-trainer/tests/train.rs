@@ -1005,3 +1005,58 @@ fn sft_micro_batches_by_length_give_the_whole_batch_update() {
     let rel = rel_diff(&gw, &gp);
     assert!(rel <= 1e-6, "gradient relative difference {rel}");
 }
+
+#[test]
+fn gradient_checkpointing_gives_the_plain_gradients_in_rl_and_sft() {
+    // `model.gradient_checkpointing` recomputes each decoder layer in the backward: an ALP
+    // step (layer-wise noise recomputed from its key, micro-batches in parallel) and an SFT
+    // batch get the gradients of the plain backward.
+    let groups = uneven_batch();
+    let run = |ck: bool| {
+        step_grads_with(
+            &[
+                "rl.objective.method=alp-seq".into(),
+                "perturbation.sigma_init=0.5".into(),
+                "rl.micro_batch=2".into(),
+                "model.parallel_micro_batches=2".into(),
+                format!("model.gradient_checkpointing={ck}"),
+            ],
+            &groups,
+        )
+    };
+    let (plain, mp) = run(false);
+    let (ck, mc) = run(true);
+    let rel = rel_diff(&plain, &ck);
+    assert!(rel <= 1e-5, "RL gradient relative difference {rel}");
+    let (lp, lc) = (mp[metrics::LOSS], mc[metrics::LOSS]);
+    assert!(
+        (lp - lc).abs() <= 1e-6 * lp.abs().max(1e-3),
+        "loss {lp} vs {lc}"
+    );
+
+    let tok = alp_trainer::default_task::build_tokenizer().unwrap();
+    let demos =
+        alp_trainer::default_task::demonstrations(&tok, &Default::default(), 0.5, 3, 12).unwrap();
+    let sft = |ck: bool| {
+        let cfg = small()
+            .apply_overrides(&[format!("model.gradient_checkpointing={ck}")])
+            .unwrap();
+        let (loss, g) = Trainer::new(cfg).unwrap().sft_gradients(&demos).unwrap();
+        let g: Vec<Vec<f32>> = g
+            .iter()
+            .map(|x| {
+                x.as_ref()
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap()
+            })
+            .collect();
+        (loss, g)
+    };
+    let ((l0, g0), (l1, g1)) = (sft(false), sft(true));
+    assert!((l0 - l1).abs() <= 1e-6 * l0, "SFT loss {l0} vs {l1}");
+    let rel = rel_diff(&g0, &g1);
+    assert!(rel <= 1e-5, "SFT gradient relative difference {rel}");
+}

@@ -164,9 +164,14 @@ pub struct TrainArgs {
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Micro-batches computed at once, each on its own thread with the gradients summed, as
-    /// `alp train` does (default: the CPU's threads, at most the batch; 1 on a GPU).
+    /// `alp train` does (default: `alp train`'s: the CPU's threads up to 64M parameters, at
+    /// most the batch, otherwise 1; 1 on a GPU).
     #[arg(long)]
     pub parallel_micro_batches: Option<usize>,
+    /// Gradient checkpointing: keep each decoder layer's input only and recompute the layer in
+    /// the backward (`model.gradient_checkpointing` of `alp train`).
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
     /// Print only the JSON line.
     #[arg(long)]
     pub json: bool,
@@ -219,15 +224,32 @@ fn machine(device: &str) -> serde_json::Value {
 }
 
 fn peak_rss_mb() -> f64 {
+    status_mb("VmHWM:")
+}
+
+/// A `/proc/self/status` line in MB (NaN where there is none).
+fn status_mb(key: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(key))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map(|kb| kb / 1024.0)
         .unwrap_or(f64::NAN)
+}
+
+/// The peak resident memory of a phase: resets the kernel's high-water mark (Linux
+/// `clear_refs` 5), runs `f`, reads the mark. `peak` keeps the process's maximum, which the
+/// reset would otherwise lose.
+fn phase_peak<T>(peak: &mut f64, f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
+    *peak = peak.max(peak_rss_mb());
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let out = f()?;
+    let p = peak_rss_mb();
+    *peak = peak.max(p);
+    Ok((out, p))
 }
 
 /// Forward + backward + AdamW on random tokens (f32, the differentiable path).
@@ -255,10 +277,20 @@ pub fn train(a: TrainArgs) -> Result<()> {
         None,
     )?;
     let (model, varmap) = weights.build_trainable()?;
+    // The trainable copy is what the run holds from here, as `alp train` does.
+    drop(weights);
+    let mut peak = 0.0f64;
+    let rss_weights = status_mb("VmRSS:");
     let mut opt = AdamW::new(
         alp_trainer::trainer::named_vars(&varmap)?,
         AdamWParams::with_lr(1e-5),
     )?;
+    let params: usize = opt
+        .params()
+        .iter()
+        .map(|(_, v)| v.as_tensor().elem_count())
+        .sum();
+    let rss_optimizer = status_mb("VmRSS:");
     let vocab = model.config().vocab_size as u32;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let ids: Vec<u32> = (0..a.batch * a.seq_len)
@@ -267,11 +299,10 @@ pub fn train(a: TrainArgs) -> Result<()> {
     let ids = candle_core::Tensor::from_vec(ids, (a.batch, a.seq_len), &device)?;
     let micros = a
         .parallel_micro_batches
-        .unwrap_or(if device.is_cpu() {
-            rayon::current_num_threads()
-        } else {
-            1
-        })
+        .unwrap_or(alp_trainer::config::default_parallel_micro_batches(
+            params,
+            device.is_cpu(),
+        ))
         .clamp(1, a.batch);
     // Equal shares of the rows; each micro-batch's summed NLL over the whole batch's tokens,
     // so the parts add up to the batch's mean loss and gradient.
@@ -284,41 +315,71 @@ pub fn train(a: TrainArgs) -> Result<()> {
         })
         .collect();
     let n = (a.batch * (a.seq_len - 1)) as f64;
-    let mut step = || -> Result<f32> {
+    let ck = a.gradient_checkpointing;
+    // (loss, peak of forward + backward + accumulation, peak of the optimizer step), MB.
+    let mut step = |peak: &mut f64| -> Result<(f32, f64, f64)> {
         let mut loss = 0.0;
         let mut g = Vec::new();
-        alp_trainer::batch::for_each_parallel(
-            &rows,
-            micros,
-            |_, &(start, len)| {
-                let ids = ids.narrow(0, start, len)?;
-                let logits = model.forward_full(
-                    &ids.narrow(1, 0, a.seq_len - 1)?,
-                    &[],
-                    &alp_model::NoPerturbation,
-                    alp_model::Numerics::Training,
-                )?;
-                let part =
-                    (alp_model::token_logprobs(&logits, &ids.narrow(1, 1, a.seq_len - 1)?, 1.0)?
-                        .sum_all()?
+        let ((), fb) = phase_peak(peak, || {
+            alp_trainer::batch::for_each_parallel(
+                &rows,
+                micros,
+                |_, &(start, len)| {
+                    let ids = ids.narrow(0, start, len)?;
+                    let input = ids.narrow(1, 0, a.seq_len - 1)?;
+                    let none = &alp_model::NoPerturbation;
+                    let checkpoint = if ck {
+                        Some(model.forward_checkpointed(&input, &[], none)?)
+                    } else {
+                        None
+                    };
+                    let logits = match &checkpoint {
+                        Some(c) => model.logits(c.hidden())?,
+                        None => {
+                            model.forward_full(&input, &[], none, alp_model::Numerics::Training)?
+                        }
+                    };
+                    let targets = ids.narrow(1, 1, a.seq_len - 1)?;
+                    let part = (alp_model::token_logprobs(&logits, &targets, 1.0)?.sum_all()?
                         * (-1.0 / n))?;
-                Ok((part.to_scalar::<f32>()?, opt.grads(&part.backward()?)))
-            },
-            |(v, grads)| {
-                loss += v;
-                alp_trainer::optim::add_grads(&mut g, grads)
-            },
-        )?;
-        opt.step(&g, 1.0)?;
-        Ok(loss)
+                    drop(logits);
+                    let store = part.backward()?;
+                    let store = match checkpoint {
+                        Some(c) => c.backward(store)?,
+                        None => store,
+                    };
+                    Ok((part.to_scalar::<f32>()?, opt.grads(&store)))
+                },
+                |(v, grads)| {
+                    loss += v;
+                    alp_trainer::optim::add_grads(&mut g, grads)
+                },
+            )?;
+            Ok(())
+        })?;
+        let ((), st) = phase_peak(peak, || Ok(opt.step(&g, 1.0)?))?;
+        Ok((loss, fb, st))
     };
-    step()?; // warm-up
+    step(&mut peak)?; // warm-up
     let t = Instant::now();
-    let mut last = 0.0;
+    let (mut last, mut fb, mut st) = (0.0, 0.0f64, 0.0f64);
     for _ in 0..a.steps {
-        last = step()?;
+        let (l, f, s) = step(&mut peak)?;
+        (last, fb, st) = (l, fb.max(f), st.max(s));
     }
     let secs = t.elapsed().as_secs_f64();
+    let mb = |bytes: usize| bytes as f64 / (1024.0 * 1024.0);
+    let rows_per_micro = rows.iter().map(|r| r.1).max().unwrap_or(0);
+    let memory = serde_json::json!({
+        "weights_mb": mb(4 * params),
+        "gradients_mb": mb(4 * params),
+        "optimizer_state_mb": mb(8 * params),
+        "logits_per_micro_batch_mb": mb(4 * rows_per_micro * (a.seq_len - 1) * c.vocab_size),
+        "rss_after_weights_mb": rss_weights,
+        "rss_after_optimizer_mb": rss_optimizer,
+        "peak_forward_backward_mb": fb,
+        "peak_optimizer_step_mb": st,
+    });
     let tokens = (a.batch * (a.seq_len - 1) * a.steps) as f64;
     if !a.json {
         println!(
@@ -332,7 +393,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
     }
     println!(
         "{}",
-        serde_json::json!({"tokens_per_s": tokens / secs, "peak_rss_mb": peak_rss_mb(), "seconds_per_step": secs / a.steps as f64, "batch": a.batch, "seq_len": a.seq_len, "steps": a.steps, "parallel_micro_batches": micros, "device": a.device, "machine": machine(&a.device)})
+        serde_json::json!({"tokens_per_s": tokens / secs, "peak_rss_mb": peak.max(peak_rss_mb()), "memory": memory, "gradient_checkpointing": ck, "seconds_per_step": secs / a.steps as f64, "batch": a.batch, "seq_len": a.seq_len, "steps": a.steps, "parallel_micro_batches": micros, "device": a.device, "machine": machine(&a.device)})
     );
     Ok(())
 }
