@@ -29,6 +29,11 @@ pub trait RolloutBackend: Send + Sync {
     /// Samples from now on with `weights` (already in the rollout dtype, on the rollout
     /// device), which are version `version`.
     fn publish(&mut self, version: PolicyVersion, weights: &ModelWeights) -> Result<()>;
+    /// The backend's counters so far (prefill and decode tokens and seconds), if it keeps
+    /// any: the in-process engine does, remote servers report theirs on `/metrics`.
+    fn stats(&self) -> Option<crate::engine::GenerateStats> {
+        None
+    }
 }
 
 impl<T: RolloutBackend + ?Sized> RolloutBackend for Box<T> {
@@ -40,5 +45,8 @@ impl<T: RolloutBackend + ?Sized> RolloutBackend for Box<T> {
     }
     fn publish(&mut self, version: PolicyVersion, weights: &ModelWeights) -> Result<()> {
         (**self).publish(version, weights)
+    }
+    fn stats(&self) -> Option<crate::engine::GenerateStats> {
+        (**self).stats()
     }
 }

@@ -26,6 +26,13 @@ pub struct EngineConfig {
     /// round-robin; `max_batch` and `token_budget` are shared out). On a CPU a decode step at
     /// moderate batch sizes barely uses a second core, two shards use both. 1: one batch.
     pub shards: usize,
+    /// Prefix reuse: the KV cache rows of up to this many tokens of finished sequences are
+    /// kept, and a request whose prompt extends one of them (the next turn of a multi-turn
+    /// episode: the conversation so far plus the tool's answer) continues from it and
+    /// prefills only its new tokens, as vLLM's automatic prefix caching and SGLang's
+    /// RadixAttention do. Oldest first out. 0: off. Memory: per token 2 · layers · kv_heads
+    /// · head_dim · 4 bytes (24.6 KB at the 0.5B shape, 2 KB for the embedded default).
+    pub prefix_cache_tokens: usize,
 }
 
 impl Default for EngineConfig {
@@ -35,6 +42,7 @@ impl Default for EngineConfig {
             token_budget: 64 * 1024,
             max_context: 0,
             shards: 1,
+            prefix_cache_tokens: 16 * 1024,
         }
     }
 }
@@ -154,7 +162,8 @@ impl Scheduler {
 }
 
 /// Counters of one `generate` call.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct GenerateStats {
     /// Decode steps run.
     pub decode_steps: usize,
@@ -168,6 +177,83 @@ pub struct GenerateStats {
     pub prefill_seconds: f64,
     /// Seconds in decode steps (forward and sampling).
     pub decode_seconds: f64,
+    /// Prompt tokens run through the model in prefills.
+    pub prefill_tokens: usize,
+    /// Prompt tokens taken from a kept sequence's KV rows instead (prefix reuse).
+    pub reused_tokens: usize,
+}
+
+impl GenerateStats {
+    /// What was counted since `before` (an earlier reading of the same totals).
+    pub fn since(&self, before: &GenerateStats) -> GenerateStats {
+        GenerateStats {
+            decode_steps: self.decode_steps.saturating_sub(before.decode_steps),
+            prefills: self.prefills.saturating_sub(before.prefills),
+            rebuilds: self.rebuilds.saturating_sub(before.rebuilds),
+            peak_batch: self.peak_batch,
+            prefill_seconds: (self.prefill_seconds - before.prefill_seconds).max(0.0),
+            decode_seconds: (self.decode_seconds - before.decode_seconds).max(0.0),
+            prefill_tokens: self.prefill_tokens.saturating_sub(before.prefill_tokens),
+            reused_tokens: self.reused_tokens.saturating_sub(before.reused_tokens),
+        }
+    }
+
+    /// Adds `o`'s counters and seconds (the larger `peak_batch`).
+    pub fn add(&mut self, o: &GenerateStats) {
+        self.decode_steps += o.decode_steps;
+        self.prefills += o.prefills;
+        self.rebuilds += o.rebuilds;
+        self.peak_batch = self.peak_batch.max(o.peak_batch);
+        self.prefill_seconds += o.prefill_seconds;
+        self.decode_seconds += o.decode_seconds;
+        self.prefill_tokens += o.prefill_tokens;
+        self.reused_tokens += o.reused_tokens;
+    }
+}
+
+/// Finished sequences' KV cache rows kept for prompts that extend them
+/// ([`EngineConfig::prefix_cache_tokens`]). Entries are tied to the model they were computed
+/// with, and each is used once (the next turn replaces it with a longer one).
+#[derive(Default)]
+struct PrefixStore {
+    /// (model, tokens, their single-row cache), oldest first. The weak reference keeps the
+    /// model's address from being reused by another model while the entry exists.
+    entries: std::collections::VecDeque<(std::sync::Weak<Model>, Vec<TokenId>, KvCache)>,
+    tokens: usize,
+}
+
+impl PrefixStore {
+    fn insert(&mut self, model: &Arc<Model>, seq: Vec<TokenId>, kv: KvCache, budget: usize) {
+        if seq.is_empty() || seq.len() > budget {
+            return;
+        }
+        self.tokens += seq.len();
+        self.entries.push_back((Arc::downgrade(model), seq, kv));
+        while self.tokens > budget {
+            match self.entries.pop_front() {
+                Some((_, s, _)) => self.tokens -= s.len(),
+                None => break,
+            }
+        }
+    }
+
+    /// Removes and returns the longest kept sequence of `model` that is a proper prefix of
+    /// `prompt` (at least one prompt token is left to run, for the next token's logits).
+    fn take(&mut self, model: &Arc<Model>, prompt: &[TokenId]) -> Option<KvCache> {
+        let (i, _) = self
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(_, (m, s, _))| {
+                std::ptr::eq(m.as_ptr(), Arc::as_ptr(model))
+                    && s.len() < prompt.len()
+                    && prompt.starts_with(s)
+            })
+            .max_by_key(|(_, (_, s, _))| s.len())?;
+        let (_, s, kv) = self.entries.remove(i)?;
+        self.tokens -= s.len();
+        Some(kv)
+    }
 }
 
 /// A sampling engine over one immutable model snapshot.
@@ -184,6 +270,10 @@ pub struct Engine {
     config: EngineConfig,
     /// The policy version of `model`'s weights.
     version: PolicyVersion,
+    /// Kept sequences for prefix reuse, shared by the engine's clones (shards).
+    prefixes: Arc<std::sync::Mutex<PrefixStore>>,
+    /// The counters of every batch served so far, shared by the engine's clones.
+    totals: Arc<std::sync::Mutex<GenerateStats>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -206,6 +296,8 @@ impl Engine {
             eos: Vec::new(),
             config,
             version: 0,
+            prefixes: Default::default(),
+            totals: Default::default(),
         })
     }
 
@@ -237,6 +329,13 @@ impl Engine {
     pub fn with_eos(mut self, eos: Vec<TokenId>) -> Self {
         self.eos = eos;
         self
+    }
+
+    /// The counters summed over everything this engine and its clones served so far (the
+    /// seconds of concurrent shards add up: CPU-seconds, not wall time; `peak_batch` is the
+    /// largest of any batch).
+    pub fn totals(&self) -> GenerateStats {
+        self.totals.lock().map(|t| *t).unwrap_or_default()
     }
 
     /// The model.
@@ -371,6 +470,8 @@ impl Engine {
             stats.peak_batch += st.peak_batch;
             stats.prefill_seconds = stats.prefill_seconds.max(st.prefill_seconds);
             stats.decode_seconds = stats.decode_seconds.max(st.decode_seconds);
+            stats.prefill_tokens += st.prefill_tokens;
+            stats.reused_tokens += st.reused_tokens;
         }
         let out = out
             .into_iter()
@@ -445,7 +546,7 @@ impl Engine {
             }
             if !admit.is_empty() {
                 let t_prefill = std::time::Instant::now();
-                let (new_cache, logits) = self.prefill(&live, &admit)?;
+                let (new_caches, place, logits) = self.prefill(&live, &admit, &mut stats)?;
                 stats.prefills += 1;
                 let mut new_rows: Vec<Row> = admit
                     .iter()
@@ -464,12 +565,16 @@ impl Engine {
                     .collect();
                 for (j, row) in new_rows.iter_mut().enumerate() {
                     if let Some(c) = self.advance(row, &logits[j], &live)? {
+                        let (k, r) = place[j];
+                        self.keep(&new_caches[k], r, &live[row.req].prompt, &c.tokens)?;
                         finished(row.req, Ok(c));
                     }
                 }
                 // Merge the running rows and the new ones into one cache.
+                let joining: Vec<(&KvCache, usize)> =
+                    place.iter().map(|&(k, r)| (&new_caches[k], r)).collect();
                 let (c, r) =
-                    self.rebuild(cache.as_ref(), rows, Some((&new_cache, new_rows)), &live)?;
+                    self.rebuild(cache.as_ref(), rows, Some((joining, new_rows)), &live)?;
                 cache = Some(c);
                 rows = r;
                 stats.rebuilds += 1;
@@ -502,10 +607,11 @@ impl Engine {
                 stats.peak_batch = stats
                     .peak_batch
                     .max(rows.iter().filter(|r| !r.done()).count());
-                for (row, l) in rows.iter_mut().zip(&logits) {
+                for (r, (row, l)) in rows.iter_mut().zip(&logits).enumerate() {
                     if !row.done() {
-                        if let Some(c) = self.advance(row, l, &live)? {
-                            finished(row.req, Ok(c));
+                        if let Some(done) = self.advance(row, l, &live)? {
+                            self.keep(c, r, &live[row.req].prompt, &done.tokens)?;
+                            finished(row.req, Ok(done));
                         }
                     }
                 }
@@ -516,6 +622,9 @@ impl Engine {
                 live.0.remove(&row.req);
             }
         }
+        if let Ok(mut t) = self.totals.lock() {
+            t.add(&stats);
+        }
         Ok(stats)
     }
 
@@ -525,7 +634,7 @@ impl Engine {
         &self,
         cache: Option<&KvCache>,
         rows: Vec<Row>,
-        joining: Option<(&KvCache, Vec<Row>)>,
+        joining: Option<(Vec<(&KvCache, usize)>, Vec<Row>)>,
         requests: &Live,
     ) -> Result<(KvCache, Vec<Row>)> {
         let mut parts: Vec<(&KvCache, usize)> = Vec::new();
@@ -537,8 +646,8 @@ impl Engine {
                 kept.push(row);
             }
         }
-        if let Some((c, new_rows)) = joining {
-            parts.extend((0..new_rows.len()).map(|j| (c, j)));
+        if let Some((places, new_rows)) = joining {
+            parts.extend(places);
             kept.extend(new_rows);
         }
         let capacity = self.capacity_for(&parts, &kept, requests);
@@ -566,30 +675,109 @@ impl Engine {
         len + more + 1
     }
 
-    /// Prefills the prompts of `admit` together (left-padded); returns their cache and the
-    /// last-position logits of each.
-    fn prefill(&self, requests: &Live, admit: &[usize]) -> Result<(KvCache, Vec<Vec<f32>>)> {
-        let longest = admit
+    /// Keeps row `r` of `cache` (the sequence `prompt` + `tokens`, whose last token was
+    /// sampled but never run) for a later prompt that extends it.
+    fn keep(
+        &self,
+        cache: &KvCache,
+        r: usize,
+        prompt: &[TokenId],
+        tokens: &[TokenId],
+    ) -> Result<()> {
+        let budget = self.config.prefix_cache_tokens;
+        if budget == 0 || tokens.is_empty() {
+            return Ok(());
+        }
+        let mut seq = Vec::with_capacity(prompt.len() + tokens.len() - 1);
+        seq.extend_from_slice(prompt);
+        seq.extend_from_slice(&tokens[..tokens.len() - 1]);
+        let pad = cache.left_pad().get(r).copied().unwrap_or(0);
+        if cache.len().saturating_sub(pad) != seq.len() || seq.len() > budget {
+            // Not the row's exact history (cannot happen where this is called): keep nothing.
+            return Ok(());
+        }
+        let kv = KvCache::gather_rows(&[(cache, r)], seq.len())?;
+        self.prefixes
+            .lock()
+            .map_err(|_| Error::Msg("the prefix store's lock was poisoned".into()))?
+            .insert(&self.model, seq, kv, budget);
+        Ok(())
+    }
+
+    /// Prefills the prompts of `admit`: a prompt that extends a kept sequence continues its
+    /// KV rows and runs only its new tokens; the others run together (left-padded). Returns
+    /// the caches, where each admitted request's row is (`(cache, row)`, in `admit` order),
+    /// and the last-position logits of each.
+    #[allow(clippy::type_complexity)]
+    fn prefill(
+        &self,
+        requests: &Live,
+        admit: &[usize],
+        stats: &mut GenerateStats,
+    ) -> Result<(Vec<KvCache>, Vec<(usize, usize)>, Vec<Vec<f32>>)> {
+        let mut caches = Vec::new();
+        let mut place = vec![(0, 0); admit.len()];
+        let mut logits = vec![Vec::new(); admit.len()];
+        let mut fresh = Vec::with_capacity(admit.len());
+        for (j, &i) in admit.iter().enumerate() {
+            let prompt = &requests[i].prompt;
+            let kept = if self.config.prefix_cache_tokens > 0 {
+                self.prefixes
+                    .lock()
+                    .map_err(|_| Error::Msg("the prefix store's lock was poisoned".into()))?
+                    .take(&self.model, prompt)
+            } else {
+                None
+            };
+            let Some(kv) = kept else {
+                fresh.push(j);
+                continue;
+            };
+            let reused = kv.len();
+            let mut cache = KvCache::gather_rows(&[(&kv, 0)], prompt.len())?;
+            let new = &prompt[reused..];
+            let input = Tensor::from_vec(new.to_vec(), (1, new.len()), self.model.device())?;
+            let l = self
+                .model
+                .forward_last(&input, &mut cache, &NoPerturbation)?
+                .to_dtype(DType::F32)?
+                .to_vec2::<f32>()?;
+            logits[j] = l.into_iter().next().unwrap_or_default();
+            place[j] = (caches.len(), 0);
+            caches.push(cache);
+            stats.prefill_tokens += new.len();
+            stats.reused_tokens += reused;
+        }
+        if fresh.is_empty() {
+            return Ok((caches, place, logits));
+        }
+        let longest = fresh
             .iter()
-            .map(|&i| requests[i].prompt.len())
+            .map(|&j| requests[admit[j]].prompt.len())
             .max()
             .unwrap_or(0);
-        let mut ids = Vec::with_capacity(admit.len() * longest);
-        let mut pads = Vec::with_capacity(admit.len());
-        for &i in admit {
-            let p = &requests[i].prompt;
+        let mut ids = Vec::with_capacity(fresh.len() * longest);
+        let mut pads = Vec::with_capacity(fresh.len());
+        for &j in &fresh {
+            let p = &requests[admit[j]].prompt;
             pads.push(longest - p.len());
             ids.extend(std::iter::repeat_n(0, longest - p.len()));
             ids.extend_from_slice(p);
+            stats.prefill_tokens += p.len();
         }
-        let input = Tensor::from_vec(ids, (admit.len(), longest), self.model.device())?;
+        let input = Tensor::from_vec(ids, (fresh.len(), longest), self.model.device())?;
         let mut cache = self.model.new_cache(longest, &pads);
-        let logits = self
+        let rows = self
             .model
             .forward_last(&input, &mut cache, &NoPerturbation)?
             .to_dtype(DType::F32)?
             .to_vec2::<f32>()?;
-        Ok((cache, logits))
+        for (k, (&j, l)) in fresh.iter().zip(rows).enumerate() {
+            logits[j] = l;
+            place[j] = (caches.len(), k);
+        }
+        caches.push(cache);
+        Ok((caches, place, logits))
     }
 
     /// Whether a stop string ends within the newest token of `tokens`. Earlier tokens were
@@ -671,6 +859,10 @@ impl crate::backend::RolloutBackend for Engine {
         self.version
     }
 
+    fn stats(&self) -> Option<GenerateStats> {
+        Some(self.totals())
+    }
+
     /// Rebuilds the model from `weights` in the engine's dtype, on its device (no copy where
     /// they already are).
     fn publish(&mut self, version: PolicyVersion, weights: &ModelWeights) -> Result<()> {
@@ -685,6 +877,10 @@ impl crate::backend::RolloutBackend for Engine {
             weights.snapshot(dtype, &device)?.build()?
         });
         self.version = version;
+        // Sequences kept under the old weights are never continued by the new ones.
+        if let Ok(mut p) = self.prefixes.lock() {
+            *p = PrefixStore::default();
+        }
         Ok(())
     }
 }

@@ -24,6 +24,10 @@ pub struct RolloutBatch {
     pub generate_seconds: f64,
     /// Seconds spent waiting for fresh enough weights.
     pub wait_seconds: f64,
+    /// The backend's counters for this batch (prefill and decode tokens and seconds), where
+    /// it keeps them ([`crate::RolloutBackend::stats`]).
+    #[serde(default)]
+    pub engine: Option<crate::engine::GenerateStats>,
 }
 
 type Snapshot = (PolicyVersion, Arc<ModelWeights>);
@@ -157,7 +161,9 @@ impl RolloutWorker {
                             current = v;
                         }
                         let t = Instant::now();
+                        let before = engine.stats();
                         let groups = produce(&engine, step, current)?;
+                        let stats = engine.stats().zip(before).map(|(a, b)| a.since(&b));
                         // The batch is as stale as its oldest trajectory: a backend may answer
                         // from weights older than the last published ones (a server between
                         // reloads).
@@ -172,6 +178,7 @@ impl RolloutWorker {
                             groups,
                             generate_seconds: t.elapsed().as_secs_f64(),
                             wait_seconds,
+                            engine: stats,
                         };
                         if out_tx.send(Ok(batch)).is_err() {
                             return Ok(());

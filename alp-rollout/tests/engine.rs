@@ -685,3 +685,102 @@ fn environment_steps_run_concurrently_and_reach_their_own_episodes() {
         "steps ran one at a time"
     );
 }
+
+#[test]
+fn a_turn_that_extends_a_finished_sequence_reuses_its_kv_rows() {
+    // Turn 1, then turn 2 whose prompts are turn 1's prompt + completion + a tool's answer:
+    // with prefix reuse only the last sampled token and the answer are run; the log-probs
+    // equal those of the re-prefill path (prefix reuse off) and of a full forward.
+    let m = model();
+    let params = |i: usize, turn: u64| SamplingParams {
+        max_new_tokens: 3 + i % 3,
+        seed: 100 * turn + i as u64,
+        temperature: 1.0,
+        ..Default::default()
+    };
+    let with = |tokens: usize, shards: usize| {
+        Engine::new(
+            m.clone(),
+            EngineConfig {
+                prefix_cache_tokens: tokens,
+                shards,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    for shards in [1, 2] {
+        let (reuse, plain) = (with(1 << 14, shards), with(0, shards));
+        let first = requests(|i| params(i, 1));
+        let (a1, s1) = reuse.generate_with_stats(&first).unwrap();
+        let b1 = plain.generate(&first).unwrap();
+        assert_eq!(s1.reused_tokens, 0);
+        let answer = |i: usize| -> Vec<TokenId> {
+            (0..2 + i % 2).map(|k| (11 + i + k) as TokenId).collect()
+        };
+        let second: Vec<Request> = first
+            .iter()
+            .zip(&a1)
+            .enumerate()
+            .map(|(i, (r, c))| {
+                let mut prompt = r.prompt.clone();
+                prompt.extend_from_slice(&c.tokens);
+                prompt.extend(answer(i));
+                Request {
+                    prompt,
+                    params: params(i, 2),
+                }
+            })
+            .collect();
+        let (a2, s2) = reuse.generate_with_stats(&second).unwrap();
+        let (b2, p2) = plain.generate_with_stats(&second).unwrap();
+        // Everything up to the last sampled token of turn 1 came from the kept rows.
+        let kept: usize = first
+            .iter()
+            .zip(&a1)
+            .map(|(r, c)| r.prompt.len() + c.tokens.len() - 1)
+            .sum();
+        let total: usize = second.iter().map(|r| r.prompt.len()).sum();
+        assert_eq!(s2.reused_tokens, kept, "shards {shards}");
+        assert_eq!(s2.prefill_tokens, total - kept);
+        assert_eq!((p2.reused_tokens, p2.prefill_tokens), (0, total));
+        let pairs = a1.iter().zip(&b1).chain(a2.iter().zip(&b2));
+        for (k, ((x, y), r)) in pairs.zip(first.iter().chain(&second)).enumerate() {
+            assert_eq!(x.tokens, y.tokens, "request {k}");
+            for (p, q) in x.logprobs.iter().zip(&y.logprobs) {
+                assert!((p - q).abs() <= 1e-5, "request {k}: {p} vs {q}");
+            }
+            // And both are the full forward's.
+            let mut ids = r.prompt.clone();
+            ids.extend_from_slice(&x.tokens);
+            let want = recomputed_logprobs(&m, &ids);
+            let want = &want[r.prompt.len() - 1..];
+            for (p, q) in x.logprobs.iter().zip(want) {
+                assert!(
+                    (p - q).abs() <= 1e-4,
+                    "request {k}: {p} vs full forward {q}"
+                );
+            }
+        }
+    }
+    // A kept sequence is never continued by other weights.
+    let mut e = with(1 << 14, 1);
+    let r = requests(|i| params(i, 1));
+    let c = e.generate(&r).unwrap();
+    let w = ModelWeights::random(&presets::tiny(), 4, DType::F32, &Device::Cpu).unwrap();
+    e.publish(1, &w).unwrap();
+    let next: Vec<Request> = r
+        .iter()
+        .zip(&c)
+        .map(|(r, c)| {
+            let mut prompt = r.prompt.clone();
+            prompt.extend_from_slice(&c.tokens);
+            Request {
+                prompt,
+                params: params(0, 3),
+            }
+        })
+        .collect();
+    let (_, s) = e.generate_with_stats(&next).unwrap();
+    assert_eq!(s.reused_tokens, 0);
+}

@@ -324,6 +324,11 @@ pub struct RolloutSection {
     pub publish_dir: String,
     /// The environment variable that holds the servers' reload token.
     pub reload_token_env: String,
+    /// The in-process engine's limits (the local backend and evaluations): `max_batch`,
+    /// `token_budget`, `max_context`, `shards`, and `prefix_cache_tokens` (how many tokens of
+    /// finished turns are kept so that the next turn of an episode prefills only its new
+    /// tokens; 0: off).
+    pub engine: alp_rollout::EngineConfig,
 }
 
 /// Which rollout backend a run uses.
@@ -347,6 +352,7 @@ impl Default for RolloutSection {
             max_in_flight: 64,
             publish_dir: String::new(),
             reload_token_env: "ALP_RELOAD_TOKEN".into(),
+            engine: Default::default(),
         }
     }
 }
@@ -374,8 +380,11 @@ impl RolloutSection {
         }
     }
 
-    /// Checks the remote settings when they are used.
+    /// Checks the engine's limits and the remote settings when they are used.
     pub fn validate(&self) -> Result<()> {
+        self.engine
+            .validate()
+            .map_err(in_section("rl.rollout.engine"))?;
         if self.backend == RolloutBackendKind::Remote {
             // The client's checks name its fields, which are this section's.
             self.remote_config(std::path::Path::new("."), 0)

@@ -4,7 +4,7 @@
 use crate::trainer::Trainer;
 use alp_core::{Result, Task, TaskSource, TrajectoryGroup};
 use alp_envs::math::Split;
-use alp_rollout::{run_episodes, Engine, EngineConfig, Episodes};
+use alp_rollout::{run_episodes, Engine, Episodes};
 use std::collections::BTreeMap;
 
 /// Held-out evaluation of a model.
@@ -78,7 +78,7 @@ pub fn evaluate_tasks(
         &trainer.weights()?,
         trainer.cfg.model.dtype.candle(),
         &trainer.device,
-        EngineConfig::default(),
+        trainer.cfg.rl.rollout.engine.clone(),
     )?
     .with_tokenizer(trainer.tokenizer.clone())
     .with_version(trainer.version);

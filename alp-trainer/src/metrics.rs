@@ -55,6 +55,17 @@ pub const TIME_TRAIN: &str = "time/train_s";
 pub const TIME_SYNC: &str = "time/sync_s";
 /// Generated tokens per second of the rollout.
 pub const ROLLOUT_TOKENS_PER_S: &str = "throughput/rollout_tokens_per_s";
+/// Prompt tokens the rollout engine ran through prefills for the batch.
+pub const ROLLOUT_PREFILL_TOKENS: &str = "rollout/prefill_tokens";
+/// Prompt tokens taken from kept turns instead (prefix reuse).
+pub const ROLLOUT_REUSED_TOKENS: &str = "rollout/reused_tokens";
+/// Prefill tokens per second of the engine's prefill time (summed over its shards).
+pub const ROLLOUT_PREFILL_TOKENS_PER_S: &str = "throughput/rollout_prefill_tokens_per_s";
+/// Generated tokens per second of the engine's decode time (summed over its shards).
+pub const ROLLOUT_DECODE_TOKENS_PER_S: &str = "throughput/rollout_decode_tokens_per_s";
+/// Seconds of the rollout outside the engine's prefills and decode steps (environments and
+/// tools, tokenising; with one shard).
+pub const TIME_ROLLOUT_OTHER: &str = "time/rollout_other_s";
 /// The policy version that sampled the batch.
 pub const SAMPLED_BY: &str = "policy_version/sampled_by";
 /// Mean probability mass the training policy puts outside the kept sampling support of a

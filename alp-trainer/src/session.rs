@@ -15,9 +15,7 @@ use alp_core::{Environment, Error, Result, Task, TaskSource};
 use alp_envs::math::Split;
 use alp_loss::PolicyObjective;
 use alp_model::Tokenizer;
-use alp_rollout::{
-    run_episodes, Engine, EngineConfig, Episodes, RemoteBackend, RolloutBackend, RolloutWorker,
-};
+use alp_rollout::{run_episodes, Engine, Episodes, RemoteBackend, RolloutBackend, RolloutWorker};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -400,6 +398,7 @@ impl Session {
         let (p, g, seed) = (cfg.rl.prompts_per_step, cfg.rl.group_size, cfg.seed);
         let ep_template = t.rollout_episode_config(0);
         let tok_b = tok.clone();
+        let engine_cfg = cfg.rl.rollout.engine.clone();
         let user_backend = match std::mem::replace(&mut self.backend, BackendSlot::Taken) {
             BackendSlot::User(b) => Some(b),
             BackendSlot::Taken => {
@@ -435,7 +434,7 @@ impl Session {
                         Ok(b)
                     }
                     None => Ok(Box::new(
-                        Engine::new(Arc::new(w.build()?), EngineConfig::default())?
+                        Engine::new(Arc::new(w.build()?), engine_cfg.clone())?
                             .with_tokenizer(tok_b.clone())
                             .with_version(v),
                     )),
@@ -519,6 +518,25 @@ impl Session {
             names::ROLLOUT_TOKENS_PER_S,
             gen_tokens as f64 / batch.generate_seconds.max(1e-9),
         );
+        if let Some(e) = &batch.engine {
+            m.set(names::ROLLOUT_PREFILL_TOKENS, e.prefill_tokens as f64);
+            m.set(names::ROLLOUT_REUSED_TOKENS, e.reused_tokens as f64);
+            m.set(
+                names::ROLLOUT_PREFILL_TOKENS_PER_S,
+                e.prefill_tokens as f64 / e.prefill_seconds.max(1e-9),
+            );
+            m.set(
+                names::ROLLOUT_DECODE_TOKENS_PER_S,
+                gen_tokens as f64 / e.decode_seconds.max(1e-9),
+            );
+            if self.config().rl.rollout.engine.shards <= 1 {
+                let engine_s = e.prefill_seconds + e.decode_seconds;
+                m.set(
+                    names::TIME_ROLLOUT_OTHER,
+                    (batch.generate_seconds - engine_s).max(0.0),
+                );
+            }
+        }
         m.set(names::SAMPLED_BY, batch.policy_version as f64);
         m.task_ids = batch.groups.iter().map(|g| g.task_id.clone()).collect();
         let wall = self.wall_seconds();

@@ -100,6 +100,7 @@ pub fn rollout(a: RolloutArgs) -> Result<()> {
             token_budget: a.batch * (a.prompt_len + a.new_tokens),
             max_context: 0,
             shards,
+            ..Default::default()
         },
     )?;
     // Warm-up on one short request (allocations, thread pools).
@@ -172,6 +173,26 @@ pub struct TrainArgs {
     /// the backward (`model.gradient_checkpointing` of `alp train`).
     #[arg(long)]
     pub gradient_checkpointing: bool,
+    /// Print only the JSON line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `alp bench episodes`.
+#[derive(clap::Args)]
+pub struct EpisodesArgs {
+    /// A run directory or checkpoint (e.g. the warm start `alp compare` writes to `OUT/sft`).
+    #[arg(long)]
+    pub from: std::path::PathBuf,
+    /// Tasks sampled (training split, from the run's seed).
+    #[arg(long, default_value_t = 32)]
+    pub tasks: usize,
+    /// Episodes per task.
+    #[arg(long, default_value_t = 8)]
+    pub group: usize,
+    /// Overrides of the checkpoint's config, e.g. --set rl.rollout.engine.shards=2.
+    #[arg(long = "set")]
+    pub sets: Vec<String>,
     /// Print only the JSON line.
     #[arg(long)]
     pub json: bool,
@@ -394,6 +415,85 @@ pub fn train(a: TrainArgs) -> Result<()> {
     println!(
         "{}",
         serde_json::json!({"tokens_per_s": tokens / secs, "peak_rss_mb": peak.max(peak_rss_mb()), "memory": memory, "gradient_checkpointing": ck, "seconds_per_step": secs / a.steps as f64, "batch": a.batch, "seq_len": a.seq_len, "steps": a.steps, "parallel_micro_batches": micros, "device": a.device, "machine": machine(&a.device)})
+    );
+    Ok(())
+}
+
+/// Runs the same episodes with prefix reuse off and with `rl.rollout.engine`'s setting.
+pub fn episodes(a: EpisodesArgs) -> Result<()> {
+    use alp_trainer::checkpoint;
+    use alp_trainer::config::TrainConfig;
+    let ck = checkpoint::latest(&a.from)?;
+    let man = checkpoint::read_manifest(&ck)?;
+    let cfg = TrainConfig::from_toml(&man.config)?.apply_overrides(&a.sets)?;
+    let scratch = std::env::temp_dir().join(format!("alp-bench-episodes-{}", std::process::id()));
+    let session = alp_trainer::session::Session::start_from(&a.from, cfg, scratch.clone());
+    let _ = std::fs::remove_dir_all(&scratch);
+    let t = &session?.trainer;
+    use alp_core::TaskSource;
+    let mut src = t.task_stream(alp_envs::math::Split::Train, t.cfg.seed);
+    let tasks: Vec<alp_core::Task> = (0..a.tasks).filter_map(|_| src.next_task()).collect();
+    let env = t.make_env();
+    let tools = t.tools_spec();
+    let config = t.rollout_episode_config(t.cfg.seed);
+    let on = t.cfg.rl.rollout.engine.prefix_cache_tokens;
+    let mut out = Vec::new();
+    for prefix in [0, on] {
+        let engine = Engine::from_weights(
+            &t.weights()?,
+            t.cfg.rl.rollout_dtype.candle(),
+            &t.device,
+            EngineConfig {
+                prefix_cache_tokens: prefix,
+                ..t.cfg.rl.rollout.engine.clone()
+            },
+        )?
+        .with_tokenizer(t.tokenizer.clone());
+        let episodes = alp_rollout::Episodes {
+            tasks: &tasks,
+            make_env: &env,
+            group_size: a.group,
+            config: &config,
+            tools: tools.as_ref(),
+        };
+        let t0 = Instant::now();
+        let groups = alp_rollout::run_episodes(&engine, &t.tokenizer, &episodes)?;
+        let secs = t0.elapsed().as_secs_f64();
+        let s = engine.totals();
+        let trajs: Vec<&alp_core::Trajectory> =
+            groups.iter().flat_map(|g| g.trajectories.iter()).collect();
+        let n = trajs.len().max(1) as f64;
+        let generated: usize = trajs.iter().map(|t| t.num_generated()).sum();
+        let turns: usize = trajs.iter().map(|t| t.num_turns as usize).sum();
+        let r = serde_json::json!({
+            "prefix_cache_tokens": prefix,
+            "episodes": trajs.len(),
+            "turns_per_episode": turns as f64 / n,
+            "prefill_tokens_per_episode": s.prefill_tokens as f64 / n,
+            "reused_tokens_per_episode": s.reused_tokens as f64 / n,
+            "generated_tokens_per_episode": generated as f64 / n,
+            "episodes_per_s": n / secs,
+            "generated_tokens_per_s": generated as f64 / secs,
+            "seconds": secs,
+            "prefill_cpu_seconds": s.prefill_seconds,
+            "decode_cpu_seconds": s.decode_seconds,
+        });
+        if !a.json {
+            println!(
+                "prefix reuse {}: {} episodes, {:.2} turns each, {:.1} prefill tokens/episode ({:.1} reused), {:.1} episodes/s",
+                if prefix > 0 { "on" } else { "off" },
+                trajs.len(),
+                turns as f64 / n,
+                s.prefill_tokens as f64 / n,
+                s.reused_tokens as f64 / n,
+                n / secs
+            );
+        }
+        out.push(r);
+    }
+    println!(
+        "{}",
+        serde_json::json!({"off": out[0], "on": out[1], "machine": machine("cpu")})
     );
     Ok(())
 }

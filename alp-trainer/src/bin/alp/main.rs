@@ -213,6 +213,10 @@ enum BenchCommand {
     /// Training throughput: forward + backward + AdamW on random tokens; the last line is JSON
     /// with `tokens_per_s` and `peak_rss_mb`.
     Train(bench::TrainArgs),
+    /// Episodes as `alp train` samples them (its tasks, environment, tools and sampling) from
+    /// a checkpoint, with prefix reuse off and on: turns, prefill and reused tokens per
+    /// episode, episodes/s; the last line is JSON.
+    Episodes(bench::EpisodesArgs),
 }
 
 /// Parses the command line and dispatches: one short arm per subcommand (its length is the
@@ -312,6 +316,7 @@ fn main() -> Result<()> {
         }),
         Command::Bench(BenchCommand::Rollout(a)) => bench::rollout(a),
         Command::Bench(BenchCommand::Train(a)) => bench::train(a),
+        Command::Bench(BenchCommand::Episodes(a)) => bench::episodes(a),
         Command::Init {
             preset,
             config,
