@@ -114,3 +114,35 @@ fn a_backend_answering_from_weights_older_than_the_bound_is_refused_before_train
         "the stale batch was trained on"
     );
 }
+
+#[test]
+fn the_built_in_engine_reports_its_prefill_per_step_and_a_user_backend_need_not() {
+    use alp_trainer::metrics as names;
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = Session::builder(small_sync_config(), dir.path().join("run"))
+        .build()
+        .unwrap();
+    let m = run.step().unwrap();
+    // Every episode's first prompt is prefilled (4 episodes of at least one prompt token).
+    let (prefill, reused) = (
+        m[names::ROLLOUT_PREFILL_TOKENS],
+        m[names::ROLLOUT_REUSED_TOKENS],
+    );
+    assert!(prefill >= 4.0 && reused >= 0.0, "{prefill} {reused}");
+    assert!(m[names::ROLLOUT_DECODE_TOKENS_PER_S] > 0.0);
+    assert!(m[names::TIME_ROLLOUT_OTHER] <= m[names::TIME_ROLLOUT]);
+    run.stop_worker();
+    let backend = Counting {
+        engine: None,
+        publishes: Default::default(),
+        requests: Default::default(),
+        frozen: false,
+    };
+    let mut run = Session::builder(small_sync_config(), dir.path().join("user"))
+        .rollout_backend(backend)
+        .build()
+        .unwrap();
+    let m = run.step().unwrap();
+    assert!(m.get(names::ROLLOUT_PREFILL_TOKENS).is_none());
+    run.stop_worker();
+}
