@@ -211,6 +211,12 @@ impl GenerateStats {
     }
 }
 
+/// Rows joining a running batch: (their cache and row in it, in order; their states).
+type Joining<'a> = (Vec<(&'a KvCache, usize)>, Vec<Row>);
+
+/// What a prefill gives: the caches, each admitted request's (cache, row), its logits.
+type Prefilled = (Vec<KvCache>, Vec<(usize, usize)>, Vec<Vec<f32>>);
+
 /// Finished sequences' KV cache rows kept for prompts that extend them
 /// ([`EngineConfig::prefix_cache_tokens`]). Entries are tied to the model they were computed
 /// with, and each is used once (the next turn replaces it with a longer one).
@@ -634,7 +640,7 @@ impl Engine {
         &self,
         cache: Option<&KvCache>,
         rows: Vec<Row>,
-        joining: Option<(Vec<(&KvCache, usize)>, Vec<Row>)>,
+        joining: Option<Joining<'_>>,
         requests: &Live,
     ) -> Result<(KvCache, Vec<Row>)> {
         let mut parts: Vec<(&KvCache, usize)> = Vec::new();
@@ -708,13 +714,12 @@ impl Engine {
     /// KV rows and runs only its new tokens; the others run together (left-padded). Returns
     /// the caches, where each admitted request's row is (`(cache, row)`, in `admit` order),
     /// and the last-position logits of each.
-    #[allow(clippy::type_complexity)]
     fn prefill(
         &self,
         requests: &Live,
         admit: &[usize],
         stats: &mut GenerateStats,
-    ) -> Result<(Vec<KvCache>, Vec<(usize, usize)>, Vec<Vec<f32>>)> {
+    ) -> Result<Prefilled> {
         let mut caches = Vec::new();
         let mut place = vec![(0, 0); admit.len()];
         let mut logits = vec![Vec::new(); admit.len()];

@@ -69,7 +69,7 @@ impl SeqBatch {
         let h = hidden
             .narrow(1, self.prompt_len - 1, self.response_len)?
             .contiguous()?;
-        Ok(model.logits(&h)?)
+        model.logits(&h)
     }
 
     /// The response logits of a training forward whose backward comes later: plain, or with

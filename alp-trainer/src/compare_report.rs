@@ -382,6 +382,9 @@ fn methods(rows: &Rows) -> Vec<String> {
     m
 }
 
+/// A value with its band (low, high) summarising a row's runs.
+type Summary = dyn Fn(&[RunResult]) -> (f64, f64, f64);
+
 /// The phase diagram at a glance: per method and setting the paired difference to `alp-seq`
 /// with its t interval, the measured mismatch of each setting, and per axis plots of held-out
 /// accuracy, collapse rate and ratio tails against the settings.
@@ -436,21 +439,20 @@ fn phase_section(plan: &Plan, rows: &Rows, plots: &Path) -> Result<String> {
         if names.len() < 2 {
             continue;
         }
-        let per_method =
-            |f: &dyn Fn(&[RunResult]) -> (f64, f64, f64)| -> Vec<crate::report::BandCurve> {
-                methods(rows)
-                    .into_iter()
-                    .map(|m| {
-                        let pts = names
-                            .iter()
-                            .enumerate()
-                            .filter_map(|(x, s)| find(rows, s, &m).map(|r| (x as f64, f(r))))
-                            .map(|(x, (y, lo, hi))| (x, y, lo, hi))
-                            .collect();
-                        (m, pts)
-                    })
-                    .collect()
-            };
+        let per_method = |f: &Summary| -> Vec<crate::report::BandCurve> {
+            methods(rows)
+                .into_iter()
+                .map(|m| {
+                    let pts = names
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(x, s)| find(rows, s, &m).map(|r| (x as f64, f(r))))
+                        .map(|(x, (y, lo, hi))| (x, y, lo, hi))
+                        .collect();
+                    (m, pts)
+                })
+                .collect()
+        };
         let collapse = |r: &[RunResult]| {
             let k = r.iter().filter(|x| x.collapsed_at.is_some()).count();
             let (lo, hi) = crate::stats::wilson(k, r.len());
@@ -468,7 +470,7 @@ fn phase_section(plan: &Plan, rows: &Rows, plots: &Path) -> Result<String> {
             (
                 "heldout",
                 "held-out accuracy % (mean, t 95% interval)",
-                &accuracy_interval as &dyn Fn(&[RunResult]) -> (f64, f64, f64),
+                &accuracy_interval as &Summary,
             ),
             (
                 "collapse",
