@@ -485,6 +485,38 @@ pub fn warm_start(
     Ok(sft_dir)
 }
 
+/// The directory of one (setting, method, seed) under a comparison's `dir`.
+fn run_dir(dir: &Path, setting: &Setting, arm: &Arm, seed: u64) -> PathBuf {
+    dir.join("runs")
+        .join(&setting.name)
+        .join(&arm.name)
+        .join(format!("seed{seed}"))
+}
+
+/// A finished run's result, if it has one.
+fn read_result(run_dir: &Path) -> Option<RunResult> {
+    let text = std::fs::read_to_string(run_dir.join("result.toml")).ok()?;
+    toml::from_str(&text).ok()
+}
+
+/// The finished runs of `plan` under `dir`, in plan order, without running anything: every
+/// (setting, method) with at least one finished seed (a sweep still running elsewhere, or
+/// stopped; paired statistics use the seeds both sides have).
+pub fn read_finished(plan: &Plan, dir: &Path) -> Vec<Row> {
+    let mut out = Vec::new();
+    for setting in &plan.settings {
+        for arm in &plan.arms {
+            let results: Vec<RunResult> = (0..plan.seeds as u64)
+                .filter_map(|seed| read_result(&run_dir(dir, setting, arm, seed)))
+                .collect();
+            if !results.is_empty() {
+                out.push((setting.name.clone(), arm.name.clone(), results));
+            }
+        }
+    }
+    out
+}
+
 /// Runs (or reads back) one (setting, method, seed).
 pub fn run_one(
     plan: &Plan,
@@ -493,17 +525,11 @@ pub fn run_one(
     (setting, arm, seed): (&Setting, &Arm, u64),
     dir: &Path,
 ) -> Result<RunResult> {
-    let run_dir = dir
-        .join("runs")
-        .join(&setting.name)
-        .join(&arm.name)
-        .join(format!("seed{seed}"));
+    let run_dir = run_dir(dir, setting, arm, seed);
     // TOML keeps NaN (a metric a method does not have) where JSON cannot.
     let cached = run_dir.join("result.toml");
-    if let Ok(text) = std::fs::read_to_string(&cached) {
-        if let Ok(r) = toml::from_str(&text) {
-            return Ok(r);
-        }
+    if let Some(r) = read_result(&run_dir) {
+        return Ok(r);
     }
     if run_dir.exists() {
         // An unfinished run from an interrupted compare: start it again.

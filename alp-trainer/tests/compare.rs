@@ -70,6 +70,13 @@ fn a_tiny_comparison_writes_its_report_and_is_not_redone() {
     let again = compare::run_all(&plan, &[], dir.path(), &mut |_| {}, &mut |_| Ok(())).unwrap();
     assert_eq!(format!("{again:?}"), format!("{rows:?}"));
     assert!(t0.elapsed().as_secs_f64() < 5.0);
+    // Read without running (`--report-only`): the same rows; a run not finished is left out.
+    let read = compare::read_finished(&plan, dir.path());
+    assert_eq!(format!("{read:?}"), format!("{rows:?}"));
+    std::fs::remove_file(dir.path().join("runs/default/bypass/seed1/result.toml")).unwrap();
+    let read = compare::read_finished(&plan, dir.path());
+    assert_eq!(read[0].2.len(), 1);
+    assert_eq!(read[1].2.len(), 2);
 }
 
 #[test]

@@ -84,6 +84,10 @@ enum Command {
         /// Output directory (resumable: finished runs are kept and not redone).
         #[arg(long)]
         out: PathBuf,
+        /// Run nothing: write compare.json and report.md from the runs already finished in
+        /// --out (a sweep that is still running in other processes, or stopped).
+        #[arg(long)]
+        report_only: bool,
     },
     /// The SFT warm start alone; writes the model to --out.
     Sft {
@@ -254,6 +258,7 @@ fn main() -> Result<()> {
             settings,
             sets,
             out,
+            report_only,
         } => train::compare(
             preset.as_deref(),
             plan.as_deref(),
@@ -261,7 +266,7 @@ fn main() -> Result<()> {
             seeds,
             &settings,
             &sets,
-            &out,
+            (&out, report_only),
         ),
         Command::Eval {
             model,

@@ -208,7 +208,7 @@ pub fn compare(
     seeds: Option<usize>,
     settings: &[String],
     sets: &[String],
-    out: &std::path::Path,
+    (out, report_only): (&std::path::Path, bool),
 ) -> Result<()> {
     use alp_trainer::compare;
     let mut plan = match plan_file {
@@ -237,6 +237,21 @@ pub fn compare(
         out.display()
     );
     let m = machine();
+    if report_only {
+        let rows = compare::read_finished(&plan, out);
+        anyhow::ensure!(
+            !rows.is_empty(),
+            "--report-only: no finished run of this plan under {}",
+            out.display()
+        );
+        alp_trainer::compare_report::write(out, &plan, &rows, &m, 0.0)?;
+        let runs: usize = rows.iter().map(|r| r.2.len()).sum();
+        println!(
+            "wrote {0}/compare.json and {0}/report.md from {runs} finished runs",
+            out.display()
+        );
+        return Ok(());
+    }
     let rows = compare::run_all(&plan, sets, out, &mut |l| println!("{l}"), &mut |rows| {
         // The report so far, rewritten after every method.
         alp_trainer::compare_report::write(out, &plan, rows, &m, t0.elapsed().as_secs_f64())
