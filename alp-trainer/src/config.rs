@@ -265,6 +265,13 @@ pub struct RlSection {
     /// an asynchronous run that does not depend on timing, reproducible and bit-identical
     /// across a resume.
     pub exact_staleness: bool,
+    /// When a stale batch is scored under the weights that sampled it (the engine/staleness
+    /// split of the mismatch): `at-sampling` (the rollout worker scores each batch right after
+    /// sampling it, with an f32 copy of the version it samples with: at most two copies alive
+    /// whatever `max_staleness`) or `at-update` (the trainer keeps an f32 copy of every
+    /// version that may still sample, `max_staleness` + 1 of them, and scores at the update:
+    /// the reference the first is tested against).
+    pub score_sampler: SamplerScoring,
     /// Rollout dtype (bf16: a real engine mismatch).
     pub rollout_dtype: Dtype,
     /// Quantisation of the rollout weights (none, int8, int4).
@@ -329,6 +336,17 @@ pub struct RolloutSection {
     /// finished turns are kept so that the next turn of an episode prefills only its new
     /// tokens; 0: off).
     pub engine: alp_rollout::EngineConfig,
+}
+
+/// When a stale batch is scored under the weights that sampled it (`rl.score_sampler`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SamplerScoring {
+    /// In the rollout worker, right after sampling.
+    #[default]
+    AtSampling,
+    /// In the trainer, at the update, from a kept copy of every version.
+    AtUpdate,
 }
 
 /// Which rollout backend a run uses.
@@ -490,6 +508,7 @@ impl Default for RlSection {
             grad_clip: 1.0,
             max_staleness: 1,
             exact_staleness: false,
+            score_sampler: SamplerScoring::AtSampling,
             rollout_dtype: Dtype::Bf16,
             rollout_quant: RolloutQuant::None,
             recompute_logp_old: true,

@@ -158,6 +158,9 @@ pub struct Scorers<'a> {
     pub sampler: Option<&'a Model>,
     /// True when the current weights are the version that sampled the batch.
     pub sampler_is_old: bool,
+    /// The trajectories' log-probs under the version that sampled them, scored when they
+    /// were sampled ([`score_trajectories`]), in batch order; used instead of `sampler`.
+    pub sampler_logp: Option<&'a [Vec<f32>]>,
     /// The reference policy of a KL term.
     pub reference: Option<&'a Model>,
 }
@@ -260,6 +263,9 @@ fn micro(
     let logp_old = score_with(scorers.old)?;
     let logp_sampler = if scorers.sampler_is_old {
         logp_old.clone()
+    } else if let Some(pre) = scorers.sampler_logp {
+        let rows: Vec<&[f32]> = rows.iter().map(|&i| pre[i].as_slice()).collect();
+        Some(batch.pad_rows(&rows)?)
     } else {
         score_with(scorers.sampler)?
     };
@@ -274,6 +280,40 @@ fn micro(
         temperatures,
         support,
     })
+}
+
+/// Each trajectory's response log-probs under `model` as a step scores them (at its sampling
+/// temperature, over its kept support), `chunk` rows per forward: what the rollout worker
+/// computes right after sampling with the weights that sampled (`rl.score_sampler =
+/// "at-sampling"`).
+pub fn score_trajectories(
+    model: &Model,
+    trajs: &[&Trajectory],
+    chunk: usize,
+    device: &Device,
+) -> Result<Vec<Vec<f32>>> {
+    let mut out = Vec::with_capacity(trajs.len());
+    let all: Vec<usize> = (0..trajs.len()).collect();
+    for rows in all.chunks(chunk.max(1)) {
+        let zeros = vec![0f32; trajs.len()];
+        let scorers = Scorers {
+            old: Some(model),
+            sampler: None,
+            sampler_is_old: false,
+            sampler_logp: None,
+            reference: None,
+        };
+        let m = micro(trajs, &zeros, rows, scorers, device)?;
+        let lp = m
+            .logp_old
+            .ok_or_else(|| Error::Msg("scoring produced no log-probs".into()))?
+            .to_vec2::<f32>()?;
+        for (&i, mut row) in rows.iter().zip(lp) {
+            row.truncate(trajs[i].response.len());
+            out.push(row);
+        }
+    }
+    Ok(out)
 }
 
 /// What a step gathers over all its forwards, reduced once by [`StepStats::finish`].

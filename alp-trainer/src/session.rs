@@ -53,6 +53,92 @@ pub struct Session {
     backend: BackendSlot,
     /// The RL step of the last checkpoint write, whether it succeeded or not.
     save_attempt: Option<u64>,
+    /// `rl.score_sampler = "at-sampling"`: f32 copies of the versions the worker samples with
+    /// ([`Samplers::offer`] says how many), and its scores by step.
+    samplers: Samplers,
+}
+
+/// A weight version and its unperturbed f32 model.
+type VersionModel = (u64, Arc<alp_model::Model>);
+
+/// What the rollout worker needs to score batches under the version that sampled them.
+#[derive(Default, Clone)]
+struct Samplers {
+    /// (version, its unperturbed f32 model), oldest first.
+    models: Arc<Mutex<std::collections::VecDeque<VersionModel>>>,
+    /// Step → its trajectories' log-probs under their sampling version, in batch order.
+    scores: Arc<Mutex<std::collections::HashMap<u64, Vec<Vec<f32>>>>>,
+}
+
+impl Samplers {
+    /// Offers the current version's copy (if the trainer makes one) to the worker. Without
+    /// `rl.exact_staleness` the worker samples its next batch with the newest version, so
+    /// the copies offered after the one it samples with and before this one are dropped:
+    /// one copy, two while a new one waits for the worker. With it the worker samples batch
+    /// s with version s − `max_staleness` exactly, and every version from the one it samples
+    /// with on is kept (as the worker keeps their rollout snapshots).
+    fn offer(&self, trainer: &Trainer) -> Result<()> {
+        if let Some(m) = trainer.sampler_scorer()? {
+            let mut q = self
+                .models
+                .lock()
+                .map_err(|_| Error::Msg("the sampler models' lock was poisoned".into()))?;
+            if !trainer.cfg.rl.exact_staleness && q.len() > 1 {
+                // Keep the oldest (the worker may be sampling with it) and the newest.
+                let first = q.pop_front();
+                q.clear();
+                q.extend(first);
+            }
+            if !q.iter().any(|(v, _)| *v == trainer.version) {
+                q.push_back((trainer.version, Arc::new(m)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets the copies older than `version`: the worker samples with it from now on.
+    fn retire_below(&self, version: u64) {
+        if let Ok(mut q) = self.models.lock() {
+            q.retain(|(v, _)| *v >= version);
+        }
+    }
+
+    /// Scores `groups` (sampled by `version` for `step`) if that version's copy is at hand.
+    fn score(
+        &self,
+        step: u64,
+        version: u64,
+        groups: &[alp_core::TrajectoryGroup],
+        device: &candle_core::Device,
+    ) -> Result<()> {
+        let model = {
+            let q = self
+                .models
+                .lock()
+                .map_err(|_| Error::Msg("the sampler models' lock was poisoned".into()))?;
+            q.iter()
+                .find(|(v, _)| *v == version)
+                .map(|(_, m)| m.clone())
+        };
+        let Some(model) = model else {
+            return Ok(());
+        };
+        let trajs: Vec<&alp_core::Trajectory> =
+            groups.iter().flat_map(|g| g.trajectories.iter()).collect();
+        let logp = crate::rl_step::score_trajectories(&model, &trajs, 16, device)?;
+        self.scores
+            .lock()
+            .map_err(|_| Error::Msg("the sampler scores' lock was poisoned".into()))?
+            .insert(step, logp);
+        Ok(())
+    }
+
+    /// The scores of `step`, forgetting those of earlier steps.
+    fn take(&self, step: u64) -> Option<Vec<Vec<f32>>> {
+        let mut s = self.scores.lock().ok()?;
+        s.retain(|k, _| *k >= step);
+        s.remove(&step)
+    }
 }
 
 /// The session's rollout backend: the built-in engine, or a user's until the worker takes it.
@@ -279,6 +365,7 @@ impl Session {
             sinks: Vec::new(),
             backend: BackendSlot::BuiltIn,
             save_attempt: None,
+            samplers: Samplers::default(),
         })
     }
 
@@ -383,7 +470,10 @@ impl Session {
     /// Starts the rollout worker at the current step (done by the first [`Session::step`]).
     fn start_worker(&mut self) -> Result<()> {
         self.trainer.remember_version()?;
+        self.samplers.offer(&self.trainer)?;
+        let samplers = self.samplers.clone();
         let t = &self.trainer;
+        let score_device = t.device.clone();
         let cfg = t.cfg.clone();
         let tok = t.tokenizer.clone();
         let env: EnvFactory = match &self.env {
@@ -441,7 +531,8 @@ impl Session {
                 }
             },
             // The engine knows the weight version it samples with (the worker set it).
-            move |engine, step, _version| {
+            move |engine, step, version| {
+                samplers.retire_below(version);
                 let batch: Vec<Task> = {
                     let mut tasks = tasks
                         .lock()
@@ -464,7 +555,17 @@ impl Session {
                     config: &ec,
                     tools: tools.as_ref(),
                 };
-                run_episodes(&**engine, &tok, &episodes)
+                let groups = run_episodes(&**engine, &tok, &episodes)?;
+                // Scored now, with the weights that sampled (a backend may have answered from
+                // older ones: then the trajectories name that version and go unscored).
+                let by = groups
+                    .iter()
+                    .flat_map(|g| &g.trajectories)
+                    .map(|t| t.policy_version)
+                    .min()
+                    .unwrap_or(version);
+                samplers.score(step, by, &groups, &score_device)?;
+                Ok(groups)
             },
         )?);
         Ok(())
@@ -497,9 +598,13 @@ impl Session {
         }
         let wait = tw.elapsed().as_secs_f64();
         let tt = Instant::now();
+        if let Some(logp) = self.samplers.take(batch.step) {
+            self.trainer.set_sampler_logprobs(batch.step, logp);
+        }
         let mut m = self.trainer.rl_step(&batch.groups, batch.policy_version)?;
         let train_s = tt.elapsed().as_secs_f64();
         let ts = Instant::now();
+        self.samplers.offer(&self.trainer)?;
         worker.publish(
             self.trainer.version,
             Arc::new(self.trainer.rollout_snapshot()?),

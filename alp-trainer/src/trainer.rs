@@ -52,6 +52,9 @@ pub struct Trainer {
     /// The objective of RL updates: `rl.objective` unless [`Trainer::set_objective`] gave
     /// another.
     objective: Arc<dyn PolicyObjective>,
+    /// The next step's trajectories scored under the version that sampled them, by the
+    /// rollout worker (`rl.score_sampler = "at-sampling"`): (step, log-probs in batch order).
+    sampler_logp: Option<(u64, Vec<Vec<f32>>)>,
 }
 
 impl Trainer {
@@ -137,6 +140,7 @@ impl Trainer {
             history: Default::default(),
             reference: None,
             objective: Arc::new(cfg_objective),
+            sampler_logp: None,
         })
     }
 
@@ -183,7 +187,8 @@ impl Trainer {
     /// still arrive (only with `rl.max_staleness` > 0; synchronous runs need none).
     pub fn remember_version(&mut self) -> Result<()> {
         let keep = self.cfg.rl.max_staleness as usize;
-        if keep == 0 || self.history.iter().any(|(v, _)| *v == self.version) {
+        let at_update = self.cfg.rl.score_sampler == crate::config::SamplerScoring::AtUpdate;
+        if keep == 0 || !at_update || self.history.iter().any(|(v, _)| *v == self.version) {
             return Ok(());
         }
         let m = self.frozen(&self.weights()?)?;
@@ -192,6 +197,24 @@ impl Trainer {
             self.history.pop_front();
         }
         Ok(())
+    }
+
+    /// An unperturbed f32 copy of the current version for the rollout worker to score what
+    /// it samples with it (`rl.score_sampler = "at-sampling"` in an asynchronous run; None
+    /// otherwise).
+    pub fn sampler_scorer(&self) -> Result<Option<Model>> {
+        let rl = &self.cfg.rl;
+        if rl.max_staleness == 0 || rl.score_sampler != crate::config::SamplerScoring::AtSampling {
+            return Ok(None);
+        }
+        Ok(Some(self.frozen(&self.weights()?)?))
+    }
+
+    /// The log-probs of step `step`'s trajectories (in batch order) under the version that
+    /// sampled them, scored by the rollout worker; the next [`Trainer::rl_step`] for that
+    /// step uses them for the engine/staleness split instead of a kept copy.
+    pub fn set_sampler_logprobs(&mut self, step: u64, logp: Vec<Vec<f32>>) {
+        self.sampler_logp = Some((step, logp));
     }
 
     /// A copy of the weights for the sampler: quantised as `rl.rollout_quant` says, in the
@@ -400,6 +423,17 @@ impl Trainer {
     ) -> Result<StepMetrics> {
         let rl = self.cfg.rl.clone();
         let (trajs, group_size) = rl_step::flatten(groups, !rl.sampling.keep_mask)?;
+        // Scores of another batch (a different count or response length) are not these.
+        if let Some((_, logp)) = &self.sampler_logp {
+            let fits = logp.len() == trajs.len()
+                && logp
+                    .iter()
+                    .zip(&trajs)
+                    .all(|(l, t)| l.len() == t.response.len());
+            if !fits {
+                self.sampler_logp = None;
+            }
+        }
         let rewards: Vec<f32> = trajs.iter().map(|t| t.reward()).collect();
         let adv = compute_advantages(rl.advantage, &rewards, group_size)?;
         let mut m = StepMetrics::new(self.step + 1);
@@ -464,6 +498,7 @@ impl Trainer {
         for (i, s) in self.perturb.sigmas()?.iter().enumerate() {
             m.set(names::sigma_layer(i), *s as f64);
         }
+        self.sampler_logp = None;
         self.step += 1;
         self.version += 1;
         self.remember_version()?;
@@ -484,6 +519,12 @@ impl Trainer {
                 .find(|(v, _)| *v == sampled_by && !sampler_is_old)
                 .map(|(_, m)| m),
             sampler_is_old: sampler_is_old && rl.recompute_logp_old,
+            sampler_logp: match &self.sampler_logp {
+                Some((step, logp)) if *step == self.step && !sampler_is_old => {
+                    Some(logp.as_slice())
+                }
+                _ => None,
+            },
             reference: (rl.kl.coef > 0.0)
                 .then_some(())
                 .and(self.reference.as_ref()),

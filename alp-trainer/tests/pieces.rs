@@ -146,3 +146,52 @@ fn the_built_in_engine_reports_its_prefill_per_step_and_a_user_backend_need_not(
     assert!(m.get(names::ROLLOUT_PREFILL_TOKENS).is_none());
     run.stop_worker();
 }
+
+#[test]
+fn scoring_at_sampling_gives_the_split_that_kept_copies_give() {
+    // The worker scores each stale batch right after sampling it with the weights that
+    // sampled (`at-sampling`, at most two copies); the reference keeps a copy of every
+    // version that may still sample and scores at the update (`at-update`). Same runs (exact
+    // staleness: reproducible), same engine/staleness split.
+    use alp_loss::names as loss;
+    let run = |mode: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = small_sync_config()
+            .apply_overrides(&[
+                "rl.steps=5".to_string(),
+                "rl.max_staleness=2".into(),
+                "rl.exact_staleness=true".into(),
+                format!("rl.score_sampler={mode}"),
+            ])
+            .unwrap();
+        let mut s = Session::builder(cfg, dir.path().join("run"))
+            .build()
+            .unwrap();
+        let steps: Vec<_> = (0..5).map(|_| s.step().unwrap()).collect();
+        s.stop_worker();
+        steps
+    };
+    let (fast, slow) = (run("at-sampling"), run("at-update"));
+    let mut compared = 0;
+    for (a, b) in fast.iter().zip(&slow) {
+        for k in [
+            loss::ENGINE_KL_K3,
+            loss::STALE_KL_K3,
+            loss::ENGINE_RATIO_TOKEN_MAX,
+        ] {
+            match (a.get(k), b.get(k)) {
+                (Some(x), Some(y)) if y.is_finite() => {
+                    assert!(
+                        (x - y).abs() <= 1e-5 * y.abs().max(1e-6),
+                        "step {} {k}: {x} at sampling, {y} at the update",
+                        a.step
+                    );
+                    compared += 1;
+                }
+                (x, y) => assert_eq!(x.is_some(), y.is_some(), "step {} {k}", a.step),
+            }
+        }
+    }
+    // The stale steps (staleness 2 from step 3 on) were split in both.
+    assert!(compared >= 3 * 3, "{compared}");
+}

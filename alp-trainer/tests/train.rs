@@ -382,6 +382,7 @@ fn max_recompute_gap(t: &Trainer, trajs: &[&alp_core::Trajectory]) -> f32 {
         old: Some(&t.model),
         sampler: None,
         sampler_is_old: true,
+        sampler_logp: None,
         reference: None,
     };
     let n = trajs.len();
@@ -822,33 +823,62 @@ fn set_parses_a_value_by_the_type_of_its_field() {
 #[test]
 fn stale_batches_split_the_mismatch_into_engine_and_staleness() {
     // f32 rollouts: the engine part is float noise even for a batch two versions old, while
-    // the staleness part shows the updates since.
-    let mut t = fast_grpo("rl.max_staleness=2");
-    t.remember_version().unwrap();
-    let mut old = uneven_batch_of(&t);
-    for _ in 0..2 {
-        t.rl_step(&uneven_batch_of(&t), t.version).unwrap();
+    // the staleness part shows the updates since. Both ways of scoring under the sampling
+    // version: a copy kept by the trainer (`at-update`), and the log-probs scored with the
+    // sampling version's copy when the batch was sampled (`at-sampling`, what the session's
+    // worker does), given to the trainer before the step.
+    let split = |mode: &str| {
+        let mut t = fast_grpo("rl.max_staleness=2");
+        t.cfg.rl.score_sampler = match mode {
+            "at-update" => alp_trainer::config::SamplerScoring::AtUpdate,
+            _ => alp_trainer::config::SamplerScoring::AtSampling,
+        };
+        t.remember_version().unwrap();
+        let scorer = t.sampler_scorer().unwrap();
+        assert_eq!(scorer.is_some(), mode == "at-sampling");
+        let mut old = uneven_batch_of(&t);
+        for g in &mut old {
+            g.trajectories[0].outcome.reward = 1.0;
+        }
+        // Scored now, under version 0, as the worker does when it samples.
+        let scored = scorer.as_ref().map(|m| {
+            let trajs: Vec<&alp_core::Trajectory> =
+                old.iter().flat_map(|g| g.trajectories.iter()).collect();
+            alp_trainer::rl_step::score_trajectories(m, &trajs, 3, &Device::Cpu).unwrap()
+        });
+        drop(scorer);
+        for _ in 0..2 {
+            t.rl_step(&uneven_batch_of(&t), t.version).unwrap();
+        }
+        if let Some(logp) = scored {
+            t.set_sampler_logprobs(2, logp);
+        }
+        let m = t.rl_step(&old, 0).unwrap();
+        assert_eq!(m[metrics::STALENESS], 2.0);
+        let (lo, hi) = (
+            m[metrics::loss::ENGINE_RATIO_TOKEN_MIN],
+            m[metrics::loss::ENGINE_RATIO_TOKEN_MAX],
+        );
+        assert!(
+            (hi - 1.0).abs() < 1e-3 && (lo - 1.0).abs() < 1e-3,
+            "{mode}: engine [{lo}, {hi}]"
+        );
+        let s = |k: &str| m[format!("{}/{k}", metrics::loss::STALE_RATIO_TOKEN).as_str()];
+        assert!(
+            s("max") > 1.01 || s("min") < 0.99,
+            "{mode}: staleness [{}, {}]",
+            s("min"),
+            s("max")
+        );
+        [lo, hi, s("min"), s("max"), m[metrics::loss::STALE_KL_K3]]
+    };
+    let (kept, scored) = (split("at-update"), split("at-sampling"));
+    for (a, b) in kept.iter().zip(&scored) {
+        assert!(
+            (a - b).abs() <= 1e-5 * a.abs().max(1e-6),
+            "{kept:?} vs {scored:?}"
+        );
     }
-    for g in &mut old {
-        g.trajectories[0].outcome.reward = 1.0;
-    }
-    let m = t.rl_step(&old, 0).unwrap();
-    assert_eq!(m[metrics::STALENESS], 2.0);
-    let (lo, hi) = (
-        m[metrics::loss::ENGINE_RATIO_TOKEN_MIN],
-        m[metrics::loss::ENGINE_RATIO_TOKEN_MAX],
-    );
-    assert!(
-        (hi - 1.0).abs() < 1e-3 && (lo - 1.0).abs() < 1e-3,
-        "engine [{lo}, {hi}]"
-    );
-    let s = |k: &str| m[format!("{}/{k}", metrics::loss::STALE_RATIO_TOKEN).as_str()];
-    assert!(
-        s("max") > 1.01 || s("min") < 0.99,
-        "staleness [{}, {}]",
-        s("min"),
-        s("max")
-    );
 }
 
 #[test]
