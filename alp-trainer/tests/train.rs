@@ -991,6 +991,20 @@ fn the_python_environment_runs_through_train_and_eval() {
     assert!(err.contains("rl.python.timeout_s"), "{err}");
 }
 
+/// Every parameter's gradient as a flat vector (all present).
+fn flat_grads(g: &[Option<candle_core::Tensor>]) -> Vec<Vec<f32>> {
+    g.iter()
+        .map(|x| {
+            x.as_ref()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        })
+        .collect()
+}
+
 #[test]
 fn sft_micro_batches_by_length_give_the_whole_batch_update() {
     // The reference: the whole SFT batch padded to its longest row, one forward. The fast
@@ -1013,18 +1027,7 @@ fn sft_micro_batches_by_length_give_the_whole_batch_update() {
             .unwrap();
         let t = Trainer::new(cfg).unwrap();
         let (loss, g) = t.sft_gradients(&demos).unwrap();
-        let g: Vec<Vec<f32>> = g
-            .iter()
-            .map(|x| {
-                x.as_ref()
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap()
-            })
-            .collect();
-        (loss, g)
+        (loss, flat_grads(&g))
     };
     let (lw, gw) = run(0, 1);
     let (lp, gp) = run(4 * lens.iter().max().unwrap(), 2);
@@ -1072,18 +1075,7 @@ fn gradient_checkpointing_gives_the_plain_gradients_in_rl_and_sft() {
             .apply_overrides(&[format!("model.gradient_checkpointing={ck}")])
             .unwrap();
         let (loss, g) = Trainer::new(cfg).unwrap().sft_gradients(&demos).unwrap();
-        let g: Vec<Vec<f32>> = g
-            .iter()
-            .map(|x| {
-                x.as_ref()
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap()
-            })
-            .collect();
-        (loss, g)
+        (loss, flat_grads(&g))
     };
     let ((l0, g0), (l1, g1)) = (sft(false), sft(true));
     assert!((l0 - l1).abs() <= 1e-6 * l0, "SFT loss {l0} vs {l1}");
