@@ -125,7 +125,17 @@ impl Samplers {
         };
         let trajs: Vec<&alp_core::Trajectory> =
             groups.iter().flat_map(|g| g.trajectories.iter()).collect();
-        let logp = crate::rl_step::score_trajectories(&model, &trajs, 16, device)?;
+        // Rows per forward: their logits (and the log-softmax beside them) within ~256 MiB,
+        // so that scoring beside the trainer's update does not double a large vocabulary's
+        // peak (at the 0.5B shape, 256 positions: one row).
+        let longest = trajs
+            .iter()
+            .map(|t| t.prompt.len() + t.response.len())
+            .max()
+            .unwrap_or(1);
+        let per_row = 4 * longest * model.config().vocab_size;
+        let chunk = ((256usize << 20) / per_row.max(1)).clamp(1, 16);
+        let logp = crate::rl_step::score_trajectories(&model, &trajs, chunk, device)?;
         self.scores
             .lock()
             .map_err(|_| Error::Msg("the sampler scores' lock was poisoned".into()))?
