@@ -400,9 +400,7 @@ impl RolloutSection {
 
     /// Checks the engine's limits and the remote settings when they are used.
     pub fn validate(&self) -> Result<()> {
-        self.engine
-            .validate()
-            .map_err(in_section("rl.rollout.engine"))?;
+        self.engine.validate().map_err(in_section("engine."))?;
         if self.backend == RolloutBackendKind::Remote {
             // The client's checks name its fields, which are this section's.
             self.remote_config(std::path::Path::new("."), 0)

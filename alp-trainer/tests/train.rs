@@ -991,6 +991,17 @@ fn the_python_environment_runs_through_train_and_eval() {
     assert!(err.contains("rl.python.timeout_s"), "{err}");
 }
 
+#[test]
+fn a_bad_engine_limit_is_named_by_its_full_key() {
+    let err = small()
+        .apply_overrides(&["rl.rollout.engine.max_batch=0".into()])
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`rl.rollout.engine.max_batch`"), "{err}");
+}
+
 /// Every parameter's gradient as a flat vector (all present).
 fn flat_grads(g: &[Option<candle_core::Tensor>]) -> Vec<Vec<f32>> {
     g.iter()
