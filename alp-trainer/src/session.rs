@@ -78,21 +78,26 @@ impl Samplers {
     /// s with version s − `max_staleness` exactly, and every version from the one it samples
     /// with on is kept (as the worker keeps their rollout snapshots).
     fn offer(&self, trainer: &Trainer) -> Result<()> {
-        if let Some(m) = trainer.sampler_scorer()? {
-            let mut q = self
-                .models
+        let lock = || {
+            self.models
                 .lock()
-                .map_err(|_| Error::Msg("the sampler models' lock was poisoned".into()))?;
-            if !trainer.cfg.rl.exact_staleness && q.len() > 1 {
-                // Keep the oldest (the worker may be sampling with it) and the newest.
-                let first = q.pop_front();
-                q.clear();
-                q.extend(first);
-            }
-            if !q.iter().any(|(v, _)| *v == trainer.version) {
-                q.push_back((trainer.version, Arc::new(m)));
-            }
+                .map_err(|_| Error::Msg("the sampler models' lock was poisoned".into()))
+        };
+        if lock()?.iter().any(|(v, _)| *v == trainer.version) {
+            return Ok(());
         }
+        // The copy is made outside the lock: the worker looks its model up meanwhile.
+        let Some(m) = trainer.sampler_scorer()? else {
+            return Ok(());
+        };
+        let mut q = lock()?;
+        if !trainer.cfg.rl.exact_staleness && q.len() > 1 {
+            // Keep the oldest (the worker may be sampling with it) and the newest.
+            let first = q.pop_front();
+            q.clear();
+            q.extend(first);
+        }
+        q.push_back((trainer.version, Arc::new(m)));
         Ok(())
     }
 
