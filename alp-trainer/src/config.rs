@@ -269,9 +269,9 @@ pub struct RlSection {
     /// split of the mismatch): `at-sampling` (the rollout worker scores each batch right after
     /// sampling it, with an f32 copy of the version it samples with: one copy, two while a new
     /// one waits for the worker, whatever `max_staleness`; with `exact_staleness`, every
-    /// version from the one it samples with on) or `at-update` (the trainer keeps an f32 copy of every
-    /// version that may still sample, `max_staleness` + 1 of them, and scores at the update:
-    /// the reference the first is tested against).
+    /// version from the one it samples with on) or `at-update` (the trainer keeps an f32 copy
+    /// of every version that may still sample, `max_staleness` + 1 of them, and scores at the
+    /// update: the reference the first is tested against).
     pub score_sampler: SamplerScoring,
     /// Rollout dtype (bf16: a real engine mismatch).
     pub rollout_dtype: Dtype,
