@@ -441,6 +441,26 @@ impl Checkpointed<'_> {
     }
 }
 
+/// The final normed hidden states of a training forward whose backward comes later
+/// ([`Model::training_forward`]): plain, or checkpointed.
+pub struct TrainingForward<'a> {
+    /// `[b, t, hidden]`, differentiable: build the loss on it (e.g. through [`Model::logits`]).
+    pub hidden: Tensor,
+    checkpoint: Option<Checkpointed<'a>>,
+}
+
+impl TrainingForward<'_> {
+    /// Every weight's (and each learnable σ's) gradient of `loss`, a scalar built on
+    /// [`TrainingForward::hidden`].
+    pub fn backward(self, loss: &Tensor) -> Result<candle_core::backprop::GradStore> {
+        let top = loss.backward()?;
+        match self.checkpoint {
+            Some(ck) => ck.backward(top),
+            None => Ok(top),
+        }
+    }
+}
+
 /// A decoder-only language model with the Hugging Face Qwen2/Llama/Qwen3 layout.
 ///
 /// Weights are immutable during a forward; the KV cache and the perturbation are arguments.
@@ -682,6 +702,29 @@ impl Model {
             inputs,
             last,
             hidden,
+        })
+    }
+
+    /// A training forward of a full sequence whose backward comes later: plain
+    /// ([`Model::hidden_states`]) or, with `checkpointing`, each decoder layer recomputed in
+    /// the backward ([`Model::forward_checkpointed`]); the gradients are the same.
+    pub fn training_forward<'a>(
+        &'a self,
+        input_ids: &Tensor,
+        left_pad: &[usize],
+        perturb: &'a dyn Perturbation,
+        checkpointing: bool,
+    ) -> Result<TrainingForward<'a>> {
+        if !checkpointing {
+            return Ok(TrainingForward {
+                hidden: self.hidden_states(input_ids, left_pad, perturb)?,
+                checkpoint: None,
+            });
+        }
+        let ck = self.forward_checkpointed(input_ids, left_pad, perturb)?;
+        Ok(TrainingForward {
+            hidden: ck.hidden().clone(),
+            checkpoint: Some(ck),
         })
     }
 

@@ -35,7 +35,7 @@ pub mod save;
 pub mod tokenizer;
 
 pub use config::{presets, Config, ModelType};
-pub use decoder::{Checkpointed, Model, Numerics};
+pub use decoder::{Checkpointed, Model, Numerics, TrainingForward};
 pub use kv_cache::KvCache;
 pub use loader::{expected_tensors, resolve_model_dir, weight_files, ModelWeights};
 pub use logprobs::{sequence_logprobs, token_logprobs};

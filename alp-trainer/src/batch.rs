@@ -72,25 +72,20 @@ impl SeqBatch {
         model.logits(&h)
     }
 
-    /// The response logits of a training forward whose backward comes later: plain, or with
-    /// `checkpointing` each decoder layer recomputed in the backward
-    /// ([`Model::forward_checkpointed`]); the gradients are the same.
+    /// The response logits of a training forward whose backward comes later
+    /// ([`Model::training_forward`]: plain, or with `checkpointing` each decoder layer
+    /// recomputed in the backward; the gradients are the same).
     pub fn training_forward<'a>(
         &self,
         model: &'a Model,
         perturb: &'a dyn Perturbation,
         checkpointing: bool,
-    ) -> Result<TrainingForward<'a>> {
-        if !checkpointing {
-            return Ok(TrainingForward {
-                logits: self.response_logits(model, perturb)?,
-                checkpoint: None,
-            });
-        }
-        let ck = model.forward_checkpointed(&self.input(), &self.left_pad, perturb)?;
-        Ok(TrainingForward {
-            logits: self.logits_at_response(model, ck.hidden())?,
-            checkpoint: Some(ck),
+    ) -> Result<ResponseForward<'a>> {
+        let forward =
+            model.training_forward(&self.input(), &self.left_pad, perturb, checkpointing)?;
+        Ok(ResponseForward {
+            logits: self.logits_at_response(model, &forward.hidden)?,
+            forward,
         })
     }
 
@@ -125,20 +120,17 @@ impl SeqBatch {
 }
 
 /// Response logits of [`SeqBatch::training_forward`] and what their backward needs.
-pub struct TrainingForward<'a> {
+pub struct ResponseForward<'a> {
     /// `[B, T, V]` response logits (differentiable).
     pub logits: Tensor,
-    checkpoint: Option<alp_model::Checkpointed<'a>>,
+    forward: alp_model::TrainingForward<'a>,
 }
 
-impl TrainingForward<'_> {
-    /// Every weight's (and σ's) gradient of `loss`, a scalar built on [`TrainingForward::logits`].
+impl ResponseForward<'_> {
+    /// Every weight's (and σ's) gradient of `loss`, a scalar built on
+    /// [`ResponseForward::logits`].
     pub fn backward(self, loss: &Tensor) -> Result<candle_core::backprop::GradStore> {
-        let top = loss.backward()?;
-        Ok(match self.checkpoint {
-            Some(ck) => ck.backward(top)?,
-            None => top,
-        })
+        Ok(self.forward.backward(loss)?)
     }
 }
 

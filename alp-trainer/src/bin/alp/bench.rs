@@ -306,11 +306,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         alp_trainer::trainer::named_vars(&varmap)?,
         AdamWParams::with_lr(1e-5),
     )?;
-    let params: usize = opt
-        .params()
-        .iter()
-        .map(|(_, v)| v.as_tensor().elem_count())
-        .sum();
+    let params = opt.num_params();
     let rss_optimizer = status_mb("VmRSS:");
     let vocab = model.config().vocab_size as u32;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
@@ -348,27 +344,14 @@ pub fn train(a: TrainArgs) -> Result<()> {
                 |_, &(start, len)| {
                     let ids = ids.narrow(0, start, len)?;
                     let input = ids.narrow(1, 0, a.seq_len - 1)?;
-                    let none = &alp_model::NoPerturbation;
-                    let checkpoint = if ck {
-                        Some(model.forward_checkpointed(&input, &[], none)?)
-                    } else {
-                        None
-                    };
-                    let logits = match &checkpoint {
-                        Some(c) => model.logits(c.hidden())?,
-                        None => {
-                            model.forward_full(&input, &[], none, alp_model::Numerics::Training)?
-                        }
-                    };
+                    let fwd =
+                        model.training_forward(&input, &[], &alp_model::NoPerturbation, ck)?;
+                    let logits = model.logits(&fwd.hidden)?;
                     let targets = ids.narrow(1, 1, a.seq_len - 1)?;
                     let part = (alp_model::token_logprobs(&logits, &targets, 1.0)?.sum_all()?
                         * (-1.0 / n))?;
                     drop(logits);
-                    let store = part.backward()?;
-                    let store = match checkpoint {
-                        Some(c) => c.backward(store)?,
-                        None => store,
-                    };
+                    let store = fwd.backward(&part)?;
                     Ok((part.to_scalar::<f32>()?, opt.grads(&store)))
                 },
                 |(v, grads)| {
