@@ -73,13 +73,14 @@ pub fn paired_accuracy(a: &[RunResult], b: &[RunResult]) -> Option<crate::stats:
 
 /// Mean held-out accuracy (%) over seeds with the t 95% interval of the mean (low, high).
 fn accuracy_interval(r: &[RunResult]) -> (f64, f64, f64) {
-    let v: Vec<f64> = acc(r).into_iter().filter(|x| x.is_finite()).collect();
-    let (m, s) = mean_std(&v);
-    if v.len() < 2 {
-        return (m, m, m);
+    let v = acc(r);
+    match crate::stats::mean_t(&v) {
+        Some(i) => (i.mean, i.lo, i.hi),
+        None => {
+            let m = mean_std(&v).0;
+            (m, m, m)
+        }
     }
-    let half = crate::stats::t_quantile(0.975, v.len() as f64 - 1.0) * s / (v.len() as f64).sqrt();
-    (m, m - half, m + half)
 }
 
 /// `compare.json`: per (setting, method) the per-seed results, mean, std, tails, collapses

@@ -67,14 +67,9 @@ pub fn t_quantile(p: f64, dof: f64) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// The finite paired differences a − b, their mean and sample sd; `None` under two pairs.
-fn differences(a: &[f64], b: &[f64]) -> Option<(Vec<f64>, f64, f64)> {
-    let d: Vec<f64> = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| x - y)
-        .filter(|x| x.is_finite())
-        .collect();
+/// The finite values of `v`, their mean and sample sd; `None` under two values.
+fn finite_mean_sd(v: impl Iterator<Item = f64>) -> Option<(Vec<f64>, f64, f64)> {
+    let d: Vec<f64> = v.filter(|x| x.is_finite()).collect();
     let n = d.len();
     if n < 2 {
         return None;
@@ -84,12 +79,16 @@ fn differences(a: &[f64], b: &[f64]) -> Option<(Vec<f64>, f64, f64)> {
     Some((d, mean, sd))
 }
 
-/// The paired difference mean(a_i − b_i) with its Student t 95% interval, mean ± t₀.₉₇₅ ·
-/// sd / √n on n − 1 degrees of freedom (`a[i]` and `b[i]` are the same seed). The interval
-/// to read with few pairs: a percentile bootstrap over five pairs is too narrow (it treats
-/// the five as the whole population). Non-finite pairs are dropped; `None` under two pairs.
-pub fn paired_t(a: &[f64], b: &[f64]) -> Option<Interval> {
-    let (d, mean, sd) = differences(a, b)?;
+/// The finite paired differences a − b, their mean and sample sd; `None` under two pairs.
+fn differences(a: &[f64], b: &[f64]) -> Option<(Vec<f64>, f64, f64)> {
+    finite_mean_sd(a.iter().zip(b).map(|(x, y)| x - y))
+}
+
+/// The mean of the finite values of `v` with its Student t 95% interval, mean ± t₀.₉₇₅ ·
+/// sd / √n on n − 1 degrees of freedom (`detectable`: the smallest true mean these values
+/// would tell from 0); `None` under two values.
+pub fn mean_t(v: &[f64]) -> Option<Interval> {
+    let (d, mean, sd) = finite_mean_sd(v.iter().copied())?;
     let n = d.len() as f64;
     let se = sd / n.sqrt();
     let t = t_quantile(0.975, n - 1.0);
@@ -101,6 +100,15 @@ pub fn paired_t(a: &[f64], b: &[f64]) -> Option<Interval> {
         sd,
         pairs: d.len(),
     })
+}
+
+/// The paired difference mean(a_i − b_i) with its Student t 95% interval, mean ± t₀.₉₇₅ ·
+/// sd / √n on n − 1 degrees of freedom (`a[i]` and `b[i]` are the same seed). The interval
+/// to read with few pairs: a percentile bootstrap over five pairs is too narrow (it treats
+/// the five as the whole population). Non-finite pairs are dropped; `None` under two pairs.
+pub fn paired_t(a: &[f64], b: &[f64]) -> Option<Interval> {
+    let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
+    mean_t(&d)
 }
 
 /// The value at quantile `q` of sorted `v` by nearest rank on (len − 1) · q.
