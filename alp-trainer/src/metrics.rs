@@ -64,7 +64,8 @@ pub const ROLLOUT_PREFILL_TOKENS_PER_S: &str = "throughput/rollout_prefill_token
 /// Generated tokens per second of the engine's decode time (summed over its shards).
 pub const ROLLOUT_DECODE_TOKENS_PER_S: &str = "throughput/rollout_decode_tokens_per_s";
 /// Seconds of the rollout outside the engine's prefills and decode steps (environments and
-/// tools, tokenising; with one shard).
+/// tools, tokenising, and with `rl.score_sampler = "at-sampling"` scoring the batch under its
+/// sampling weights; with one shard).
 pub const TIME_ROLLOUT_OTHER: &str = "time/rollout_other_s";
 /// The policy version that sampled the batch.
 pub const SAMPLED_BY: &str = "policy_version/sampled_by";
