@@ -130,7 +130,7 @@ impl ResponseForward<'_> {
     /// Every weight's (and σ's) gradient of `loss`, a scalar built on
     /// [`ResponseForward::logits`].
     pub fn backward(self, loss: &Tensor) -> Result<candle_core::backprop::GradStore> {
-        Ok(self.forward.backward(loss)?)
+        self.forward.backward(loss)
     }
 }
 
