@@ -23,17 +23,6 @@ pub fn mean_std(v: &[f64]) -> (f64, f64) {
     (m, var.sqrt())
 }
 
-/// Whether two sets of seeds differ by more than their noise: |Δmean| > 2·SE of the
-/// difference (Welch), and both have at least two seeds.
-pub fn exceeds_noise(a: &[f64], b: &[f64]) -> bool {
-    let ((ma, sa), (mb, sb)) = (mean_std(a), mean_std(b));
-    if a.len() < 2 || b.len() < 2 {
-        return false;
-    }
-    let se = (sa * sa / a.len() as f64 + sb * sb / b.len() as f64).sqrt();
-    (ma - mb).abs() > 2.0 * se
-}
-
 type Rows = [(String, String, Vec<RunResult>)];
 
 fn acc(r: &[RunResult]) -> Vec<f64> {
@@ -235,11 +224,37 @@ fn mismatch_line(rows: &Rows, setting: &str) -> String {
     )
 }
 
-fn verdict(a: &[f64], b: &[f64]) -> &'static str {
-    if exceeds_noise(a, b) {
-        "the difference exceeds the seed noise (|Δ| > 2 SE)"
-    } else {
-        "the difference is within the seed noise"
+/// `a` against `b` on one per-seed value, paired by seed with the Student t 95% interval;
+/// a mean difference below `resolution` (the precision the report prints) is no difference,
+/// whatever its interval (ratios of 1.00001 and 1.00002 over zero-variance seeds are not told
+/// apart in any useful sense).
+pub fn verdict(
+    a: &[RunResult],
+    b: &[RunResult],
+    value: &dyn Fn(&RunResult) -> f64,
+    resolution: f64,
+) -> String {
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for ra in a {
+        if let Some(rb) = b.iter().find(|rb| rb.seed == ra.seed) {
+            x.push(value(ra));
+            y.push(value(rb));
+        }
+    }
+    match crate::stats::paired_t(&x, &y) {
+        None => "fewer than 2 paired seeds: nothing can be told".into(),
+        Some(i) if i.mean.abs() < resolution => format!(
+            "no difference at the printed precision (paired Δ {:+.3e})",
+            i.mean
+        ),
+        Some(i) if i.excludes_zero() => format!(
+            "paired Δ {:+.3} [{:+.3}, {:+.3}] over {} seeds: the interval excludes 0",
+            i.mean, i.lo, i.hi, i.pairs
+        ),
+        Some(i) => format!(
+            "paired Δ {:+.3} [{:+.3}, {:+.3}] over {} seeds: no difference detectable (detectable ±{:.3})",
+            i.mean, i.lo, i.hi, i.pairs, i.detectable
+        ),
     }
 }
 
@@ -249,63 +264,68 @@ fn questions(plan: &Plan, rows: &Rows) -> String {
     for s in &plan.settings {
         let get = |m: &str| find(rows, &s.name, m);
         md.push_str(&format!("### Setting `{}`\n\n", s.name));
-        if let Some(alp) = get("alp-seq") {
-            let tail = |r: &[RunResult]| r.iter().map(|x| x.ratio_p99_9_max).collect::<Vec<f64>>();
-            for base in ["bypass", "grpo"] {
-                if let Some(b) = get(base) {
-                    md.push_str(&format!(
-                        "1. Ratio tails ({base} vs alp-seq, unperturbed π_old/μ p99.9, max over the run): {} vs {}; {}.\n",
-                        pm3(&tail(b)), pm3(&tail(alp)), verdict(&tail(b), &tail(alp))
-                    ));
-                }
-            }
-            let best = rows
-                .iter()
-                .filter(|(st, m, _)| st == &s.name && !m.starts_with("alp"))
-                .max_by(|x, y| mean_std(&acc(&x.2)).0.total_cmp(&mean_std(&acc(&y.2)).0));
-            if let Some((_, bm, br)) = best {
+        let Some(alp) = get("alp-seq") else {
+            md.push_str("No finished `alp-seq` runs: nothing to answer yet.\n\n");
+            continue;
+        };
+        let tail = |r: &[RunResult]| r.iter().map(|x| x.ratio_p99_9_max).collect::<Vec<f64>>();
+        let tail_of = |x: &RunResult| x.ratio_p99_9_max;
+        let accuracy_of = |x: &RunResult| 100.0 * x.final_accuracy;
+        for base in ["bypass", "grpo"] {
+            if let Some(b) = get(base) {
                 md.push_str(&format!(
-                    "2. Final accuracy: alp-seq {} vs the best baseline ({bm}) {}; {}.\n",
-                    pm(&acc(alp)),
-                    pm(&acc(br)),
-                    verdict(&acc(alp), &acc(br))
+                    "1. Ratio tails ({base} vs alp-seq, unperturbed π_old/μ p99.9, max over the run): {} vs {}; {}.\n",
+                    pm3(&tail(b)), pm3(&tail(alp)), verdict(b, alp, &tail_of, 5e-4)
                 ));
             }
-            for sub in [
-                "alp-seq-early",
-                "alp-seq-middle",
-                "alp-seq-late",
-                "alp-seq-logits",
-            ] {
-                if let Some(r) = get(sub) {
-                    md.push_str(&format!(
-                        "3. All layers vs {sub}: {} vs {}; {}.\n",
-                        pm(&acc(alp)),
-                        pm(&acc(r)),
-                        verdict(&acc(alp), &acc(r))
-                    ));
-                }
-            }
-            if get("alp-seq-early").is_none() {
-                md.push_str(
-                    "3. Layer subsets were not run in this preset (they are in `--preset full`).\n",
-                );
-            }
-            if let Some(r) = get("alp-loss-no-noise") {
+        }
+        let best = rows
+            .iter()
+            .filter(|(st, m, _)| st == &s.name && !m.starts_with("alp"))
+            .max_by(|x, y| mean_std(&acc(&x.2)).0.total_cmp(&mean_std(&acc(&y.2)).0));
+        if let Some((_, bm, br)) = best {
+            md.push_str(&format!(
+                "2. Final accuracy: alp-seq {} vs the best baseline ({bm}) {}; {}.\n",
+                pm(&acc(alp)),
+                pm(&acc(br)),
+                verdict(alp, br, &accuracy_of, 0.05)
+            ));
+        }
+        for sub in [
+            "alp-seq-early",
+            "alp-seq-middle",
+            "alp-seq-late",
+            "alp-seq-logits",
+        ] {
+            if let Some(r) = get(sub) {
                 md.push_str(&format!(
-                    "- The ALP loss without the perturbation: {} vs alp-seq {}; {}.\n",
+                    "3. All layers vs {sub}: {} vs {}; {}.\n",
+                    pm(&acc(alp)),
                     pm(&acc(r)),
-                    pm(&acc(alp)),
-                    verdict(&acc(r), &acc(alp))
+                    verdict(alp, r, &accuracy_of, 0.05)
                 ));
             }
+        }
+        if get("alp-seq-early").is_none() {
+            md.push_str(
+                "3. Layer subsets were not run in this preset (they are in `--preset full`).\n",
+            );
+        }
+        if let Some(r) = get("alp-loss-no-noise") {
+            md.push_str(&format!(
+                "- The ALP loss without the perturbation: {} vs alp-seq {}; {}.\n",
+                pm(&acc(r)),
+                pm(&acc(alp)),
+                verdict(r, alp, &accuracy_of, 0.05)
+            ));
         }
         md.push('\n');
     }
     md
 }
 
-/// Writes `compare.json`, `report.md` and `plots/*.svg` under `dir`.
+/// Writes `compare.json`, `report.md` and `plots/*.svg` under `dir`; `wall_s` 0 (a report
+/// read back from finished runs) leaves the wall time out.
 pub fn write(dir: &Path, plan: &Plan, rows: &Rows, machine: &str, wall_s: f64) -> Result<()> {
     let j = to_json(plan, rows, machine);
     let p = dir.join("compare.json");
@@ -313,14 +333,35 @@ pub fn write(dir: &Path, plan: &Plan, rows: &Rows, machine: &str, wall_s: f64) -
     std::fs::write(&p, text).map_err(|e| Error::io(&p, e))?;
     let plots = dir.join("plots");
     std::fs::create_dir_all(&plots).map_err(|e| Error::io(&plots, e))?;
+    let finished: usize = rows.iter().map(|(_, _, r)| r.len()).sum();
+    let planned = plan.settings.len() * plan.arms.len() * plan.seeds;
+    let progress = if finished < planned {
+        format!(" **{finished} of the plan's {planned} runs have finished**; the rest are marked not run.")
+    } else {
+        String::new()
+    };
+    // `--report-only` reads finished runs and passes no wall time of its own.
+    let wall = if wall_s > 0.0 {
+        format!(" wall time {:.0} min.", wall_s / 60.0)
+    } else {
+        String::new()
+    };
     let mut md = format!(
-        "# alp compare: preset `{}`\n\nMachine: {machine}. {} seeds per method and setting; wall time {:.0} min. Each run starts from the same SFT warm start (`sft/`) with the same tasks and budget; every run's directory is under `runs/<setting>/<method>/seed<k>/`.\n\nAccuracy is greedy held-out accuracy after RL; avg@k the mean over k samples at T = 1. Tails are compared on the unperturbed ratio π_old/μ (the policy each step starts from over the sampler), the same tokens for every method; ALP's own training ratio is perturbed and wider by construction (last ratio column). A run is `collapsed` when its reward (5-step mean) falls below half its best and stays there, or its loss is not finite.\n\n",
-        plan.preset, plan.seeds, wall_s / 60.0
+        "# alp compare: preset `{}`\n\nMachine: {machine}. {} seeds per method and setting;{wall}{progress} Each run starts from the same SFT warm start (`sft/`) with the same tasks and budget; every run's directory is under `runs/<setting>/<method>/seed<k>/`.\n\nAccuracy is greedy held-out accuracy after RL; avg@k the mean over k samples at T = 1. Tails are compared on the unperturbed ratio π_old/μ (the policy each step starts from over the sampler), the same tokens for every method; ALP's own training ratio is perturbed and wider by construction (last ratio column). A run is `collapsed` when its reward (5-step mean) falls below half its best and stays there, or its loss is not finite.\n\n",
+        plan.preset, plan.seeds
     );
     if plan.settings.len() > 1 {
         md.push_str(&phase_section(plan, rows, &plots)?);
     }
     for s in &plan.settings {
+        if !rows.iter().any(|(st, _, r)| *st == s.name && !r.is_empty()) {
+            md.push_str(&format!(
+                "## Setting `{}` (`{}`)\n\nNot run yet.\n\n",
+                s.name,
+                s.sets.join(" ")
+            ));
+            continue;
+        }
         md.push_str(&format!(
             "## Setting `{}` (`{}`)\n\n{}\n\n",
             s.name,
@@ -432,7 +473,10 @@ fn phase_section(plan: &Plan, rows: &Rows, plots: &Path) -> Result<String> {
     let line = |label: &str, i: usize| {
         let cells: Vec<String> = settings
             .iter()
-            .map(|s| format!("{:.1e}", early(s, i)))
+            .map(|s| match early(s, i) {
+                v if v.is_finite() => format!("{v:.1e}"),
+                _ => "not run".into(),
+            })
             .collect();
         format!("| *{label}* | {} |\n", cells.join(" | "))
     };

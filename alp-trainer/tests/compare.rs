@@ -1,5 +1,5 @@
 //! `alp compare` as a library: a tiny plan end to end, resumability, collapse detection and
-//! the noise test of the report.
+//! the paired verdicts and the partial report.
 
 use alp_trainer::compare::{self, Plan};
 use alp_trainer::compare_report;
@@ -77,6 +77,19 @@ fn a_tiny_comparison_writes_its_report_and_is_not_redone() {
     let read = compare::read_finished(&plan, dir.path());
     assert_eq!(read[0].2.len(), 1);
     assert_eq!(read[1].2.len(), 2);
+    // A partial report (`--report-only` while a sweep runs): it counts what has finished and
+    // marks a setting with no finished run as not run instead of tabulating NaN.
+    let mut wider = plan.clone();
+    let mut later = wider.settings[0].clone();
+    later.name = "later".into();
+    wider.settings.push(later);
+    compare_report::write(dir.path(), &wider, &read, "test machine", 0.0).unwrap();
+    let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(md.contains("3 of the plan's 8 runs have finished"), "{md}");
+    assert!(md.contains("## Setting `later`") && md.contains("Not run yet."), "{md}");
+    assert!(!md.contains("NaN") && !md.contains("wall time"), "{md}");
+    assert!(md.contains("| *engine k3 KL(μ‖π_sampler), first 3 steps* | "), "{md}");
+    assert!(md.contains(" | not run |"), "{md}");
 }
 
 #[test]
@@ -176,18 +189,41 @@ fn collapse_is_a_lasting_fall_below_half_the_best_reward() {
 }
 
 #[test]
-fn the_noise_test_needs_a_difference_beyond_two_standard_errors() {
+fn a_verdict_pairs_seeds_and_ignores_differences_below_the_printed_precision() {
     assert_eq!(compare_report::mean_std(&[1.0, 3.0]), (2.0, 2f64.sqrt()));
-    assert!(!compare_report::exceeds_noise(
-        &[40.0, 45.0, 50.0],
-        &[42.0, 47.0, 52.0]
-    ));
-    assert!(compare_report::exceeds_noise(
-        &[40.0, 40.5, 41.0],
-        &[45.0, 45.5, 46.0]
-    ));
-    // One seed is never enough to call a difference.
-    assert!(!compare_report::exceeds_noise(&[40.0], &[60.0]));
+    let runs = |acc: &[f64], tail: &[f64]| -> Vec<compare::RunResult> {
+        acc.iter()
+            .zip(tail)
+            .enumerate()
+            .map(|(i, (a, t))| compare::RunResult {
+                seed: i as u64,
+                final_accuracy: *a,
+                ratio_p99_9_max: *t,
+                ..Default::default()
+            })
+            .collect()
+    };
+    let accuracy = |x: &compare::RunResult| 100.0 * x.final_accuracy;
+    let tail = |x: &compare::RunResult| x.ratio_p99_9_max;
+    // Seeds that differ a lot among themselves but move together: pairing tells them apart
+    // (an unpaired test would not: the spread across seeds is 10 points, the shift 2).
+    let a = runs(&[0.40, 0.45, 0.50, 0.42], &[1.0; 4]);
+    let b = runs(&[0.42, 0.47, 0.52, 0.44], &[1.0; 4]);
+    let v = compare_report::verdict(&b, &a, &accuracy, 0.05);
+    assert!(v.contains("excludes 0") && v.contains("+2.000"), "{v}");
+    // Shifts that do not move together: nothing detectable, and the detectable size is said.
+    let c = runs(&[0.45, 0.40, 0.52, 0.42], &[1.0; 4]);
+    let v = compare_report::verdict(&c, &a, &accuracy, 0.05);
+    assert!(v.contains("no difference detectable (detectable ±"), "{v}");
+    // Ratios of 1.00001 against 1.00002 on every seed: a zero-variance "difference" far below
+    // the three decimals the report prints is no difference.
+    let d = runs(&[0.4; 4], &[1.00001; 4]);
+    let e = runs(&[0.4; 4], &[1.00002; 4]);
+    let v = compare_report::verdict(&d, &e, &tail, 5e-4);
+    assert!(v.starts_with("no difference at the printed precision"), "{v}");
+    // One paired seed is never enough to call anything.
+    let v = compare_report::verdict(&a[..1], &c[..1], &accuracy, 0.05);
+    assert!(v.starts_with("fewer than 2 paired seeds"), "{v}");
 }
 
 #[test]
