@@ -86,9 +86,15 @@ fn a_tiny_comparison_writes_its_report_and_is_not_redone() {
     compare_report::write(dir.path(), &wider, &read, "test machine", 0.0).unwrap();
     let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
     assert!(md.contains("3 of the plan's 8 runs have finished"), "{md}");
-    assert!(md.contains("## Setting `later`") && md.contains("Not run yet."), "{md}");
+    assert!(
+        md.contains("## Setting `later`") && md.contains("Not run yet."),
+        "{md}"
+    );
     assert!(!md.contains("NaN") && !md.contains("wall time"), "{md}");
-    assert!(md.contains("| *engine k3 KL(μ‖π_sampler), first 3 steps* | "), "{md}");
+    assert!(
+        md.contains("| *engine k3 KL(μ‖π_sampler), first 3 steps* | "),
+        "{md}"
+    );
     assert!(md.contains(" | not run |"), "{md}");
 }
 
@@ -220,7 +226,10 @@ fn a_verdict_pairs_seeds_and_ignores_differences_below_the_printed_precision() {
     let d = runs(&[0.4; 4], &[1.00001; 4]);
     let e = runs(&[0.4; 4], &[1.00002; 4]);
     let v = compare_report::verdict(&d, &e, &tail, 5e-4);
-    assert!(v.starts_with("no difference at the printed precision"), "{v}");
+    assert!(
+        v.starts_with("no difference at the printed precision"),
+        "{v}"
+    );
     // One paired seed is never enough to call anything.
     let v = compare_report::verdict(&a[..1], &c[..1], &accuracy, 0.05);
     assert!(v.starts_with("fewer than 2 paired seeds"), "{v}");
