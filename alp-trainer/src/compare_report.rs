@@ -1,6 +1,6 @@
-//! The report of `alp compare`: `compare.json`, `report.md` (tables, the paper's three
-//! questions answered with mean ± std over seeds and a noise test), and plots with a band over
-//! seeds.
+//! The report of `alp compare`: `compare.json`, `report.md` (tables, the phase diagram, the
+//! paper's three questions answered with paired t intervals over seeds), and plots with a band
+//! over seeds.
 
 use crate::compare::{Plan, RunResult};
 use alp_core::{Error, Result};
