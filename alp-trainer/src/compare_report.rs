@@ -26,7 +26,7 @@ pub fn mean_std(v: &[f64]) -> (f64, f64) {
 type Rows = [(String, String, Vec<RunResult>)];
 
 fn acc(r: &[RunResult]) -> Vec<f64> {
-    r.iter().map(|x| 100.0 * x.final_accuracy).collect()
+    r.iter().map(accuracy_of).collect()
 }
 
 fn find<'a>(rows: &'a Rows, setting: &str, method: &str) -> Option<&'a [RunResult]> {
@@ -41,22 +41,31 @@ pub const PAIRED_REFERENCE: &str = "alp-seq";
 /// Bootstrap resamples of a paired interval (exact enumeration up to this many).
 const BOOTSTRAP_REPS: usize = 20_000;
 
-/// Held-out accuracies (%) of `a` and `b` on the seeds both have, in `a`'s order.
-fn paired_values(a: &[RunResult], b: &[RunResult]) -> (Vec<f64>, Vec<f64>) {
+/// One per-seed value of `a` and of `b` on the seeds both have, in `a`'s order.
+fn paired_values(
+    a: &[RunResult],
+    b: &[RunResult],
+    value: &dyn Fn(&RunResult) -> f64,
+) -> (Vec<f64>, Vec<f64>) {
     let (mut x, mut y) = (Vec::new(), Vec::new());
     for ra in a {
         if let Some(rb) = b.iter().find(|rb| rb.seed == ra.seed) {
-            x.push(100.0 * ra.final_accuracy);
-            y.push(100.0 * rb.final_accuracy);
+            x.push(value(ra));
+            y.push(value(rb));
         }
     }
     (x, y)
 }
 
+/// Held-out accuracy in percent.
+fn accuracy_of(r: &RunResult) -> f64 {
+    100.0 * r.final_accuracy
+}
+
 /// Held-out accuracy (%) of `a` minus that of `b`, paired by seed, with its Student t 95%
 /// interval (the one the report reads; see [`crate::stats::paired_t`]).
 pub fn paired_accuracy(a: &[RunResult], b: &[RunResult]) -> Option<crate::stats::Interval> {
-    let (x, y) = paired_values(a, b);
+    let (x, y) = paired_values(a, b, &accuracy_of);
     crate::stats::paired_t(&x, &y)
 }
 
@@ -84,7 +93,7 @@ pub fn to_json(plan: &Plan, rows: &Rows, machine: &str) -> Value {
             let (clo, chi) = crate::stats::wilson(degraded, r.len());
             let paired = match find(rows, setting, PAIRED_REFERENCE) {
                 Some(reference) if method != PAIRED_REFERENCE => {
-                    let (x, y) = paired_values(r, reference);
+                    let (x, y) = paired_values(r, reference, &accuracy_of);
                     crate::stats::paired_t(&x, &y)
                         .zip(crate::stats::paired_bootstrap(&x, &y, BOOTSTRAP_REPS, 0))
                 }
@@ -234,13 +243,7 @@ pub fn verdict(
     value: &dyn Fn(&RunResult) -> f64,
     resolution: f64,
 ) -> String {
-    let (mut x, mut y) = (Vec::new(), Vec::new());
-    for ra in a {
-        if let Some(rb) = b.iter().find(|rb| rb.seed == ra.seed) {
-            x.push(value(ra));
-            y.push(value(rb));
-        }
-    }
+    let (x, y) = paired_values(a, b, value);
     match crate::stats::paired_t(&x, &y) {
         None => "fewer than 2 paired seeds: nothing can be told".into(),
         Some(i) if i.mean.abs() < resolution => format!(
@@ -270,7 +273,6 @@ fn questions(plan: &Plan, rows: &Rows) -> String {
         };
         let tail = |r: &[RunResult]| r.iter().map(|x| x.ratio_p99_9_max).collect::<Vec<f64>>();
         let tail_of = |x: &RunResult| x.ratio_p99_9_max;
-        let accuracy_of = |x: &RunResult| 100.0 * x.final_accuracy;
         for base in ["bypass", "grpo"] {
             if let Some(b) = get(base) {
                 md.push_str(&format!(
@@ -354,20 +356,16 @@ pub fn write(dir: &Path, plan: &Plan, rows: &Rows, machine: &str, wall_s: f64) -
         md.push_str(&phase_section(plan, rows, &plots)?);
     }
     for s in &plan.settings {
+        md.push_str(&format!(
+            "## Setting `{}` (`{}`)\n\n",
+            s.name,
+            s.sets.join(" ")
+        ));
         if !rows.iter().any(|(st, _, r)| *st == s.name && !r.is_empty()) {
-            md.push_str(&format!(
-                "## Setting `{}` (`{}`)\n\nNot run yet.\n\n",
-                s.name,
-                s.sets.join(" ")
-            ));
+            md.push_str("Not run yet.\n\n");
             continue;
         }
-        md.push_str(&format!(
-            "## Setting `{}` (`{}`)\n\n{}\n\n",
-            s.name,
-            s.sets.join(" "),
-            mismatch_line(rows, &s.name)
-        ));
+        md.push_str(&format!("{}\n\n", mismatch_line(rows, &s.name)));
         md.push_str(&table(rows, &s.name));
         md.push('\n');
         md.push_str(&paired_table(rows, &s.name));

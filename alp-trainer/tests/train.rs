@@ -982,24 +982,24 @@ fn the_python_environment_runs_through_train_and_eval() {
         other => panic!("{other:?}"),
     }
     // Bad limits are named.
-    let err = small()
-        .apply_overrides(&["rl.python.timeout_s=0".into()])
-        .unwrap()
-        .validate()
-        .unwrap_err()
-        .to_string();
+    let err = validation_error("rl.python.timeout_s=0");
     assert!(err.contains("rl.python.timeout_s"), "{err}");
 }
 
 #[test]
 fn a_bad_engine_limit_is_named_by_its_full_key() {
-    let err = small()
-        .apply_overrides(&["rl.rollout.engine.max_batch=0".into()])
+    let err = validation_error("rl.rollout.engine.max_batch=0");
+    assert!(err.contains("`rl.rollout.engine.max_batch`"), "{err}");
+}
+
+/// The error `validate` gives the small config with one override that parses but is invalid.
+fn validation_error(set: &str) -> String {
+    small()
+        .apply_overrides(&[set.into()])
         .unwrap()
         .validate()
         .unwrap_err()
-        .to_string();
-    assert!(err.contains("`rl.rollout.engine.max_batch`"), "{err}");
+        .to_string()
 }
 
 /// Every parameter's gradient as a flat vector (all present).
