@@ -337,7 +337,8 @@ pub struct RunResult {
     pub seed: u64,
     /// Greedy held-out accuracy after RL.
     pub final_accuracy: f64,
-    /// Mean accuracy over k samples at temperature 1 after RL (avg@k).
+    /// Mean accuracy over k samples at temperature 1 after RL (avg@k); NaN where it was not
+    /// measured (`eval.pass_k = 0`).
     pub final_avg_at_k: f64,
     /// Largest per-step unperturbed ratio p99.9 (π_old/μ; comparable across methods).
     pub ratio_p99_9_max: f64,
@@ -415,7 +416,9 @@ pub fn summarise(seed: u64, sink: &MemorySink) -> RunResult {
     RunResult {
         seed,
         final_accuracy: last_eval.map_or(f64::NAN, |e| e.accuracy),
-        final_avg_at_k: last_eval.map_or(f64::NAN, |e| e.sampled_accuracy),
+        final_avg_at_k: last_eval
+            .filter(|e| e.k > 0)
+            .map_or(f64::NAN, |e| e.sampled_accuracy),
         ratio_p99_9_max: max_of(st, loss::UNPERTURBED_RATIO_TOKEN_P99_9),
         ratio_max: max_of(st, loss::UNPERTURBED_RATIO_TOKEN_MAX),
         train_ratio_p99_9_max: max_of(st, loss::RATIO_TOKEN_P99_9),

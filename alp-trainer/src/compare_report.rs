@@ -133,6 +133,16 @@ fn pm(v: &[f64]) -> String {
     format!("{m:.1} ± {s:.1}")
 }
 
+/// Mean ± std of the runs that measured the value; "not measured" when none did (avg@k with
+/// `eval.pass_k = 0`), rather than a mean of placeholders.
+fn pm_measured(v: &[f64]) -> String {
+    match v.iter().filter(|x| x.is_finite()).count() {
+        0 => "not measured".into(),
+        n if n == v.len() => pm(v),
+        n => format!("{} (n {n})", pm(v)),
+    }
+}
+
 /// Mean ± std of ratios, with three decimals.
 fn pm3(v: &[f64]) -> String {
     let (m, s) = mean_std(v);
@@ -158,7 +168,7 @@ fn table(rows: &Rows, setting: &str) -> String {
                 .map(|x| format!("{x:.1}"))
                 .collect::<Vec<_>>()
                 .join(", "),
-            pm(&f(&|x| 100.0 * x.final_avg_at_k)),
+            pm_measured(&f(&|x| 100.0 * x.final_avg_at_k)),
             pm3(&f(&|x| x.ratio_p99_9_max)),
             pm3(&f(&|x| x.ratio_max)),
             pm3(&f(&|x| x.train_ratio_p99_9_max)),

@@ -59,6 +59,8 @@ fn a_tiny_comparison_writes_its_report_and_is_not_redone() {
     let mean = paired["mean"].as_f64().unwrap();
     assert!(lo <= mean && mean <= hi, "{paired}");
     assert!(j["methods"][1]["accuracy_minus_alp_seq_paired"].is_null());
+    // avg@k was measured (`eval.pass_k = 2`): a number.
+    assert!(j["methods"][0]["avg_at_k_mean"].as_f64().is_some(), "{j}");
     let rate = &j["methods"][0]["collapse_rate"]["ci95"];
     assert!(rate[0].as_f64().unwrap() <= rate[1].as_f64().unwrap());
     let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
@@ -139,6 +141,19 @@ fn the_phase_smoke_plan_writes_the_phase_diagram_with_intervals() {
     }
     let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
     assert!(md.contains("## The phase diagram"), "{md}");
+    // `eval.pass_k = 0`: avg@k was not measured, and says so instead of a mean of zeros; the
+    // runs read back from disk keep it unmeasured.
+    assert!(j["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m["avg_at_k_mean"].is_null()));
+    assert!(
+        md.contains("| not measured |") && !md.contains("NaN"),
+        "{md}"
+    );
+    let read = compare::read_finished(&plan, dir.path());
+    assert_eq!(format!("{read:?}"), format!("{rows:?}"));
     assert!(md.contains("| grpo |") && md.contains("engine k3"));
     for f in ["heldout", "collapse", "ratio_p99_9"] {
         assert!(dir
