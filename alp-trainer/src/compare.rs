@@ -1,7 +1,9 @@
 //! `alp compare`: the paper's comparison at this scale. One shared SFT warm start, then every
 //! method (a row of the paper's table, or an ablation) × seed × mismatch setting with the same
 //! tasks and budget, each a full RL run of its own directory; then `compare.json` and
-//! `report.md` with plots. Resumable: a run whose `summary.json` exists is not redone.
+//! `report.md` with plots. Resumable: a run whose `result.toml` exists is not redone, nor one
+//! that the directory's `compare.json` records (the committed record of a sweep whose ignored
+//! `runs/` is gone: a clean clone regenerates the report and resumes from it).
 
 use crate::config::TrainConfig;
 use crate::metrics::{loss, MemorySink, StepMetrics};
@@ -359,6 +361,11 @@ pub struct RunResult {
     pub curves: Vec<[f64; 4]>,
     /// Final σ per layer (ALP).
     pub sigma: Vec<f64>,
+    /// The warm start the run began from ([`warm_start_id`]; empty in records older than the
+    /// field): runs pair only within one warm start, and the same plan on another CPU (other
+    /// kernels, other rounding) trains another.
+    #[serde(default)]
+    pub warm_start: String,
 }
 
 /// Collapse: the reward (moving mean over 5 steps) falls below half its best so far and
@@ -459,7 +466,20 @@ pub fn summarise(seed: u64, sink: &MemorySink) -> RunResult {
                     .collect()
             })
             .unwrap_or_default(),
+        warm_start: String::new(),
     }
+}
+
+/// The fingerprint of a warm start: the first 16 hex digits of the SHA-256 of its latest
+/// checkpoint's weights.
+pub fn warm_start_id(sft_dir: &Path) -> Result<String> {
+    use sha2::Digest;
+    let weights = crate::checkpoint::latest(sft_dir)?
+        .join("model")
+        .join("model.safetensors");
+    let bytes = std::fs::read(&weights).map_err(|e| Error::file_op("read", &weights, e))?;
+    let digest = sha2::Sha256::digest(&bytes);
+    Ok(digest[..8].iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// The shared warm start: SFT and the evaluation before RL, saved as `DIR/sft` (reused when
@@ -502,22 +522,183 @@ fn read_result(run_dir: &Path) -> Option<RunResult> {
     toml::from_str(&text).ok()
 }
 
-/// The finished runs of `plan` under `dir`, in plan order, without running anything: every
-/// (setting, method) with at least one finished seed (a sweep still running elsewhere, or
-/// stopped; paired statistics use the seeds both sides have).
-pub fn read_finished(plan: &Plan, dir: &Path) -> Vec<Row> {
+/// A run as `compare.json` records it: JSON has no NaN, so a metric a run did not have is
+/// `null` there and NaN again here.
+#[derive(Deserialize)]
+struct RecordedRun {
+    seed: u64,
+    final_accuracy: Option<f64>,
+    final_avg_at_k: Option<f64>,
+    ratio_p99_9_max: Option<f64>,
+    ratio_max: Option<f64>,
+    train_ratio_p99_9_max: Option<f64>,
+    kl_spikes: usize,
+    collapsed_at: Option<u64>,
+    early_mismatch: [Option<f64>; 4],
+    heldout: Vec<(Option<f64>, Option<f64>)>,
+    curves: Vec<[Option<f64>; 4]>,
+    sigma: Vec<Option<f64>>,
+    #[serde(default)]
+    warm_start: String,
+}
+
+impl From<RecordedRun> for RunResult {
+    fn from(r: RecordedRun) -> Self {
+        let f = |x: Option<f64>| x.unwrap_or(f64::NAN);
+        RunResult {
+            seed: r.seed,
+            final_accuracy: f(r.final_accuracy),
+            final_avg_at_k: f(r.final_avg_at_k),
+            ratio_p99_9_max: f(r.ratio_p99_9_max),
+            ratio_max: f(r.ratio_max),
+            train_ratio_p99_9_max: f(r.train_ratio_p99_9_max),
+            kl_spikes: r.kl_spikes,
+            collapsed_at: r.collapsed_at,
+            early_mismatch: r.early_mismatch.map(f),
+            heldout: r.heldout.into_iter().map(|(a, b)| (f(a), f(b))).collect(),
+            curves: r.curves.into_iter().map(|c| c.map(f)).collect(),
+            sigma: r.sigma.into_iter().map(f).collect(),
+            warm_start: r.warm_start,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RecordedRow {
+    setting: String,
+    method: String,
+    /// The row's overrides when it ran (absent in records written before they were kept).
+    sets: Option<Vec<String>>,
+    seeds: Vec<RecordedRun>,
+}
+
+#[derive(Deserialize)]
+struct RecordFile {
+    /// The plan's base overrides when it ran (absent in older records).
+    base: Option<Vec<String>>,
+    settings: Vec<Setting>,
+    methods: Vec<RecordedRow>,
+}
+
+/// The finished runs that `DIR/compare.json` records, by (setting, method, seed): what a
+/// clean clone has of a sweep once its run directories (ignored by git) are gone. A recorded
+/// run is reused only where its setting's overrides (and, where recorded, the plan's base and
+/// the method row's overrides) equal the plan's; `stale` names the rows that did not.
+#[derive(Debug, Default)]
+pub struct Recorded {
+    runs: std::collections::HashMap<(String, String, u64), RunResult>,
+    /// `setting / method` rows recorded with other overrides than the plan's (not reused).
+    pub stale: Vec<String>,
+}
+
+impl Recorded {
+    /// Reads `dir/compare.json`; none there is an empty record, an unreadable one an error
+    /// naming the file.
+    pub fn read(plan: &Plan, dir: &Path) -> Result<Recorded> {
+        let path = dir.join("compare.json");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Recorded::default()),
+            Err(e) => return Err(Error::file_op("read", &path, e)),
+        };
+        let f: RecordFile = serde_json::from_str(&text).map_err(|e| Error::Parse {
+            path: path.clone(),
+            message: format!(
+                "{e}; it is the record of finished runs: restore it (git checkout) or move it away to run them again"
+            ),
+        })?;
+        let mut out = Recorded::default();
+        if f.base.as_ref().is_some_and(|b| *b != plan.base) {
+            out.stale
+                .push("every row (the plan's base overrides changed)".into());
+            return Ok(out);
+        }
+        for row in f.methods {
+            let setting_now = plan.settings.iter().find(|s| s.name == row.setting);
+            let arm_now = plan.arms.iter().find(|a| a.name == row.method);
+            let (Some(setting_now), Some(arm_now)) = (setting_now, arm_now) else {
+                continue;
+            };
+            let setting_then = f.settings.iter().find(|s| s.name == row.setting);
+            let same = setting_then.is_some_and(|s| s.sets == setting_now.sets)
+                && row.sets.as_ref().is_none_or(|s| *s == arm_now.sets);
+            if !same {
+                out.stale.push(format!("{} / {}", row.setting, row.method));
+                continue;
+            }
+            for r in row.seeds {
+                let seed = r.seed;
+                out.runs
+                    .insert((row.setting.clone(), row.method.clone(), seed), r.into());
+            }
+        }
+        Ok(out)
+    }
+
+    /// The recorded result of one run, if any.
+    pub fn get(&self, setting: &str, method: &str, seed: u64) -> Option<&RunResult> {
+        self.runs
+            .get(&(setting.to_string(), method.to_string(), seed))
+    }
+
+    /// How many runs are recorded (and reusable).
+    pub fn len(&self) -> usize {
+        self.runs.len()
+    }
+
+    /// No run recorded.
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+    }
+}
+
+/// One run's result from its directory, else from the record.
+fn finished(
+    dir: &Path,
+    recorded: &Recorded,
+    (setting, arm, seed): (&Setting, &Arm, u64),
+) -> Option<RunResult> {
+    read_result(&run_dir(dir, setting, arm, seed))
+        .or_else(|| recorded.get(&setting.name, &arm.name, seed).cloned())
+}
+
+/// The warm start of `dir` and its fingerprint, made on first use.
+struct WarmStart<'a> {
+    plan: &'a Plan,
+    extra: &'a [String],
+    dir: &'a Path,
+    made: Option<(PathBuf, String)>,
+}
+
+impl WarmStart<'_> {
+    fn get(&mut self, log: &mut dyn FnMut(&str)) -> Result<&(PathBuf, String)> {
+        if self.made.is_none() {
+            let sft = warm_start(self.plan, self.extra, self.dir, log)?;
+            let id = warm_start_id(&sft)?;
+            self.made = Some((sft, id));
+        }
+        Ok(self.made.as_ref().expect("made above"))
+    }
+}
+
+/// The finished runs of `plan` under `dir` (run directories, else `compare.json`'s record),
+/// in plan order, without running anything: every (setting, method) with at least one
+/// finished seed (a sweep still running elsewhere, or stopped; paired statistics use the
+/// seeds both sides have).
+pub fn read_finished(plan: &Plan, dir: &Path) -> Result<Vec<Row>> {
+    let recorded = Recorded::read(plan, dir)?;
     let mut out = Vec::new();
     for setting in &plan.settings {
         for arm in &plan.arms {
             let results: Vec<RunResult> = (0..plan.seeds as u64)
-                .filter_map(|seed| read_result(&run_dir(dir, setting, arm, seed)))
+                .filter_map(|seed| finished(dir, &recorded, (setting, arm, seed)))
                 .collect();
             if !results.is_empty() {
                 out.push((setting.name.clone(), arm.name.clone(), results));
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// Runs (or reads back) one (setting, method, seed).
@@ -556,6 +737,7 @@ pub fn run_one(
     );
     // A run that blew up is a result (collapsed), not an abort of the comparison.
     let mut r = summarise(seed, &sink);
+    r.warm_start = warm_start_id(sft_dir)?;
     if let Err(e) = out {
         r.collapsed_at = r.collapsed_at.or(Some(sink.steps.len() as u64));
         std::fs::write(run_dir.join("error.txt"), e.to_string())
@@ -579,12 +761,41 @@ pub fn run_all(
     progress: &mut dyn FnMut(&[Row]) -> Result<()>,
 ) -> Result<Vec<Row>> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let sft = warm_start(plan, extra, dir, log)?;
+    let recorded = Recorded::read(plan, dir)?;
+    for s in &recorded.stale {
+        log(&format!(
+            "compare.json records {s} with other overrides than this plan's: run again"
+        ));
+    }
     let mut out = Vec::new();
+    // Made only when a run is left to do or a record is to be checked against it.
+    let mut warm = WarmStart {
+        plan,
+        extra,
+        dir,
+        made: None,
+    };
+    let mut other_warm_start = 0;
     for setting in &plan.settings {
         for arm in &plan.arms {
             let mut results = Vec::new();
             for seed in 0..plan.seeds as u64 {
+                if let Some(r) = read_result(&run_dir(dir, setting, arm, seed)) {
+                    results.push(r);
+                    continue;
+                }
+                // A recorded run is reused only from this warm start: pairs must share it.
+                if let Some(r) = recorded.get(&setting.name, &arm.name, seed) {
+                    if r.warm_start == warm.get(log)?.1 {
+                        results.push(r.clone());
+                        continue;
+                    }
+                    other_warm_start += 1;
+                    if other_warm_start == 1 {
+                        log("compare.json records runs from another warm start (another machine or build): they are run again");
+                    }
+                }
+                let sft = warm.get(log)?.0.clone();
                 let t0 = std::time::Instant::now();
                 let r = run_one(plan, extra, &sft, (setting, arm, seed), dir)?;
                 log(&format!(

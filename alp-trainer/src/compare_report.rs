@@ -111,6 +111,7 @@ pub fn to_json(plan: &Plan, rows: &Rows, machine: &str) -> Value {
                 "final_accuracy_ci95": [alo, ahi],
                 "method": method,
                 "setting": setting,
+                "sets": plan.arms.iter().find(|a| a.name == *method).map(|a| &a.sets),
                 "final_accuracy_per_seed": acc(r),
                 "final_accuracy_mean": am,
                 "final_accuracy_std": s,
@@ -125,7 +126,7 @@ pub fn to_json(plan: &Plan, rows: &Rows, machine: &str) -> Value {
             })
         })
         .collect();
-    json!({"preset": plan.preset, "machine": machine, "seeds": plan.seeds, "settings": plan.settings, "methods": methods})
+    json!({"preset": plan.preset, "machine": machine, "seeds": plan.seeds, "base": plan.base, "settings": plan.settings, "methods": methods})
 }
 
 fn pm(v: &[f64]) -> String {
@@ -235,12 +236,33 @@ fn mismatch_line(rows: &Rows, setting: &str) -> String {
             .collect::<Vec<f64>>()
     };
     format!(
-        "Measured at the first 3 steps of every run: engine k3 KL(μ‖π_sampler) {}, staleness k3 KL(π_sampler‖π_old) {}, staleness {} versions, unperturbed ratio p99.9 {}.",
+        "Measured at the first 3 steps of every run: engine k3 KL(μ‖π_sampler) {}, staleness k3 KL(π_sampler‖π_old) {}, staleness {} versions, unperturbed ratio p99.9 {}.{}",
         pme(&col(0)),
         pme(&col(1)),
         pm(&col(2)),
         pm3(&col(3)),
+        warm_start_line(&all),
     )
+}
+
+/// The warm start a setting's runs began from; more than one is said in bold, as its pairs
+/// are then not paired on the warm start.
+fn warm_start_line(runs: &[&RunResult]) -> String {
+    let mut ids: Vec<&str> = runs.iter().map(|r| r.warm_start.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    match ids.as_slice() {
+        [""] => String::new(),
+        [id] => format!(" Warm start `{id}`."),
+        _ => format!(
+            " **Runs from {} warm starts ({}): seeds pair across them.**",
+            ids.len(),
+            ids.iter()
+                .map(|i| if i.is_empty() { "unrecorded" } else { i })
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }
 
 /// `a` against `b` on one per-seed value, paired by seed with the Student t 95% interval;
@@ -342,7 +364,7 @@ pub fn write(dir: &Path, plan: &Plan, rows: &Rows, machine: &str, wall_s: f64) -
     let j = to_json(plan, rows, machine);
     let p = dir.join("compare.json");
     let text = serde_json::to_string_pretty(&j).map_err(|e| Error::Msg(e.to_string()))?;
-    std::fs::write(&p, text).map_err(|e| Error::io(&p, e))?;
+    write_atomic(&p, &text)?;
     let plots = dir.join("plots");
     std::fs::create_dir_all(&plots).map_err(|e| Error::io(&plots, e))?;
     let finished: usize = rows.iter().map(|(_, _, r)| r.len()).sum();
@@ -403,8 +425,15 @@ pub fn write(dir: &Path, plan: &Plan, rows: &Rows, machine: &str, wall_s: f64) -
         ));
     }
     md.push_str(&questions(plan, rows));
-    let p = dir.join("report.md");
-    std::fs::write(&p, md).map_err(|e| Error::io(&p, e))
+    write_atomic(&dir.join("report.md"), &md)
+}
+
+/// Writes through a temporary file and a rename: `compare.json` is the record of finished
+/// runs that later sweeps resume from, and two processes of one sweep rewrite it.
+fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
 /// The settings grouped into axes by the name before their first `-` (`engine-bf16`,

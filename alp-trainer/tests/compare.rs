@@ -73,10 +73,12 @@ fn a_tiny_comparison_writes_its_report_and_is_not_redone() {
     assert_eq!(format!("{again:?}"), format!("{rows:?}"));
     assert!(t0.elapsed().as_secs_f64() < 5.0);
     // Read without running (`--report-only`): the same rows; a run not finished is left out.
-    let read = compare::read_finished(&plan, dir.path());
+    let read = compare::read_finished(&plan, dir.path()).unwrap();
     assert_eq!(format!("{read:?}"), format!("{rows:?}"));
     std::fs::remove_file(dir.path().join("runs/default/bypass/seed1/result.toml")).unwrap();
-    let read = compare::read_finished(&plan, dir.path());
+    // Without the record in compare.json to stand in for it (that case has its own test).
+    std::fs::remove_file(dir.path().join("compare.json")).unwrap();
+    let read = compare::read_finished(&plan, dir.path()).unwrap();
     assert_eq!(read[0].2.len(), 1);
     assert_eq!(read[1].2.len(), 2);
     // A partial report (`--report-only` while a sweep runs): it counts what has finished and
@@ -98,6 +100,97 @@ fn a_tiny_comparison_writes_its_report_and_is_not_redone() {
         "{md}"
     );
     assert!(md.contains(" | not run |"), "{md}");
+}
+
+#[test]
+fn compare_json_stands_in_for_the_run_directories_of_the_same_warm_start() {
+    // `runs/` is ignored by git: a clean clone has only the committed compare.json.
+    let dir = tempfile::tempdir().unwrap();
+    let plan = tiny_plan();
+    let rows = compare::run_all(&plan, &[], dir.path(), &mut |_| {}, &mut |_| Ok(())).unwrap();
+    let id = compare::warm_start_id(&dir.path().join("sft")).unwrap();
+    assert_eq!(id.len(), 16);
+    assert!(rows.iter().flat_map(|r| &r.2).all(|r| r.warm_start == id));
+    compare_report::write(dir.path(), &plan, &rows, "test machine", 1.0).unwrap();
+    let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(md.contains(&format!("Warm start `{id}`.")), "{md}");
+    std::fs::remove_dir_all(dir.path().join("runs")).unwrap();
+    // Read back from the record alone: the same rows, NaN (JSON null) included.
+    let read = compare::read_finished(&plan, dir.path()).unwrap();
+    assert_eq!(format!("{read:?}"), format!("{rows:?}"));
+    // Resumed: nothing is run again.
+    let again = compare::run_all(&plan, &[], dir.path(), &mut |_| {}, &mut |_| Ok(())).unwrap();
+    assert_eq!(format!("{again:?}"), format!("{rows:?}"));
+    assert!(!dir.path().join("runs").exists());
+    // A run recorded from another warm start (another CPU's kernels) is run again from this
+    // one, and on this machine it comes out the same as the first time.
+    let path = dir.path().join("compare.json");
+    let mut j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    j["methods"][0]["seeds"][1]["warm_start"] = "0123456789abcdef".into();
+    std::fs::write(&path, j.to_string()).unwrap();
+    let mut lines = Vec::new();
+    let again = compare::run_all(
+        &plan,
+        &[],
+        dir.path(),
+        &mut |l| lines.push(l.to_string()),
+        &mut |_| Ok(()),
+    )
+    .unwrap();
+    assert_eq!(
+        run_dirs(&dir.path().join("runs")),
+        ["default/bypass/seed1"],
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("another warm start")),
+        "{lines:?}"
+    );
+    assert_eq!(format!("{again:?}"), format!("{rows:?}"));
+    // The report says when a setting mixes warm starts.
+    let mut mixed = rows.clone();
+    mixed[0].2[1].warm_start = "0123456789abcdef".into();
+    compare_report::write(dir.path(), &plan, &mixed, "test machine", 1.0).unwrap();
+    let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(md.contains("**Runs from 2 warm starts"), "{md}");
+    // A setting whose overrides changed since: its records are not reused.
+    let mut changed = plan.clone();
+    changed.settings[0].sets.push("rl.lr=1e-5".into());
+    std::fs::remove_dir_all(dir.path().join("runs")).unwrap();
+    assert!(compare::read_finished(&changed, dir.path())
+        .unwrap()
+        .is_empty());
+    let rec = compare::Recorded::read(&changed, dir.path()).unwrap();
+    assert!(rec.is_empty() && rec.stale.len() == 2, "{rec:?}");
+    // A damaged record is an error naming the file, not an empty sweep.
+    std::fs::write(&path, "{ not json").unwrap();
+    let e = compare::read_finished(&plan, dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("compare.json") && e.contains("restore it"),
+        "{e}"
+    );
+}
+
+/// The run directories (`setting/method/seedK`) under `runs`, sorted.
+fn run_dirs(runs: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let children = |d: &std::path::Path| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(d)
+            .map(|r| r.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default()
+    };
+    for s in children(runs) {
+        for m in children(&s) {
+            for k in children(&m) {
+                out.push(k.strip_prefix(runs).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 #[test]
@@ -152,7 +245,7 @@ fn the_phase_smoke_plan_writes_the_phase_diagram_with_intervals() {
         md.contains("| not measured |") && !md.contains("NaN"),
         "{md}"
     );
-    let read = compare::read_finished(&plan, dir.path());
+    let read = compare::read_finished(&plan, dir.path()).unwrap();
     assert_eq!(format!("{read:?}"), format!("{rows:?}"));
     assert!(md.contains("| grpo |") && md.contains("engine k3"));
     for f in ["heldout", "collapse", "ratio_p99_9"] {

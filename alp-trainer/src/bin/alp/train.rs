@@ -215,15 +215,18 @@ pub fn compare(
         Some(p) => compare::Plan::load(p)?,
         None => compare::preset(preset.unwrap_or("default"))?,
     };
+    if let Some(s) = seeds {
+        anyhow::ensure!(s >= 1, "--seeds must be at least 1");
+        plan.seeds = s;
+    }
+    // The report covers the whole plan: `--methods`/`--settings` pick what runs now (a sweep
+    // in pieces, or in two processes) without dropping the other pieces from the record.
+    let whole = plan.clone();
     if !methods.is_empty() {
         plan = plan.with_methods(methods)?;
     }
     if !settings.is_empty() {
         plan = plan.with_settings(settings)?;
-    }
-    if let Some(s) = seeds {
-        anyhow::ensure!(s >= 1, "--seeds must be at least 1");
-        plan.seeds = s;
     }
     // Every run's config is checked before any work starts.
     plan.validate(sets)?;
@@ -238,7 +241,7 @@ pub fn compare(
     );
     let m = machine();
     if report_only {
-        let rows = compare::read_finished(&plan, out);
+        let rows = compare::read_finished(&plan, out)?;
         anyhow::ensure!(
             !rows.is_empty(),
             "--report-only: no finished run of this plan under {}",
@@ -252,11 +255,16 @@ pub fn compare(
         );
         return Ok(());
     }
-    let rows = compare::run_all(&plan, sets, out, &mut |l| println!("{l}"), &mut |rows| {
-        // The report so far, rewritten after every method.
-        alp_trainer::compare_report::write(out, &plan, rows, &m, t0.elapsed().as_secs_f64())
+    // The whole plan's report from every finished run (this process's, another's, the record's).
+    let report = |wall_s: f64| -> alp_core::Result<()> {
+        let rows = compare::read_finished(&whole, out)?;
+        alp_trainer::compare_report::write(out, &whole, &rows, &m, wall_s)
+    };
+    compare::run_all(&plan, sets, out, &mut |l| println!("{l}"), &mut |_| {
+        // Rewritten after every method.
+        report(t0.elapsed().as_secs_f64())
     })?;
-    alp_trainer::compare_report::write(out, &plan, &rows, &m, t0.elapsed().as_secs_f64())?;
+    report(t0.elapsed().as_secs_f64())?;
     println!(
         "wrote {0}/compare.json and {0}/report.md ({1:.0} s)",
         out.display(),
