@@ -255,7 +255,7 @@ fn warm_start_line(runs: &[&RunResult]) -> String {
         [""] => String::new(),
         [id] => format!(" Warm start `{id}`."),
         _ => format!(
-            " **Runs from {} warm starts ({}): seeds pair across them.**",
+            " **Runs from {} warm starts ({}): pairs across them share the seed and task stream, not the warm start.**",
             ids.len(),
             ids.iter()
                 .map(|i| if i.is_empty() { "unrecorded" } else { i })
@@ -376,12 +376,23 @@ pub fn write(dir: &Path, plan: &Plan, rows: &Rows, machine: &str, wall_s: f64) -
     };
     // `--report-only` reads finished runs and passes no wall time of its own.
     let wall = if wall_s > 0.0 {
-        format!(" wall time {:.0} min.", wall_s / 60.0)
+        format!(" Wall time {:.0} min.", wall_s / 60.0)
     } else {
         String::new()
     };
+    let mut ids: Vec<&str> = rows
+        .iter()
+        .flat_map(|(_, _, r)| r.iter().map(|x| x.warm_start.as_str()))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let warm = if ids.len() > 1 {
+        format!("The runs come from {} SFT warm starts (a setting names its own where the runs recorded it; the same plan on another CPU trains another): rows are paired within a setting, while accuracy levels across settings of different warm starts also differ by the warm start. Within a setting every run starts from one warm start", ids.len())
+    } else {
+        "Each run starts from the same SFT warm start (`sft/`)".to_string()
+    };
     let mut md = format!(
-        "# alp compare: preset `{}`\n\nMachine: {machine}. {} seeds per method and setting;{wall}{progress} Each run starts from the same SFT warm start (`sft/`) with the same tasks and budget; every run's directory is under `runs/<setting>/<method>/seed<k>/`.\n\nAccuracy is greedy held-out accuracy after RL; avg@k the mean over k samples at T = 1. Tails are compared on the unperturbed ratio π_old/μ (the policy each step starts from over the sampler), the same tokens for every method; ALP's own training ratio is perturbed and wider by construction (last ratio column). A run is `collapsed` when its reward (5-step mean) falls below half its best and stays there, or its loss is not finite.\n\n",
+        "# alp compare: preset `{}`\n\nMachine: {machine}. {} seeds per method and setting.{wall}{progress} {warm} with the same tasks and budget; every run's directory is under `runs/<setting>/<method>/seed<k>/`.\n\nAccuracy is greedy held-out accuracy after RL; avg@k the mean over k samples at T = 1. Tails are compared on the unperturbed ratio π_old/μ (the policy each step starts from over the sampler), the same tokens for every method; ALP's own training ratio is perturbed and wider by construction (last ratio column). A run is `collapsed` when its reward (5-step mean) falls below half its best and stays there, or its loss is not finite.\n\n",
         plan.preset, plan.seeds
     );
     if plan.settings.len() > 1 {

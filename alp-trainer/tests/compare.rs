@@ -94,7 +94,7 @@ fn a_tiny_comparison_writes_its_report_and_is_not_redone() {
         md.contains("## Setting `later`") && md.contains("Not run yet."),
         "{md}"
     );
-    assert!(!md.contains("NaN") && !md.contains("wall time"), "{md}");
+    assert!(!md.contains("NaN") && !md.contains("Wall time"), "{md}");
     assert!(
         md.contains("| *engine k3 KL(μ‖π_sampler), first 3 steps* | "),
         "{md}"
@@ -114,6 +114,10 @@ fn compare_json_stands_in_for_the_run_directories_of_the_same_warm_start() {
     compare_report::write(dir.path(), &plan, &rows, "test machine", 1.0).unwrap();
     let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
     assert!(md.contains(&format!("Warm start `{id}`.")), "{md}");
+    assert!(
+        md.contains("Each run starts from the same SFT warm start"),
+        "{md}"
+    );
     std::fs::remove_dir_all(dir.path().join("runs")).unwrap();
     // Read back from the record alone: the same rows, NaN (JSON null) included.
     let read = compare::read_finished(&plan, dir.path()).unwrap();
@@ -154,6 +158,7 @@ fn compare_json_stands_in_for_the_run_directories_of_the_same_warm_start() {
     compare_report::write(dir.path(), &plan, &mixed, "test machine", 1.0).unwrap();
     let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
     assert!(md.contains("**Runs from 2 warm starts"), "{md}");
+    assert!(md.contains("The runs come from 2 SFT warm starts"), "{md}");
     // A setting whose overrides changed since: its records are not reused.
     let mut changed = plan.clone();
     changed.settings[0].sets.push("rl.lr=1e-5".into());
