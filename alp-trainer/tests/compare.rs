@@ -168,6 +168,11 @@ fn compare_json_stands_in_for_the_run_directories_of_the_same_warm_start() {
         .is_empty());
     let rec = compare::Recorded::read(&changed, dir.path()).unwrap();
     assert!(rec.is_empty() && rec.stale.len() == 2, "{rec:?}");
+    // Other base overrides (`alp compare --set` joins the base): nothing is reused.
+    let mut other_base = plan.clone();
+    other_base.base.push("rl.lr=1e-5".into());
+    let rec = compare::Recorded::read(&other_base, dir.path()).unwrap();
+    assert!(rec.is_empty() && rec.stale[0].contains("base"), "{rec:?}");
     // A damaged record is an error naming the file, not an empty sweep.
     std::fs::write(&path, "{ not json").unwrap();
     let e = compare::read_finished(&plan, dir.path())

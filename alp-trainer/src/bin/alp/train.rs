@@ -219,6 +219,9 @@ pub fn compare(
         anyhow::ensure!(s >= 1, "--seeds must be at least 1");
         plan.seeds = s;
     }
+    // `--set` overrides join the plan's base, after it: compare.json records the base, so a
+    // sweep resumed with other overrides does not reuse runs recorded without them.
+    plan.base.extend(sets.iter().cloned());
     // The report covers the whole plan: `--methods`/`--settings` pick what runs now (a sweep
     // in pieces, or in two processes) without dropping the other pieces from the record.
     let whole = plan.clone();
@@ -229,7 +232,7 @@ pub fn compare(
         plan = plan.with_settings(settings)?;
     }
     // Every run's config is checked before any work starts.
-    plan.validate(sets)?;
+    plan.validate(&[])?;
     let t0 = std::time::Instant::now();
     println!(
         "alp compare, plan {}: {} methods × {} seeds × {} settings into {}",
@@ -260,7 +263,7 @@ pub fn compare(
         let rows = compare::read_finished(&whole, out)?;
         alp_trainer::compare_report::write(out, &whole, &rows, &m, wall_s)
     };
-    compare::run_all(&plan, sets, out, &mut |l| println!("{l}"), &mut |_| {
+    compare::run_all(&plan, &[], out, &mut |l| println!("{l}"), &mut |_| {
         // Rewritten after every method.
         report(t0.elapsed().as_secs_f64())
     })?;
