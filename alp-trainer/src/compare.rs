@@ -608,9 +608,9 @@ impl Recorded {
             ),
         })?;
         let mut out = Recorded::default();
-        if f.base.as_ref().is_some_and(|b| *b != plan.base) {
+        if let Some(base) = f.base.as_ref().filter(|b| **b != plan.base) {
             out.stale
-                .push("every row (the plan's base overrides changed)".into());
+                .push(format!("every row (base `{}`)", base.join(" ")));
             return Ok(out);
         }
         for row in f.methods {

@@ -245,11 +245,21 @@ pub fn compare(
     let m = machine();
     if report_only {
         let rows = compare::read_finished(&plan, out)?;
-        anyhow::ensure!(
-            !rows.is_empty(),
-            "--report-only: no finished run of this plan under {}",
-            out.display()
-        );
+        if rows.is_empty() {
+            let stale = compare::Recorded::read(&plan, out)?.stale;
+            let why = match stale.first() {
+                Some(first) => format!(
+                    "; {}/compare.json records {first}{} with other overrides than this plan's (pass the plan and the --set overrides the sweep ran with)",
+                    out.display(),
+                    if stale.len() > 1 { format!(" and {} more rows", stale.len() - 1) } else { String::new() }
+                ),
+                None => String::new(),
+            };
+            anyhow::bail!(
+                "--report-only: no finished run of this plan under {}{why}",
+                out.display()
+            );
+        }
         alp_trainer::compare_report::write(out, &plan, &rows, &m, 0.0)?;
         let runs: usize = rows.iter().map(|r| r.2.len()).sum();
         println!(
