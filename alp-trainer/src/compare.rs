@@ -701,11 +701,12 @@ pub fn read_finished(plan: &Plan, dir: &Path) -> Result<Vec<Row>> {
     Ok(out)
 }
 
-/// Runs (or reads back) one (setting, method, seed).
+/// Runs (or reads back) one (setting, method, seed) from the warm start in `sft_dir`, whose
+/// fingerprint ([`warm_start_id`]) `warm_id` is recorded with the result.
 pub fn run_one(
     plan: &Plan,
     extra: &[String],
-    sft_dir: &Path,
+    (sft_dir, warm_id): (&Path, &str),
     (setting, arm, seed): (&Setting, &Arm, u64),
     dir: &Path,
 ) -> Result<RunResult> {
@@ -737,7 +738,7 @@ pub fn run_one(
     );
     // A run that blew up is a result (collapsed), not an abort of the comparison.
     let mut r = summarise(seed, &sink);
-    r.warm_start = warm_start_id(sft_dir)?;
+    r.warm_start = warm_id.to_string();
     if let Err(e) = out {
         r.collapsed_at = r.collapsed_at.or(Some(sink.steps.len() as u64));
         std::fs::write(run_dir.join("error.txt"), e.to_string())
@@ -775,7 +776,7 @@ pub fn run_all(
         dir,
         made: None,
     };
-    let mut other_warm_start = 0;
+    let mut told_other_warm_start = false;
     for setting in &plan.settings {
         for arm in &plan.arms {
             let mut results = Vec::new();
@@ -790,14 +791,13 @@ pub fn run_all(
                         results.push(r.clone());
                         continue;
                     }
-                    other_warm_start += 1;
-                    if other_warm_start == 1 {
+                    if !std::mem::replace(&mut told_other_warm_start, true) {
                         log("compare.json records runs from another warm start (another machine or build): they are run again");
                     }
                 }
-                let sft = warm.get(log)?.0.clone();
+                let (sft, id) = warm.get(log)?;
                 let t0 = std::time::Instant::now();
-                let r = run_one(plan, extra, &sft, (setting, arm, seed), dir)?;
+                let r = run_one(plan, extra, (sft, id), (setting, arm, seed), dir)?;
                 log(&format!(
                     "{} / {} / seed {seed}: accuracy {:.1}%, unperturbed ratio p99.9 ≤ {:.3}{} ({:.0} s)",
                     setting.name,

@@ -248,21 +248,26 @@ fn mismatch_line(rows: &Rows, setting: &str) -> String {
 /// The warm start a setting's runs began from; more than one is said in bold, as its pairs
 /// are then not paired on the warm start.
 fn warm_start_line(runs: &[&RunResult]) -> String {
-    let mut ids: Vec<&str> = runs.iter().map(|r| r.warm_start.as_str()).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    match ids.as_slice() {
+    match warm_starts(runs.iter().copied()).as_slice() {
         [""] => String::new(),
         [id] => format!(" Warm start `{id}`."),
-        _ => format!(
+        ids => format!(
             " **Runs from {} warm starts ({}): pairs across them share the seed and task stream, not the warm start.**",
             ids.len(),
             ids.iter()
-                .map(|i| if i.is_empty() { "unrecorded" } else { i })
+                .map(|i| if i.is_empty() { "unrecorded" } else { *i })
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
     }
+}
+
+/// The distinct warm starts of `runs` (empty: not recorded), sorted.
+fn warm_starts<'a>(runs: impl Iterator<Item = &'a RunResult>) -> Vec<&'a str> {
+    let mut ids: Vec<&str> = runs.map(|r| r.warm_start.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 /// `a` against `b` on one per-seed value, paired by seed with the Student t 95% interval;
@@ -380,12 +385,7 @@ pub fn write(dir: &Path, plan: &Plan, rows: &Rows, machine: &str, wall_s: f64) -
     } else {
         String::new()
     };
-    let mut ids: Vec<&str> = rows
-        .iter()
-        .flat_map(|(_, _, r)| r.iter().map(|x| x.warm_start.as_str()))
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
+    let ids = warm_starts(rows.iter().flat_map(|(_, _, r)| r));
     let warm = if ids.len() > 1 {
         format!("The runs come from {} SFT warm starts (a setting names its own where the runs recorded it; the same plan on another CPU trains another): rows are paired within a setting, while accuracy levels across settings of different warm starts also differ by the warm start. Within a setting every run starts from one warm start", ids.len())
     } else {
@@ -439,12 +439,13 @@ pub fn write(dir: &Path, plan: &Plan, rows: &Rows, machine: &str, wall_s: f64) -
     write_atomic(&dir.join("report.md"), &md)
 }
 
-/// Writes through a temporary file and a rename: `compare.json` is the record of finished
-/// runs that later sweeps resume from, and two processes of one sweep rewrite it.
+/// Writes through a synced temporary file and a rename: `compare.json` is the record of
+/// finished runs that later sweeps resume from, and two processes of one sweep rewrite it
+/// (the temporary name is the process's own).
 fn write_atomic(path: &Path, text: &str) -> Result<()> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    alp_core::fsio::write_synced(&tmp, text.as_bytes())?;
+    alp_core::fsio::rename(&tmp, path)
 }
 
 /// The settings grouped into axes by the name before their first `-` (`engine-bf16`,
