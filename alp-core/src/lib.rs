@@ -15,6 +15,9 @@
 //! t.validate().unwrap();
 //! ```
 #![warn(missing_docs)]
+// A library prints nothing: what it has to say goes back to its caller.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 
 pub mod error;
 pub mod fsio;

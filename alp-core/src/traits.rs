@@ -74,6 +74,16 @@ pub trait Environment: Send {
     fn truncate(&mut self) -> Result<Outcome> {
         Ok(Outcome::default())
     }
+    /// Strings that end a model turn where they appear (e.g. the fence after which a tool's
+    /// output follows), besides the runner's own; the default declares none.
+    fn turn_stop_strings(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// The tools this environment offers, as the JSON list of function specs a chat
+    /// template's tools section takes, when the runner is given none; the default offers none.
+    fn tool_specs(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// An endless or finite stream of tasks.

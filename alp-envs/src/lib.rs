@@ -18,6 +18,8 @@
 //! let reply = format!("The result is \\boxed{{{}}}.", task.answer);
 //! assert!(matches!(env.step(&reply).unwrap(), Step::Done(o) if o.reward == 1.0 && o.correct));
 //! ```
+// A library prints nothing: what it has to say goes back to its caller.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod math;
 pub mod tool_env;

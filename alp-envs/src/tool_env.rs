@@ -187,6 +187,19 @@ impl ToolEnv {
 }
 
 impl Environment for ToolEnv {
+    /// The turn ends where a call is complete: after `</tool_call>`, or at ```` ```output ````.
+    fn turn_stop_strings(&self) -> Vec<String> {
+        match self.config.call_format {
+            CallFormat::Hermes => vec![crate::tools::TOOL_CALL_CLOSE.into()],
+            CallFormat::CodeBlock => vec![crate::tools::CODE_RUN.into()],
+        }
+    }
+    /// Hermes calls: the registry's function specs; code blocks are explained in the system
+    /// message instead.
+    fn tool_specs(&self) -> Option<serde_json::Value> {
+        (self.config.call_format == CallFormat::Hermes)
+            .then(|| serde_json::Value::Array(self.registry.tool_specs()))
+    }
     fn reset(&mut self, task: &Task) -> Result<Vec<ChatMessage>> {
         let (mut messages, answer) = start_of(task)?;
         if self.config.call_format == CallFormat::CodeBlock

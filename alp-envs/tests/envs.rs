@@ -1,5 +1,7 @@
 //! Generators, dataset loading, tool calling, the calculator and the tool environment.
 
+mod common;
+
 use alp_core::{ChatMessage, Environment, Step, Task, TaskSource};
 use alp_envs::math::generators::{question_of, split_of};
 use alp_envs::math::{
@@ -357,6 +359,9 @@ fn alp_envs_compiles_no_tensor_library() {
 
 #[test]
 fn code_block_episodes_run_python_and_survive_bad_blocks() {
+    if common::skip_without_sandbox("#[test]") {
+        return;
+    }
     use alp_envs::tools::{PythonConfig, PythonSandbox, PythonTool, ToolRegistry};
     use alp_envs::{CallFormat, ToolEnv, ToolEnvConfig};
     let sb = std::sync::Arc::new(

@@ -2,6 +2,8 @@
 //! the containment itself: no file written outside, no process left, no network, no
 //! environment) and reported as tool text within its time limit.
 
+mod common;
+
 use alp_envs::tools::python::{Ending, PythonConfig, PythonSandbox, PythonTool};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -51,6 +53,9 @@ fn processes_with(marker: &str) -> Vec<String> {
 
 #[test]
 fn ordinary_code_runs_and_errors_come_back_as_text() {
+    if common::skip_without_sandbox(include_str!("python_sandbox.rs")) {
+        return;
+    }
     let tool = PythonTool::new(sandbox());
     assert_eq!(tool.run("print(sum(range(101)))").trim(), "5050");
     let e = tool.run("def f(:\n  pass");
@@ -77,6 +82,9 @@ fn ordinary_code_runs_and_errors_come_back_as_text() {
 
 #[test]
 fn an_infinite_loop_is_stopped_and_leaves_no_process() {
+    if common::skip_without_sandbox(include_str!("python_sandbox.rs")) {
+        return;
+    }
     let r = contained("import time\nwhile True:\n    pass  # alp-sandbox-loop-marker");
     assert!(
         matches!(r.ending, Ending::TimedOut | Ending::Signal(_)),
@@ -93,6 +101,9 @@ fn an_infinite_loop_is_stopped_and_leaves_no_process() {
 
 #[test]
 fn a_fork_bomb_is_contained() {
+    if common::skip_without_sandbox(include_str!("python_sandbox.rs")) {
+        return;
+    }
     let r = contained(
         "import os, time  # alp-sandbox-fork-marker\nn = 0\ntry:\n    while True:\n        if os.fork() == 0:\n            time.sleep(30)\n            os._exit(0)\n        n += 1\nexcept OSError as e:\n    print('forks', n, type(e).__name__)",
     );
@@ -111,6 +122,9 @@ fn a_fork_bomb_is_contained() {
 
 #[test]
 fn memory_output_and_cpu_limits_hold() {
+    if common::skip_without_sandbox(include_str!("python_sandbox.rs")) {
+        return;
+    }
     let r = contained("x = bytearray(10 * 1024**3)\nprint(len(x))");
     let text = r.to_tool_text(sandbox().config());
     assert!(text.contains("MemoryError"), "{text}");
@@ -139,6 +153,9 @@ fn libc_sigxcpu() -> i32 {
 
 #[test]
 fn files_outside_the_sandbox_are_never_written() {
+    if common::skip_without_sandbox(include_str!("python_sandbox.rs")) {
+        return;
+    }
     let host_tmp = std::env::temp_dir().join(unique("escape"));
     let _ = std::fs::remove_file(&host_tmp);
     let home = std::env::var("HOME").unwrap_or_default();
@@ -168,6 +185,9 @@ fn files_outside_the_sandbox_are_never_written() {
 
 #[test]
 fn network_environment_and_the_parent_are_out_of_reach() {
+    if common::skip_without_sandbox(include_str!("python_sandbox.rs")) {
+        return;
+    }
     let r = contained(
         "import socket\ntry:\n    socket.create_connection(('1.1.1.1', 53), timeout=2)\n    print('connected')\nexcept OSError as e:\n    print('no network', e.errno)",
     );
@@ -192,6 +212,9 @@ fn network_environment_and_the_parent_are_out_of_reach() {
 
 #[test]
 fn sixty_four_calls_run_concurrently() {
+    if common::skip_without_sandbox(include_str!("python_sandbox.rs")) {
+        return;
+    }
     // A generous wall clock: 64 interpreters start at once on a small machine.
     let sb = Arc::new(
         PythonSandbox::new(PythonConfig {
@@ -273,6 +296,9 @@ step("setuid 0", libc.setuid(0))
 
 #[test]
 fn undoing_the_mounts_then_writing_to_the_host_leaves_the_host_untouched() {
+    if common::skip_without_sandbox(include_str!("python_sandbox.rs")) {
+        return;
+    }
     let home = std::path::PathBuf::from(std::env::var("HOME").expect("HOME"));
     let name = unique("write");
     let targets: Vec<std::path::PathBuf> = ["/tmp", "/var/tmp", "/run/lock", "/dev/shm"]
@@ -332,6 +358,9 @@ fn undoing_the_mounts_then_writing_to_the_host_leaves_the_host_untouched() {
 
 #[test]
 fn host_processes_their_command_lines_and_environments_are_invisible() {
+    if common::skip_without_sandbox(include_str!("python_sandbox.rs")) {
+        return;
+    }
     let marker = unique("cmdline-marker");
     let secret = unique("environ-secret");
     let mut host = std::process::Command::new("sleep")
@@ -397,10 +426,22 @@ print('done')
 
 #[test]
 fn host_files_are_unreadable_even_when_every_user_may_read_them() {
+    if common::skip_without_sandbox(include_str!("python_sandbox.rs")) {
+        return;
+    }
     use std::os::unix::fs::PermissionsExt;
     let secret = unique("file-secret");
     let home = std::path::PathBuf::from(std::env::var("HOME").expect("HOME"));
-    let mut planted = Vec::new();
+    // Removed when the test ends, passing or failing.
+    struct Planted(Vec<std::path::PathBuf>);
+    impl Drop for Planted {
+        fn drop(&mut self) {
+            for p in &self.0 {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+    let mut planted = Planted(Vec::new());
     for dir in [
         std::env::temp_dir(),
         "/var/tmp".into(),
@@ -409,14 +450,14 @@ fn host_files_are_unreadable_even_when_every_user_may_read_them() {
     ] {
         let p = dir.join(format!("{}.answers", unique("planted")));
         // The working directory may not be writable by an ordinary user (or be the home).
-        if !planted.contains(&p) && std::fs::write(&p, format!("the answer is {secret}\n")).is_ok()
+        if !planted.0.contains(&p) && std::fs::write(&p, format!("the answer is {secret}\n")).is_ok()
         {
+            planted.0.push(p.clone());
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-            planted.push(p);
         }
     }
-    assert!(planted.len() >= 3, "{planted:?}");
-    let mut reads: Vec<String> = planted.iter().map(|p| p.display().to_string()).collect();
+    assert!(planted.0.len() >= 3, "{:?}", planted.0);
+    let mut reads: Vec<String> = planted.0.iter().map(|p| p.display().to_string()).collect();
     reads.extend(
         [
             "/etc/passwd",
@@ -446,9 +487,7 @@ print('done')
 "#
     );
     let r = contained(&code);
-    for p in &planted {
-        std::fs::remove_file(p).unwrap();
-    }
+    drop(planted);
     let out = all_output(&r);
     assert!(r.stdout.contains("done"), "{out}");
     assert!(!out.contains(&secret), "a host file was readable:\n{out}");
@@ -478,6 +517,9 @@ print('done')
 
 #[test]
 fn host_sockets_unix_abstract_and_loopback_are_unreachable() {
+    if common::skip_without_sandbox(include_str!("python_sandbox.rs")) {
+        return;
+    }
     use std::os::linux::net::SocketAddrExt;
     use std::os::unix::fs::PermissionsExt;
     use std::os::unix::net::{SocketAddr, UnixListener};
@@ -530,6 +572,9 @@ print('done')
 
 #[test]
 fn the_code_holds_no_privilege_and_the_filter_refuses_what_it_never_needs() {
+    if common::skip_without_sandbox(include_str!("python_sandbox.rs")) {
+        return;
+    }
     let r = contained(
         r#"
 import ctypes, os
@@ -602,6 +647,9 @@ print('done')
 
 #[test]
 fn descriptors_the_caller_holds_open_do_not_reach_the_sandbox() {
+    if common::skip_without_sandbox(include_str!("python_sandbox.rs")) {
+        return;
+    }
     let dir = std::env::temp_dir().join(unique("fd-dir"));
     std::fs::create_dir_all(&dir).unwrap();
     let secret = unique("fd-secret");
@@ -650,6 +698,9 @@ print('done')
 
 #[test]
 fn the_sandbox_s_own_writable_places_are_bounded() {
+    if common::skip_without_sandbox(include_str!("python_sandbox.rs")) {
+        return;
+    }
     let sb = sandbox();
     let mb = sb.config().file_size_mb;
     let r = contained(&format!(
@@ -692,6 +743,9 @@ print('done')
 
 #[test]
 fn the_host_s_system_v_ipc_is_out_of_reach() {
+    if common::skip_without_sandbox(include_str!("python_sandbox.rs")) {
+        return;
+    }
     // A segment every user may attach, made on the host with a key the code is told.
     let key = 0x4a1b_0000 | (std::process::id() as libc::key_t & 0xffff);
     // SAFETY: shmget/shmctl on a key of this test's own; the segment is removed below.

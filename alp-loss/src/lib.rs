@@ -24,6 +24,9 @@
 //! # Ok::<(), alp_core::Error>(())
 //! ```
 #![warn(missing_docs)]
+// A library prints nothing: what it has to say goes back to its caller.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 
 pub mod advantage;
 pub mod aggregate;

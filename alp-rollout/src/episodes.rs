@@ -66,6 +66,11 @@ struct Episode {
     done: Option<(Outcome, FinishReason)>,
     /// The oldest weight version that sampled any of its turns.
     version: Option<PolicyVersion>,
+    /// Where its turns stop: the sampling's and the runner's stop strings, then the
+    /// environment's.
+    stops: Vec<String>,
+    /// The tools its chat template shows (the runner's, else the environment's).
+    tools: Option<serde_json::Value>,
 }
 
 impl Episode {
@@ -219,7 +224,15 @@ pub fn run_episodes(
         for g in 0..group_size {
             let mut env = make_env(task)?;
             let messages = env.reset(task)?;
-            let text = render(tokenizer, &messages, true, tools)?;
+            // The runner's tools, else those the environment declares.
+            let tools = tools.cloned().or_else(|| env.tool_specs());
+            let mut stops = config.sampling.stop_strings.clone();
+            for s in config.turn_stop_strings.iter().cloned().chain(env.turn_stop_strings()) {
+                if !stops.contains(&s) {
+                    stops.push(s);
+                }
+            }
+            let text = render(tokenizer, &messages, true, tools.as_ref())?;
             let prompt = tokenizer.encode(&text, false)?;
             eps.push(Episode {
                 task: ti,
@@ -234,11 +247,11 @@ pub fn run_episodes(
                 seed: mix_seed(config.sampling.seed, (ti * group_size + g) as u64),
                 done: None,
                 version: None,
+                stops,
+                tools,
             });
         }
     }
-    let mut stops = config.sampling.stop_strings.clone();
-    stops.extend(config.turn_stop_strings.iter().cloned());
     for turn in 0..config.max_turns {
         let active: Vec<usize> = (0..eps.len()).filter(|&i| eps[i].done.is_none()).collect();
         if active.is_empty() {
@@ -251,7 +264,7 @@ pub fn run_episodes(
             let mut params = config.sampling.clone();
             params.max_new_tokens = params.max_new_tokens.min(room).max(1);
             params.seed = mix_seed(e.seed, turn as u64);
-            params.stop_strings = stops.clone();
+            params.stop_strings = e.stops.clone();
             let mut prompt = e.prompt.clone();
             prompt.extend_from_slice(&e.response);
             requests.push(Request { prompt, params });
@@ -308,7 +321,7 @@ pub fn run_episodes(
                         &text,
                         ended_with_eos,
                         &obs,
-                        tools,
+                        e.tools.as_ref(),
                     )?;
                     e.messages.push(ChatMessage::new("assistant", text));
                     e.messages.extend(obs);

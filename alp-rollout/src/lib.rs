@@ -23,6 +23,8 @@
 //! assert_eq!(out[0].tokens.len(), 5);
 //! assert!(out[0].logprobs.iter().all(|&lp| lp <= 0.0));
 //! ```
+// A library prints nothing: what it has to say goes back to its caller.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod backend;
 pub mod engine;

@@ -33,6 +33,8 @@
 //! assert_eq!(answer["weight_version"], 0);
 //! server.stop().unwrap();
 //! ```
+// A library prints nothing: what it has to say goes back to its caller.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 mod engine_loop;
 mod http;

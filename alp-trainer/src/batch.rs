@@ -102,6 +102,7 @@ impl SeqBatch {
         self.logprobs_at(logits, 1.0)
     }
 
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // used by alp-cli and the tests
     /// `[B, T]` log-probs of the response tokens (differentiable), under `perturb`.
     pub fn response_logprobs(&self, model: &Model, perturb: &dyn Perturbation) -> Result<Tensor> {
         self.logprobs_of(&self.response_logits(model, perturb)?)

@@ -20,7 +20,7 @@ pub struct Manifest {
     /// Policy version of the weights.
     pub policy_version: u64,
     /// Held-out evaluation before RL (carried into the final summary).
-    pub eval_before_rl: Option<crate::eval::EvalResult>,
+    pub eval_before_rl: Option<crate::eval_result::EvalResult>,
     /// Seconds the run had used when this was written.
     pub wall_seconds: f64,
     /// The config of the run (TOML).
@@ -62,6 +62,7 @@ pub fn save(
     trainer: &Trainer,
     manifest: &Manifest,
     pending: &[RolloutBatch],
+    notes: &mut Vec<String>,
 ) -> Result<PathBuf> {
     let weights = trainer
         .weights()?
@@ -91,12 +92,12 @@ pub fn save(
     remove_leftovers(&root)?;
     if let Some(free) = free_bytes(&root) {
         if free < need {
-            eprintln!(
+            notes.push(format!(
                 "warning: {} has {} free and one checkpoint needs about {}: this save may fail for want of space",
                 root.display(),
                 mib(free),
                 mib(need)
-            );
+            ));
         }
     }
     let tmp = root.join(format!(
@@ -331,22 +332,21 @@ fn prune(root: &Path, latest: &Path, policy: &crate::config::CheckpointSection) 
     Ok(())
 }
 
-/// The environment variable of the crash-safety test: `ALP_TEST_CRASH_AT_CHECKPOINT_OP=k`
-/// aborts the process (no unwinding, no cleanup: as `kill -9` would) just before the k-th file
-/// operation of checkpoint writes in this process, counting from 1.
-pub const CRASH_ENV: &str = "ALP_TEST_CRASH_AT_CHECKPOINT_OP";
+/// Called with a label before every file operation of [`save`] (see [`set_fault_hook`]).
+pub type FaultHook = fn(&str);
 
-/// Called before every file operation of [`save`]; aborts there when [`CRASH_ENV`] says so.
+static FAULT_HOOK: std::sync::OnceLock<FaultHook> = std::sync::OnceLock::new();
+
+/// Installs, once per process, a function called before every file operation of checkpoint
+/// writes with what the operation is: fault injection for crash-safety tests (the `alp`
+/// application installs one that aborts at the k-th operation when its test asks).
+pub fn set_fault_hook(hook: FaultHook) -> bool {
+    FAULT_HOOK.set(hook).is_ok()
+}
+
 fn crash_point(label: &str) {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static AT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
-    static DONE: AtomicU64 = AtomicU64::new(0);
-    let at = *AT.get_or_init(|| std::env::var(CRASH_ENV).ok().and_then(|v| v.parse().ok()));
-    if let Some(k) = at {
-        if DONE.fetch_add(1, Ordering::SeqCst) + 1 == k {
-            eprintln!("{CRASH_ENV}={k}: aborting before: {label}");
-            std::process::abort();
-        }
+    if let Some(hook) = FAULT_HOOK.get() {
+        hook(label);
     }
 }
 
@@ -385,6 +385,7 @@ fn step_dirs(root: &Path) -> Vec<PathBuf> {
     v.into_iter().map(|(_, p)| p).collect()
 }
 
+#[cfg_attr(not(feature = "internals"), allow(dead_code))] // used by alp-cli and the tests
 /// Whether a run directory has any checkpoint directory, complete or not (a run that stopped
 /// during its first save has none).
 pub fn has_any(run: &Path) -> bool {
@@ -395,6 +396,11 @@ pub fn has_any(run: &Path) -> bool {
 /// `latest` names is taken when it is complete; otherwise the newest complete `step-N`, with a
 /// warning naming what was skipped and why.
 pub fn latest(path: &Path) -> Result<PathBuf> {
+    latest_noting(path, &mut Vec::new())
+}
+
+/// [`latest`], with a line in `notes` for every damaged checkpoint it skipped.
+pub fn latest_noting(path: &Path, notes: &mut Vec<String>) -> Result<PathBuf> {
     if path.join("manifest.json").exists() {
         return Ok(path.to_path_buf());
     }
@@ -420,9 +426,8 @@ pub fn latest(path: &Path) -> Result<PathBuf> {
         match is_complete(&dir) {
             Ok(()) => {
                 for s in &skipped {
-                    eprintln!("warning: skipped the damaged checkpoint {s}");
+                    notes.push(format!("warning: skipped the damaged checkpoint {s}"));
                 }
-                eprintln!("resuming from {}", dir.display());
                 return Ok(dir);
             }
             Err(why) => skipped.push(format!("{} ({why})", dir.display())),

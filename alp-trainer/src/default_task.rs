@@ -110,6 +110,15 @@ impl Default for TaskMix {
     }
 }
 
+/// The kind of the default task's hard problems, the ones worth a calculator call.
+pub const HARD_KIND: &str = "multiply";
+
+/// Whether tasks of `kind` are the default task's tool-worthy ones (the evaluation's tool-call
+/// rate counts them).
+pub fn is_tool_worthy(kind: &str) -> bool {
+    kind == HARD_KIND
+}
+
 /// The default task stream: easy (`add-sub`) and hard (`multiply`) tasks with compact
 /// prompts, train or held-out.
 #[derive(Debug, Clone)]
@@ -191,7 +200,7 @@ pub fn demonstration(
     let prompt = tok.encode(&tok.apply_chat_template(&task.messages, true, None)?, false)?;
     let answer = format!("\\boxed{{{}}}", task.answer);
     let end = tok.token_id(EOS)?;
-    let uses_tool = task.kind == "multiply" && rng.random_bool(tool_fraction.clamp(0.0, 1.0));
+    let uses_tool = task.kind == HARD_KIND && rng.random_bool(tool_fraction.clamp(0.0, 1.0));
     if !uses_tool {
         let mut response = tok.encode(&answer, false)?;
         response.push(end);

@@ -1,10 +1,10 @@
-//! `alp-trainer` orchestrates RL training of language models with Adaptive Layerwise
-//! Perturbation and hosts the `alp` command-line tool. Its pieces, one job each: [`config`]
-//! (TOML + `--set`), [`trainer`] (the model, its optimizers and the SFT/RL steps),
-//! [`rl_step`] (the data path of one RL step), [`optim`] (AdamW groups, accumulation,
-//! clipping, the non-finite skip), [`eval`], [`metrics`] (names, [`StepMetrics`],
-//! [`MetricsSink`]s), [`checkpoint`], [`report`]; [`Session`] is the library entry point that
-//! drives a run step by step, and `run::train` the schedule of `alp train`.
+//! `alp-trainer` trains language models with RL under Adaptive Layerwise Perturbation, as a
+//! library. [`Session`] is its entry point: built from a [`config::TrainConfig`] (TOML or
+//! `key=value` overrides) and, through [`Session::builder`], a user's own pieces — environment,
+//! training and held-out task sources, objective, metrics sinks, rollout backend — it is
+//! driven step by step (SFT warm start, evaluations, RL steps, checkpoints) and returns typed
+//! metrics ([`metrics`] names them). It prints nothing; the `alp` application (crate
+//! `alp-cli`) owns the terminal and the schedule of `alp train`.
 //!
 //! ```
 //! use alp_trainer::{config::TrainConfig, metrics, Session};
@@ -37,43 +37,37 @@
 //!
 //! ## Features
 //!
-//! `cli` (default): the `alp` binary, `run::train` (the schedule of `alp train`),
-//! `compare`, the plots and the progress bar. A library user can turn it off
-//! (`default-features = false`): no clap, plotters, indicatif or ctrlc.
+//! `cuda`, `flash-attn`: the GPU paths of alp-model. `internals` (hidden): the trainer's
+//! parts as public modules, for alp's own application, tests and benches; not an API.
 #![warn(missing_docs)]
+// A library prints nothing: what it has to say goes back to its caller.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
-pub mod batch;
-pub mod checkpoint;
-#[cfg(feature = "cli")]
-pub mod compare;
-#[cfg(feature = "cli")]
-pub mod compare_report;
+
 pub mod config;
 pub mod default_task;
-pub mod eval;
+pub mod eval_result;
 pub mod metrics;
-pub mod optim;
-pub mod report;
-pub mod rl_step;
-#[cfg(feature = "cli")]
-pub mod run;
-pub mod runtime;
-pub mod session;
-pub mod sft;
-pub mod stats;
-pub mod trainer;
+mod session;
 
-pub use metrics::{MetricsSink, StepMetrics};
-pub use session::{EnvFactory, Session, SessionBuilder};
-
-/// Parses a comma-separated list of token ids.
-pub fn parse_token_list(s: &str) -> Result<Vec<u32>, String> {
-    s.split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(|t| {
-            t.parse::<u32>()
-                .map_err(|_| format!("`{t}` is not a token id (expected e.g. --tokens 1,5,9,33)"))
-        })
-        .collect()
+/// Declares the trainer's internal modules: crate-private, or public (hidden from the docs)
+/// with the `internals` feature that alp's application, tests and benches use.
+macro_rules! internal_modules {
+    ($($name:ident),* $(,)?) => {$(
+        #[cfg(feature = "internals")]
+        #[doc(hidden)]
+        pub mod $name;
+        #[cfg(not(feature = "internals"))]
+        mod $name;
+    )*};
 }
+internal_modules!(batch, checkpoint, eval, optim, rl_step, runtime, sft, trainer);
+
+pub use alp_core::{Environment, TaskSource};
+pub use checkpoint::{latest as latest_checkpoint, set_fault_hook, FaultHook};
+pub use alp_loss::PolicyObjective;
+pub use alp_rollout::RolloutBackend;
+pub use eval_result::EvalResult;
+pub use metrics::{MetricsSink, StepMetrics};
+pub use runtime::tune_cpu_process;
+pub use session::{claim_dir, default_run_dir, EnvFactory, Session, SessionBuilder};

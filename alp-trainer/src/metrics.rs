@@ -147,7 +147,7 @@ pub trait MetricsSink {
         Ok(())
     }
     /// A held-out evaluation after `step` RL steps (`tag` says which: "before RL", "step 50"…).
-    fn eval(&mut self, _step: u64, _tag: &str, _eval: &crate::eval::EvalResult) -> Result<()> {
+    fn eval(&mut self, _step: u64, _tag: &str, _eval: &crate::eval_result::EvalResult) -> Result<()> {
         Ok(())
     }
     /// A line of progress for people.
@@ -184,7 +184,7 @@ impl MetricsSink for JsonlSink {
     fn step(&mut self, m: &StepMetrics, wall_s: f64) -> Result<()> {
         self.write(&m.to_json(wall_s))
     }
-    fn eval(&mut self, step: u64, tag: &str, e: &crate::eval::EvalResult) -> Result<()> {
+    fn eval(&mut self, step: u64, tag: &str, e: &crate::eval_result::EvalResult) -> Result<()> {
         let j = serde_json::to_value(e).map_err(|e| Error::Msg(e.to_string()))?;
         self.write(&serde_json::json!({"step": step, "tag": tag, "eval": j}))
     }
@@ -246,7 +246,7 @@ pub struct MemorySink {
     /// The steps, in order.
     pub steps: Vec<StepMetrics>,
     /// The evaluations with their step and tag.
-    pub evals: Vec<(u64, String, crate::eval::EvalResult)>,
+    pub evals: Vec<(u64, String, crate::eval_result::EvalResult)>,
     /// The progress lines.
     pub messages: Vec<String>,
 }
@@ -256,130 +256,12 @@ impl MetricsSink for MemorySink {
         self.steps.push(m.clone());
         Ok(())
     }
-    fn eval(&mut self, step: u64, tag: &str, e: &crate::eval::EvalResult) -> Result<()> {
+    fn eval(&mut self, step: u64, tag: &str, e: &crate::eval_result::EvalResult) -> Result<()> {
         self.evals.push((step, tag.to_string(), e.clone()));
         Ok(())
     }
     fn message(&mut self, line: &str) {
         self.messages.push(line.to_string());
-    }
-}
-
-/// Progress for people: a progress bar on a terminal, else one line per step; evaluations and
-/// messages as lines.
-pub struct ConsoleSink {
-    #[cfg(feature = "cli")]
-    bar: Option<indicatif::ProgressBar>,
-    total_steps: u64,
-}
-
-impl ConsoleSink {
-    /// A console sink for a run of `total_steps` RL steps, starting at `first`; with
-    /// `progress_bar` (a terminal), steps update a bar instead of printing lines.
-    /// (The bar needs the `cli` feature; without it every step prints a line.)
-    pub fn new(first: u64, total_steps: u64, progress_bar: bool) -> Self {
-        #[cfg(not(feature = "cli"))]
-        let _ = (first, progress_bar);
-        #[cfg(feature = "cli")]
-        let bar = progress_bar.then(|| {
-            let b = indicatif::ProgressBar::new(total_steps.saturating_sub(first));
-            if let Ok(style) = indicatif::ProgressStyle::with_template(
-                "RL {bar:30} {pos}/{len} [{elapsed} < {eta}] {msg}",
-            ) {
-                b.set_style(style);
-            }
-            b
-        });
-        ConsoleSink {
-            #[cfg(feature = "cli")]
-            bar,
-            total_steps,
-        }
-    }
-
-    fn bar(&self) -> Option<&BarImpl> {
-        #[cfg(feature = "cli")]
-        return self.bar.as_ref();
-        #[cfg(not(feature = "cli"))]
-        None
-    }
-
-    fn line(&self, line: &str) {
-        match self.bar() {
-            Some(b) => b.println(line),
-            None => {
-                println!("{line}");
-                let _ = std::io::stdout().flush();
-            }
-        }
-    }
-}
-
-#[cfg(feature = "cli")]
-type BarImpl = indicatif::ProgressBar;
-/// Without the `cli` feature there is no bar.
-#[cfg(not(feature = "cli"))]
-enum BarImpl {}
-#[cfg(not(feature = "cli"))]
-impl BarImpl {
-    fn println(&self, _: &str) {
-        match *self {}
-    }
-    fn finish_and_clear(&self) {
-        match *self {}
-    }
-    fn inc(&self, _: u64) {
-        match *self {}
-    }
-    fn set_message(&self, _: String) {
-        match *self {}
-    }
-}
-
-impl Drop for ConsoleSink {
-    fn drop(&mut self) {
-        if let Some(b) = self.bar() {
-            b.finish_and_clear();
-        }
-    }
-}
-
-impl MetricsSink for ConsoleSink {
-    fn step(&mut self, m: &StepMetrics, _wall_s: f64) -> Result<()> {
-        let g = |k: &str| m.get(k).unwrap_or(f64::NAN);
-        let sigmas: Vec<f64> = m
-            .values
-            .iter()
-            .filter(|(k, _)| k.starts_with(SIGMA_LAYER))
-            .map(|(_, v)| *v)
-            .collect();
-        let line = format!(
-            "step {}/{} reward {:.3} acc {:.2} tool/ep {:.2} ratio max {:.3} σ̄ {:.4} ({:.1}s rollout, {:.1}s train)",
-            m.step,
-            self.total_steps,
-            g(REWARD_MEAN),
-            g(ACCURACY),
-            g(TOOL_CALLS),
-            g(loss::RATIO_TOKEN_MAX),
-            sigmas.iter().sum::<f64>() / sigmas.len().max(1) as f64,
-            g(TIME_ROLLOUT),
-            g(TIME_TRAIN),
-        );
-        match self.bar() {
-            Some(b) => {
-                b.set_message(line);
-                b.inc(1);
-            }
-            None => self.line(&line),
-        }
-        Ok(())
-    }
-    fn eval(&mut self, _step: u64, tag: &str, e: &crate::eval::EvalResult) -> Result<()> {
-        self.line(&crate::eval::eval_line(tag, e));
-        Ok(())
-    }
-    fn message(&mut self, line: &str) {
-        self.line(line);
     }
 }
 
@@ -391,7 +273,7 @@ impl MetricsSink for Sinks {
     fn step(&mut self, m: &StepMetrics, wall_s: f64) -> Result<()> {
         self.0.iter_mut().try_for_each(|s| s.step(m, wall_s))
     }
-    fn eval(&mut self, step: u64, tag: &str, e: &crate::eval::EvalResult) -> Result<()> {
+    fn eval(&mut self, step: u64, tag: &str, e: &crate::eval_result::EvalResult) -> Result<()> {
         self.0.iter_mut().try_for_each(|s| s.eval(step, tag, e))
     }
     fn message(&mut self, line: &str) {

@@ -72,11 +72,13 @@ impl AdamW {
             .sum()
     }
 
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // used by alp-cli and the tests
     /// The parameters, named, in update order.
     pub fn params(&self) -> &[(String, Var)] {
         &self.params
     }
 
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // used by alp-cli and the tests
     /// Steps taken.
     pub fn steps(&self) -> u64 {
         self.t
@@ -99,6 +101,7 @@ impl AdamW {
         self.update(grads, scale, true)
     }
 
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // used by alp-cli and the tests
     /// [`AdamW::step`] composed from candle tensor ops only: the reference the fused update is
     /// tested against.
     pub fn step_reference(&mut self, grads: &[Option<Tensor>], scale: f64) -> Result<()> {

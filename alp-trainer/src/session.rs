@@ -1,13 +1,14 @@
 //! The library entry point of a training run: [`Session`] builds a run from a config (or
 //! resumes one), and is driven step by step — SFT, evaluations, RL steps, checkpoints —
-//! returning typed metrics. It prints nothing and touches no signal handler; the `alp` binary,
-//! the examples and `alp compare` drive it (the schedule of `alp train` is
-//! [`crate::run::train`]).
+//! returning typed metrics. It prints nothing and touches no signal handler; what it has to
+//! say goes to its [`MetricsSink`]s. The `alp` application (crate `alp-cli`, whose `run`
+//! module is the schedule of `alp train`), the examples and `alp compare` drive it.
 
 use crate::checkpoint::{self, Manifest};
-use crate::config::{RolloutBackendKind, TrainConfig};
+use crate::config::{EnvKind, RolloutBackendKind, TrainConfig};
 use crate::default_task;
-use crate::eval::{self, EvalResult};
+use crate::eval;
+use crate::eval_result::EvalResult;
 use crate::metrics::MetricsSink;
 use crate::metrics::{self as names, StepMetrics};
 use crate::trainer::Trainer;
@@ -27,17 +28,17 @@ pub type EnvFactory = Arc<dyn Fn(&Task) -> Result<Box<dyn Environment>> + Send +
 /// A run in progress: the trainer, its run directory and its rollout worker.
 pub struct Session {
     /// The model, optimizers and counters.
-    pub trainer: Trainer,
+    trainer: Trainer,
     /// The run directory.
-    pub dir: PathBuf,
+    dir: PathBuf,
     /// Held-out evaluation before RL (from the checkpoint when resumed).
-    pub eval_before: Option<EvalResult>,
+    eval_before: Option<EvalResult>,
     /// True when this session continues a checkpoint.
-    pub resumed: bool,
+    resumed: bool,
     /// True when this run started from another run's weights (no SFT of its own).
-    pub warm: bool,
+    warm: bool,
     /// SFT steps done so far.
-    pub sft_steps_done: usize,
+    sft_steps_done: usize,
     worker: Option<RolloutWorker>,
     /// Batches received from the worker (or a checkpoint) and not yet trained, in step order.
     ahead: std::collections::VecDeque<alp_rollout::RolloutBatch>,
@@ -47,12 +48,17 @@ pub struct Session {
     env: Option<EnvFactory>,
     /// A user's training task stream (else the config's arithmetic tasks).
     tasks: Option<Arc<Mutex<Box<dyn TaskSource>>>>,
+    /// A user's held-out task source for evaluations (else the config's held-out stream).
+    heldout: Option<Box<dyn TaskSource>>,
     /// Sinks that receive every step's metrics.
     sinks: Vec<Box<dyn MetricsSink>>,
     /// Where rollouts come from.
     backend: BackendSlot,
     /// The RL step of the last checkpoint write, whether it succeeded or not.
     save_attempt: Option<u64>,
+    /// Lines for people not yet handed to a sink (a session without sinks keeps them for
+    /// [`Session::take_messages`]).
+    messages: Vec<String>,
     /// `rl.score_sampler = "at-sampling"`: f32 copies of the versions the worker samples with
     /// ([`Samplers::offer`] says how many), and its scores by step.
     samplers: Samplers,
@@ -166,13 +172,21 @@ enum BackendSlot {
     Taken,
 }
 
+/// What a [`SessionBuilder`] builds on.
+enum Start {
+    /// A fresh run of a config in a directory.
+    Fresh(Box<TrainConfig>, PathBuf),
+    /// The newest checkpoint under a path, its config edited by overrides.
+    Resume(PathBuf, Vec<String>),
+}
+
 /// Builds a [`Session`] whose pieces are a user's where handed in and the config's built-ins
 /// elsewhere ([`Session::builder`]).
 pub struct SessionBuilder {
-    cfg: TrainConfig,
-    dir: PathBuf,
+    start: Start,
     env: Option<EnvFactory>,
     tasks: Option<Box<dyn TaskSource>>,
+    heldout: Option<Box<dyn TaskSource>>,
     objective: Option<Arc<dyn PolicyObjective>>,
     sinks: Vec<Box<dyn MetricsSink>>,
     backend: Option<Box<dyn RolloutBackend>>,
@@ -195,7 +209,16 @@ impl SessionBuilder {
         self
     }
 
-    /// RL updates minimise `objective` (instead of `rl.objective`).
+    /// Evaluations run on the first `eval.tasks` tasks of `heldout` (from cursor 0, instead of
+    /// the config's held-out arithmetic stream), graded by the session's environment; the
+    /// tool-call rates count every task.
+    pub fn heldout_tasks(mut self, heldout: impl TaskSource + 'static) -> Self {
+        self.heldout = Some(Box::new(heldout));
+        self
+    }
+
+    /// RL updates minimise `objective` (instead of `rl.objective`); log π_old is computed
+    /// when the objective says it reads it ([`PolicyObjective::needs_logp_old`]).
     pub fn objective(mut self, objective: impl PolicyObjective + 'static) -> Self {
         self.objective = Some(Arc::new(objective));
         self
@@ -209,28 +232,62 @@ impl SessionBuilder {
         self
     }
 
-    /// Every step's metrics also go to `sink`.
+    /// Every step's metrics, every evaluation ([`Session::evaluate`]) and every message also
+    /// go to `sink`.
     pub fn sink(mut self, sink: impl MetricsSink + 'static) -> Self {
         self.sinks.push(Box::new(sink));
         self
     }
 
     /// The session: a fresh run of the config in the directory (created; `config.toml`
-    /// written).
+    /// written), or the resumed run ([`Session::resume_with`]) with these pieces.
     pub fn build(self) -> Result<Session> {
-        let mut s = Session::create(self.cfg, self.dir)?;
+        let mut s = match self.start {
+            Start::Fresh(cfg, dir) => {
+                if self.env.is_none() {
+                    check_built_in_env(&cfg)?;
+                }
+                Session::create_unchecked(*cfg, dir)?
+            }
+            Start::Resume(path, overrides) => {
+                Session::resume_inner(&path, &overrides, None, self.env.is_none())?
+            }
+        };
         if let Some(o) = self.objective {
-            s.trainer.set_objective(o)?;
+            s.trainer.set_objective(o);
         }
         s.env = self.env;
         s.tasks = self.tasks.map(|t| Arc::new(Mutex::new(t)));
+        s.heldout = self.heldout;
         s.sinks = self.sinks;
+        if !s.sinks.is_empty() {
+            for line in s.take_messages() {
+                s.message(line);
+            }
+        }
         s.backend = match self.backend {
             Some(b) => BackendSlot::User(b),
             None => BackendSlot::BuiltIn,
         };
         Ok(s)
     }
+}
+
+/// Stops a run of the built-in Python environment before any work where its sandbox cannot
+/// start here, saying how to install it.
+fn check_built_in_env(cfg: &TrainConfig) -> Result<()> {
+    if cfg.rl.env != EnvKind::Python {
+        return Ok(());
+    }
+    alp_envs::tools::PythonSandbox::new(cfg.rl.python.clone()).map_err(|e| {
+        Error::config(
+            "rl.env",
+            format!(
+                "rl.env = \"python\" runs the model's code in a bubblewrap sandbox, which cannot start on this machine: {e}. Install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap) or choose rl.env = \"tool\" or \"math\""
+            ),
+        )
+    })?;
+    Ok(())
 }
 
 /// A fresh default directory name: `runs/run-<seconds>-<pid>-<n>`, unique within a process and
@@ -268,11 +325,24 @@ impl Session {
     /// A builder for a fresh run of `cfg` in `dir` that takes a user's environment, task
     /// source, objective, metrics sinks and rollout backend.
     pub fn builder(cfg: TrainConfig, dir: impl Into<PathBuf>) -> SessionBuilder {
+        Self::builder_from(Start::Fresh(Box::new(cfg), dir.into()))
+    }
+
+    /// A builder that continues the newest checkpoint under `path` (as [`Session::resume`])
+    /// with a user's pieces: hand it the same environment, task sources and objective the run
+    /// was built with, and it continues as the uninterrupted run would (the task sources are
+    /// sought to the step's cursor; the rollout batches sampled ahead come from the
+    /// checkpoint).
+    pub fn resume_with(path: impl Into<PathBuf>, overrides: &[String]) -> SessionBuilder {
+        Self::builder_from(Start::Resume(path.into(), overrides.to_vec()))
+    }
+
+    fn builder_from(start: Start) -> SessionBuilder {
         SessionBuilder {
-            cfg,
-            dir: dir.into(),
+            start,
             env: None,
             tasks: None,
+            heldout: None,
             objective: None,
             sinks: Vec::new(),
             backend: None,
@@ -281,6 +351,11 @@ impl Session {
 
     /// A fresh run of `cfg` in `dir` (created; `config.toml` written).
     pub fn create(cfg: TrainConfig, dir: PathBuf) -> Result<Self> {
+        check_built_in_env(&cfg)?;
+        Self::create_unchecked(cfg, dir)
+    }
+
+    fn create_unchecked(cfg: TrainConfig, dir: PathBuf) -> Result<Self> {
         cfg.validate()?;
         let trainer = Trainer::new(cfg)?;
         Self::open(trainer, dir, None)
@@ -291,6 +366,7 @@ impl Session {
     /// `cfg`, no SFT, the checkpoint's evaluation before RL carried over.
     pub fn start_from(warm: &Path, cfg: TrainConfig, dir: PathBuf) -> Result<Self> {
         cfg.validate()?;
+        check_built_in_env(&cfg)?;
         let ck = checkpoint::latest(warm)?;
         let man = checkpoint::read_manifest(&ck)?;
         let device = alp_model::parse_device(&cfg.model.device)?;
@@ -329,10 +405,24 @@ impl Session {
     /// Continues the newest checkpoint under `path` (a run directory or a checkpoint), its
     /// saved config edited by `overrides`; the run directory is `out` or the checkpoint's run.
     pub fn resume(path: &Path, overrides: &[String], out: Option<PathBuf>) -> Result<Self> {
-        let ck = checkpoint::latest(path)?;
+        Self::resume_inner(path, overrides, out, true)
+    }
+
+    fn resume_inner(
+        path: &Path,
+        overrides: &[String],
+        out: Option<PathBuf>,
+        built_in_env: bool,
+    ) -> Result<Self> {
+        let mut notes = Vec::new();
+        let ck = checkpoint::latest_noting(path, &mut notes)?;
+        notes.push(format!("resuming from {}", ck.display()));
         let man = checkpoint::read_manifest(&ck)?;
         let cfg = TrainConfig::from_toml(&man.config)?.apply_overrides(overrides)?;
         cfg.validate()?;
+        if built_in_env {
+            check_built_in_env(&cfg)?;
+        }
         let dir = out.unwrap_or_else(|| {
             ck.parent()
                 .and_then(|p| p.parent())
@@ -355,6 +445,7 @@ impl Session {
         }
         let mut s = Self::open(t, dir, Some(man))?;
         s.ahead = checkpoint::read_pending(&ck)?.into();
+        s.messages = notes;
         Ok(s)
     }
 
@@ -377,9 +468,11 @@ impl Session {
             started: Instant::now(),
             env: None,
             tasks: None,
+            heldout: None,
             sinks: Vec::new(),
             backend: BackendSlot::BuiltIn,
             save_attempt: None,
+            messages: Vec::new(),
             samplers: Samplers::default(),
         })
     }
@@ -423,9 +516,51 @@ impl Session {
         Ok(losses)
     }
 
-    /// Held-out evaluation on `eval.tasks` tasks with `k` samples at temperature 1.
-    pub fn evaluate(&self, k: usize) -> Result<EvalResult> {
-        eval::evaluate(&self.trainer, self.config().eval.tasks, k)
+    /// Held-out evaluation on `eval.tasks` tasks (the builder's held-out source, else the
+    /// config's), in the session's environment, greedy and with `k` samples at temperature 1;
+    /// the result also goes to the sinks, tagged `tag` (e.g. "before RL", "step 50").
+    pub fn evaluate(&mut self, k: usize, tag: &str) -> Result<EvalResult> {
+        let n = self.config().eval.tasks;
+        let res = match (&self.env, &mut self.heldout) {
+            (None, None) => eval::evaluate(&self.trainer, n, k)?,
+            (env, heldout) => {
+                let tasks = match heldout {
+                    Some(src) => {
+                        src.seek(0);
+                        (0..n).map_while(|_| src.next_task()).collect()
+                    }
+                    None => eval::heldout_tasks(&self.trainer, n),
+                };
+                if tasks.is_empty() {
+                    return Err(Error::invalid(
+                        "the held-out task source gave no task; hand Session::builder a source with at least one (heldout_tasks)",
+                    ));
+                }
+                let built_in;
+                let pieces = match env {
+                    Some(make_env) => eval::EvalPieces::user(&**make_env),
+                    None => {
+                        built_in = self.trainer.make_env();
+                        eval::EvalPieces {
+                            make_env: &built_in,
+                            tools: self.trainer.tools_spec(),
+                            turn_stop_strings: self.trainer.cfg.rl.env.turn_stop_strings(),
+                        }
+                    }
+                };
+                let tool_worthy: &dyn Fn(&str) -> bool = if heldout.is_some() {
+                    &|_| true
+                } else {
+                    &default_task::is_tool_worthy
+                };
+                eval::evaluate_with(&self.trainer, &tasks, &pieces, tool_worthy, k)?
+            }
+        };
+        let step = self.trainer.step;
+        for s in &mut self.sinks {
+            s.eval(step, tag, &res)?;
+        }
+        Ok(res)
     }
 
     /// Writes a checkpoint of the current state, with the rollout batches sampled ahead by
@@ -445,7 +580,82 @@ impl Session {
             config: t.cfg.to_toml()?,
             sft_steps_done: Some(self.sft_steps_done),
         };
-        checkpoint::save(&self.dir, t, &man, &pending)
+        let mut notes = Vec::new();
+        let saved = checkpoint::save(&self.dir, t, &man, &pending, &mut notes);
+        for n in notes {
+            self.message(n);
+        }
+        saved
+    }
+
+    /// Hands a line for people to the sinks (kept for [`Session::take_messages`] when the
+    /// session has none).
+    fn message(&mut self, line: String) {
+        if self.sinks.is_empty() {
+            self.messages.push(line);
+        } else {
+            for s in &mut self.sinks {
+                s.message(&line);
+            }
+        }
+    }
+
+    /// The lines for people this session has not handed to a sink (which checkpoint a resume
+    /// continues, damaged checkpoints it skipped, a disk short of space), oldest first.
+    pub fn take_messages(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.messages)
+    }
+
+    /// The run directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The held-out evaluation before RL (from the checkpoint when resumed or warm-started).
+    pub fn eval_before(&self) -> Option<&EvalResult> {
+        self.eval_before.as_ref()
+    }
+
+    /// Records the evaluation before RL, which checkpoints carry.
+    pub fn set_eval_before(&mut self, eval: EvalResult) {
+        self.eval_before = Some(eval);
+    }
+
+    /// True when this session continues a checkpoint.
+    pub fn is_resumed(&self) -> bool {
+        self.resumed
+    }
+
+    /// True when this run started from another run's weights (no SFT of its own).
+    pub fn is_warm_started(&self) -> bool {
+        self.warm
+    }
+
+    /// SFT steps done so far.
+    pub fn sft_steps_done(&self) -> usize {
+        self.sft_steps_done
+    }
+
+    /// The version of the current weights (raised by every RL update).
+    pub fn policy_version(&self) -> u64 {
+        self.trainer.version
+    }
+
+    /// The tokenizer of the run's model.
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.trainer.tokenizer
+    }
+
+    /// The shape of the run's model.
+    pub fn model_config(&self) -> &alp_model::Config {
+        self.trainer.model.config()
+    }
+
+    /// The trainer, for alp's own application and tests (feature `internals`).
+    #[cfg(feature = "internals")]
+    #[doc(hidden)]
+    pub fn trainer(&self) -> &Trainer {
+        &self.trainer
     }
 
     /// Moves the batches the worker has sampled ahead into `ahead` (see
@@ -499,9 +709,14 @@ impl Session {
             Some(t) => t.clone(),
             None => Arc::new(Mutex::new(Box::new(t.task_stream(Split::Train, cfg.seed)))),
         };
-        let tools = t.tools_spec();
+        let user_env = self.env.is_some();
+        // A user's environment declares its own stop strings and tools.
+        let tools = if user_env { None } else { t.tools_spec() };
         let (p, g, seed) = (cfg.rl.prompts_per_step, cfg.rl.group_size, cfg.seed);
-        let ep_template = t.rollout_episode_config(0);
+        let mut ep_template = t.rollout_episode_config(0);
+        if user_env {
+            ep_template.turn_stop_strings.clear();
+        }
         let tok_b = tok.clone();
         let engine_cfg = cfg.rl.rollout.engine.clone();
         let user_backend = match std::mem::replace(&mut self.backend, BackendSlot::Taken) {

@@ -20,7 +20,6 @@ use candle_core::{Device, Tensor, Var};
 use candle_nn::VarMap;
 use std::sync::Arc;
 
-pub use crate::eval::EvalResult;
 
 /// The model being trained with its optimizers and perturbation.
 pub struct Trainer {
@@ -144,25 +143,19 @@ impl Trainer {
         })
     }
 
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // used by alp-cli and the tests
     /// The objective of RL updates.
     pub fn objective(&self) -> &dyn PolicyObjective {
         self.objective.as_ref()
     }
 
-    /// Trains with `objective` instead of `rl.objective` (a user's [`PolicyObjective`]); an
-    /// objective that reads `logp_old` needs `rl.recompute_logp_old`.
-    pub fn set_objective(&mut self, objective: Arc<dyn PolicyObjective>) -> Result<()> {
-        if objective.needs_logp_old() && !self.cfg.rl.recompute_logp_old {
-            return Err(alp_core::Error::config(
-                "rl.recompute_logp_old",
-                format!(
-                    "the objective `{}` needs log π_old; set rl.recompute_logp_old = true",
-                    objective.name()
-                ),
-            ));
+    /// Trains with `objective` instead of `rl.objective` (a user's [`PolicyObjective`]); one
+    /// that reads `logp_old` turns `rl.recompute_logp_old` on.
+    pub fn set_objective(&mut self, objective: Arc<dyn PolicyObjective>) {
+        if objective.needs_logp_old() {
+            self.cfg.rl.recompute_logp_old = true;
         }
         self.objective = objective;
-        Ok(())
     }
 
     /// The current weights (sharing storage with the trainable variables).
@@ -545,10 +538,7 @@ impl Trainer {
                 self.bad_steps, self.step
             )));
         }
-        eprintln!(
-            "RL step {}: {skipped} update(s) skipped for a non-finite loss or gradient",
-            self.step
-        );
+        // The step's metrics count them (`skipped_updates`).
         Ok(())
     }
 }

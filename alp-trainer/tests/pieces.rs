@@ -105,12 +105,12 @@ fn a_backend_answering_from_weights_older_than_the_bound_is_refused_before_train
     // Step 1 is sampled by version 0, as it should be; step 2 by version 0 again, one older
     // than `rl.max_staleness = 0` allows.
     run.step().unwrap();
-    let before = run.trainer.version;
+    let before = run.policy_version();
     let e = run.step().unwrap_err().to_string();
     assert!(e.contains("sampled by weight version 0"), "{e}");
     assert!(e.contains("rl.max_staleness = 0"), "{e}");
     assert_eq!(
-        run.trainer.version, before,
+        run.policy_version(), before,
         "the stale batch was trained on"
     );
 }

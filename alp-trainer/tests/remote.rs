@@ -5,7 +5,7 @@
 use alp_serve::{ServeConfig, Server};
 use alp_trainer::config::TrainConfig;
 use alp_trainer::metrics::SAMPLED_BY;
-use alp_trainer::session::Session;
+use alp_trainer::Session;
 
 const TOKEN: &str = "remote-test-reload-token-0123456789";
 /// The variable the runs read the token from (set once, the same value, by every test).
@@ -113,7 +113,7 @@ fn no_server_is_a_clear_error_before_anything_is_trained() {
     let e = run.step().unwrap_err().to_string();
     assert!(e.contains("no rollout server took weight version 0"), "{e}");
     assert!(e.contains(&dead), "{e}");
-    assert_eq!(run.trainer.version, 0);
+    assert_eq!(run.policy_version(), 0);
 }
 
 #[test]

@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use candle_core::Tensor;
 
 pub fn run(model: &str, tokens: &str, dtype: &str, device: &str) -> Result<()> {
-    let toks = alp_trainer::parse_token_list(tokens).map_err(anyhow::Error::msg)?;
+    let toks = alp_cli::parse_token_list(tokens).map_err(anyhow::Error::msg)?;
     if toks.len() < 2 {
         bail!("--tokens needs at least two ids: the first is context, the rest are scored");
     }

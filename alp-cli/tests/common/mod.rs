@@ -1,4 +1,4 @@
-//! What several test binaries of alp-trainer share: the settings of a run that takes a second
+//! What several test binaries of alp-cli share: the settings of a run that takes a second
 //! and a checkpoint of the embedded default's shape.
 #![allow(dead_code)]
 

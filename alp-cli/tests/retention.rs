@@ -4,7 +4,7 @@
 
 use alp_trainer::checkpoint;
 use alp_trainer::config::TrainConfig;
-use alp_trainer::run::{train_with, RunOptions};
+use alp_cli::run::{train_with, RunOptions};
 use candle_core::{DType, Device};
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -2,11 +2,12 @@
 //! evaluations and checkpoints at their cadence → final checkpoint, evaluation and report.
 //! Everything it reports goes through [`MetricsSink`]s.
 
-use crate::config::TrainConfig;
-use crate::eval::EvalResult;
-use crate::metrics::{ConsoleSink, JsonlSink, MetricsSink, Sinks};
+use alp_trainer::config::TrainConfig;
+use alp_trainer::EvalResult;
+use crate::console::ConsoleSink;
+use alp_trainer::metrics::{JsonlSink, MetricsSink, Sinks};
 use crate::report;
-use crate::session::{default_run_dir, Session};
+use alp_trainer::{default_run_dir, Session};
 use alp_core::{Error, Result};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -65,7 +66,7 @@ pub fn train(cfg: TrainConfig, opts: RunOptions) -> Result<RunOutcome> {
 }
 
 /// [`train`] with an extra sink that receives every record too (e.g. a
-/// [`crate::metrics::MemorySink`]).
+/// [`alp_trainer::metrics::MemorySink`]).
 pub fn train_with(
     cfg: TrainConfig,
     opts: RunOptions,
@@ -77,10 +78,10 @@ pub fn train_with(
     let end = opts
         .max_steps_this_run
         .map_or(total, |n| (first + n).min(total));
-    let metrics_path = s.dir.join("metrics.jsonl");
-    let moved = match (&restarted, s.resumed) {
-        (Some(_), _) => crate::metrics::trim_for_resume(&metrics_path, None)?,
-        (None, true) => crate::metrics::trim_for_resume(&metrics_path, Some(first))?,
+    let metrics_path = s.dir().join("metrics.jsonl");
+    let moved = match (&restarted, s.is_resumed()) {
+        (Some(_), _) => alp_trainer::metrics::trim_for_resume(&metrics_path, None)?,
+        (None, true) => alp_trainer::metrics::trim_for_resume(&metrics_path, Some(first))?,
         (None, false) => 0,
     };
     let mut sinks = Sinks(vec![Box::new(JsonlSink::open(&metrics_path)?)]);
@@ -89,6 +90,9 @@ pub fn train_with(
         sinks.0.push(Box::new(ConsoleSink::new(first, total, tty)));
     }
     let mut out = Tee(&mut sinks, extra);
+    for line in s.take_messages() {
+        out.message(&line);
+    }
     if let Some(why) = restarted {
         out.message(&format!(
             "{why}\nstarting the run over from its config.toml"
@@ -108,13 +112,13 @@ pub fn train_with(
         }
     }
     let mut before = None;
-    if s.eval_before.is_none() && !opts.skip_eval {
-        let e = s.evaluate(s.config().eval.pass_k)?;
+    if s.eval_before().is_none() && !opts.skip_eval {
+        let e = s.evaluate(s.config().eval.pass_k, "before RL")?;
         out.eval(s.step_index(), "before RL", &e)?;
-        s.eval_before = Some(e.clone());
+        s.set_eval_before(e.clone());
         before = Some(e);
     }
-    if !s.resumed || did_sft {
+    if !s.is_resumed() || did_sft {
         s.save_checkpoint()?;
     }
     let interrupted = match rl_steps(&mut s, &opts, end, &mut out) {
@@ -138,10 +142,10 @@ pub fn train_with(
     s.save_checkpoint()?;
     s.stop_worker();
     let finished = s.step_index() >= total;
-    let after = finish(&s, &opts, finished || interrupted, interrupted, &mut out)?;
-    out.message(&format!("run directory: {}", s.dir.display()));
+    let after = finish(&mut s, &opts, finished || interrupted, interrupted, &mut out)?;
+    out.message(&format!("run directory: {}", s.dir().display()));
     Ok(RunOutcome {
-        dir: s.dir.clone(),
+        dir: s.dir().to_path_buf(),
         before,
         after,
         interrupted,
@@ -154,7 +158,7 @@ pub fn train_with(
 fn open_session(cfg: TrainConfig, opts: &RunOptions) -> Result<(Session, Option<String>)> {
     let out_dir = || -> Result<PathBuf> {
         let d = opts.out.clone().unwrap_or_else(default_run_dir);
-        crate::session::claim_dir(&d, opts.overwrite)?;
+        alp_trainer::claim_dir(&d, opts.overwrite)?;
         Ok(d)
     };
     match (&opts.resume, &opts.warm_start) {
@@ -164,7 +168,7 @@ fn open_session(cfg: TrainConfig, opts: &RunOptions) -> Result<(Session, Option<
             if opts.out.is_none()
                 && r.join("config.toml").is_file()
                 && !r.join("manifest.json").exists()
-                && !crate::checkpoint::has_any(r) =>
+                && !alp_trainer::checkpoint::has_any(r) =>
         {
             Ok((
                 Session::restart(r, &opts.resume_overrides)?,
@@ -187,7 +191,7 @@ fn open_session(cfg: TrainConfig, opts: &RunOptions) -> Result<(Session, Option<
 fn stopped_in_sft(s: &mut Session, out: &mut dyn MetricsSink) -> Result<RunOutcome> {
     s.save_checkpoint()?;
     report::write_summary(
-        &s.dir,
+        s.dir(),
         s.config(),
         None,
         None,
@@ -198,12 +202,12 @@ fn stopped_in_sft(s: &mut Session, out: &mut dyn MetricsSink) -> Result<RunOutco
     )?;
     out.message(&format!(
         "interrupted during SFT after {} of {} steps; `alp train --resume {}` continues the SFT",
-        s.sft_steps_done,
+        s.sft_steps_done(),
         s.config().sft.steps,
-        s.dir.display()
+        s.dir().display()
     ));
     Ok(RunOutcome {
-        dir: s.dir.clone(),
+        dir: s.dir().to_path_buf(),
         before: None,
         after: None,
         interrupted: true,
@@ -214,7 +218,7 @@ fn stopped_in_sft(s: &mut Session, out: &mut dyn MetricsSink) -> Result<RunOutco
 struct Tee<'a>(&'a mut dyn MetricsSink, &'a mut dyn MetricsSink);
 
 impl MetricsSink for Tee<'_> {
-    fn step(&mut self, m: &crate::metrics::StepMetrics, wall_s: f64) -> Result<()> {
+    fn step(&mut self, m: &alp_trainer::metrics::StepMetrics, wall_s: f64) -> Result<()> {
         self.0.step(m, wall_s)?;
         self.1.step(m, wall_s)
     }
@@ -231,9 +235,9 @@ impl MetricsSink for Tee<'_> {
 /// The run directory, the model, the method, the off-policy budget and every setting.
 fn banner(s: &Session, out: &mut dyn MetricsSink) -> Result<()> {
     let cfg = s.config();
-    let mc = s.trainer.model.config();
-    out.message(&format!("run directory: {}", s.dir.display()));
-    if s.resumed {
+    let mc = s.model_config();
+    out.message(&format!("run directory: {}", s.dir().display()));
+    if s.is_resumed() {
         out.message(&format!("resumed at RL step {}", s.step_index()));
     }
     out.message(&format!(
@@ -250,7 +254,7 @@ fn banner(s: &Session, out: &mut dyn MetricsSink) -> Result<()> {
     out.message(&cfg.off_policy_budget());
     out.message(&format!(
         "effective settings (also in {}):",
-        s.dir.join("config.toml").display()
+        s.dir().join("config.toml").display()
     ));
     for l in cfg.to_toml()?.lines().filter(|l| !l.trim().is_empty()) {
         out.message(&format!("  {l}"));
@@ -280,7 +284,7 @@ fn warm_start(s: &mut Session, opts: &RunOptions, out: &mut dyn MetricsSink) -> 
         }
     })?;
     if s.needs_sft() {
-        out.message(&format!("SFT interrupted after {} steps", s.sft_steps_done));
+        out.message(&format!("SFT interrupted after {} steps", s.sft_steps_done()));
     }
     out.message(&format!(
         "SFT done in {:.0} s, final loss {:.4}",
@@ -312,8 +316,9 @@ fn rl_steps(
             && step < cfg.rl.steps
             && !opts.skip_eval
         {
-            let e = s.evaluate(0)?;
-            out.eval(s.step_index(), &format!("step {step}"), &e)?;
+            let tag = format!("step {step}");
+            let e = s.evaluate(0, &tag)?;
+            out.eval(s.step_index(), &tag, &e)?;
         }
         if cfg.checkpoint.every > 0 && step.is_multiple_of(cfg.checkpoint.every) {
             s.save_checkpoint()?;
@@ -324,7 +329,7 @@ fn rl_steps(
 
 /// The evaluation after RL, `summary.json`, `report.md` and the plots (when the run is over).
 fn finish(
-    s: &Session,
+    s: &mut Session,
     opts: &RunOptions,
     over: bool,
     interrupted: bool,
@@ -336,25 +341,26 @@ fn finish(
     let after = if opts.skip_eval {
         None
     } else {
-        let e = s.evaluate(s.config().eval.pass_k)?;
-        out.eval(s.step_index(), crate::metrics::TAG_AFTER_RL, &e)?;
+        let tag = alp_trainer::metrics::TAG_AFTER_RL;
+        let e = s.evaluate(s.config().eval.pass_k, tag)?;
+        out.eval(s.step_index(), tag, &e)?;
         Some(e)
     };
     let wall = s.wall_seconds();
     report::write_summary(
-        &s.dir,
+        s.dir(),
         s.config(),
-        s.eval_before.as_ref(),
+        s.eval_before(),
         after.as_ref(),
         wall,
         s.step_index(),
         interrupted,
         s.phase(),
     )?;
-    report::plot_run(&s.dir)?;
+    report::plot_run(s.dir())?;
     out.message(&format!(
         "wrote {}/summary.json, report.md, metrics.jsonl and plots/ ({wall:.0} s)",
-        s.dir.display()
+        s.dir().display()
     ));
     Ok(after)
 }

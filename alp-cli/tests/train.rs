@@ -9,7 +9,7 @@ use alp_trainer::checkpoint;
 use alp_trainer::config::TrainConfig;
 use alp_trainer::default_task::ArithmeticTasks;
 use alp_trainer::metrics;
-use alp_trainer::run::{train, RunOptions};
+use alp_cli::run::{train, RunOptions};
 use alp_trainer::trainer::Trainer;
 use candle_core::{DType, Device};
 use std::collections::BTreeMap;
@@ -772,7 +772,7 @@ fn every_plotted_curve_has_data_after_a_run() {
         },
     )
     .unwrap();
-    let specs = alp_trainer::report::plot_specs(dir.path()).unwrap();
+    let specs = alp_cli::report::plot_specs(dir.path()).unwrap();
     assert_eq!(specs.len(), 5);
     for p in &specs {
         assert!(!p.curves.is_empty(), "{}: no curves", p.file);
@@ -938,6 +938,9 @@ fn a_kl_term_to_the_reference_is_added_to_the_loss() {
 
 #[test]
 fn the_python_environment_runs_through_train_and_eval() {
+    if skip_without_sandbox() {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let cfg = small()
         .apply_overrides(&[
@@ -948,7 +951,7 @@ fn the_python_environment_runs_through_train_and_eval() {
         .unwrap();
     assert_eq!(cfg.rl.env.turn_stop_strings(), ["```output"]);
     let mut sink = alp_trainer::metrics::MemorySink::default();
-    let out = alp_trainer::run::train_with(
+    let out = alp_cli::run::train_with(
         cfg,
         RunOptions {
             out: Some(dir.path().into()),
@@ -984,6 +987,41 @@ fn the_python_environment_runs_through_train_and_eval() {
     // Bad limits are named.
     let err = validation_error("rl.python.timeout_s=0");
     assert!(err.contains("rl.python.timeout_s"), "{err}");
+}
+
+/// Whether the python sandbox cannot start here (then the test skips, with a line on stderr;
+/// `ALP_REQUIRE_BWRAP=1` makes it fail instead).
+fn skip_without_sandbox() -> bool {
+    let Err(why) = alp_envs::tools::PythonSandbox::new(Default::default()) else {
+        return false;
+    };
+    assert!(
+        std::env::var_os("ALP_REQUIRE_BWRAP").is_none(),
+        "ALP_REQUIRE_BWRAP is set but the python sandbox cannot start: {why}"
+    );
+    // Straight to stderr: the harness captures `eprintln!` of passing tests.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipping 1 test of the python environment: {why}. Install bubblewrap to run it"
+    );
+    true
+}
+
+#[test]
+fn the_python_environment_stops_before_any_work_where_its_sandbox_cannot_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    let cfg = small().apply_overrides(&["rl.env=python".into()]).unwrap();
+    let made = alp_trainer::Session::create(cfg, run_dir.clone());
+    match alp_envs::tools::PythonSandbox::new(Default::default()) {
+        Ok(_) => assert!(made.is_ok(), "{:?}", made.err()),
+        Err(_) => {
+            let err = made.err().expect("created without a sandbox").to_string();
+            assert!(err.contains("rl.env") && err.contains("apt-get install bubblewrap"), "{err}");
+            assert!(!run_dir.exists(), "the run directory was written");
+        }
+    }
 }
 
 #[test]

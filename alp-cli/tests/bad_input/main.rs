@@ -49,7 +49,7 @@ pub fn run(args: &[&str], stdin: Option<&[u8]>) -> Output {
     use std::io::Write;
     let mut c = Command::new(env!("CARGO_BIN_EXE_alp"));
     c.args(args).env("RUST_BACKTRACE", "0");
-    c.env_remove(alp_trainer::checkpoint::CRASH_ENV);
+    c.env_remove(alp_cli::CRASH_ENV);
     if stdin.is_some() {
         c.stdin(std::process::Stdio::piped());
     }
@@ -130,9 +130,9 @@ pub use common::SMALL;
 pub fn finished_run() -> (tempfile::TempDir, PathBuf) {
     let root = tempfile::tempdir().unwrap();
     let run = root.path().join("run");
-    alp_trainer::run::train(
+    alp_cli::run::train(
         common::small_config(&[]),
-        alp_trainer::run::RunOptions {
+        alp_cli::run::RunOptions {
             out: Some(run.clone()),
             ..Default::default()
         },

@@ -410,9 +410,10 @@ pub fn episodes(a: EpisodesArgs) -> Result<()> {
     let man = checkpoint::read_manifest(&ck)?;
     let cfg = TrainConfig::from_toml(&man.config)?.apply_overrides(&a.sets)?;
     let scratch = std::env::temp_dir().join(format!("alp-bench-episodes-{}", std::process::id()));
-    let session = alp_trainer::session::Session::start_from(&a.from, cfg, scratch.clone());
+    let session = alp_trainer::Session::start_from(&a.from, cfg, scratch.clone());
     let _ = std::fs::remove_dir_all(&scratch);
-    let t = &session?.trainer;
+    let session = session?;
+    let t = session.trainer();
     use alp_core::TaskSource;
     let mut src = t.task_stream(alp_envs::math::Split::Train, t.cfg.seed);
     let tasks: Vec<alp_core::Task> = (0..a.tasks).filter_map(|_| src.next_task()).collect();

@@ -62,11 +62,11 @@ enum Command {
     Compare {
         /// smoke (minutes), default (every method × 3 seeds at two mismatch settings), full,
         /// phase (the mismatch phase diagram) or phase-smoke (its machinery in half a minute):
-        /// the plan files in alp-trainer/plans/ (default: default).
+        /// the plan files in alp-cli/plans/ (default: default).
         #[arg(long, conflicts_with = "plan")]
         preset: Option<String>,
         /// A plan file (TOML: name, seeds, base overrides, settings and arms tables; see
-        /// alp-trainer/plans/*.toml), checked before any run starts.
+        /// alp-cli/plans/*.toml), checked before any run starts.
         #[arg(long)]
         plan: Option<PathBuf>,
         /// Comma-separated methods (default: the preset's), e.g. grpo,bypass,alp-seq.
@@ -227,6 +227,7 @@ enum BenchCommand {
 /// number of subcommands, not logic).
 fn main() -> Result<()> {
     alp_trainer::runtime::tune_cpu_process();
+    alp_cli::install_crash_hook();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve::run(args),
@@ -277,7 +278,7 @@ fn main() -> Result<()> {
             n,
         } => train::eval(model, config, sets, tasks, limit, n),
         Command::Plot { run } => {
-            let specs = alp_trainer::report::plot_specs(&run)?;
+            let specs = alp_cli::report::plot_specs(&run)?;
             if specs
                 .iter()
                 .all(|p| p.curves.iter().all(|c| c.1.is_empty()))
@@ -287,7 +288,7 @@ fn main() -> Result<()> {
                     run.join("metrics.jsonl").display()
                 );
             }
-            alp_trainer::report::plot_run(&run)?;
+            alp_cli::report::plot_run(&run)?;
             println!("wrote {}/plots", run.display());
             Ok(())
         }

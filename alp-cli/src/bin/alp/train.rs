@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use alp_trainer::config::TrainConfig;
-use alp_trainer::run::{self, RunOptions};
+use alp_cli::run::{self, RunOptions};
 use anyhow::{Context, Result};
 
 pub fn load_config(config: Option<&PathBuf>, sets: &[String]) -> Result<TrainConfig> {
@@ -74,7 +74,7 @@ pub fn train(
 
 pub fn sft(config: Option<PathBuf>, sets: Vec<String>, out: PathBuf, force: bool) -> Result<()> {
     let cfg = load_config(config.as_ref(), &sets)?;
-    alp_trainer::session::claim_dir(&out, force)?;
+    alp_trainer::claim_dir(&out, force)?;
     let mut t = alp_trainer::trainer::Trainer::new(cfg)?;
     let steps = t.cfg.sft.steps;
     let losses = alp_trainer::sft::run_sft(&mut t, 0, None, &mut |i, loss| {
@@ -210,7 +210,7 @@ pub fn compare(
     sets: &[String],
     (out, report_only): (&std::path::Path, bool),
 ) -> Result<()> {
-    use alp_trainer::compare;
+    use alp_cli::compare;
     let mut plan = match plan_file {
         Some(p) => compare::Plan::load(p)?,
         None => compare::preset(preset.unwrap_or("default"))?,
@@ -260,7 +260,7 @@ pub fn compare(
                 out.display()
             );
         }
-        alp_trainer::compare_report::write(out, &plan, &rows, &m, 0.0)?;
+        alp_cli::compare_report::write(out, &plan, &rows, &m, 0.0)?;
         let runs: usize = rows.iter().map(|r| r.2.len()).sum();
         println!(
             "wrote {0}/compare.json and {0}/report.md from {runs} finished runs",
@@ -271,7 +271,7 @@ pub fn compare(
     // The whole plan's report from every finished run (this process's, another's, the record's).
     let report = |wall_s: f64| -> alp_core::Result<()> {
         let rows = compare::read_finished(&whole, out)?;
-        alp_trainer::compare_report::write(out, &whole, &rows, &m, wall_s)
+        alp_cli::compare_report::write(out, &whole, &rows, &m, wall_s)
     };
     compare::run_all(&plan, &[], out, &mut |l| println!("{l}"), &mut |_| {
         // Rewritten after every method.

@@ -1,5 +1,5 @@
 //! The comparison statistics against slow references written independently.
-use alp_trainer::stats::{paired_bootstrap, paired_t, t_quantile, wilson};
+use alp_cli::stats::{paired_bootstrap, paired_t, t_quantile, wilson};
 use rand::{Rng, SeedableRng};
 
 /// Every resample of `d` by recursion, its mean collected.

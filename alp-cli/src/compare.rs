@@ -5,10 +5,10 @@
 //! that the directory's `compare.json` records (the committed record of a sweep whose ignored
 //! `runs/` is gone: a clean clone regenerates the report and resumes from it).
 
-use crate::config::TrainConfig;
-use crate::metrics::{loss, MemorySink, StepMetrics};
+use alp_trainer::config::TrainConfig;
+use alp_trainer::metrics::{loss, MemorySink, StepMetrics};
 use crate::run::{self, RunOptions};
-use crate::session::Session;
+use alp_trainer::Session;
 use alp_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -133,7 +133,7 @@ fn builtin_names() -> String {
 pub type Setting = Arm;
 
 /// What to run: a plan file (`alp compare --plan FILE`) or a preset (`--preset NAME`, the
-/// files in `alp-trainer/plans/`).
+/// files in `alp-cli/plans/`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     /// The plan's name.
@@ -182,7 +182,7 @@ fn one() -> usize {
     1
 }
 
-/// The presets, as files in the repository (`alp-trainer/plans/`).
+/// The presets, as files in the repository (`alp-cli/plans/`).
 const PRESETS: &[(&str, &str)] = &[
     ("smoke", include_str!("../plans/smoke.toml")),
     ("default", include_str!("../plans/default.toml")),
@@ -198,7 +198,7 @@ const PRESETS: &[(&str, &str)] = &[
 /// `phase-smoke` (the phase diagram's machinery in about half a minute).
 pub fn preset(name: &str) -> Result<Plan> {
     match PRESETS.iter().find(|(n, _)| *n == name) {
-        Some((n, text)) => Plan::from_toml(text, &format!("alp-trainer/plans/{n}.toml")),
+        Some((n, text)) => Plan::from_toml(text, &format!("alp-cli/plans/{n}.toml")),
         None => Err(Error::config(
             "--preset",
             format!(
@@ -373,13 +373,13 @@ pub struct RunResult {
 pub fn collapse_step(steps: &[StepMetrics]) -> Option<u64> {
     if let Some(s) = steps
         .iter()
-        .find(|m| m.get(crate::metrics::LOSS).is_some_and(|l| !l.is_finite()))
+        .find(|m| m.get(alp_trainer::metrics::LOSS).is_some_and(|l| !l.is_finite()))
     {
         return Some(s.step);
     }
     let r: Vec<f64> = steps
         .iter()
-        .map(|m| m.get(crate::metrics::REWARD_MEAN).unwrap_or(0.0))
+        .map(|m| m.get(alp_trainer::metrics::REWARD_MEAN).unwrap_or(0.0))
         .collect();
     let ma: Vec<f64> = (0..r.len())
         .map(|i| {
@@ -437,7 +437,7 @@ pub fn summarise(seed: u64, sink: &MemorySink) -> RunResult {
         early_mismatch: [
             early(loss::ENGINE_KL_K3),
             early(loss::STALE_KL_K3),
-            early(crate::metrics::STALENESS),
+            early(alp_trainer::metrics::STALENESS),
             early(loss::UNPERTURBED_RATIO_TOKEN_P99_9),
         ],
         heldout: sink
@@ -450,7 +450,7 @@ pub fn summarise(seed: u64, sink: &MemorySink) -> RunResult {
             .map(|m| {
                 [
                     m.step as f64,
-                    g(m, crate::metrics::REWARD_MEAN),
+                    g(m, alp_trainer::metrics::REWARD_MEAN),
                     g(m, loss::UNPERTURBED_RATIO_TOKEN_P99_9),
                     g(m, loss::UNPERTURBED_RATIO_TOKEN_MAX),
                 ]
@@ -461,7 +461,7 @@ pub fn summarise(seed: u64, sink: &MemorySink) -> RunResult {
             .map(|m| {
                 m.values
                     .iter()
-                    .filter(|(k, _)| k.starts_with(crate::metrics::SIGMA_LAYER))
+                    .filter(|(k, _)| k.starts_with(alp_trainer::metrics::SIGMA_LAYER))
                     .map(|(_, v)| *v)
                     .collect()
             })
@@ -474,7 +474,7 @@ pub fn summarise(seed: u64, sink: &MemorySink) -> RunResult {
 /// checkpoint's weights.
 pub fn warm_start_id(sft_dir: &Path) -> Result<String> {
     use sha2::Digest;
-    let weights = crate::checkpoint::latest(sft_dir)?
+    let weights = alp_trainer::checkpoint::latest(sft_dir)?
         .join("model")
         .join("model.safetensors");
     let bytes = std::fs::read(&weights).map_err(|e| Error::file_op("read", &weights, e))?;
@@ -491,7 +491,7 @@ pub fn warm_start(
     log: &mut dyn FnMut(&str),
 ) -> Result<PathBuf> {
     let sft_dir = dir.join("sft");
-    if crate::checkpoint::latest(&sft_dir).is_ok() {
+    if alp_trainer::checkpoint::latest(&sft_dir).is_ok() {
         log(&format!("reusing the warm start in {}", sft_dir.display()));
         return Ok(sft_dir);
     }
@@ -501,9 +501,9 @@ pub fn warm_start(
     let mut s = Session::create(cfg, sft_dir.clone())?;
     log(&format!("SFT warm start ({} steps)", s.config().sft.steps));
     s.sft(None, &mut |_, _| {})?;
-    let e = s.evaluate(s.config().eval.pass_k)?;
-    log(&crate::eval::eval_line("after SFT", &e));
-    s.eval_before = Some(e);
+    let e = s.evaluate(s.config().eval.pass_k, "after SFT")?;
+    log(&crate::console::eval_line("after SFT", &e));
+    s.set_eval_before(e);
     s.save_checkpoint()?;
     Ok(sft_dir)
 }

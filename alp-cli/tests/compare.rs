@@ -1,8 +1,8 @@
 //! `alp compare` as a library: a tiny plan end to end, resumability, collapse detection and
 //! the paired verdicts and the partial report.
 
-use alp_trainer::compare::{self, Plan};
-use alp_trainer::compare_report;
+use alp_cli::compare::{self, Plan};
+use alp_cli::compare_report;
 use alp_trainer::metrics::{self, StepMetrics};
 
 fn tiny_plan() -> Plan {

@@ -1,10 +1,9 @@
 //! The end-of-run report: `summary.json`, `report.md`, and SVG plots of the metrics.
 
-use crate::config::TrainConfig;
-use crate::eval::EvalResult;
-use crate::metrics::{self as names, loss};
+use alp_trainer::config::TrainConfig;
+use alp_trainer::EvalResult;
+use alp_trainer::metrics::{self as names, loss};
 use alp_core::{Error, Result};
-#[cfg(feature = "cli")]
 use plotters::prelude::*;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -99,7 +98,6 @@ fn series(lines: &[Value], key: &str) -> Vec<(f64, f64)> {
         .collect()
 }
 
-#[cfg(feature = "cli")]
 /// Largest magnitude plotted: beyond it a value (an overflowed ratio) would make the axis range
 /// infinite; such points are left out and the title says so.
 const PLOT_LIMIT: f64 = 1e100;
@@ -107,7 +105,6 @@ const PLOT_LIMIT: f64 = 1e100;
 /// A named curve of (x, y, spread) points; a spread > 0 draws a band of y ± spread.
 pub type Curve = (String, Vec<(f64, f64, f64)>);
 
-#[cfg(feature = "cli")]
 fn plot(path: &Path, title: &str, curves: &[(String, Vec<(f64, f64)>)]) -> Result<()> {
     let curves: Vec<Curve> = curves
         .iter()
@@ -116,7 +113,6 @@ fn plot(path: &Path, title: &str, curves: &[(String, Vec<(f64, f64)>)]) -> Resul
     plot_curves(path, title, &curves)
 }
 
-#[cfg(feature = "cli")]
 /// The axis ranges of `curves` (bands included), never empty or infinite.
 fn ranges(curves: &[Curve]) -> ((f64, f64), (f64, f64)) {
     let pts: Vec<&(f64, f64, f64)> = curves.iter().flat_map(|c| c.1.iter()).collect();
@@ -146,7 +142,6 @@ fn ranges(curves: &[Curve]) -> ((f64, f64), (f64, f64)) {
     (x, y)
 }
 
-#[cfg(feature = "cli")]
 /// Draws named curves (with their bands) against the RL step into an SVG.
 pub fn plot_curves(path: &Path, title: &str, curves: &[Curve]) -> Result<()> {
     let curves: Vec<BandCurve> = curves
@@ -162,7 +157,6 @@ pub fn plot_curves(path: &Path, title: &str, curves: &[Curve]) -> Result<()> {
 /// A named curve of (x, y, band low, band high) points; a band wider than zero is drawn.
 pub type BandCurve = (String, Vec<(f64, f64, f64, f64)>);
 
-#[cfg(feature = "cli")]
 /// Draws named curves with (possibly asymmetric) bands into an SVG; `x_names`, when given,
 /// labels x = 0, 1, 2, … with those names (categories such as mismatch settings).
 pub fn plot_bands(
@@ -359,7 +353,6 @@ pub fn plot_specs(dir: &Path) -> Result<Vec<PlotSpec>> {
     ])
 }
 
-#[cfg(feature = "cli")]
 /// Redraws `<run>/plots/*.svg` from `<run>/metrics.jsonl`.
 pub fn plot_run(dir: &Path) -> Result<()> {
     // Read first: a missing or malformed metrics file creates nothing.

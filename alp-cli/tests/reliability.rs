@@ -4,7 +4,7 @@
 
 use alp_trainer::checkpoint;
 use alp_trainer::config::TrainConfig;
-use alp_trainer::run::{train, RunOptions};
+use alp_cli::run::{train, RunOptions};
 use candle_core::{DType, Device};
 use std::path::Path;
 
@@ -81,8 +81,8 @@ fn a_second_run_into_the_same_directory_is_refused_and_changes_nothing() {
     assert!(!out.join("checkpoints/step-000002").exists());
     // Default names never collide, even within one second.
     let (a, b) = (
-        alp_trainer::session::default_run_dir(),
-        alp_trainer::session::default_run_dir(),
+        alp_trainer::default_run_dir(),
+        alp_trainer::default_run_dir(),
     );
     assert_ne!(a, b);
 }
@@ -158,7 +158,7 @@ fn plotting_absurd_values_terminates_and_says_what_it_left_out() {
         r#"{"step":2,"reward/mean":0.6,"ratio/token/max":2.0,"ratio/token/p99_9":1.5}"#,
     ];
     std::fs::write(dir.path().join("metrics.jsonl"), lines.join("\n")).unwrap();
-    alp_trainer::report::plot_run(dir.path()).unwrap();
+    alp_cli::report::plot_run(dir.path()).unwrap();
     let svg = std::fs::read_to_string(dir.path().join("plots/ratio_tail.svg")).unwrap();
     assert!(
         svg.contains("left out"),
@@ -243,7 +243,7 @@ fn run_in_pieces(cfg: &TrainConfig, dir: &Path, pieces: &[u64]) -> Vec<Vec<Strin
             max_steps_this_run: Some(n),
             ..opts(dir)
         };
-        alp_trainer::run::train_with(cfg.clone(), o, &mut sink).unwrap();
+        alp_cli::run::train_with(cfg.clone(), o, &mut sink).unwrap();
         tasks.extend(sink.steps.into_iter().map(|m| m.task_ids));
     }
     tasks

@@ -24,9 +24,9 @@ fn train(out: &Path, crash_at: Option<u64>) -> Output {
     for s in settings() {
         c.args(["--set", s]);
     }
-    c.env_remove(alp_trainer::checkpoint::CRASH_ENV);
+    c.env_remove(alp_cli::CRASH_ENV);
     if let Some(k) = crash_at {
-        c.env(alp_trainer::checkpoint::CRASH_ENV, k.to_string());
+        c.env(alp_cli::CRASH_ENV, k.to_string());
     }
     c.output().unwrap()
 }
@@ -36,7 +36,7 @@ fn resume(run: &Path) -> Output {
         .arg("train")
         .arg("--resume")
         .arg(run)
-        .env_remove(alp_trainer::checkpoint::CRASH_ENV)
+        .env_remove(alp_cli::CRASH_ENV)
         .output()
         .unwrap()
 }
