@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # A user's crate outside the workspace: it depends on alp's crates by path with no
-# `[patch]`, so it builds on the registry's candle-core, and on alp-trainer without default
-# features (and on alp-serve); it runs a two-step RL loop (scripts/downstream/main.rs). Also checks that
-# alp-trainer without default features pulls none of the application's crates.
+# `[patch]`, so it builds on the registry's candle-core; it trains, evaluates and resumes a
+# user's pieces through the library (scripts/downstream/main.rs). Also checks that the library
+# alp-trainer pulls none of the application's crates (they live in alp-cli).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-echo "+ cargo tree -p alp-trainer --no-default-features -e normal (no clap, plotters, indicatif, ctrlc)"
-if cargo tree -p alp-trainer --no-default-features -e normal --prefix none \
-        | grep -E '^(clap|plotters|indicatif|ctrlc) '; then
-    echo "alp-trainer without default features still depends on the crates above" >&2
+echo "+ cargo tree -p alp-trainer -e normal (no clap, plotters, indicatif, ctrlc, anyhow)"
+if cargo tree -p alp-trainer -e normal --prefix none \
+        | grep -E '^(clap|plotters|indicatif|ctrlc|anyhow) '; then
+    echo "the library alp-trainer depends on the application's crates above" >&2
     exit 1
 fi
 dir=$(mktemp -d)
@@ -27,7 +27,9 @@ publish = false
 
 [dependencies]
 alp-core = { path = "$root/alp-core" }
-alp-trainer = { path = "$root/alp-trainer", default-features = false }
+alp-loss = { path = "$root/alp-loss" }
+alp-trainer = { path = "$root/alp-trainer" }
+safetensors = "0.8"
 # The server crate builds on the registry's candle-core too.
 alp-serve = { path = "$root/alp-serve" }
 

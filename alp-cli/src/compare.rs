@@ -5,11 +5,11 @@
 //! that the directory's `compare.json` records (the committed record of a sweep whose ignored
 //! `runs/` is gone: a clean clone regenerates the report and resumes from it).
 
+use crate::run::{self, RunOptions};
+use alp_core::{Error, Result};
 use alp_trainer::config::TrainConfig;
 use alp_trainer::metrics::{loss, MemorySink, StepMetrics};
-use crate::run::{self, RunOptions};
 use alp_trainer::Session;
-use alp_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -371,10 +371,10 @@ pub struct RunResult {
 /// Collapse: the reward (moving mean over 5 steps) falls below half its best so far and
 /// stays there to the end, or a loss is not finite. Returns the step.
 pub fn collapse_step(steps: &[StepMetrics]) -> Option<u64> {
-    if let Some(s) = steps
-        .iter()
-        .find(|m| m.get(alp_trainer::metrics::LOSS).is_some_and(|l| !l.is_finite()))
-    {
+    if let Some(s) = steps.iter().find(|m| {
+        m.get(alp_trainer::metrics::LOSS)
+            .is_some_and(|l| !l.is_finite())
+    }) {
         return Some(s.step);
     }
     let r: Vec<f64> = steps

@@ -19,7 +19,7 @@ impl ConsoleSink {
     /// A console sink for a run of `total_steps` RL steps, starting at `first`; with
     /// `progress_bar` (a terminal), steps update a bar instead of printing lines.
     pub fn new(first: u64, total_steps: u64, progress_bar: bool) -> Self {
-            let bar = progress_bar.then(|| {
+        let bar = progress_bar.then(|| {
             let b = indicatif::ProgressBar::new(total_steps.saturating_sub(first));
             if let Ok(style) = indicatif::ProgressStyle::with_template(
                 "RL {bar:30} {pos}/{len} [{elapsed} < {eta}] {msg}",
@@ -28,10 +28,7 @@ impl ConsoleSink {
             }
             b
         });
-        ConsoleSink {
-                    bar,
-            total_steps,
-        }
+        ConsoleSink { bar, total_steps }
     }
 
     fn bar(&self) -> Option<&indicatif::ProgressBar> {
@@ -102,7 +99,6 @@ impl MetricsSink for ConsoleSink {
         self.line(line);
     }
 }
-
 
 /// One line for people: `eval <tag>: accuracy …`.
 pub fn eval_line(tag: &str, e: &EvalResult) -> String {

@@ -45,7 +45,10 @@ pub fn install_crash_hook() {
     use std::sync::atomic::{AtomicU64, Ordering};
     static AT: AtomicU64 = AtomicU64::new(0);
     static DONE: AtomicU64 = AtomicU64::new(0);
-    let Some(k) = std::env::var(CRASH_ENV).ok().and_then(|v| v.parse::<u64>().ok()) else {
+    let Some(k) = std::env::var(CRASH_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
         return;
     };
     AT.store(k, Ordering::SeqCst);

@@ -1,9 +1,9 @@
 //! The end-of-run report: `summary.json`, `report.md`, and SVG plots of the metrics.
 
-use alp_trainer::config::TrainConfig;
-use alp_trainer::EvalResult;
-use alp_trainer::metrics::{self as names, loss};
 use alp_core::{Error, Result};
+use alp_trainer::config::TrainConfig;
+use alp_trainer::metrics::{self as names, loss};
+use alp_trainer::EvalResult;
 use plotters::prelude::*;
 use serde_json::{json, Value};
 use std::path::Path;

@@ -2,13 +2,13 @@
 //! evaluations and checkpoints at their cadence → final checkpoint, evaluation and report.
 //! Everything it reports goes through [`MetricsSink`]s.
 
-use alp_trainer::config::TrainConfig;
-use alp_trainer::EvalResult;
 use crate::console::ConsoleSink;
-use alp_trainer::metrics::{JsonlSink, MetricsSink, Sinks};
 use crate::report;
-use alp_trainer::{default_run_dir, Session};
 use alp_core::{Error, Result};
+use alp_trainer::config::TrainConfig;
+use alp_trainer::metrics::{JsonlSink, MetricsSink, Sinks};
+use alp_trainer::EvalResult;
+use alp_trainer::{default_run_dir, Session};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -142,7 +142,13 @@ pub fn train_with(
     s.save_checkpoint()?;
     s.stop_worker();
     let finished = s.step_index() >= total;
-    let after = finish(&mut s, &opts, finished || interrupted, interrupted, &mut out)?;
+    let after = finish(
+        &mut s,
+        &opts,
+        finished || interrupted,
+        interrupted,
+        &mut out,
+    )?;
     out.message(&format!("run directory: {}", s.dir().display()));
     Ok(RunOutcome {
         dir: s.dir().to_path_buf(),
@@ -284,7 +290,10 @@ fn warm_start(s: &mut Session, opts: &RunOptions, out: &mut dyn MetricsSink) -> 
         }
     })?;
     if s.needs_sft() {
-        out.message(&format!("SFT interrupted after {} steps", s.sft_steps_done()));
+        out.message(&format!(
+            "SFT interrupted after {} steps",
+            s.sft_steps_done()
+        ));
     }
     out.message(&format!(
         "SFT done in {:.0} s, final loss {:.4}",

@@ -2,9 +2,9 @@
 //! finite and crash-safe, resume falls back past a damaged checkpoint, plots of absurd values
 //! terminate.
 
+use alp_cli::run::{train, RunOptions};
 use alp_trainer::checkpoint;
 use alp_trainer::config::TrainConfig;
-use alp_cli::run::{train, RunOptions};
 use candle_core::{DType, Device};
 use std::path::Path;
 

@@ -2,9 +2,9 @@
 //! always usable (a model that no longer computes is kept aside), and a full disk met calmly
 //! (a real small tmpfs, through bubblewrap).
 
+use alp_cli::run::{train_with, RunOptions};
 use alp_trainer::checkpoint;
 use alp_trainer::config::TrainConfig;
-use alp_cli::run::{train_with, RunOptions};
 use candle_core::{DType, Device};
 use std::path::{Path, PathBuf};
 use std::process::Command;

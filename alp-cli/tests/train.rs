@@ -1,6 +1,7 @@
 //! The trainer: config round trip and validation, exact resume, the NaN guard, crash-safe
 //! checkpoints, and a 2-step RL run of every method.
 
+use alp_cli::run::{train, RunOptions};
 use alp_core::TaskSource;
 use alp_envs::math::Split;
 use alp_loss::METHODS;
@@ -9,7 +10,6 @@ use alp_trainer::checkpoint;
 use alp_trainer::config::TrainConfig;
 use alp_trainer::default_task::ArithmeticTasks;
 use alp_trainer::metrics;
-use alp_cli::run::{train, RunOptions};
 use alp_trainer::trainer::Trainer;
 use candle_core::{DType, Device};
 use std::collections::BTreeMap;
@@ -1018,7 +1018,10 @@ fn the_python_environment_stops_before_any_work_where_its_sandbox_cannot_start()
         Ok(_) => assert!(made.is_ok(), "{:?}", made.err()),
         Err(_) => {
             let err = made.err().expect("created without a sandbox").to_string();
-            assert!(err.contains("rl.env") && err.contains("apt-get install bubblewrap"), "{err}");
+            assert!(
+                err.contains("rl.env") && err.contains("apt-get install bubblewrap"),
+                "{err}"
+            );
             assert!(!run_dir.exists(), "the run directory was written");
         }
     }

@@ -18,7 +18,6 @@
 // A library prints nothing: what it has to say goes back to its caller.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
-
 pub mod error;
 pub mod fsio;
 pub mod memory;

@@ -450,7 +450,8 @@ fn host_files_are_unreadable_even_when_every_user_may_read_them() {
     ] {
         let p = dir.join(format!("{}.answers", unique("planted")));
         // The working directory may not be writable by an ordinary user (or be the home).
-        if !planted.0.contains(&p) && std::fs::write(&p, format!("the answer is {secret}\n")).is_ok()
+        if !planted.0.contains(&p)
+            && std::fs::write(&p, format!("the answer is {secret}\n")).is_ok()
         {
             planted.0.push(p.clone());
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();

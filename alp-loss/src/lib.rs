@@ -27,7 +27,6 @@
 // A library prints nothing: what it has to say goes back to its caller.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
-
 pub mod advantage;
 pub mod aggregate;
 pub mod diagnostics;

@@ -25,13 +25,13 @@
 // A library prints nothing: what it has to say goes back to its caller.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
-
 pub mod config;
 pub mod decoder;
 mod kernels;
 pub mod kv_cache;
 pub mod loader;
 pub mod logprobs;
+mod mask;
 pub mod perturbation;
 pub mod rope;
 pub mod save;

@@ -1,8 +1,8 @@
 //! Multi-turn episodes: generate a turn, hand its text to an [`Environment`], append the
 //! observation tokens (loss mask 0), continue, until the environment is done or a limit is hit.
 
+use crate::backend::Request;
 use crate::backend::RolloutBackend;
-use crate::engine::Request;
 use crate::sampling::SamplingParams;
 use alp_core::{
     mix_seed, ChatMessage, Environment, Error, FinishReason, Outcome, PolicyVersion, Result,
@@ -227,7 +227,12 @@ pub fn run_episodes(
             // The runner's tools, else those the environment declares.
             let tools = tools.cloned().or_else(|| env.tool_specs());
             let mut stops = config.sampling.stop_strings.clone();
-            for s in config.turn_stop_strings.iter().cloned().chain(env.turn_stop_strings()) {
+            for s in config
+                .turn_stop_strings
+                .iter()
+                .cloned()
+                .chain(env.turn_stop_strings())
+            {
                 if !stops.contains(&s) {
                     stops.push(s);
                 }

@@ -34,8 +34,8 @@ pub mod sampling;
 pub mod wire;
 pub mod worker;
 
-pub use backend::{Generation, RolloutBackend};
-pub use engine::{Completion, Engine, EngineConfig, GenerateStats, Request, SeqState};
+pub use backend::{Completion, GenerateStats, Generation, Request, RolloutBackend};
+pub use engine::{Engine, EngineConfig, SeqState};
 pub use episodes::{observation_tokens, run_episodes, sampling_info, EpisodeConfig, Episodes};
 pub use remote::{RemoteBackend, RemoteConfig, ServerKind};
 pub use sampling::{sample, sample_kept, Sampled, SamplingParams, Support};

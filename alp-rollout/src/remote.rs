@@ -34,8 +34,8 @@
 //!   for evaluation with fixed weights, or behind a wrapper that speaks SGLang's endpoint
 //!   (`kind = "sglang"`).
 
+use crate::backend::{Completion, Request};
 use crate::backend::{Generation, RolloutBackend};
-use crate::engine::{Completion, Request};
 use crate::wire::{CompletionRequest, CompletionResponse, ReloadRequest};
 use alp_core::{Error, FinishReason, PolicyVersion, Result, TokenId};
 use alp_model::{ModelWeights, Tokenizer};

@@ -7,7 +7,7 @@
 //!
 //! [`RemoteBackend`]: crate::RemoteBackend
 
-use crate::engine::{Completion, Request};
+use crate::backend::{Completion, Request};
 use crate::sampling::SamplingParams;
 use alp_core::{FinishReason, PolicyVersion, SamplingSupports, TokenId};
 use serde::{Deserialize, Serialize};

@@ -27,7 +27,7 @@ pub struct RolloutBatch {
     /// The backend's counters for this batch (prefill and decode tokens and seconds), where
     /// it keeps them ([`crate::RolloutBackend::stats`]).
     #[serde(default)]
-    pub engine: Option<crate::engine::GenerateStats>,
+    pub engine: Option<crate::backend::GenerateStats>,
 }
 
 type Snapshot = (PolicyVersion, Arc<ModelWeights>);

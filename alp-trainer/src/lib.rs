@@ -43,7 +43,6 @@
 // A library prints nothing: what it has to say goes back to its caller.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
-
 pub mod config;
 pub mod default_task;
 pub mod eval_result;
@@ -64,9 +63,9 @@ macro_rules! internal_modules {
 internal_modules!(batch, checkpoint, eval, optim, rl_step, runtime, sft, trainer);
 
 pub use alp_core::{Environment, TaskSource};
-pub use checkpoint::{latest as latest_checkpoint, set_fault_hook, FaultHook};
 pub use alp_loss::PolicyObjective;
 pub use alp_rollout::RolloutBackend;
+pub use checkpoint::{latest as latest_checkpoint, set_fault_hook, FaultHook};
 pub use eval_result::EvalResult;
 pub use metrics::{MetricsSink, StepMetrics};
 pub use runtime::tune_cpu_process;

@@ -147,7 +147,12 @@ pub trait MetricsSink {
         Ok(())
     }
     /// A held-out evaluation after `step` RL steps (`tag` says which: "before RL", "step 50"…).
-    fn eval(&mut self, _step: u64, _tag: &str, _eval: &crate::eval_result::EvalResult) -> Result<()> {
+    fn eval(
+        &mut self,
+        _step: u64,
+        _tag: &str,
+        _eval: &crate::eval_result::EvalResult,
+    ) -> Result<()> {
         Ok(())
     }
     /// A line of progress for people.

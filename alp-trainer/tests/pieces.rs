@@ -110,7 +110,8 @@ fn a_backend_answering_from_weights_older_than_the_bound_is_refused_before_train
     assert!(e.contains("sampled by weight version 0"), "{e}");
     assert!(e.contains("rl.max_staleness = 0"), "{e}");
     assert_eq!(
-        run.policy_version(), before,
+        run.policy_version(),
+        before,
         "the stale batch was trained on"
     );
 }

@@ -142,7 +142,7 @@ impl CustomOp3 for Attention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let q = crate::kernels::fused::contiguous::<f32>(s1, l1, self.name())?;
+        let q = super::contiguous::<f32>(s1, l1, self.name())?;
         let (b, nh, t, hd) = l1.shape().dims4()?;
         let (nkv, l) = (l2.dims()[1], l2.dims()[2]);
         let (keys, values) = (Heads::new(s2, l2)?, Heads::new(s3, l3)?);
@@ -348,8 +348,8 @@ mod simd {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decoder::{causal_mask, padded_mask};
     use crate::kernels::gemm::tests::max_rel;
+    use crate::mask::{causal_mask, padded_mask};
     use candle_core::{Device, D};
 
     /// Keys and values as a cache holds them: views of the first `l` of `cap` positions.

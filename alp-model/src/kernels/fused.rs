@@ -12,25 +12,14 @@
 //! its differentiable twin (the composition of candle ops, kept in [`twin`]) on other devices and
 //! dtypes, so a caller never has to check. Tests hold every kernel to its twin: values and
 //! gradients.
+use super::contiguous;
 use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType, D,
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D,
 };
 use rayon::prelude::*;
 
 /// Rows below this many elements per thread are not worth splitting across threads.
 const MIN_PAR_ELEMS: usize = 16 * 1024;
-
-/// The contiguous elements of a kernel input (candle checks the dtype).
-pub(crate) fn contiguous<'a, T: WithDType>(
-    s: &'a CpuStorage,
-    l: &Layout,
-    op: &str,
-) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
-        None => candle_core::bail!("{op}: the fused kernel needs a contiguous input"),
-    }
-}
 
 /// Rows per parallel task for rows of `width` elements.
 fn rows_per_task(width: usize) -> usize {

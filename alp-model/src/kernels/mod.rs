@@ -7,6 +7,8 @@
 // benches only.
 #![cfg_attr(not(feature = "bench-internals"), allow(dead_code))]
 
+use candle_core::{CpuStorage, Layout, Result, WithDType};
+
 pub mod attention;
 pub mod fused;
 pub mod gemm;
@@ -14,3 +16,16 @@ pub mod vmath;
 
 #[cfg(test)]
 mod fused_tests;
+
+/// The contiguous elements of a kernel input (candle checks the dtype): the helper every
+/// kernel of this module takes its inputs with.
+pub(crate) fn contiguous<'a, T: WithDType>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    op: &str,
+) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
+        None => candle_core::bail!("{op}: the fused kernel needs a contiguous input"),
+    }
+}

@@ -3,8 +3,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use alp_trainer::config::TrainConfig;
 use alp_cli::run::{self, RunOptions};
+use alp_trainer::config::TrainConfig;
 use anyhow::{Context, Result};
 
 pub fn load_config(config: Option<&PathBuf>, sets: &[String]) -> Result<TrainConfig> {

@@ -276,8 +276,8 @@ impl CustomOp2 for SmallM {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = crate::kernels::fused::contiguous::<f32>(s1, l1, self.name())?;
-        let w = crate::kernels::fused::contiguous::<f32>(s2, l2, self.name())?;
+        let x = crate::kernels::contiguous::<f32>(s1, l1, self.name())?;
+        let w = crate::kernels::contiguous::<f32>(s2, l2, self.name())?;
         let dims = l1.dims();
         let k = *dims.last().unwrap_or(&0);
         let (n, wk) = l2.shape().dims2()?;
@@ -301,7 +301,7 @@ impl CustomOp1 for Packed<'_> {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = crate::kernels::fused::contiguous::<f32>(s, l, self.name())?;
+        let x = crate::kernels::contiguous::<f32>(s, l, self.name())?;
         let (n, k) = (self.0.n, self.0.k);
         let m = x.len() / k.max(1);
         let mut out = vec![0f32; m * n];
