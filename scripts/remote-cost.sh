@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 preset=${1:-qwen2.5-0.5b}
 dtype=${2:-bf16}
 alp=target/release/alp
-[ -x "$alp" ] || cargo build --release -p alp-trainer
+[ -x "$alp" ] || cargo build --release -p alp-cli
 d=$(mktemp -d)
 pid=
 trap '[ -n "$pid" ] && kill $pid 2>/dev/null; rm -rf "$d"' EXIT

@@ -9,7 +9,7 @@ out=${1:?usage: scripts/remote-vs-local.sh OUT_DIR [SEEDS...]}
 shift
 if [ $# -gt 0 ]; then seeds=("$@"); else seeds=(0 1 2); fi
 alp=target/release/alp
-[ -x "$alp" ] || cargo build --release -p alp-trainer
+[ -x "$alp" ] || cargo build --release -p alp-cli
 mkdir -p "$out"
 ALP_RELOAD_TOKEN=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 export ALP_RELOAD_TOKEN

@@ -5,7 +5,7 @@
 //! could detect.
 //!
 //! ```
-//! use alp_trainer::stats::{paired_bootstrap, paired_t, wilson};
+//! use alp_cli::stats::{paired_bootstrap, paired_t, wilson};
 //!
 //! // Method A beat method B by 2 to 4 points on each of five paired seeds.
 //! let (a, b) = ([52.0, 55.0, 50.0, 58.0, 54.0], [50.0, 52.0, 47.0, 54.0, 51.0]);

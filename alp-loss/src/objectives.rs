@@ -1,4 +1,4 @@
-//! Every objective of ALP.md as a pure function of [`LossInputs`].
+//! Every objective of the ALP paper and its baselines (the method: `README.md`, `docs/guide.md`) as a pure function of [`LossInputs`].
 use std::collections::BTreeMap;
 
 use alp_core::{Error, Result};

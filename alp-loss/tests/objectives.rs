@@ -1,4 +1,4 @@
-//! Every objective against a naive scalar f64 implementation written from ALP.md.
+//! Every objective against a naive scalar f64 implementation written from the papers' formulas.
 #![allow(clippy::needless_range_loop)] // the references are plain index loops on purpose
 use alp_loss::objectives::*;
 use alp_loss::{Aggregation, LossInputs, Objective};

@@ -70,3 +70,8 @@ pub use eval_result::EvalResult;
 pub use metrics::{MetricsSink, StepMetrics};
 pub use runtime::tune_cpu_process;
 pub use session::{claim_dir, default_run_dir, EnvFactory, Session, SessionBuilder};
+
+/// The README's library example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

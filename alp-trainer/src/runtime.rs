@@ -1,18 +1,13 @@
 //! Process-wide CPU settings for long training and rollout runs, applied once at start-up.
 //!
-//! Two costs showed up in profiles of `alp train` on a 2-core machine (perf, software clock):
-//! - glibc returned freed activations to the kernel (large blocks are `mmap`ed, the heap top is
-//!   trimmed), so the next step faulted every page back in, zeroed: page faults, `brk` and
-//!   `munmap` took 12-15% of the SFT phase. Keeping freed memory in the process removes them
-//!   (peak memory is set by the largest step, which is held anyway).
-//! - candle asks for its thread count on every matrix product and, unless `RAYON_NUM_THREADS`
-//!   is set, counts physical cores by reading `/proc/cpuinfo` each time.
-//! - candle's elementwise ops fan out to a pool of its own whose idle workers spin: with the
-//!   trainer's micro-batches on rayon threads and the sampler on another thread, the spinning
-//!   took a third of the CPU time of `alp train` (perf: the pool worker 23–26% of samples, the
-//!   caller's wait 12%). One candle thread (`CANDLE_NUM_THREADS=1`: no such pool) made the SFT
-//!   and RL phases 30% faster and the 25M-shape `alp bench train|rollout` no slower; matrix
-//!   products and alp's fused kernels still use all cores through rayon.
+//! - glibc keeps freed memory in one arena shared by every thread instead of returning it to
+//!   the kernel: a training step's activations are allocated again next step, and faulting
+//!   their pages back in, zeroed, is slow.
+//! - `RAYON_NUM_THREADS` is fixed once, so candle does not count cores on every product.
+//! - candle's own elementwise thread pool (whose idle workers spin beside alp's rayon work) is
+//!   turned off with `CANDLE_NUM_THREADS=1`; products and alp's kernels still use every core.
+//!
+//! What each setting measured: `docs/benchmarks.md`.
 
 /// Applies the settings above: glibc's allocator keeps freed memory in one arena shared by
 /// every thread (no effect on other

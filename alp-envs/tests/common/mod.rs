@@ -19,10 +19,11 @@ pub fn skip_without_sandbox(source: &str) -> bool {
             panic!("ALP_REQUIRE_BWRAP is set but the python sandbox cannot start: {why}");
         }
         let n = source.matches("#[test]").count();
+        let tests = if n == 1 { "test" } else { "tests" };
         // Straight to stderr: the test harness captures `eprintln!` of passing tests.
         let _ = writeln!(
             std::io::stderr(),
-            "skipping {n} tests of the python sandbox in this binary: {why}. Install bubblewrap \
+            "skipping {n} {tests} of the python sandbox in this binary: {why}. Install bubblewrap \
              (Debian/Ubuntu: apt-get install bubblewrap) to run them; ALP_REQUIRE_BWRAP=1 makes \
              them required"
         );
