@@ -14,6 +14,7 @@ user=${ALP_SANDBOX_USER:-alp-sandbox-user}
 id -u "$user" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$user"
 home=$(getent passwd "$user" | cut -d: -f6)
 # The workspace's test build (the README's test command: the same features, nothing rebuilt).
+# As the ordinary user the suite must run, not skip: ALP_REQUIRE_BWRAP=1 below.
 bin=$(cargo test --workspace --release --no-run --message-format=json 2>/dev/null \
     | python3 -c 'import json, sys
 for line in sys.stdin:
@@ -26,5 +27,5 @@ cp "$bin" "$dir/python_sandbox"
 chmod 755 "$dir" "$dir/python_sandbox"
 echo "+ runuser -u $user -- $dir/python_sandbox (as $(id -u "$user"), in $home)"
 cd "$home"
-runuser -u "$user" -- env -i HOME="$home" USER="$user" PATH=/usr/local/bin:/usr/bin:/bin \
+runuser -u "$user" -- env -i HOME="$home" USER="$user" PATH=/usr/local/bin:/usr/bin:/bin ALP_REQUIRE_BWRAP=1 \
     LANG=C.UTF-8 "$dir/python_sandbox" "$@"
