@@ -31,12 +31,8 @@ impl ConsoleSink {
         ConsoleSink { bar, total_steps }
     }
 
-    fn bar(&self) -> Option<&indicatif::ProgressBar> {
-        self.bar.as_ref()
-    }
-
     fn line(&self, line: &str) {
-        match self.bar() {
+        match self.bar.as_ref() {
             Some(b) => b.println(line),
             None => {
                 println!("{line}");
@@ -48,7 +44,7 @@ impl ConsoleSink {
 
 impl Drop for ConsoleSink {
     fn drop(&mut self) {
-        if let Some(b) = self.bar() {
+        if let Some(b) = self.bar.as_ref() {
             b.finish_and_clear();
         }
     }
@@ -82,7 +78,7 @@ impl MetricsSink for ConsoleSink {
                 m.step
             ));
         }
-        match self.bar() {
+        match self.bar.as_ref() {
             Some(b) => {
                 b.set_message(line);
                 b.inc(1);

@@ -2,6 +2,10 @@
 //! checkpoints, and a 2-step RL run of every method.
 
 use alp_cli::run::{train, RunOptions};
+// The sandbox tests' skip rule, shared with alp-envs' tests.
+#[path = "../../alp-envs/tests/common/mod.rs"]
+mod sandbox_skip;
+
 use alp_core::TaskSource;
 use alp_envs::math::Split;
 use alp_loss::METHODS;
@@ -938,7 +942,7 @@ fn a_kl_term_to_the_reference_is_added_to_the_loss() {
 
 #[test]
 fn the_python_environment_runs_through_train_and_eval() {
-    if skip_without_sandbox() {
+    if sandbox_skip::skip_without_sandbox("#[test]") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -987,25 +991,6 @@ fn the_python_environment_runs_through_train_and_eval() {
     // Bad limits are named.
     let err = validation_error("rl.python.timeout_s=0");
     assert!(err.contains("rl.python.timeout_s"), "{err}");
-}
-
-/// Whether the python sandbox cannot start here (then the test skips, with a line on stderr;
-/// `ALP_REQUIRE_BWRAP=1` makes it fail instead).
-fn skip_without_sandbox() -> bool {
-    let Err(why) = alp_envs::tools::PythonSandbox::new(Default::default()) else {
-        return false;
-    };
-    assert!(
-        std::env::var_os("ALP_REQUIRE_BWRAP").is_none(),
-        "ALP_REQUIRE_BWRAP is set but the python sandbox cannot start: {why}"
-    );
-    // Straight to stderr: the harness captures `eprintln!` of passing tests.
-    use std::io::Write;
-    let _ = writeln!(
-        std::io::stderr(),
-        "skipping 1 test of the python environment: {why}. Install bubblewrap to run it"
-    );
-    true
 }
 
 #[test]

@@ -16,11 +16,7 @@ pub fn heldout_tasks(trainer: &Trainer, n: usize) -> Vec<Task> {
     (0..n).filter_map(|_| src.next_task()).collect()
 }
 
-/// Evaluates `trainer` on `n` tasks of the built-in held-out stream in `rl.env`'s environment.
-pub fn evaluate(trainer: &Trainer, n: usize, k: usize) -> Result<EvalResult> {
-    evaluate_tasks(trainer, &heldout_tasks(trainer, n), trainer.cfg.rl.env, k)
-}
-
+#[cfg_attr(not(feature = "internals"), allow(dead_code))] // used by alp-cli
 /// Evaluates on given tasks in a built-in environment of `kind`: greedy, then with `k > 0` k
 /// samples per task at temperature 1.
 pub fn evaluate_tasks(
@@ -29,23 +25,17 @@ pub fn evaluate_tasks(
     kind: EnvKind,
     k: usize,
 ) -> Result<EvalResult> {
-    let env = trainer.make_env_kind(kind);
-    let pieces = EvalPieces {
-        make_env: &env,
-        tools: if kind == EnvKind::Tool {
-            trainer.tools_spec()
-        } else {
-            None
-        },
-        turn_stop_strings: kind.turn_stop_strings(),
-    };
+    let pieces = EvalPieces::built_in(trainer, kind);
     evaluate_with(trainer, tasks, &pieces, &default_task::is_tool_worthy, k)
 }
+
+/// Builds the environment of one episode from its task.
+type MakeEnv<'a> = Box<dyn Fn(&Task) -> Result<Box<dyn Environment>> + 'a>;
 
 /// The environment side of an evaluation.
 pub struct EvalPieces<'a> {
     /// Builds the environment of each episode.
-    pub make_env: &'a dyn Fn(&Task) -> Result<Box<dyn Environment>>,
+    pub make_env: MakeEnv<'a>,
     /// Tool specs for the chat template (besides those the environment declares).
     pub tools: Option<serde_json::Value>,
     /// Turn stop strings (besides those the environment declares).
@@ -56,9 +46,23 @@ impl<'a> EvalPieces<'a> {
     /// A user's environment: its stop strings and tools are the ones it declares.
     pub fn user(make_env: &'a dyn Fn(&Task) -> Result<Box<dyn Environment>>) -> Self {
         EvalPieces {
-            make_env,
+            make_env: Box::new(make_env),
             tools: None,
             turn_stop_strings: Vec::new(),
+        }
+    }
+
+    /// The built-in environment of `kind`, with the config's tool specs (the tool
+    /// environment of a real checkpoint) and `kind`'s turn stop strings.
+    pub fn built_in(trainer: &Trainer, kind: EnvKind) -> Self {
+        EvalPieces {
+            make_env: Box::new(trainer.make_env_kind(kind)),
+            tools: if kind == EnvKind::Tool {
+                trainer.tools_spec()
+            } else {
+                None
+            },
+            turn_stop_strings: kind.turn_stop_strings(),
         }
     }
 }
@@ -85,7 +89,7 @@ pub fn evaluate_with(
         config.turn_stop_strings = pieces.turn_stop_strings.clone();
         let episodes = Episodes {
             tasks,
-            make_env: pieces.make_env,
+            make_env: &*pieces.make_env,
             group_size: n,
             config: &config,
             tools: pieces.tools.as_ref(),

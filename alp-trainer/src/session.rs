@@ -260,10 +260,9 @@ impl SessionBuilder {
         s.tasks = self.tasks.map(|t| Arc::new(Mutex::new(t)));
         s.heldout = self.heldout;
         s.sinks = self.sinks;
-        if !s.sinks.is_empty() {
-            for line in s.take_messages() {
-                s.message(line);
-            }
+        // What the resume noted goes to the sinks now (kept where there are none).
+        for line in s.take_messages() {
+            s.message(line);
         }
         s.backend = match self.backend {
             Some(b) => BackendSlot::User(b),
@@ -521,41 +520,30 @@ impl Session {
     /// the result also goes to the sinks, tagged `tag` (e.g. "before RL", "step 50").
     pub fn evaluate(&mut self, k: usize, tag: &str) -> Result<EvalResult> {
         let n = self.config().eval.tasks;
-        let res = match (&self.env, &mut self.heldout) {
-            (None, None) => eval::evaluate(&self.trainer, n, k)?,
-            (env, heldout) => {
-                let tasks = match heldout {
-                    Some(src) => {
-                        src.seek(0);
-                        (0..n).map_while(|_| src.next_task()).collect()
-                    }
-                    None => eval::heldout_tasks(&self.trainer, n),
-                };
+        let tasks = match &mut self.heldout {
+            Some(src) => {
+                src.seek(0);
+                let tasks: Vec<Task> = (0..n).map_while(|_| src.next_task()).collect();
                 if tasks.is_empty() {
                     return Err(Error::invalid(
                         "the held-out task source gave no task; hand Session::builder a source with at least one (heldout_tasks)",
                     ));
                 }
-                let built_in;
-                let pieces = match env {
-                    Some(make_env) => eval::EvalPieces::user(&**make_env),
-                    None => {
-                        built_in = self.trainer.make_env();
-                        eval::EvalPieces {
-                            make_env: &built_in,
-                            tools: self.trainer.tools_spec(),
-                            turn_stop_strings: self.trainer.cfg.rl.env.turn_stop_strings(),
-                        }
-                    }
-                };
-                let tool_worthy: &dyn Fn(&str) -> bool = if heldout.is_some() {
-                    &|_| true
-                } else {
-                    &default_task::is_tool_worthy
-                };
-                eval::evaluate_with(&self.trainer, &tasks, &pieces, tool_worthy, k)?
+                tasks
             }
+            None => eval::heldout_tasks(&self.trainer, n),
         };
+        let pieces = match &self.env {
+            Some(make_env) => eval::EvalPieces::user(&**make_env),
+            None => eval::EvalPieces::built_in(&self.trainer, self.trainer.cfg.rl.env),
+        };
+        // A user's held-out tasks name their own kinds: the tool-call rates count them all.
+        let tool_worthy: &dyn Fn(&str) -> bool = if self.heldout.is_some() {
+            &|_| true
+        } else {
+            &default_task::is_tool_worthy
+        };
+        let res = eval::evaluate_with(&self.trainer, &tasks, &pieces, tool_worthy, k)?;
         let step = self.trainer.step;
         for s in &mut self.sinks {
             s.eval(step, tag, &res)?;

@@ -1,6 +1,7 @@
 //! Whether the sandbox's tests can run here: they need python3 and bubblewrap (`bwrap`) with
 //! user namespaces. Where the sandbox cannot start they skip, with one line on stderr that
 //! counts them and says how to run them; `ALP_REQUIRE_BWRAP=1` (CI) makes them fail instead.
+//! alp-cli's python train test includes this file too (`#[path]`).
 
 use alp_envs::tools::python::{PythonConfig, PythonSandbox};
 use std::io::Write;
