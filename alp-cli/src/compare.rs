@@ -504,7 +504,11 @@ pub fn warm_start(
     let e = s.evaluate(s.config().eval.pass_k, "after SFT")?;
     log(&crate::console::eval_line("after SFT", &e));
     s.set_eval_before(e);
-    s.save_checkpoint()?;
+    let saved = s.save_checkpoint();
+    for line in s.take_messages() {
+        log(&line);
+    }
+    saved?;
     Ok(sft_dir)
 }
 

@@ -91,8 +91,16 @@ impl MetricsSink for ConsoleSink {
         self.line(&eval_line(tag, e));
         Ok(())
     }
+    /// Warnings go to stderr, where a script that keeps only stdout still sees them.
     fn message(&mut self, line: &str) {
-        self.line(line);
+        if line.starts_with("warning:") {
+            match self.bar.as_ref() {
+                Some(b) => b.suspend(|| eprintln!("{line}")),
+                None => eprintln!("{line}"),
+            }
+        } else {
+            self.line(line);
+        }
     }
 }
 

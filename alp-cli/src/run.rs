@@ -119,7 +119,7 @@ pub fn train_with(
         before = Some(e);
     }
     if !s.is_resumed() || did_sft {
-        s.save_checkpoint()?;
+        save(&mut s, &mut out)?;
     }
     let interrupted = match rl_steps(&mut s, &opts, end, &mut out) {
         Ok(i) => i,
@@ -130,7 +130,7 @@ pub fn train_with(
                 // This state's checkpoint was written, or failed (then `e` says why).
                 return Err(e);
             }
-            return Err(match s.save_checkpoint() {
+            return Err(match save(&mut s, &mut out) {
                 Ok(_) => e,
                 Err(saved) => {
                     Error::Msg(format!("{e}; the last state was not checkpointed: {saved}"))
@@ -139,7 +139,7 @@ pub fn train_with(
         }
     };
     // Save while the worker runs: the checkpoint keeps the batches it sampled ahead.
-    s.save_checkpoint()?;
+    save(&mut s, &mut out)?;
     s.stop_worker();
     let finished = s.step_index() >= total;
     let after = finish(
@@ -195,7 +195,7 @@ fn open_session(cfg: TrainConfig, opts: &RunOptions) -> Result<(Session, Option<
 
 /// Interrupted during SFT: the state is saved (resumable as SFT) and the summary says so.
 fn stopped_in_sft(s: &mut Session, out: &mut dyn MetricsSink) -> Result<RunOutcome> {
-    s.save_checkpoint()?;
+    save(s, out)?;
     report::write_summary(
         s.dir(),
         s.config(),
@@ -330,7 +330,7 @@ fn rl_steps(
             out.eval(s.step_index(), &tag, &e)?;
         }
         if cfg.checkpoint.every > 0 && step.is_multiple_of(cfg.checkpoint.every) {
-            s.save_checkpoint()?;
+            save(s, out)?;
         }
     }
     Ok(false)
@@ -372,4 +372,14 @@ fn finish(
         s.dir().display()
     ));
     Ok(after)
+}
+
+/// Saves a checkpoint and hands the session's lines for people (a disk short of space) to
+/// `out`, whether the save worked or not.
+fn save(s: &mut Session, out: &mut dyn MetricsSink) -> Result<PathBuf> {
+    let saved = s.save_checkpoint();
+    for line in s.take_messages() {
+        out.message(&line);
+    }
+    saved
 }
