@@ -383,6 +383,15 @@ pub mod presets {
         c
     }
 
+    /// The Qwen2.5-1.5B shape (random weights): hidden 1536, 28 layers, 12 heads, 2 KV heads,
+    /// MLP 8960, vocabulary 151,936, tied embeddings.
+    pub fn qwen2_5_1_5b() -> Config {
+        let mut c = base(ModelType::Qwen2, 151_936, 1536, 8960, 28, 12, 2);
+        c.rope_theta = Some(1_000_000.0);
+        c.max_position_embeddings = 32768;
+        c
+    }
+
     /// The shape of `alp train`'s embedded default: a ~0.8M-parameter Qwen2 (hidden 128,
     /// 4 layers, 4 heads, MLP 352) over a small character-level vocabulary.
     pub fn alp_default() -> Config {
@@ -397,6 +406,7 @@ pub mod presets {
             "tiny" => Ok(tiny()),
             "qwen2-25m" | "25m" => Ok(qwen2_25m()),
             "qwen2.5-0.5b" => Ok(qwen2_5_0_5b()),
+            "qwen2.5-1.5b" => Ok(qwen2_5_1_5b()),
             "alp-default" => Ok(alp_default()),
             _ => Err(Error::config(
                 "preset",
@@ -406,5 +416,11 @@ pub mod presets {
     }
 
     /// The preset names.
-    pub const NAMES: &[&str] = &["tiny", "alp-default", "qwen2-25m", "qwen2.5-0.5b"];
+    pub const NAMES: &[&str] = &[
+        "tiny",
+        "alp-default",
+        "qwen2-25m",
+        "qwen2.5-0.5b",
+        "qwen2.5-1.5b",
+    ];
 }

@@ -64,6 +64,40 @@ struct Proj {
     linear: Linear,
     wide: Arc<OnceLock<Tensor>>,
     packed: Arc<OnceLock<Option<crate::kernels::gemm::PackedWeight>>>,
+    lora: Option<LoraPair>,
+}
+
+/// A projection's LoRA update `(α/r)·(x·Aᵀ)·Bᵀ`, added to the frozen product unmerged.
+#[derive(Debug, Clone)]
+struct LoraPair {
+    /// `[r, in]`.
+    a: Tensor,
+    /// `[out, r]`.
+    b: Tensor,
+    scale: f64,
+}
+
+impl LoraPair {
+    /// The update of `x` (`[.., in]`) as `[.., out]`, through two plain products over the
+    /// rows (differentiable; the same ops for every numerics, so the engine's and the
+    /// trainer's updates agree).
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        let k = *dims.last().unwrap_or(&0);
+        let rows = x.elem_count() / k.max(1);
+        let x2 = x.reshape((rows, k))?;
+        let (a, b) = if self.a.dtype() == x.dtype() {
+            (self.a.clone(), self.b.clone())
+        } else {
+            (self.a.to_dtype(x.dtype())?, self.b.to_dtype(x.dtype())?)
+        };
+        let y = (x2.matmul(&a.t()?)?.matmul(&b.t()?)? * self.scale)?;
+        let mut out = dims.to_vec();
+        if let Some(last) = out.last_mut() {
+            *last = b.dim(0)?;
+        }
+        Ok(y.reshape(out)?)
+    }
 }
 
 impl Proj {
@@ -72,6 +106,7 @@ impl Proj {
             linear: Linear::new(weight, bias),
             wide: Arc::new(OnceLock::new()),
             packed: Arc::new(OnceLock::new()),
+            lora: None,
         }
     }
 
@@ -80,6 +115,15 @@ impl Proj {
     }
 
     fn forward(&self, x: &Tensor, n: Numerics) -> Result<Tensor> {
+        let y = self.forward_base(x, n)?;
+        match &self.lora {
+            Some(l) => Ok((y + l.forward(x)?)?),
+            None => Ok(y),
+        }
+    }
+
+    /// The product with the weight (and bias) alone.
+    fn forward_base(&self, x: &Tensor, n: Numerics) -> Result<Tensor> {
         match n {
             Numerics::Reference => return Ok(self.linear.forward(x)?),
             Numerics::Training => return self.forward_rows(x),
@@ -129,7 +173,13 @@ impl Proj {
         let k = *dims.last().unwrap_or(&0);
         let rows = x.elem_count() / k.max(1);
         let w = self.linear.weight();
-        let y = x.reshape((rows, k))?.matmul(&w.t()?)?;
+        let x = x.reshape((rows, k))?;
+        // A frozen weight (a LoRA run's base) gets no gradient computed.
+        let y = if w.is_variable() {
+            x.matmul(&w.t()?)?
+        } else {
+            fused::frozen_linear(&x, w)?
+        };
         let y = match self.linear.bias() {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -515,6 +565,50 @@ impl Model {
     /// The config.
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// Adds `adapter`'s low-rank update to the projections it targets (unmerged: the base
+    /// weights stay as they are and shared). Its tensors are used as they are, so an
+    /// adapter of training variables makes a model whose A and B get gradients.
+    pub fn attach_adapter(&mut self, adapter: &crate::lora::Adapter) -> Result<()> {
+        adapter.check(&self.cfg, std::path::Path::new("<adapter>"))?;
+        let scale = adapter.config.scale();
+        for (module, _, _) in adapter.config.modules(&self.cfg) {
+            let get = |name: String| {
+                adapter
+                    .tensors
+                    .get(&name)
+                    .cloned()
+                    .ok_or_else(|| Error::invalid(format!("adapter has no `{name}`")))
+            };
+            let pair = LoraPair {
+                a: get(crate::lora::a_name(&module))?,
+                b: get(crate::lora::b_name(&module))?,
+                scale,
+            };
+            *self.proj_mut(&module)? = Some(pair);
+        }
+        Ok(())
+    }
+
+    /// The LoRA slot of the projection at `module` (`model.layers.N.self_attn.q_proj`, …).
+    fn proj_mut(&mut self, module: &str) -> Result<&mut Option<LoraPair>> {
+        let bad = || Error::invalid(format!("no projection `{module}` in this model"));
+        let rest = module.strip_prefix("model.layers.").ok_or_else(bad)?;
+        let (idx, name) = rest.split_once('.').ok_or_else(bad)?;
+        let i: usize = idx.parse().map_err(|_| bad())?;
+        let layer = self.layers.get_mut(i).ok_or_else(bad)?;
+        let proj = match name {
+            "self_attn.q_proj" => &mut layer.self_attn.q_proj,
+            "self_attn.k_proj" => &mut layer.self_attn.k_proj,
+            "self_attn.v_proj" => &mut layer.self_attn.v_proj,
+            "self_attn.o_proj" => &mut layer.self_attn.o_proj,
+            "mlp.gate_proj" => &mut layer.mlp.gate_proj,
+            "mlp.up_proj" => &mut layer.mlp.up_proj,
+            "mlp.down_proj" => &mut layer.mlp.down_proj,
+            _ => return Err(bad()),
+        };
+        Ok(&mut proj.lora)
     }
 
     /// The dtype of the weights.

@@ -31,6 +31,7 @@ mod kernels;
 pub mod kv_cache;
 pub mod loader;
 pub mod logprobs;
+pub mod lora;
 mod mask;
 pub mod perturbation;
 pub mod rope;
@@ -42,6 +43,7 @@ pub use decoder::{Checkpointed, Model, Numerics, TrainingForward};
 pub use kv_cache::KvCache;
 pub use loader::{expected_tensors, resolve_model_dir, weight_files, ModelWeights};
 pub use logprobs::{sequence_logprobs, token_logprobs};
+pub use lora::{Adapter, LoraConfig};
 pub use perturbation::{
     seeded_rng, KeyedGaussian, LayerSelection, LayerwiseGaussian, NoPerturbation, Perturbation,
     PerturbationConfig, SigmaMode,

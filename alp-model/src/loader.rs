@@ -150,6 +150,8 @@ pub struct ModelWeights {
     pub config: Config,
     /// Tensors by Hugging Face name.
     pub tensors: BTreeMap<String, Tensor>,
+    /// A LoRA adapter on these weights (the base), applied unmerged by [`ModelWeights::build`].
+    pub adapter: Option<crate::lora::Adapter>,
 }
 
 impl ModelWeights {
@@ -208,7 +210,11 @@ impl ModelWeights {
                 .to_dtype(dtype)?;
             tensors.insert(name, t);
         }
-        Ok(ModelWeights { config, tensors })
+        Ok(ModelWeights {
+            config,
+            tensors,
+            adapter: None,
+        })
     }
 
     /// Random weights for `cfg`: normal(0, initializer_range) matrices, unit norm weights,
@@ -242,6 +248,7 @@ impl ModelWeights {
         Ok(ModelWeights {
             config: cfg.clone(),
             tensors,
+            adapter: None,
         })
     }
 
@@ -258,28 +265,41 @@ impl ModelWeights {
         Ok(ModelWeights {
             config: config.clone(),
             tensors,
+            adapter: None,
         })
     }
 
-    /// A deep copy in `dtype` on `device` (a weight snapshot for the rollout engine).
+    /// A copy in `dtype` on `device` (a weight snapshot for the rollout engine): every
+    /// training variable and the adapter are copied; a frozen tensor (not a variable: a LoRA
+    /// run's base) already in `dtype` on `device` is shared, since nothing changes it.
     pub fn snapshot(&self, dtype: DType, device: &Device) -> Result<Self> {
         let tensors = self
             .tensors
             .iter()
             .map(|(k, t)| {
                 let c = t.detach().to_device(device)?.to_dtype(dtype)?;
-                // to_dtype to the same dtype shares storage; force a real copy.
-                let c = if c.dtype() == t.dtype() { c.copy()? } else { c };
+                // to_dtype to the same dtype shares storage; force a real copy of a variable.
+                let c = if c.dtype() == t.dtype() && t.is_variable() {
+                    c.copy()?
+                } else {
+                    c
+                };
                 Ok((k.clone(), c))
             })
             .collect::<Result<_>>()?;
         Ok(ModelWeights {
             config: self.config.clone(),
             tensors,
+            adapter: self
+                .adapter
+                .as_ref()
+                .map(|a| a.snapshot(dtype, device))
+                .transpose()?,
         })
     }
 
-    /// An inference model over these tensors (no copy when the dtype already matches).
+    /// An inference model over these tensors (no copy when the dtype already matches), with
+    /// the adapter (if any) applied unmerged.
     pub fn build(&self) -> Result<Model> {
         let (dtype, device) = self.dtype_device()?;
         let map: HashMap<String, Tensor> = self
@@ -287,27 +307,70 @@ impl ModelWeights {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        Model::new(&self.config, VarBuilder::from_tensors(map, dtype, &device))
+        let mut model = Model::new(&self.config, VarBuilder::from_tensors(map, dtype, &device))?;
+        if let Some(a) = &self.adapter {
+            model.attach_adapter(a)?;
+        }
+        Ok(model)
     }
 
-    /// A trainable model: every tensor becomes a `Var` (copied) in the returned `VarMap`.
+    /// A trainable model. Without an adapter every tensor becomes a `Var` (copied) in the
+    /// returned `VarMap`; with one, only the adapter's A and B do (the base stays frozen and
+    /// shared: no gradient, no optimizer state).
     pub fn build_trainable(&self) -> Result<(Model, VarMap)> {
         let (dtype, device) = self.dtype_device()?;
         let varmap = VarMap::new();
+        let vars = match &self.adapter {
+            Some(a) => &a.tensors,
+            None => &self.tensors,
+        };
         {
             let mut data = varmap
                 .data()
                 .lock()
                 .map_err(|_| Error::Msg("VarMap lock poisoned".into()))?;
-            for (k, t) in &self.tensors {
+            for (k, t) in vars {
                 data.insert(k.clone(), Var::from_tensor(&t.copy()?)?);
             }
+        }
+        if let Some(a) = &self.adapter {
+            let trainable = ModelWeights {
+                config: self.config.clone(),
+                tensors: self.tensors.clone(),
+                adapter: Some(crate::lora::Adapter {
+                    config: a.config.clone(),
+                    tensors: Self::from_varmap(&self.config, &varmap)?.tensors,
+                }),
+            };
+            return Ok((trainable.build()?, varmap));
         }
         let model = Model::new(
             &self.config,
             VarBuilder::from_varmap(&varmap, dtype, &device),
         )?;
         Ok((model, varmap))
+    }
+
+    /// The weights with the adapter merged in (`W + (α/r)·B·A` for every adapted
+    /// projection) and no adapter: a plain Hugging Face checkpoint's tensors.
+    pub fn merged(&self) -> Result<Self> {
+        let Some(a) = &self.adapter else {
+            return Ok(self.clone());
+        };
+        let mut tensors = self.tensors.clone();
+        for (module, _, _) in a.config.modules(&self.config) {
+            let name = format!("{module}.weight");
+            let w = tensors
+                .get(&name)
+                .ok_or_else(|| Error::invalid(format!("the base has no `{name}`")))?;
+            let m = a.merge_into(&module, w)?;
+            tensors.insert(name, m);
+        }
+        Ok(ModelWeights {
+            config: self.config.clone(),
+            tensors,
+            adapter: None,
+        })
     }
 
     fn dtype_device(&self) -> Result<(DType, Device)> {
@@ -320,7 +383,8 @@ impl ModelWeights {
     }
 
     /// Writes `config.json` and `model.safetensors` (Hugging Face names, `format: pt`
-    /// metadata) into `dir`, creating it.
+    /// metadata) into `dir`, creating it: the base only (an adapter is written with
+    /// [`crate::lora::Adapter::save_peft`]; [`ModelWeights::merged`] folds it in first).
     pub fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::file_op("create", dir, e))?;
         crate::save::write_config(&self.config, self.dtype_device()?.0, dir)?;

@@ -665,6 +665,49 @@ pub fn log_softmax_gather(x: &Tensor, targets: &Tensor) -> Result<Tensor> {
 /// The differentiable twins: the same functions composed from candle's ops (any device and
 /// dtype). They are the reference the fused kernels are tested against, and the path taken
 /// where the kernels do not apply.
+/// `x · wᵀ` over rows (`x: [rows, in]`, `w: [out, in]`) for a weight that is not trained
+/// (a LoRA run's frozen base): the backward hands `x` its gradient `dy · w` and computes none
+/// for `w`, where candle's matmul computes both (a weight-sized product and buffer per
+/// projection, the LM head's `vocab × hidden` among them). f32 CPU tensors; elsewhere, or for
+/// an input that needs no gradient, the plain product.
+pub fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let cpu_f32 = x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32;
+    if !cpu_f32 || !x.track_op() {
+        return x.matmul(&w.t()?);
+    }
+    x.contiguous()?
+        .apply_op1_arc(std::sync::Arc::new(Box::new(FrozenLinear {
+            w: w.detach(),
+        })))
+}
+
+struct FrozenLinear {
+    w: Tensor,
+}
+
+impl CustomOp1 for FrozenLinear {
+    fn name(&self) -> &'static str {
+        "alp-frozen-linear"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous::<f32>(s, l, self.name())?;
+        let (rows, k) = l.shape().dims2()?;
+        let x = Tensor::from_slice(x, (rows, k), &candle_core::Device::Cpu)?;
+        let y = x.matmul(&self.w.t()?)?.contiguous()?;
+        let (st, yl) = y.storage_and_layout();
+        let v = match &*st {
+            candle_core::Storage::Cpu(c) => contiguous::<f32>(c, yl, self.name())?.to_vec(),
+            _ => candle_core::bail!("{}: the product left the CPU", self.name()),
+        };
+        Ok((CpuStorage::F32(v), Shape::from((rows, self.w.dim(0)?))))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.w)?))
+    }
+}
+
 pub mod twin {
     use super::*;
 
