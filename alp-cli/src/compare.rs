@@ -474,9 +474,7 @@ pub fn summarise(seed: u64, sink: &MemorySink) -> RunResult {
 /// checkpoint's weights.
 pub fn warm_start_id(sft_dir: &Path) -> Result<String> {
     use sha2::Digest;
-    let weights = alp_trainer::checkpoint::latest(sft_dir)?
-        .join("model")
-        .join("model.safetensors");
+    let weights = alp_trainer::checkpoint::weights_file(&alp_trainer::checkpoint::latest(sft_dir)?);
     let bytes = std::fs::read(&weights).map_err(|e| Error::file_op("read", &weights, e))?;
     let digest = sha2::Sha256::digest(&bytes);
     Ok(digest[..8].iter().map(|b| format!("{b:02x}")).collect())

@@ -28,6 +28,34 @@ pub struct Manifest {
     /// SFT steps done (all of them once RL has started).
     #[serde(default)]
     pub sft_steps_done: Option<usize>,
+    /// A LoRA run whose frozen base is not the one its config names (it started from a
+    /// full checkpoint): the model directory that holds the base. None: the config's model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora_base: Option<PathBuf>,
+}
+
+/// The directory of a LoRA checkpoint's adapter, in PEFT's format (with the tokenizer).
+pub const ADAPTER_DIR: &str = "adapter";
+
+/// The file that holds what a checkpoint trained: the adapter's (LoRA) or the model's
+/// weights.
+pub fn weights_file(dir: &Path) -> PathBuf {
+    let adapter = dir.join(ADAPTER_DIR).join("adapter_model.safetensors");
+    if adapter.exists() {
+        adapter
+    } else {
+        dir.join("model").join("model.safetensors")
+    }
+}
+
+/// The directory that holds a checkpoint's tokenizer (`model/`, or a LoRA checkpoint's
+/// `adapter/`).
+pub fn tokenizer_dir(dir: &Path) -> PathBuf {
+    if dir.join(ADAPTER_DIR).join("adapter_config.json").exists() {
+        dir.join(ADAPTER_DIR)
+    } else {
+        dir.join("model")
+    }
 }
 
 /// `<run>/checkpoints/step-<N>`.
@@ -35,9 +63,14 @@ pub fn checkpoint_dir(run: &Path, step: u64) -> PathBuf {
     run.join("checkpoints").join(format!("step-{step:06}"))
 }
 
-/// The first tensor of `w` with a NaN or an infinity, if any.
+/// The first tensor of `w` with a NaN or an infinity, if any (of the adapter only when it
+/// has one: the base is frozen).
 pub fn first_non_finite(w: &ModelWeights) -> Result<Option<String>> {
-    for (name, t) in &w.tensors {
+    let tensors = match &w.adapter {
+        Some(a) => &a.tensors,
+        None => &w.tensors,
+    };
+    for (name, t) in tensors {
         // Element by element: a reduction (max, sum) could skip a NaN or overflow on finite values.
         let v = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         if v.iter().any(|x| !x.is_finite()) {
@@ -83,7 +116,10 @@ pub fn save(
     let pending_body = (!pending.is_empty())
         .then(|| serde_json::to_vec(pending).map_err(|e| Error::Msg(e.to_string())))
         .transpose()?;
-    let need = tensor_bytes(weights.tensors.values())
+    let need = match &weights.adapter {
+        Some(a) => tensor_bytes(a.tensors.values()),
+        None => tensor_bytes(weights.tensors.values()),
+    }
         + tensor_bytes(state.values())
         + pending_body.as_ref().map_or(0, |b| b.len() as u64);
     let root = run.join("checkpoints");
@@ -180,10 +216,29 @@ fn write_files(
     }
     crash_point("create the temporary directory");
     std::fs::create_dir_all(tmp).map_err(|e| Error::file_op("create", tmp, e))?;
-    // The model in Hugging Face format (f32 keeps resume bit-exact) and its tokenizer.
-    let model_dir = tmp.join("model");
-    crash_point("write the weights");
-    weights.save(&model_dir)?;
+    // The model in Hugging Face format (f32 keeps resume bit-exact) and its tokenizer; a
+    // LoRA run's adapter in PEFT's instead (its base is the config's model, or
+    // `lora_base`).
+    let model_dir = match &weights.adapter {
+        Some(a) => {
+            let dir = tmp.join(ADAPTER_DIR);
+            crash_point("write the weights");
+            let cfg = &trainer.cfg.model;
+            let base = match (&manifest.lora_base, cfg.base.as_str()) {
+                (Some(p), _) => p.display().to_string(),
+                (None, "") => format!("alp embedded {} (init_seed {})", cfg.preset, cfg.init_seed),
+                (None, b) => b.to_string(),
+            };
+            a.save_peft(&dir, &base)?;
+            dir
+        }
+        None => {
+            let dir = tmp.join("model");
+            crash_point("write the weights");
+            weights.save(&dir)?;
+            dir
+        }
+    };
     crash_point("write the tokenizer");
     trainer.tokenizer.save(&model_dir)?;
     crash_point("write the trainer state");
@@ -356,9 +411,37 @@ fn is_complete(dir: &Path) -> std::result::Result<(), String> {
     if !dir.join("trainer_state.safetensors").exists() {
         return Err("trainer_state.safetensors is missing".into());
     }
+    if dir.join(ADAPTER_DIR).join("adapter_config.json").exists() {
+        // The adapter against the base's shape (loading the base itself is not needed).
+        let man = read_manifest(dir).map_err(|e| e.to_string())?;
+        let shape = lora_base_config(&man).map_err(|e| e.to_string())?;
+        return alp_model::Adapter::load_peft(
+            &dir.join(ADAPTER_DIR),
+            &shape,
+            DType::F32,
+            &candle_core::Device::Cpu,
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+    }
     load_weights(dir, DType::F32, &candle_core::Device::Cpu)
         .map(|_| ())
         .map_err(|e| e.to_string())
+}
+
+/// The model shape of a LoRA checkpoint's base (read from its config, not its weights).
+fn lora_base_config(man: &Manifest) -> Result<alp_model::Config> {
+    if let Some(p) = &man.lora_base {
+        return alp_model::Config::from_file(&p.join("config.json"));
+    }
+    let cfg = crate::config::TrainConfig::from_toml(&man.config)?;
+    match cfg.model.source() {
+        crate::config::ModelSource::Embedded { preset } => alp_model::presets::by_name(preset),
+        crate::config::ModelSource::Checkpoint(b) => {
+            let d = alp_model::resolve_model_dir(b)?;
+            alp_model::Config::from_file(&d.join("config.json"))
+        }
+    }
 }
 
 /// The step a checkpoint directory's name says, and whether it is the one in place (`step-N`)
@@ -470,13 +553,36 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
     })
 }
 
-/// Loads the weights of a checkpoint in `dtype` on `device`.
+/// Loads the weights of a checkpoint in `dtype` on `device`: its model, or a LoRA
+/// checkpoint's base (the model its config names, or the manifest's `lora_base`) with its
+/// adapter.
 pub fn load_weights(
     dir: &Path,
     dtype: DType,
     device: &candle_core::Device,
 ) -> Result<ModelWeights> {
-    ModelWeights::load(&dir.join("model"), dtype, device)
+    let adapter = dir.join(ADAPTER_DIR);
+    if !adapter.join("adapter_config.json").exists() {
+        return ModelWeights::load(&dir.join("model"), dtype, device);
+    }
+    let man = read_manifest(dir)?;
+    let mut base = lora_base(&man, dtype, device)?;
+    base.adapter = Some(alp_model::Adapter::load_peft(
+        &adapter,
+        &base.config,
+        dtype,
+        device,
+    )?);
+    Ok(base)
+}
+
+/// The frozen base of a LoRA checkpoint with manifest `man`.
+fn lora_base(man: &Manifest, dtype: DType, device: &candle_core::Device) -> Result<ModelWeights> {
+    if let Some(p) = &man.lora_base {
+        return ModelWeights::load(p, dtype, device);
+    }
+    let cfg = crate::config::TrainConfig::from_toml(&man.config)?;
+    Ok(crate::trainer::base_weights_in(&cfg, dtype, device)?.0)
 }
 
 /// Restores the optimizer state and log σ of a checkpoint into `trainer` (whose weights were

@@ -131,6 +131,12 @@ pub struct ModelSection {
     /// and recompute the layer's activations in the backward (the same gradients; one layer's
     /// activations alive at a time instead of all of them, for a second forward's time).
     pub gradient_checkpointing: bool,
+    /// LoRA (`r` > 0): the base stays frozen and only low-rank adapters of the projections
+    /// (and ALP's σ) train, in SFT and RL; checkpoints hold the adapter in PEFT's format.
+    pub lora: alp_model::LoraConfig,
+    /// A PEFT adapter directory to start the adapter from (LoRA runs only; its rank, scale
+    /// and targets replace `lora`'s). Empty: a fresh adapter.
+    pub adapter: String,
 }
 
 impl Default for ModelSection {
@@ -143,6 +149,8 @@ impl Default for ModelSection {
             device: "cpu".into(),
             parallel_micro_batches: 0,
             gradient_checkpointing: false,
+            lora: alp_model::LoraConfig::default(),
+            adapter: String::new(),
         }
     }
 }
@@ -211,6 +219,11 @@ pub struct SftSection {
     /// at most this many (rows × longest row) whose gradients are summed, so short rows are
     /// not padded to the longest of the whole batch. 0: the whole batch in one forward.
     pub micro_batch_tokens: usize,
+    /// With LoRA on (`model.lora.r` > 0): SFT trains the adapter too. Off (the default): the
+    /// embedded default's warm start trains every weight (it makes the base from random
+    /// weights, which a low-rank update alone learns slowly), the result is written once to
+    /// `<run>/base`, and RL trains an adapter over it.
+    pub lora: bool,
 }
 
 impl Default for SftSection {
@@ -223,6 +236,7 @@ impl Default for SftSection {
             tool_fraction: 0.25,
             weight_decay: 0.0,
             micro_batch_tokens: 512,
+            lora: false,
         }
     }
 }
@@ -741,6 +755,16 @@ impl TrainConfig {
         }
         alp_model::parse_device(&self.model.device)
             .map_err(|e| Error::config("model.device", e.to_string()))?;
+        self.model.lora.validate()?;
+        if !self.model.adapter.is_empty() && !self.model.lora.is_on() {
+            return Err(Error::config(
+                "model.adapter",
+                format!(
+                    "{} is an adapter, but LoRA is off (model.lora.r = 0): set model.lora.r (the adapter's own rank is used), or merge the adapter first (`alp merge`)",
+                    self.model.adapter
+                ),
+            ));
+        }
         if let ModelSource::Embedded { preset } = self.model.source() {
             alp_model::presets::by_name(preset)?;
         }

@@ -356,7 +356,12 @@ impl Session {
 
     fn create_unchecked(cfg: TrainConfig, dir: PathBuf) -> Result<Self> {
         cfg.validate()?;
-        let trainer = Trainer::new(cfg)?;
+        let trainer = if Trainer::defers_lora(&cfg, 0) {
+            let (w, tok) = crate::trainer::base_weights(&cfg)?;
+            Trainer::from_weights_full(cfg, &w, tok)?
+        } else {
+            Trainer::new(cfg)?
+        };
         Self::open(trainer, dir, None)
     }
 
@@ -371,7 +376,16 @@ impl Session {
         let device = alp_model::parse_device(&cfg.model.device)?;
         let weights = checkpoint::load_weights(&ck, cfg.model.dtype.candle(), &device)?;
         let tok = Self::checkpoint_tokenizer(&ck, &cfg)?;
-        let trainer = Trainer::from_weights(cfg, &weights, tok)?;
+        let lora = cfg.model.lora.is_on();
+        let mut trainer = Trainer::from_weights(cfg, &weights, tok)?;
+        if lora {
+            // The adapter trains over the warm start's base: its model directory (a full
+            // checkpoint), or the base its own LoRA run recorded.
+            trainer.lora_base_dir = match weights.adapter {
+                Some(_) => man.lora_base.clone(),
+                None => Some(std::path::absolute(ck.join("model")).map_err(|e| Error::io(&ck, e))?),
+            };
+        }
         let mut s = Self::open(trainer, dir, None)?;
         s.eval_before = man.eval_before_rl;
         s.warm = true;
@@ -389,8 +403,9 @@ impl Session {
     }
 
     fn checkpoint_tokenizer(ck: &Path, cfg: &TrainConfig) -> Result<Tokenizer> {
-        let tok = Tokenizer::load(&ck.join("model"))?.ok_or_else(|| Error::MissingFile {
-            path: ck.join("model/tokenizer.json"),
+        let dir = checkpoint::tokenizer_dir(ck);
+        let tok = Tokenizer::load(&dir)?.ok_or_else(|| Error::MissingFile {
+            path: dir.join("tokenizer.json"),
             hint: "the checkpoint has no tokenizer".into(),
         })?;
         if cfg.model.is_embedded() {
@@ -431,7 +446,13 @@ impl Session {
         let device = alp_model::parse_device(&cfg.model.device)?;
         let weights = checkpoint::load_weights(&ck, cfg.model.dtype.candle(), &device)?;
         let tok = Self::checkpoint_tokenizer(&ck, &cfg)?;
-        let mut t = Trainer::from_weights(cfg, &weights, tok)?;
+        let sft_done = man.sft_steps_done.unwrap_or(usize::MAX);
+        let mut t = if weights.adapter.is_none() && Trainer::defers_lora(&cfg, sft_done) {
+            Trainer::from_weights_full(cfg, &weights, tok)?
+        } else {
+            Trainer::from_weights(cfg, &weights, tok)?
+        };
+        t.lora_base_dir = man.lora_base.clone();
         checkpoint::restore_state(&ck, &mut t, &man)?;
         // The KL term's reference is the policy RL started from: the run's step-0 checkpoint.
         let first = checkpoint::checkpoint_dir(&dir, 0);
@@ -512,7 +533,42 @@ impl Session {
         let start = self.sft_steps_done;
         let losses = crate::sft::run_sft(&mut self.trainer, start, stop, progress)?;
         self.sft_steps_done = start + losses.len();
+        if self.config().model.lora.is_on()
+            && !self.trainer.is_lora()
+            && !Trainer::defers_lora(self.config(), self.sft_steps_done)
+        {
+            self.start_lora()?;
+        }
         Ok(losses)
+    }
+
+    /// After a LoRA run's full-weight warm start: its weights are written once to
+    /// `<run>/base` (the base every later checkpoint's adapter applies to) and an adapter
+    /// trains from here.
+    fn start_lora(&mut self) -> Result<()> {
+        let base = self.dir.join("base");
+        let tmp = self.dir.join(".tmp-base");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| Error::file_op("remove", &tmp, e))?;
+        }
+        let t = &self.trainer;
+        t.weights()?
+            .snapshot(candle_core::DType::F32, &candle_core::Device::Cpu)?
+            .save(&tmp)?;
+        t.tokenizer.save(&tmp)?;
+        alp_core::fsio::sync_dir(&tmp)?;
+        if base.exists() {
+            std::fs::remove_dir_all(&base).map_err(|e| Error::file_op("remove", &base, e))?;
+        }
+        std::fs::rename(&tmp, &base).map_err(|e| Error::file_op("rename", &tmp, e))?;
+        let abs = std::path::absolute(&base).map_err(|e| Error::io(&base, e))?;
+        self.trainer.start_lora(abs)?;
+        self.message(format!(
+            "SFT done: its weights are the frozen base ({}); RL trains a rank-{} adapter",
+            base.display(),
+            self.config().model.lora.r
+        ));
+        Ok(())
     }
 
     /// Held-out evaluation on `eval.tasks` tasks (the builder's held-out source, else the
@@ -567,6 +623,7 @@ impl Session {
             wall_seconds: self.wall_seconds(),
             config: t.cfg.to_toml()?,
             sft_steps_done: Some(self.sft_steps_done),
+            lora_base: t.lora_base_dir.clone(),
         };
         let mut notes = Vec::new();
         let saved = checkpoint::save(&self.dir, t, &man, &pending, &mut notes);

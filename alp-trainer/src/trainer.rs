@@ -43,6 +43,9 @@ pub struct Trainer {
     pub step: u64,
     /// Consecutive steps skipped for a non-finite loss or gradient.
     pub bad_steps: usize,
+    /// A LoRA run's base when it is not the model the config names: the model directory of
+    /// the full checkpoint the run started from (recorded in its checkpoints' manifests).
+    pub lora_base_dir: Option<std::path::PathBuf>,
     /// Unperturbed copies of the recent weight versions that may still be sampling (async
     /// runs), to split the mismatch into its engine and staleness parts.
     history: std::collections::VecDeque<(u64, Model)>,
@@ -54,50 +57,92 @@ pub struct Trainer {
     /// The next step's trajectories scored under the version that sampled them, by the
     /// rollout worker (`rl.score_sampler = "at-sampling"`): (step, log-probs in batch order).
     sampler_logp: Option<(u64, Vec<Vec<f32>>)>,
+    /// A LoRA run's frozen base (no adapter); None when every weight trains.
+    base: Option<ModelWeights>,
+    /// A LoRA run's base as the rollout engine holds it (rollout dtype, quantised as
+    /// `rl.rollout_quant` says), made once: only the adapter changes between versions.
+    rollout_base: std::sync::OnceLock<std::collections::BTreeMap<String, Tensor>>,
 }
 
 impl Trainer {
     /// Builds the model, tokenizer, perturbation and optimizers from the config.
     pub fn new(cfg: TrainConfig) -> Result<Self> {
         cfg.validate()?;
-        let device = parse_device(&cfg.model.device)?;
-        let dtype = cfg.model.dtype.candle();
-        let (weights, tokenizer) = if let ModelSource::Embedded { preset } = cfg.model.source() {
-            let tok = default_task::build_tokenizer()?;
-            let mc = presets::by_name(preset)?;
-            tok.check_fits(&mc)?;
-            (
-                ModelWeights::random(&mc, cfg.model.init_seed, dtype, &device)?,
-                tok,
-            )
-        } else {
-            let p = alp_model::load_pretrained(&cfg.model.base, dtype, &device)?;
-            let tok = p.tokenizer.ok_or_else(|| {
-                Error::config(
-                    "model.base",
-                    format!("{} has no tokenizer.json", cfg.model.base),
-                )
-            })?;
-            if tok.chat_template().is_none() {
-                return Err(Error::config(
-                    "model.base",
-                    format!("the tokenizer of {} has no chat template (the chat tokens are missing); use an instruct checkpoint", cfg.model.base),
-                ));
-            }
-            (p.weights, tok)
-        };
+        let (weights, tokenizer) = base_weights(&cfg)?;
         Self::from_weights(cfg, &weights, tokenizer)
     }
 
     /// A trainer over given weights and tokenizer.
+    ///
+    /// With LoRA on (`model.lora.r` > 0) `weights` is the frozen base: its adapter, else the
+    /// one `model.adapter` names, else a fresh one, is what trains (`model.lora` then
+    /// records the adapter's own rank, scale and targets). Weights that carry an adapter in a
+    /// run without LoRA are merged first.
     pub fn from_weights(
         cfg: TrainConfig,
         weights: &ModelWeights,
         tokenizer: Tokenizer,
     ) -> Result<Self> {
+        Self::build(cfg, weights, tokenizer, true)
+    }
+
+    /// [`Trainer::from_weights`] that trains every weight for now even with LoRA on (the
+    /// full-weight SFT warm start of a LoRA run; [`Trainer::start_lora`] switches).
+    pub fn from_weights_full(
+        cfg: TrainConfig,
+        weights: &ModelWeights,
+        tokenizer: Tokenizer,
+    ) -> Result<Self> {
+        Self::build(cfg, weights, tokenizer, false)
+    }
+
+    /// Whether a run of `cfg` that has done `sft_done` SFT steps still trains every weight
+    /// though LoRA is on: the embedded default's warm start, unless `sft.lora`.
+    pub fn defers_lora(cfg: &TrainConfig, sft_done: usize) -> bool {
+        cfg.model.lora.is_on()
+            && !cfg.sft.lora
+            && cfg.model.is_embedded()
+            && sft_done < cfg.sft.steps
+    }
+
+    /// Ends a LoRA run's full-weight phase: the current weights become the frozen base
+    /// (`base_dir`, where the caller wrote them, is recorded for resumes) and a fresh adapter
+    /// trains from here, with fresh optimizer state. Step, version and σ carry over.
+    pub fn start_lora(&mut self, base_dir: std::path::PathBuf) -> Result<()> {
+        let base = self
+            .weights()?
+            .snapshot(self.model.dtype(), &self.device)?;
+        let tok = (*self.tokenizer).clone();
+        let mut next = Self::build(self.cfg.clone(), &base, tok, true)?;
+        // σ and its optimizer carry over together (the optimizer holds σ's variable).
+        std::mem::swap(&mut next.perturb, &mut self.perturb);
+        std::mem::swap(&mut next.opt.sigma, &mut self.opt.sigma);
+        next.version = self.version;
+        next.step = self.step;
+        next.lora_base_dir = Some(base_dir);
+        next.objective = self.objective.clone();
+        *self = next;
+        Ok(())
+    }
+
+    fn build(
+        mut cfg: TrainConfig,
+        weights: &ModelWeights,
+        tokenizer: Tokenizer,
+        lora_now: bool,
+    ) -> Result<Self> {
         let device = parse_device(&cfg.model.device)?;
         let cfg_objective = cfg.rl.objective;
+        let weights = with_adapter(&cfg, weights, &device, lora_now)?;
+        if let Some(a) = &weights.adapter {
+            cfg.model.lora = a.config.clone();
+        }
         let (model, varmap) = weights.build_trainable()?;
+        let base = weights.adapter.as_ref().map(|_| ModelWeights {
+            config: weights.config.clone(),
+            tensors: weights.tensors.clone(),
+            adapter: None,
+        });
         let n_layers = weights.config.num_hidden_layers;
         let mut pc = cfg.perturbation.clone();
         pc.seed ^= cfg.seed;
@@ -136,10 +181,13 @@ impl Trainer {
             version: 0,
             step: 0,
             bad_steps: 0,
+            lora_base_dir: None,
             history: Default::default(),
             reference: None,
             objective: Arc::new(cfg_objective),
             sampler_logp: None,
+            base,
+            rollout_base: std::sync::OnceLock::new(),
         })
     }
 
@@ -158,9 +206,25 @@ impl Trainer {
         self.objective = objective;
     }
 
-    /// The current weights (sharing storage with the trainable variables).
+    /// The current weights (sharing storage with the trainable variables): with LoRA, the
+    /// frozen base and the adapter.
     pub fn weights(&self) -> Result<ModelWeights> {
-        ModelWeights::from_varmap(self.model.config(), &self.varmap)
+        let trained = ModelWeights::from_varmap(self.model.config(), &self.varmap)?;
+        Ok(match &self.base {
+            Some(base) => ModelWeights {
+                adapter: Some(alp_model::Adapter {
+                    config: self.cfg.model.lora.clone(),
+                    tensors: trained.tensors,
+                }),
+                ..base.clone()
+            },
+            None => trained,
+        })
+    }
+
+    /// Whether only a LoRA adapter trains (the base is frozen).
+    pub fn is_lora(&self) -> bool {
+        self.base.is_some()
     }
 
     /// Sets the reference policy of the KL term (`rl.kl.coef` > 0) to `weights`, in f32.
@@ -214,6 +278,34 @@ impl Trainer {
     /// rollout dtype.
     pub fn rollout_snapshot(&self) -> Result<ModelWeights> {
         let w = self.weights()?;
+        let dtype = self.cfg.rl.rollout_dtype.candle();
+        if let Some(base) = &self.base {
+            // The base in the rollout dtype once; each version copies only its adapter (kept
+            // in full precision's rounding to the rollout dtype, not quantised, as a serving
+            // engine applies LoRA over a quantised base).
+            if self.rollout_base.get().is_none() {
+                let _ = self.rollout_base.set(self.rollout_weights(base)?.tensors);
+            }
+            let tensors = self.rollout_base.get().cloned().unwrap_or_default();
+            let adapter = match &w.adapter {
+                Some(a) => Some(a.snapshot(dtype, &self.device)?),
+                None => None,
+            };
+            return Ok(ModelWeights {
+                config: w.config,
+                tensors,
+                adapter,
+            });
+        }
+        self.rollout_weights(&w)
+    }
+
+    /// `w` (without its adapter) in the rollout dtype, quantised as `rl.rollout_quant` says.
+    fn rollout_weights(&self, w: &ModelWeights) -> Result<ModelWeights> {
+        let w = ModelWeights {
+            adapter: None,
+            ..w.clone()
+        };
         let dtype = self.cfg.rl.rollout_dtype.candle();
         let Some(levels) = self.cfg.rl.rollout_quant.levels() else {
             return w.snapshot(dtype, &self.device);
@@ -542,6 +634,81 @@ impl Trainer {
         Ok(())
     }
 }
+
+/// The model a run starts from, as its config names it: the embedded default (random
+/// weights from `model.init_seed`, the built-in tokenizer) or the checkpoint `model.base`
+/// (which must have a tokenizer with a chat template). A LoRA run's frozen base.
+pub fn base_weights(cfg: &TrainConfig) -> Result<(ModelWeights, Tokenizer)> {
+    let device = parse_device(&cfg.model.device)?;
+    base_weights_in(cfg, cfg.model.dtype.candle(), &device)
+}
+
+/// [`base_weights`] in `dtype` on `device`.
+pub fn base_weights_in(
+    cfg: &TrainConfig,
+    dtype: candle_core::DType,
+    device: &Device,
+) -> Result<(ModelWeights, Tokenizer)> {
+    let device = device.clone();
+    if let ModelSource::Embedded { preset } = cfg.model.source() {
+        let tok = default_task::build_tokenizer()?;
+        let mc = presets::by_name(preset)?;
+        tok.check_fits(&mc)?;
+        return Ok((
+            ModelWeights::random(&mc, cfg.model.init_seed, dtype, &device)?,
+            tok,
+        ));
+    }
+    let p = alp_model::load_pretrained(&cfg.model.base, dtype, &device)?;
+    let tok = p.tokenizer.ok_or_else(|| {
+        Error::config(
+            "model.base",
+            format!("{} has no tokenizer.json", cfg.model.base),
+        )
+    })?;
+    if tok.chat_template().is_none() {
+        return Err(Error::config(
+            "model.base",
+            format!("the tokenizer of {} has no chat template (the chat tokens are missing); use an instruct checkpoint", cfg.model.base),
+        ));
+    }
+    Ok((p.weights, tok))
+}
+
+/// The weights a trainer of `cfg` trains: with LoRA, `weights` and an adapter (its own,
+/// else `model.adapter`'s, else a fresh one seeded by `seed`); without, `weights` with any
+/// adapter merged in.
+fn with_adapter(
+    cfg: &TrainConfig,
+    weights: &ModelWeights,
+    device: &Device,
+    lora_now: bool,
+) -> Result<ModelWeights> {
+    let lora = &cfg.model.lora;
+    let mut w = weights.clone();
+    if !lora.is_on() || (!lora_now && w.adapter.is_none()) {
+        return if w.adapter.is_some() { w.merged() } else { Ok(w) };
+    }
+    if w.adapter.is_none() {
+        let dtype = cfg.model.dtype.candle();
+        w.adapter = Some(if cfg.model.adapter.is_empty() {
+            alp_model::Adapter::init(&w.config, lora, cfg.seed ^ LORA_SEED, dtype, device)?
+        } else {
+            alp_model::Adapter::load_peft(
+                std::path::Path::new(&cfg.model.adapter),
+                &w.config,
+                dtype,
+                device,
+            )
+            .map_err(|e| Error::config("model.adapter", e.to_string()))?
+        });
+    }
+    Ok(w)
+}
+
+/// Mixed into `seed` for a fresh adapter's initialisation (its own stream, apart from the
+/// perturbation's and the sampler's).
+const LORA_SEED: u64 = 0x4c6f_5241;
 
 /// Symmetric per-row quantisation of a matrix to `levels` steps each side of 0, returned
 /// dequantised (what a weight-only quantised engine computes with).
