@@ -105,6 +105,53 @@ fn a_lora_run_trains_only_the_adapter_over_its_warm_start_and_resumes_bit_for_bi
         .collect();
     assert!(sigma_grads.iter().any(|g| *g > 0.0), "{sigma_grads:?}");
 
+    // `alp merge` folds the adapter into its base: a plain checkpoint with the same forward.
+    let merged = root.path().join("merged");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_alp"))
+        .args(["merge"])
+        .arg(&whole)
+        .arg("--out")
+        .arg(&merged)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(merged.join("tokenizer.json").is_file());
+    let plain = alp_model::ModelWeights::load(&merged, DType::F32, &Device::Cpu).unwrap();
+    let lora = checkpoint::load_weights(&ck, DType::F32, &Device::Cpu).unwrap();
+    let ids = candle_core::Tensor::new(&[[3u32, 17, 40, 9, 22, 5, 61, 2]], &Device::Cpu).unwrap();
+    let f = |w: &alp_model::ModelWeights| {
+        w.build()
+            .unwrap()
+            .forward_full(
+                &ids,
+                &[],
+                &alp_model::NoPerturbation,
+                alp_model::Numerics::Inference,
+            )
+            .unwrap()
+    };
+    let d = (f(&plain) - f(&lora))
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(d < 1e-5, "merged vs adapter logits: {d}");
+    // A full checkpoint has nothing to merge: said, and nothing written.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_alp"))
+        .args(["merge"])
+        .arg(whole.join("base"))
+        .arg("--out")
+        .arg(root.path().join("nothing"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("nothing to merge") || err.contains("no checkpoint"), "{err}");
+    assert!(!root.path().join("nothing").exists());
+
     // Cut into pieces, each a resume of the last: the same adapter, bit for bit.
     let cut = root.path().join("cut");
     for (i, n) in [1u64, 2, 1].into_iter().enumerate() {

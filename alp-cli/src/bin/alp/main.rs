@@ -9,6 +9,7 @@ mod generate;
 mod grade;
 mod init;
 mod logprobs;
+mod merge;
 mod serve;
 mod train;
 
@@ -186,6 +187,24 @@ enum Command {
         #[arg(long)]
         strict: bool,
     },
+    /// Merge a LoRA adapter into its base: a plain Hugging Face checkpoint (config.json,
+    /// model.safetensors, tokenizer) that any loader reads without PEFT.
+    Merge {
+        /// A LoRA run directory or checkpoint, or a PEFT adapter directory.
+        source: PathBuf,
+        /// The base of a PEFT adapter directory (default: its base_model_name_or_path).
+        #[arg(long)]
+        base: Option<String>,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Dtype of the merged weights: f32, bf16 or f16.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        /// Replace what --out holds.
+        #[arg(long)]
+        force: bool,
+    },
     /// Write a randomly initialised checkpoint in Hugging Face format.
     Init {
         /// A named shape (tiny, qwen2-25m, qwen2.5-0.5b).
@@ -238,6 +257,13 @@ fn main() -> Result<()> {
             device,
         } => logprobs::run(&model, &tokens, &dtype, &device),
         Command::Grade { input, strict } => grade::run(&input, strict),
+        Command::Merge {
+            source,
+            base,
+            out,
+            dtype,
+            force,
+        } => merge::run(&source, base.as_deref(), &out, &dtype, force),
         Command::Train {
             config,
             sets,
