@@ -149,7 +149,10 @@ fn a_lora_run_trains_only_the_adapter_over_its_warm_start_and_resumes_bit_for_bi
         .unwrap();
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("nothing to merge") || err.contains("no checkpoint"), "{err}");
+    assert!(
+        err.contains("nothing to merge") || err.contains("no checkpoint"),
+        "{err}"
+    );
     assert!(!root.path().join("nothing").exists());
 
     // Cut into pieces, each a resume of the last: the same adapter, bit for bit.

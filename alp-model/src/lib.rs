@@ -43,7 +43,7 @@ pub use decoder::{Checkpointed, Model, Numerics, TrainingForward};
 pub use kv_cache::KvCache;
 pub use loader::{expected_tensors, resolve_model_dir, weight_files, ModelWeights};
 pub use logprobs::{sequence_logprobs, token_logprobs};
-pub use lora::{Adapter, LoraConfig};
+pub use lora::{Adapter, AdapterModels, LoraConfig};
 pub use perturbation::{
     seeded_rng, KeyedGaussian, LayerSelection, LayerwiseGaussian, NoPerturbation, Perturbation,
     PerturbationConfig, SigmaMode,

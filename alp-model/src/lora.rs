@@ -415,3 +415,59 @@ impl Adapter {
         self.tensors.values().map(|t| t.elem_count()).sum()
     }
 }
+
+/// The models of successive adapter versions over one frozen base (a rollout engine's view of
+/// a LoRA run): the base model is built once, in the engine's dtype, and each version's model
+/// is a clone of it (sharing its weights and the packed copies its decode kernels make on
+/// first use) with that version's adapter attached. Weights without an adapter are built as
+/// they are.
+#[derive(Debug, Default, Clone)]
+pub struct AdapterModels {
+    /// The base's identity (its embedding tensor's id, the dtype) and its model.
+    base: Option<((candle_core::TensorId, DType), crate::Model)>,
+}
+
+impl AdapterModels {
+    /// The model of `weights` in `dtype` on `device`.
+    pub fn build(
+        &mut self,
+        weights: &crate::ModelWeights,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<crate::Model> {
+        let Some(adapter) = &weights.adapter else {
+            self.base = None;
+            let ready = weights
+                .tensors
+                .values()
+                .all(|t| t.dtype() == dtype && t.device().same_device(device));
+            return if ready {
+                weights.build()
+            } else {
+                weights.snapshot(dtype, device)?.build()
+            };
+        };
+        let id = weights
+            .tensors
+            .get("model.embed_tokens.weight")
+            .map(|t| t.id())
+            .ok_or_else(|| Error::invalid("the base has no model.embed_tokens.weight"))?;
+        let key = (id, dtype);
+        let base = match &self.base {
+            Some((k, m)) if *k == key && m.device().same_device(device) => m.clone(),
+            _ => {
+                let plain = crate::ModelWeights {
+                    config: weights.config.clone(),
+                    tensors: weights.tensors.clone(),
+                    adapter: None,
+                };
+                let m = plain.snapshot(dtype, device)?.build()?;
+                self.base = Some((key, m.clone()));
+                m
+            }
+        };
+        let mut model = base;
+        model.attach_adapter(&adapter.snapshot(dtype, device)?)?;
+        Ok(model)
+    }
+}

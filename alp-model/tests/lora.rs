@@ -395,3 +395,48 @@ fn a_snapshot_shares_the_frozen_base_and_copies_the_adapter() {
     };
     assert!(same(&trained.tensors[k], &snap.tensors[k]));
 }
+
+#[test]
+fn adapter_models_build_the_base_once_and_attach_each_version() {
+    let cfg = presets::tiny();
+    let lc = lora(2, &["q_proj", "down_proj"]);
+    let base = ModelWeights::random(&cfg, 3, DType::F32, &Device::Cpu).unwrap();
+    let mut models = alp_model::AdapterModels::default();
+    let ids = tokens(1, 6, cfg.vocab_size, 3);
+    let run = |m: &alp_model::Model| {
+        m.forward_full(&ids, &[], &NoPerturbation, Numerics::Inference)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+    };
+    let ptr = |m: &alp_model::Model| {
+        let (s, _) = m.lm_head_weight().storage_and_layout();
+        match &*s {
+            candle_core::Storage::Cpu(c) => c.as_slice::<half::bf16>().unwrap().as_ptr() as usize,
+            _ => unreachable!(),
+        }
+    };
+    let mut outs = Vec::new();
+    let mut ptrs = Vec::new();
+    for seed in [1, 2] {
+        let w = ModelWeights {
+            adapter: Some(trained_adapter(&cfg, &lc, seed)),
+            ..base.clone()
+        };
+        // In bf16: the base is converted once, not per version.
+        let m = models.build(&w, DType::BF16, &Device::Cpu).unwrap();
+        let want = w
+            .snapshot(DType::BF16, &Device::Cpu)
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(max_abs_diff(&run(&m), &run(&want)), 0.0);
+        ptrs.push(ptr(&m));
+        outs.push(run(&m));
+    }
+    assert_eq!(ptrs[0], ptrs[1], "the base was converted again");
+    assert!(
+        max_abs_diff(&outs[0], &outs[1]) > 0.0,
+        "the second adapter was ignored"
+    );
+}

@@ -208,6 +208,8 @@ pub struct Engine {
     prefixes: Arc<std::sync::Mutex<PrefixStore>>,
     /// The counters of every batch served so far, shared by the engine's clones.
     totals: Arc<std::sync::Mutex<GenerateStats>>,
+    /// A LoRA run's base model, built once and shared by every version's model.
+    models: alp_model::AdapterModels,
 }
 
 impl std::fmt::Debug for Engine {
@@ -232,18 +234,23 @@ impl Engine {
             version: 0,
             prefixes: Default::default(),
             totals: Default::default(),
+            models: Default::default(),
         })
     }
 
-    /// Builds the rollout model from `weights` in `dtype` (f32, bf16 or f16) on `device`.
+    /// Builds the rollout model from `weights` in `dtype` (f32, bf16 or f16) on `device`
+    /// (a LoRA run's: its base once, the adapter applied unmerged).
     pub fn from_weights(
         weights: &ModelWeights,
         dtype: DType,
         device: &Device,
         config: EngineConfig,
     ) -> Result<Self> {
-        let model = weights.snapshot(dtype, device)?.build()?;
-        Engine::new(Arc::new(model), config)
+        let mut models = alp_model::AdapterModels::default();
+        let model = models.build(weights, dtype, device)?;
+        let mut e = Engine::new(Arc::new(model), config)?;
+        e.models = models;
+        Ok(e)
     }
 
     /// Uses `tokenizer` for stop strings and its end-of-sequence tokens as EOS.
@@ -797,18 +804,11 @@ impl crate::backend::RolloutBackend for Engine {
     }
 
     /// Rebuilds the model from `weights` in the engine's dtype, on its device (no copy where
-    /// they already are).
+    /// they already are; a LoRA run's base only once).
     fn publish(&mut self, version: PolicyVersion, weights: &ModelWeights) -> Result<()> {
         let (dtype, device) = (self.model.dtype(), self.model.device().clone());
-        let ready = weights
-            .tensors
-            .values()
-            .all(|t| t.dtype() == dtype && t.device().same_device(&device));
-        self.model = Arc::new(if ready {
-            weights.build()?
-        } else {
-            weights.snapshot(dtype, &device)?.build()?
-        });
+        // A LoRA version reuses the base model (and its packed copies) of the last one.
+        self.model = Arc::new(self.models.build(weights, dtype, &device)?);
         self.version = version;
         // Sequences kept under the old weights are never continued by the new ones.
         if let Ok(mut p) = self.prefixes.lock() {

@@ -30,9 +30,18 @@
 //!   SGLang: `POST /update_weights_from_disk {"model_path", "weight_version"}` (its
 //!   `--api-key` as the bearer token if set). vLLM's stock OpenAI server has no endpoint that
 //!   loads weights from a directory (RL frameworks wrap it or use its NCCL/IPC weight
-//!   transfer), so publishing to `kind = "vllm"` is refused with that explanation: use vLLM
-//!   for evaluation with fixed weights, or behind a wrapper that speaks SGLang's endpoint
-//!   (`kind = "sglang"`).
+//!   transfer), so publishing full weights to `kind = "vllm"` is refused with that
+//!   explanation: use vLLM for evaluation with fixed weights, behind a wrapper that speaks
+//!   SGLang's endpoint (`kind = "sglang"`), or with LoRA.
+//! - LoRA (weights with an adapter): only the adapter is published, as PEFT's directory
+//!   `adapter-vN`. alp: `POST /reload {"path": base, "adapter": dir, "version"}`, the base
+//!   written once to `base/` and kept by the server between reloads. SGLang:
+//!   `POST /load_lora_adapter {"lora_name": "alp-vN", "lora_path"}`, requests name it in
+//!   `lora_path`; vLLM: `POST /v1/load_lora_adapter` (the same body; the server needs
+//!   `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`), requests name it as the `model`; each server
+//!   must already serve the run's base with LoRA enabled. The previous adapter is then
+//!   unloaded (`/unload_lora_adapter`, `/v1/unload_lora_adapter`). The SGLang and vLLM
+//!   adapter paths are written from their documentation and untested here.
 
 use crate::backend::{Completion, Request};
 use crate::backend::{Generation, RolloutBackend};
@@ -142,6 +151,25 @@ pub struct RemoteBackend {
     vocab_size: Option<usize>,
     tokenizer: Option<Arc<Tokenizer>>,
     published: Option<PathBuf>,
+    /// A LoRA run's base as written for `alp serve` (once): the base embedding's tensor id
+    /// and the directory.
+    base: Option<(candle_core::TensorId, PathBuf)>,
+    /// The adapters published and still loaded (SGLang and vLLM) or on disk: (name, version,
+    /// directory), oldest first; requests name the newest.
+    adapters: VecDeque<(String, PolicyVersion, PathBuf)>,
+}
+
+/// What a publish asks a server to load.
+enum Load<'a> {
+    /// A full model directory.
+    Model(&'a std::path::Path),
+    /// A PEFT adapter directory named `name` over the base directory `base` (alp serve; the
+    /// others serve the base they were started with).
+    Adapter {
+        base: Option<&'a std::path::Path>,
+        dir: &'a std::path::Path,
+        name: &'a str,
+    },
 }
 
 impl RemoteBackend {
@@ -170,6 +198,8 @@ impl RemoteBackend {
             vocab_size: None,
             tokenizer: None,
             published: None,
+            base: None,
+            adapters: VecDeque::new(),
         })
     }
 
@@ -219,7 +249,19 @@ impl RemoteBackend {
         req: &Request,
     ) -> std::result::Result<(Completion, PolicyVersion), Fault> {
         let url = format!("{}/v1/completions", server.url);
-        let body = CompletionRequest::from_engine(req);
+        let mut body = CompletionRequest::from_engine(req);
+        // SGLang and vLLM serve several adapters: the request names the newest (vLLM as the
+        // model, SGLang as `lora_path`), and its answer comes from that version.
+        let named = self
+            .adapters
+            .back()
+            .filter(|_| self.cfg.kind != ServerKind::Alp);
+        if let Some((name, _, _)) = named {
+            match self.cfg.kind {
+                ServerKind::Vllm => body.model = Some(name.clone()),
+                _ => body.lora_path = Some(name.clone()),
+            }
+        }
         let resp = self
             .agent
             .post(&url)
@@ -242,7 +284,10 @@ impl RemoteBackend {
             }
             Err(ureq::Error::Transport(t)) => return Err(Fault::Down(t.to_string())),
         };
-        let known = *server.version.lock().expect("version lock");
+        let known = match named {
+            Some((_, v, _)) => *v,
+            None => *server.version.lock().expect("version lock"),
+        };
         self.parse(&server.url, &text, req, known)
             .map_err(Fault::Fatal)
     }
@@ -373,28 +418,52 @@ impl RemoteBackend {
         ))
     }
 
-    /// Asks `server` to load the model directory `dir` as `version`.
-    fn reload(&self, server: &Server, dir: &std::path::Path, version: PolicyVersion) -> Result<()> {
-        let path = dir.display().to_string();
-        let (endpoint, body) = match self.cfg.kind {
-            ServerKind::Alp => (
+    /// Asks `server` to load `what` as `version`.
+    fn reload(&self, server: &Server, what: &Load, version: PolicyVersion) -> Result<()> {
+        let (endpoint, body) = match (what, self.cfg.kind) {
+            (Load::Model(dir), ServerKind::Alp) => (
                 "/reload",
                 serde_json::to_value(ReloadRequest {
-                    path,
+                    path: dir.display().to_string(),
                     version: Some(version),
+                    adapter: None,
                 })
                 .map_err(|e| Error::Msg(e.to_string()))?,
             ),
-            ServerKind::Sglang => (
+            (Load::Model(dir), ServerKind::Sglang) => (
                 "/update_weights_from_disk",
-                serde_json::json!({ "model_path": path, "weight_version": version.to_string() }),
+                serde_json::json!({ "model_path": dir.display().to_string(), "weight_version": version.to_string() }),
             ),
-            ServerKind::Vllm => {
+            (Load::Model(_), ServerKind::Vllm) => {
                 return Err(Error::remote(
                     &server.url,
-                    "vLLM's OpenAI server has no endpoint that loads weights from a directory: use alp serve or SGLang for training rollouts, or a wrapper that speaks SGLang's /update_weights_from_disk (kind = \"sglang\")",
+                    "vLLM's OpenAI server has no endpoint that loads full weights from a directory: use alp serve or SGLang for full-weight training rollouts, LoRA (model.lora.r > 0: vLLM's /v1/load_lora_adapter), or a wrapper that speaks SGLang's /update_weights_from_disk (kind = \"sglang\")",
                 ))
             }
+            (Load::Adapter { base, dir, .. }, ServerKind::Alp) => (
+                "/reload",
+                serde_json::to_value(ReloadRequest {
+                    path: base
+                        .ok_or_else(|| Error::Msg("no base directory for alp serve".into()))?
+                        .display()
+                        .to_string(),
+                    version: Some(version),
+                    adapter: Some(dir.display().to_string()),
+                })
+                .map_err(|e| Error::Msg(e.to_string()))?,
+            ),
+            (Load::Adapter { dir, name, .. }, ServerKind::Sglang) => (
+                "/load_lora_adapter",
+                serde_json::json!({ "lora_name": name, "lora_path": dir.display().to_string() }),
+            ),
+            (Load::Adapter { dir, name, .. }, ServerKind::Vllm) => (
+                "/v1/load_lora_adapter",
+                serde_json::json!({ "lora_name": name, "lora_path": dir.display().to_string() }),
+            ),
+        };
+        let dir = match what {
+            Load::Model(d) => d,
+            Load::Adapter { dir, .. } => dir,
         };
         let mut call = self
             .agent
@@ -415,6 +484,110 @@ impl RemoteBackend {
             )),
             Err(ureq::Error::Transport(t)) => Err(Error::remote(&server.url, t.to_string())),
         }
+    }
+}
+
+impl RemoteBackend {
+    /// Publishes a LoRA version: the adapter only (PEFT's directory, `adapter-vN`), and for
+    /// `alp serve` the base once (`base/`), which it keeps between reloads. SGLang and vLLM
+    /// load the adapter by name (`alp-vN`) over the base they were started with (which must
+    /// be the run's base: `--enable-lora`, a maximum rank of at least `r`; vLLM with
+    /// `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`); the previous adapter is unloaded after.
+    fn publish_adapter(
+        &mut self,
+        version: PolicyVersion,
+        weights: &ModelWeights,
+        adapter: &alp_model::Adapter,
+    ) -> Result<()> {
+        let key = weights
+            .tensors
+            .get("model.embed_tokens.weight")
+            .map(|t| t.id())
+            .ok_or_else(|| Error::invalid("the base has no model.embed_tokens.weight"))?;
+        if self.cfg.kind == ServerKind::Alp && self.base.as_ref().map(|b| b.0) != Some(key) {
+            let dir = self.cfg.publish_dir.join("base");
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|e| Error::file_op("remove", &dir, e))?;
+            }
+            ModelWeights {
+                adapter: None,
+                ..weights.clone()
+            }
+            .save(&dir)?;
+            if let Some(t) = &self.tokenizer {
+                t.save(&dir)?;
+            }
+            let dir = std::fs::canonicalize(&dir).map_err(|e| Error::io(&dir, e))?;
+            self.base = Some((key, dir));
+        }
+        let name = format!("alp-v{version}");
+        let dir = self.cfg.publish_dir.join(format!("adapter-v{version:08}"));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| Error::file_op("remove", &dir, e))?;
+        }
+        adapter.save_peft(&dir, "alp published base")?;
+        let dir = std::fs::canonicalize(&dir).map_err(|e| Error::io(&dir, e))?;
+        self.version = version;
+        self.vocab_size = self.vocab_size.or(Some(weights.config.vocab_size));
+        let load = Load::Adapter {
+            base: self.base.as_ref().map(|b| b.1.as_path()),
+            dir: &dir,
+            name: &name,
+        };
+        let mut errors = Vec::new();
+        for s in &self.servers {
+            match self.reload(s, &load, version) {
+                Ok(()) => {
+                    *s.version.lock().expect("version lock") = version;
+                    s.down.store(false, Ordering::SeqCst);
+                }
+                Err(e) => {
+                    s.down.store(true, Ordering::SeqCst);
+                    errors.push(e.to_string());
+                }
+            }
+        }
+        if errors.len() == self.servers.len() {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(Error::Msg(format!(
+                "no rollout server took the adapter of weight version {version}: {}",
+                errors.join("; ")
+            )));
+        }
+        // Older adapters are no longer asked for: unloaded where servers keep several, and
+        // their directories removed.
+        let old: Vec<_> = self.adapters.drain(..).collect();
+        self.adapters.push_back((name, version, dir));
+        for (old_name, _, old_dir) in old {
+            if self.cfg.kind != ServerKind::Alp {
+                for s in self
+                    .servers
+                    .iter()
+                    .filter(|s| !s.down.load(Ordering::SeqCst))
+                {
+                    self.unload(s, &old_name);
+                }
+            }
+            let _ = std::fs::remove_dir_all(old_dir);
+        }
+        Ok(())
+    }
+
+    /// Asks SGLang or vLLM to drop the adapter `name` (best effort: a server that keeps it
+    /// only holds memory; requests never name it again).
+    fn unload(&self, server: &Server, name: &str) {
+        let endpoint = match self.cfg.kind {
+            ServerKind::Vllm => "/v1/unload_lora_adapter",
+            _ => "/unload_lora_adapter",
+        };
+        let mut call = self
+            .agent
+            .post(&format!("{}{endpoint}", server.url))
+            .timeout(Duration::from_secs_f64(self.cfg.reload_timeout_s));
+        if let Some(t) = &self.cfg.reload_token {
+            call = call.set("Authorization", &format!("Bearer {t}"));
+        }
+        let _ = call.send_json(serde_json::json!({ "lora_name": name }));
     }
 }
 
@@ -493,6 +666,10 @@ impl RolloutBackend for RemoteBackend {
     }
 
     fn publish(&mut self, version: PolicyVersion, weights: &ModelWeights) -> Result<()> {
+        if let Some(a) = &weights.adapter {
+            return self.publish_adapter(version, weights, a);
+        }
+        self.base = None;
         let dir = self.cfg.publish_dir.join(format!("v{version:08}"));
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(|e| Error::file_op("remove", &dir, e))?;
@@ -508,7 +685,7 @@ impl RolloutBackend for RemoteBackend {
         self.vocab_size = self.vocab_size.or(Some(weights.config.vocab_size));
         let mut errors = Vec::new();
         for s in &self.servers {
-            match self.reload(s, &dir, version) {
+            match self.reload(s, &Load::Model(&dir), version) {
                 Ok(()) => {
                     *s.version.lock().expect("version lock") = version;
                     s.down.store(false, Ordering::SeqCst);

@@ -105,6 +105,9 @@ pub struct CompletionRequest {
     /// vLLM's switch for token ids in the response (alp always returns them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub return_token_ids: Option<bool>,
+    /// SGLang's choice of a loaded LoRA adapter by name (alp ignores it: it serves one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora_path: Option<String>,
     /// alp's extension.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alp: Option<AlpRequest>,
@@ -148,6 +151,7 @@ impl CompletionRequest {
             ignore_eos: p.ignore_eos,
             logprobs: Some(1),
             return_token_ids: Some(true),
+            lora_path: None,
             alp: Some(AlpRequest {
                 keep_sampling_mask: p.keep_sampling_mask,
                 max_support: p.max_support,
@@ -304,6 +308,11 @@ pub struct ReloadRequest {
     /// The weight version it holds (the server's previous one + 1 when absent).
     #[serde(default)]
     pub version: Option<PolicyVersion>,
+    /// A LoRA adapter directory in PEFT's format to apply over `path` (the base): a server
+    /// that already holds that base keeps it (weights and packed copies) and only attaches
+    /// the adapter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<String>,
 }
 
 /// The answer to a [`ReloadRequest`].

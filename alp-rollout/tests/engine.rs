@@ -805,7 +805,12 @@ fn lora_rollout_logprobs_equal_the_trainers_forward() {
     }
     w.adapter = Some(a);
     let (trainer_model, _vars) = w.build_trainable().unwrap();
-    let engine_model = Arc::new(w.snapshot(DType::F32, &Device::Cpu).unwrap().build().unwrap());
+    let engine_model = Arc::new(
+        w.snapshot(DType::F32, &Device::Cpu)
+            .unwrap()
+            .build()
+            .unwrap(),
+    );
     let plain = Arc::new(
         ModelWeights {
             adapter: None,

@@ -29,6 +29,8 @@ pub struct App {
     tokenizer: Mutex<Option<Arc<Tokenizer>>>,
     /// One reload at a time.
     reload_lock: tokio::sync::Mutex<()>,
+    /// The base of the LoRA adapters reloaded so far (kept between reloads).
+    base_cache: Arc<Mutex<crate::BaseCache>>,
     next_id: AtomicU64,
 }
 
@@ -47,6 +49,7 @@ impl App {
             tx: Mutex::new(Some(tx)),
             tokenizer: Mutex::new(tokenizer),
             reload_lock: tokio::sync::Mutex::new(()),
+            base_cache: Default::default(),
             next_id: AtomicU64::new(0),
         });
         (thread, app)
@@ -255,10 +258,25 @@ async fn reload(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) ->
     let t0 = std::time::Instant::now();
     let dir = PathBuf::from(&req.path);
     let cfg = app.cfg.clone();
-    let loaded = tokio::task::spawn_blocking(move || load_engine(&dir, &cfg)).await;
+    let adapter = req.adapter.clone().map(PathBuf::from);
+    let cache = app.base_cache.clone();
+    let loaded = tokio::task::spawn_blocking(move || match adapter {
+        Some(a) => {
+            let mut c = cache.lock().expect("base cache lock");
+            crate::load_engine_with_adapter(&dir, &a, &cfg, &mut c)
+        }
+        None => load_engine(&dir, &cfg),
+    })
+    .await;
     let engine = match loaded {
         Ok(Ok(e)) => e,
-        Ok(Err(e)) => return invalid(format!("cannot load {}: {e}", req.path)),
+        Ok(Err(e)) => {
+            let what = match &req.adapter {
+                Some(a) => format!("the adapter {a} over {}", req.path),
+                None => req.path.clone(),
+            };
+            return invalid(format!("cannot load {what}: {e}"));
+        }
         Err(e) => {
             return error(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -126,37 +126,89 @@ impl ServeConfig {
 
 /// Builds an engine over the model directory `dir` (and its tokenizer, if it has one).
 pub fn load_engine(dir: &Path, cfg: &ServeConfig) -> Result<Engine> {
+    let (model, tok) = load_base(dir, cfg)?;
+    engine_over(model, tok, cfg)
+}
+
+/// The dtype `cfg` serves `dir` in (`auto`: the checkpoint's `torch_dtype`).
+fn serve_dtype(dir: &Path, cfg: &ServeConfig) -> Result<candle_core::DType> {
+    if cfg.dtype != "auto" {
+        return alp_model::parse_dtype(&cfg.dtype);
+    }
+    let text = std::fs::read_to_string(dir.join("config.json"))
+        .map_err(|e| Error::file_op("read", dir.join("config.json"), e))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Parse {
+        path: dir.join("config.json"),
+        message: e.to_string(),
+    })?;
+    Ok(match v.get("torch_dtype").and_then(|d| d.as_str()) {
+        Some("bfloat16") => candle_core::DType::BF16,
+        Some("float16") => candle_core::DType::F16,
+        _ => candle_core::DType::F32,
+    })
+}
+
+/// The model of the directory `dir` and its tokenizer (checked to fit), as `cfg` serves it.
+fn load_base(dir: &Path, cfg: &ServeConfig) -> Result<(alp_model::Model, Option<Arc<Tokenizer>>)> {
     let device = alp_model::parse_device(&cfg.device)?;
-    let dtype = if cfg.dtype == "auto" {
-        let text = std::fs::read_to_string(dir.join("config.json"))
-            .map_err(|e| Error::file_op("read", dir.join("config.json"), e))?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Parse {
-            path: dir.join("config.json"),
-            message: e.to_string(),
-        })?;
-        match v.get("torch_dtype").and_then(|d| d.as_str()) {
-            Some("bfloat16") => candle_core::DType::BF16,
-            Some("float16") => candle_core::DType::F16,
-            _ => candle_core::DType::F32,
+    let weights = ModelWeights::load(dir, serve_dtype(dir, cfg)?, &device)?;
+    let tok = match Tokenizer::load(dir)? {
+        Some(t) => {
+            t.check_fits(&weights.config)?;
+            Some(Arc::new(t))
         }
-    } else {
-        alp_model::parse_dtype(&cfg.dtype)?
+        None => None,
     };
-    let weights = ModelWeights::load(dir, dtype, &device)?;
+    Ok((weights.build()?, tok))
+}
+
+fn engine_over(
+    model: alp_model::Model,
+    tok: Option<Arc<Tokenizer>>,
+    cfg: &ServeConfig,
+) -> Result<Engine> {
     let engine = Engine::new(
-        Arc::new(weights.build()?),
+        Arc::new(model),
         EngineConfig {
             shards: 1,
             ..cfg.engine.clone()
         },
     )?;
-    Ok(match Tokenizer::load(dir)? {
-        Some(t) => {
-            t.check_fits(&weights.config)?;
-            engine.with_tokenizer(Arc::new(t))
-        }
+    Ok(match tok {
+        Some(t) => engine.with_tokenizer(t),
         None => engine,
     })
+}
+
+/// The base model of the LoRA adapters a server loads, kept between reloads: a reload of
+/// another adapter over the same base directory reuses it (its weights and the packed copies
+/// its decode kernels made) and reads only the adapter.
+#[derive(Default)]
+pub struct BaseCache {
+    entry: Option<(std::path::PathBuf, alp_model::Model, Option<Arc<Tokenizer>>)>,
+}
+
+/// Builds an engine over the base model directory `base` with the PEFT adapter directory
+/// `adapter` applied unmerged, reusing `cache`'s base when it is the same directory.
+pub fn load_engine_with_adapter(
+    base: &Path,
+    adapter: &Path,
+    cfg: &ServeConfig,
+    cache: &mut BaseCache,
+) -> Result<Engine> {
+    let canon = std::fs::canonicalize(base).map_err(|e| Error::io(base, e))?;
+    let (model, tok) = match &cache.entry {
+        Some((p, m, t)) if *p == canon => (m.clone(), t.clone()),
+        _ => {
+            let (m, t) = load_base(&canon, cfg)?;
+            cache.entry = Some((canon, m.clone(), t.clone()));
+            (m, t)
+        }
+    };
+    let a = alp_model::Adapter::load_peft(adapter, model.config(), model.dtype(), model.device())?;
+    let mut model = model;
+    model.attach_adapter(&a)?;
+    engine_over(model, tok, cfg)
 }
 
 /// A running server: its HTTP runtime and engine thread.

@@ -98,6 +98,86 @@ fn a_session_samples_on_two_servers_and_the_engine_ratio_stays_one() {
     assert_eq!(published.len(), 1);
 }
 
+/// A LoRA run publishes only its adapter: `alp serve` keeps the base it read once and
+/// attaches each version's adapter, and its log-probs stay the trainer's.
+#[test]
+fn a_lora_session_publishes_adapters_over_a_base_written_once() {
+    let srv = servers(1);
+    let urls: Vec<String> = srv.iter().map(Server::url).collect();
+    let dir = tempfile::tempdir().unwrap();
+    // An adapter whose B is not zero (a fresh one changes nothing, and a random policy's
+    // rewards are all alike, so RL would not move it): a server that ignored it would
+    // answer with the base's log-probs.
+    let shape = alp_model::presets::alp_default();
+    let lc = alp_model::LoraConfig {
+        r: 4,
+        ..Default::default()
+    };
+    let mut a = alp_model::Adapter::init(
+        &shape,
+        &lc,
+        5,
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    for (k, t) in a.tensors.iter_mut() {
+        if k.ends_with("lora_B.weight") {
+            *t = (candle_core::Tensor::randn(0f32, 1.0, t.dims(), &candle_core::Device::Cpu)
+                .unwrap()
+                * 0.2)
+                .unwrap();
+        }
+    }
+    let adapter_dir = dir.path().join("start-adapter");
+    a.save_peft(&adapter_dir, "alp-default").unwrap();
+    let cfg = config(
+        &urls,
+        &[
+            "model.lora.r=4",
+            "sft.steps=0",
+            &format!("model.adapter={}", adapter_dir.display()),
+        ],
+    );
+    let mut run = Session::builder(cfg, dir.path().join("run"))
+        .build()
+        .unwrap();
+    let published = dir.path().join("run/published");
+    let mut base_mtime = None;
+    for step in 1..=3u64 {
+        let m = run.step().unwrap();
+        assert_eq!(m[SAMPLED_BY], (step - 1) as f64);
+        let kl = m["mismatch/engine/kl_k3"];
+        assert!(kl.abs() < 1e-7, "step {step}: engine k3 {kl}");
+        // The base was written once; one adapter directory (the newest) is on disk.
+        let t = std::fs::metadata(published.join("base/model.safetensors"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        assert_eq!(
+            *base_mtime.get_or_insert(t),
+            t,
+            "step {step}: the base was rewritten"
+        );
+        let adapters: Vec<String> = std::fs::read_dir(&published)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("adapter-v"))
+            .collect();
+        assert_eq!(adapters.len(), 1, "{adapters:?}");
+        let a = published.join(&adapters[0]);
+        assert!(a.join("adapter_config.json").is_file());
+        let size = |p: std::path::PathBuf| std::fs::metadata(p).unwrap().len();
+        assert!(
+            size(a.join("adapter_model.safetensors")) * 4
+                < size(published.join("base/model.safetensors")),
+            "the adapter is not small beside the base"
+        );
+    }
+    run.stop_worker();
+    assert!(requests_answered(&srv[0]) > 0);
+}
+
 #[test]
 fn no_server_is_a_clear_error_before_anything_is_trained() {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
