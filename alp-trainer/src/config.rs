@@ -756,6 +756,26 @@ impl TrainConfig {
         alp_model::parse_device(&self.model.device)
             .map_err(|e| Error::config("model.device", e.to_string()))?;
         self.model.lora.validate()?;
+        self.tasks.dataset_format()?;
+        if !self.tasks.train_file.is_empty() {
+            if self.tasks.heldout_file.is_empty() {
+                return Err(Error::config(
+                    "tasks.heldout_file",
+                    "is empty: with tasks.train_file, name a held-out file for the evaluations (tasks the run does not train on)",
+                ));
+            }
+            if self.model.is_embedded() {
+                return Err(Error::config(
+                    "tasks.train_file",
+                    "needs a checkpoint as model.base (the embedded default's tokenizer only knows its arithmetic tasks' characters)",
+                ));
+            }
+        } else if !self.tasks.heldout_file.is_empty() {
+            return Err(Error::config(
+                "tasks.heldout_file",
+                "is set without tasks.train_file: set both (or neither, for the embedded tasks)",
+            ));
+        }
         if !self.model.adapter.is_empty() && !self.model.lora.is_on() {
             return Err(Error::config(
                 "model.adapter",

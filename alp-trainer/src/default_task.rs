@@ -96,17 +96,70 @@ fn compact(question: &str) -> String {
     format!("{}=", q.replace(' ', ""))
 }
 
-/// Mix of the default tasks.
+/// The run's tasks (`[tasks]`): the embedded arithmetic mix, or a dataset file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TaskMix {
-    /// Share of hard (multiplication) tasks.
+    /// Share of hard (multiplication) tasks of the embedded default.
     pub hard_fraction: f64,
+    /// A dataset to train on instead: JSONL, or Parquet as Hugging Face datasets ship it
+    /// (GSM8K `question`/`answer`, MATH `problem`/`solution`, or `prompt`/`answer`
+    /// records), with a checkpoint as `model.base`. Each pass goes through it in its own
+    /// seeded order. Empty: the embedded arithmetic tasks.
+    pub train_file: String,
+    /// The held-out file the evaluations run on (needed with `train_file`).
+    pub heldout_file: String,
+    /// The records' shape: `auto` (from the first record's field names), `gsm8k`, `math` or
+    /// `plain`.
+    pub format: String,
 }
 
 impl Default for TaskMix {
     fn default() -> Self {
-        TaskMix { hard_fraction: 0.5 }
+        TaskMix {
+            hard_fraction: 0.5,
+            train_file: String::new(),
+            heldout_file: String::new(),
+            format: "auto".into(),
+        }
+    }
+}
+
+impl TaskMix {
+    /// The records' shape (`None`: detected from the first record).
+    pub fn dataset_format(&self) -> alp_core::Result<Option<alp_envs::math::DatasetFormat>> {
+        use alp_envs::math::DatasetFormat;
+        Ok(match self.format.as_str() {
+            "auto" => None,
+            "gsm8k" => Some(DatasetFormat::gsm8k()),
+            "math" => Some(DatasetFormat::math()),
+            "plain" => Some(DatasetFormat::plain()),
+            other => {
+                return Err(alp_core::Error::config(
+                    "tasks.format",
+                    format!("unknown format `{other}`; known: auto, gsm8k, math, plain"),
+                ))
+            }
+        })
+    }
+
+    /// The tasks of a dataset file (`train_file` or `heldout_file`); a bad record is an
+    /// error naming the file, the line or row and the field.
+    pub fn load(&self, path: &str) -> alp_core::Result<Vec<alp_core::Task>> {
+        let p = std::path::Path::new(path);
+        let (tasks, _) = alp_envs::math::load_tasks(
+            p,
+            self.dataset_format()?.as_ref(),
+            "dataset",
+            alp_envs::math::OnError::Reject,
+        )?;
+        if tasks.is_empty() {
+            return Err(alp_core::Error::Parse {
+                path: p.to_path_buf(),
+                message: "holds no task: each record needs a question and an answer (GSM8K `question`/`answer`, MATH `problem`/`solution`, or `prompt`/`answer`)".into(),
+            });
+        }
+        Ok(tasks)
     }
 }
 

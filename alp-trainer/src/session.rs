@@ -257,8 +257,12 @@ impl SessionBuilder {
             s.trainer.set_objective(o);
         }
         s.env = self.env;
-        s.tasks = self.tasks.map(|t| Arc::new(Mutex::new(t)));
-        s.heldout = self.heldout;
+        if let Some(t) = self.tasks {
+            s.tasks = Some(Arc::new(Mutex::new(t)));
+        }
+        if let Some(h) = self.heldout {
+            s.heldout = Some(h);
+        }
         s.sinks = self.sinks;
         // What the resume noted goes to the sinks now (kept where there are none).
         for line in s.take_messages() {
@@ -470,6 +474,22 @@ impl Session {
     }
 
     fn open(trainer: Trainer, dir: PathBuf, man: Option<Manifest>) -> Result<Self> {
+        // A dataset file's tasks (read before anything is written: a bad record stops here).
+        let mix = &trainer.cfg.tasks;
+        let (tasks, heldout): (Option<Box<dyn TaskSource>>, Option<Box<dyn TaskSource>>) =
+            if mix.train_file.is_empty() {
+                (None, None)
+            } else {
+                (
+                    Some(Box::new(alp_envs::math::TaskList::cycled(
+                        mix.load(&mix.train_file)?,
+                        trainer.cfg.seed,
+                    ))),
+                    Some(Box::new(alp_envs::math::TaskList::once(
+                        mix.load(&mix.heldout_file)?,
+                    ))),
+                )
+            };
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let cfg_path = dir.join("config.toml");
         std::fs::write(&cfg_path, trainer.cfg.to_toml()?).map_err(|e| Error::io(&cfg_path, e))?;
@@ -487,8 +507,8 @@ impl Session {
             prior_wall: man.map(|m| m.wall_seconds).unwrap_or(0.0),
             started: Instant::now(),
             env: None,
-            tasks: None,
-            heldout: None,
+            tasks: tasks.map(|t| Arc::new(Mutex::new(t))),
+            heldout,
             sinks: Vec::new(),
             backend: BackendSlot::BuiltIn,
             save_attempt: None,

@@ -6,7 +6,9 @@ pub mod expr;
 pub mod extract;
 pub mod generators;
 
-pub use dataset::{load_jsonl, DatasetFormat, LineError, OnError};
+pub use dataset::{
+    load_jsonl, load_parquet, load_tasks, DatasetFormat, LineError, OnError, TaskList,
+};
 pub use equivalence::{answers_equal, normalize, parse_value, Value};
 pub use extract::{extract_answer, extract_gold, AnswerSource, ExtractMode, Extracted};
 pub use generators::{

@@ -151,22 +151,13 @@ pub fn eval(
         }
         (None, path) => {
             let p = std::path::Path::new(path);
-            let text = std::fs::read_to_string(p).with_context(|| {
-                format!(
-                    "--tasks {path}: neither `tool`, `math`, `python`, nor a readable JSONL file"
-                )
-            })?;
-            let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("{}");
-            let keys: serde_json::Value = serde_json::from_str(first).unwrap_or_default();
-            let format = if keys.get("question").is_some() {
-                alp_envs::math::DatasetFormat::gsm8k()
-            } else if keys.get("problem").is_some() {
-                alp_envs::math::DatasetFormat::math()
-            } else {
-                alp_envs::math::DatasetFormat::plain()
-            };
+            if !p.is_file() {
+                anyhow::bail!(
+                    "--tasks {path}: neither `tool`, `math`, `python`, nor a readable JSONL or Parquet file"
+                );
+            }
             let (mut list, skipped) =
-                alp_envs::math::load_jsonl(p, &format, "dataset", alp_envs::math::OnError::Skip)?;
+                alp_envs::math::load_tasks(p, None, "dataset", alp_envs::math::OnError::Skip)?;
             for e in &skipped {
                 eprintln!("{path}:{}: skipped: {}", e.line, e.message);
             }
