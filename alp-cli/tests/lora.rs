@@ -240,3 +240,40 @@ fn bad_lora_settings_are_refused_naming_the_field() {
         "{e}"
     );
 }
+
+/// The embedded default with LoRA (rank 16 on every projection, RL at 3e-4): its warm start
+/// trains every weight, then 20 RL steps train only the adapter. Held-out greedy accuracy
+/// must rise by at least 10 points (measured: 15.5% → 55.5% after 30 steps, seed 0).
+#[test]
+fn a_lora_run_on_the_embedded_default_raises_heldout_accuracy_by_ten_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TrainConfig::default()
+        .apply_overrides(
+            &[
+                "model.lora.r=16",
+                "rl.lr=3e-4",
+                "rl.steps=20",
+                "eval.every=0",
+                "eval.pass_k=0",
+                "checkpoint.every=0",
+            ]
+            .map(String::from),
+        )
+        .unwrap();
+    let out = train(
+        cfg,
+        RunOptions {
+            out: Some(dir.path().join("run")),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (before, after) = (out.before.unwrap(), out.after.unwrap());
+    let gain = 100.0 * (after.accuracy - before.accuracy);
+    assert!(
+        gain >= 10.0,
+        "held-out accuracy {:.1}% → {:.1}% ({gain:+.1} points)",
+        100.0 * before.accuracy,
+        100.0 * after.accuracy
+    );
+}

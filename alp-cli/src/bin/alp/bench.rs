@@ -173,6 +173,13 @@ pub struct TrainArgs {
     /// the backward (`model.gradient_checkpointing` of `alp train`).
     #[arg(long)]
     pub gradient_checkpointing: bool,
+    /// LoRA rank (0: every weight trains): the base frozen, adapters on every projection
+    /// (A and B the only variables, as `model.lora.r` of `alp train`).
+    #[arg(long, default_value_t = 0)]
+    pub lora_r: usize,
+    /// LoRA's alpha (the update scaled by alpha / r).
+    #[arg(long, default_value_t = 32.0)]
+    pub lora_alpha: f64,
     /// Print only the JSON line.
     #[arg(long)]
     pub json: bool,
@@ -297,8 +304,24 @@ pub fn train(a: TrainArgs) -> Result<()> {
         "the activations of a training step",
         None,
     )?;
+    let mut weights = weights;
+    if a.lora_r > 0 {
+        let lc = alp_model::LoraConfig {
+            r: a.lora_r,
+            alpha: a.lora_alpha,
+            ..Default::default()
+        };
+        weights.adapter = Some(alp_model::Adapter::init(
+            &weights.config,
+            &lc,
+            0,
+            candle_core::DType::F32,
+            &device,
+        )?);
+    }
     let (model, varmap) = weights.build_trainable()?;
-    // The trainable copy is what the run holds from here, as `alp train` does.
+    // The trainable copy is what the run holds from here, as `alp train` does (with LoRA the
+    // model shares the frozen base).
     drop(weights);
     let mut peak = 0.0f64;
     let rss_weights = status_mb("VmRSS:");
@@ -374,8 +397,10 @@ pub fn train(a: TrainArgs) -> Result<()> {
     let secs = t.elapsed().as_secs_f64();
     let mb = |bytes: usize| bytes as f64 / (1024.0 * 1024.0);
     let rows_per_micro = rows.iter().map(|r| r.1).max().unwrap_or(0);
+    // The frozen base (LoRA) holds weights but no gradient or optimizer state.
+    let frozen = if a.lora_r > 0 { c.num_parameters() } else { 0 };
     let memory = serde_json::json!({
-        "weights_mb": mb(4 * params),
+        "weights_mb": mb(4 * (params + frozen)),
         "gradients_mb": mb(4 * params),
         "optimizer_state_mb": mb(8 * params),
         "logits_per_micro_batch_mb": mb(4 * rows_per_micro * (a.seq_len - 1) * c.vocab_size),
@@ -397,7 +422,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
     }
     println!(
         "{}",
-        serde_json::json!({"tokens_per_s": tokens / secs, "peak_rss_mb": peak.max(peak_rss_mb()), "memory": memory, "gradient_checkpointing": ck, "seconds_per_step": secs / a.steps as f64, "batch": a.batch, "seq_len": a.seq_len, "steps": a.steps, "parallel_micro_batches": micros, "device": a.device, "machine": machine(&a.device)})
+        serde_json::json!({"tokens_per_s": tokens / secs, "peak_rss_mb": peak.max(peak_rss_mb()), "memory": memory, "gradient_checkpointing": ck, "lora_r": a.lora_r, "trainable_params": params, "seconds_per_step": secs / a.steps as f64, "batch": a.batch, "seq_len": a.seq_len, "steps": a.steps, "parallel_micro_batches": micros, "device": a.device, "machine": machine(&a.device)})
     );
     Ok(())
 }
