@@ -91,7 +91,9 @@ impl LoraPair {
         } else {
             (self.a.to_dtype(x.dtype())?, self.b.to_dtype(x.dtype())?)
         };
-        let y = (x2.matmul(&a.t()?)?.matmul(&b.t()?)? * self.scale)?;
+        // The scale goes on the rank-r product: no extra `[rows, out]` tensor for the graph
+        // to keep.
+        let y = (x2.matmul(&a.t()?)? * self.scale)?.matmul(&b.t()?)?;
         let mut out = dims.to_vec();
         if let Some(last) = out.last_mut() {
             *last = b.dim(0)?;
@@ -112,6 +114,31 @@ impl Proj {
 
     fn weight(&self) -> &Tensor {
         self.linear.weight()
+    }
+
+    /// The same projection over detached tensors (no copy). A variable's view gets caches of
+    /// its own: a copy packed from it would go stale when the variable changes.
+    fn detached(&self) -> Self {
+        let w = self.linear.weight();
+        let frozen = !w.is_variable();
+        Proj {
+            linear: Linear::new(w.detach(), self.linear.bias().map(|b| b.detach())),
+            wide: if frozen {
+                self.wide.clone()
+            } else {
+                Default::default()
+            },
+            packed: if frozen {
+                self.packed.clone()
+            } else {
+                Default::default()
+            },
+            lora: self.lora.as_ref().map(|l| LoraPair {
+                a: l.a.detach(),
+                b: l.b.detach(),
+                scale: l.scale,
+            }),
+        }
     }
 
     fn forward(&self, x: &Tensor, n: Numerics) -> Result<Tensor> {
@@ -565,6 +592,50 @@ impl Model {
     /// The config.
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// The same model over detached tensors (sharing storage, no copy): a forward of it
+    /// records no autograd graph, so scoring with a trainable model's weights keeps no
+    /// activations beyond the layer at hand. The view follows in-place updates of the
+    /// variables it was taken from; build a new one after an update to be safe with the
+    /// packed copies of the inference path.
+    pub fn detached(&self) -> Model {
+        let norm = |n: &RmsNorm| RmsNorm {
+            weight: n.weight.detach(),
+            eps: n.eps,
+        };
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| DecoderLayer {
+                self_attn: Attention {
+                    q_proj: l.self_attn.q_proj.detached(),
+                    k_proj: l.self_attn.k_proj.detached(),
+                    v_proj: l.self_attn.v_proj.detached(),
+                    o_proj: l.self_attn.o_proj.detached(),
+                    q_norm: l.self_attn.q_norm.as_ref().map(norm),
+                    k_norm: l.self_attn.k_norm.as_ref().map(norm),
+                    ..l.self_attn.clone()
+                },
+                mlp: Mlp {
+                    gate_proj: l.mlp.gate_proj.detached(),
+                    up_proj: l.mlp.up_proj.detached(),
+                    down_proj: l.mlp.down_proj.detached(),
+                },
+                input_layernorm: norm(&l.input_layernorm),
+                post_attention_layernorm: norm(&l.post_attention_layernorm),
+            })
+            .collect();
+        Model {
+            cfg: self.cfg.clone(),
+            embed_tokens: self.embed_tokens.detach(),
+            layers,
+            norm: norm(&self.norm),
+            lm_head: self.lm_head.detached(),
+            rope: self.rope.clone(),
+            dtype: self.dtype,
+            device: self.device.clone(),
+        }
     }
 
     /// Adds `adapter`'s low-rank update to the projections it targets (unmerged: the base

@@ -253,6 +253,18 @@ impl Engine {
         Ok(e)
     }
 
+    /// Builds the rollout model over `weights` as they are (their dtype and device: no
+    /// copy), so that later publishes of a LoRA run reuse its base model and packed copies.
+    pub fn from_snapshot(weights: &ModelWeights, config: EngineConfig) -> Result<Self> {
+        let t = weights
+            .tensors
+            .values()
+            .next()
+            .ok_or_else(|| Error::invalid("model weights are empty"))?;
+        let (dtype, device) = (t.dtype(), t.device().clone());
+        Self::from_weights(weights, dtype, &device, config)
+    }
+
     /// Uses `tokenizer` for stop strings and its end-of-sequence tokens as EOS.
     pub fn with_tokenizer(mut self, tokenizer: Arc<Tokenizer>) -> Self {
         self.eos = tokenizer.eos_ids().to_vec();

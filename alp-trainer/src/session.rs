@@ -819,7 +819,7 @@ impl Session {
                         Ok(b)
                     }
                     None => Ok(Box::new(
-                        Engine::new(Arc::new(w.build()?), engine_cfg.clone())?
+                        Engine::from_snapshot(w, engine_cfg.clone())?
                             .with_tokenizer(tok_b.clone())
                             .with_version(v),
                     )),

@@ -222,6 +222,12 @@ impl Trainer {
         })
     }
 
+    /// The model's parameters, frozen base included: what a micro-batch's activations scale
+    /// with (a LoRA run trains few of them but runs the whole model).
+    pub fn model_parameters(&self) -> usize {
+        self.model.config().num_parameters() + self.opt.theta.num_params() * self.is_lora() as usize
+    }
+
     /// Whether only a LoRA adapter trains (the base is frozen).
     pub fn is_lora(&self) -> bool {
         self.base.is_some()
@@ -359,7 +365,7 @@ impl Trainer {
             &plan,
             self.cfg
                 .model
-                .micro_batch_threads(self.opt.theta.num_params()),
+                .micro_batch_threads(self.model_parameters()),
             |_, rows| {
                 let rows: Vec<(&[u32], &[u32], &[u8])> = rows
                     .iter()
@@ -531,11 +537,14 @@ impl Trainer {
             let w = self.weights()?;
             self.set_reference(&w)?;
         }
-        let scorers = self.scorers(sampled_by)?;
+        // Scoring needs no gradient: a detached view of the weights records no graph, so a
+        // scoring forward holds one layer's activations at a time, not a training forward's.
+        let scoring = self.model.detached();
+        let scorers = self.scorers(sampled_by, &scoring)?;
         let threads = self
             .cfg
             .model
-            .micro_batch_threads(self.opt.theta.num_params());
+            .micro_batch_threads(self.model_parameters());
         let shape = rl_step::BatchShape {
             mini_batch: rl.mini_batch,
             micro_batch: rl.micro_batch,
@@ -593,11 +602,15 @@ impl Trainer {
     /// The models that score a batch sampled by `sampled_by` before the update: the current
     /// weights (log π_old), the kept copy of the sampling version, the KL reference (built
     /// from the current weights the first time the term is used).
-    fn scorers(&self, sampled_by: u64) -> Result<rl_step::Scorers<'_>> {
+    fn scorers<'a>(
+        &'a self,
+        sampled_by: u64,
+        current: &'a Model,
+    ) -> Result<rl_step::Scorers<'a>> {
         let rl = &self.cfg.rl;
         let sampler_is_old = sampled_by == self.version;
         Ok(rl_step::Scorers {
-            old: rl.recompute_logp_old.then_some(&self.model),
+            old: rl.recompute_logp_old.then_some(current),
             sampler: self
                 .history
                 .iter()

@@ -339,8 +339,9 @@ pub fn train(a: TrainArgs) -> Result<()> {
     let ids = candle_core::Tensor::from_vec(ids, (a.batch, a.seq_len), &device)?;
     let micros = a
         .parallel_micro_batches
+        // By the whole model's size (activations), not the trainable part (LoRA).
         .unwrap_or(alp_trainer::config::default_parallel_micro_batches(
-            params,
+            params + if a.lora_r > 0 { c.num_parameters() } else { 0 },
             device.is_cpu(),
         ))
         .clamp(1, a.batch);

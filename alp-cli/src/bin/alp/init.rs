@@ -37,3 +37,22 @@ pub fn run(cfg: &Config, out: &Path, seed: u64, dtype: &str, force: bool) -> Res
     );
     Ok(())
 }
+
+/// Writes a fresh LoRA adapter of rank `r` (alpha 2r, every projection) for `cfg` to
+/// `out/adapter`, in PEFT's format.
+pub fn adapter(cfg: &Config, out: &Path, r: usize, seed: u64, dtype: &str) -> Result<()> {
+    let lc = alp_model::LoraConfig {
+        r,
+        alpha: 2.0 * r as f64,
+        ..Default::default()
+    };
+    let a = alp_model::Adapter::init(cfg, &lc, seed, parse_dtype(dtype)?, &Device::Cpu)?;
+    let dir = out.join("adapter");
+    a.save_peft(&dir, &out.display().to_string())?;
+    eprintln!(
+        "wrote a rank-{r} adapter ({} parameters) to {}",
+        a.num_parameters(),
+        dir.display()
+    );
+    Ok(())
+}

@@ -207,7 +207,7 @@ enum Command {
     },
     /// Write a randomly initialised checkpoint in Hugging Face format.
     Init {
-        /// A named shape (tiny, qwen2-25m, qwen2.5-0.5b).
+        /// A named shape (tiny, alp-default, qwen2-25m, qwen2.5-0.5b, qwen2.5-1.5b).
         #[arg(long, conflicts_with = "config")]
         preset: Option<String>,
         /// A Hugging Face config.json to initialise.
@@ -225,6 +225,10 @@ enum Command {
         /// Overwrite an existing checkpoint in --out.
         #[arg(long)]
         force: bool,
+        /// Also write a fresh LoRA adapter of this rank on every projection (PEFT's format,
+        /// alpha 2·rank) to OUT/adapter.
+        #[arg(long)]
+        lora_r: Option<usize>,
     },
 }
 
@@ -356,6 +360,7 @@ fn main() -> Result<()> {
             seed,
             dtype,
             force,
+            lora_r,
         } => {
             let cfg = match (preset, config) {
                 (Some(p), None) => alp_model::presets::by_name(&p)?,
@@ -363,7 +368,11 @@ fn main() -> Result<()> {
                     .with_context(|| format!("reading {}", c.display()))?,
                 _ => bail!("give exactly one of --preset <name> or --config <config.json>"),
             };
-            init::run(&cfg, &out, seed, &dtype, force)
+            init::run(&cfg, &out, seed, &dtype, force)?;
+            match lora_r {
+                Some(r) => init::adapter(&cfg, &out, r, seed, &dtype),
+                None => Ok(()),
+            }
         }
     }
 }
