@@ -476,20 +476,20 @@ impl Session {
     fn open(trainer: Trainer, dir: PathBuf, man: Option<Manifest>) -> Result<Self> {
         // A dataset file's tasks (read before anything is written: a bad record stops here).
         let mix = &trainer.cfg.tasks;
-        let (tasks, heldout): (Option<Box<dyn TaskSource>>, Option<Box<dyn TaskSource>>) =
-            if mix.train_file.is_empty() {
-                (None, None)
-            } else {
-                (
-                    Some(Box::new(alp_envs::math::TaskList::cycled(
-                        mix.load(&mix.train_file)?,
-                        trainer.cfg.seed,
-                    ))),
-                    Some(Box::new(alp_envs::math::TaskList::once(
-                        mix.load(&mix.heldout_file)?,
-                    ))),
-                )
-            };
+        type Source = Option<Box<dyn TaskSource>>;
+        let (tasks, heldout): (Source, Source) = if mix.train_file.is_empty() {
+            (None, None)
+        } else {
+            (
+                Some(Box::new(alp_envs::math::TaskList::cycled(
+                    mix.load(&mix.train_file)?,
+                    trainer.cfg.seed,
+                ))),
+                Some(Box::new(alp_envs::math::TaskList::once(
+                    mix.load(&mix.heldout_file)?,
+                ))),
+            )
+        };
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let cfg_path = dir.join("config.toml");
         std::fs::write(&cfg_path, trainer.cfg.to_toml()?).map_err(|e| Error::io(&cfg_path, e))?;

@@ -662,9 +662,6 @@ pub fn log_softmax_gather(x: &Tensor, targets: &Tensor) -> Result<Tensor> {
         .apply_op2(&targets.contiguous()?, LogSoftmaxGather)
 }
 
-/// The differentiable twins: the same functions composed from candle's ops (any device and
-/// dtype). They are the reference the fused kernels are tested against, and the path taken
-/// where the kernels do not apply.
 /// `x · wᵀ` over rows (`x: [rows, in]`, `w: [out, in]`) for a weight that is not trained
 /// (a LoRA run's frozen base): the backward hands `x` its gradient `dy · w` and computes none
 /// for `w`, where candle's matmul computes both (a weight-sized product and buffer per
@@ -708,6 +705,9 @@ impl CustomOp1 for FrozenLinear {
     }
 }
 
+/// The differentiable twins: the same functions composed from candle's ops (any device and
+/// dtype). They are the reference the fused kernels are tested against, and the path taken
+/// where the kernels do not apply.
 pub mod twin {
     use super::*;
 
