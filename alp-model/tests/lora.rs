@@ -38,7 +38,12 @@ fn trained_adapter(cfg: &alp_model::Config, lc: &LoraConfig, seed: u64) -> Adapt
     let mut a = Adapter::init(cfg, lc, seed, DType::F32, &Device::Cpu).unwrap();
     for (k, t) in a.tensors.iter_mut() {
         if k.ends_with("lora_B.weight") {
-            *t = (Tensor::randn(0f32, 1.0, t.dims(), &Device::Cpu).unwrap() * 0.05).unwrap();
+            // Deterministic values in ±0.05 (the same every run).
+            let n = t.elem_count();
+            let v: Vec<f32> = (0..n)
+                .map(|i| 0.05 * ((i as f32 * 12.9898 + seed as f32 * 78.233).sin()))
+                .collect();
+            *t = Tensor::from_vec(v, t.dims(), &Device::Cpu).unwrap();
         }
     }
     a
@@ -244,8 +249,10 @@ fn a_and_b_gradients_equal_finite_differences() {
         let h = 1e-2;
         let fd = (eval(&name, at, h) - eval(&name, at, -h)) / (2.0 * h);
         let want = g[at.0][at.1] as f64;
+        // f32 forwards and a step of 1e-2: agreement to 1% (a wrong gradient is off by far
+        // more).
         assert!(
-            (fd - want).abs() <= 2e-3 * want.abs().max(1e-3),
+            (fd - want).abs() <= 1e-2 * want.abs().max(1e-3),
             "{name}{at:?}: backward {want}, finite difference {fd}"
         );
     }
