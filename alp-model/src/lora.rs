@@ -320,10 +320,6 @@ impl Adapter {
             .ok_or_else(|| bad("r", "missing or not a positive integer".into()))?
             as usize;
         let alpha = v.get("lora_alpha").and_then(|x| x.as_f64()).unwrap_or(8.0);
-        let dropout = v
-            .get("lora_dropout")
-            .and_then(|x| x.as_f64())
-            .unwrap_or(0.0);
         for flag in ["use_dora", "use_rslora", "fan_in_fan_out"] {
             if v.get(flag).and_then(|x| x.as_bool()) == Some(true) {
                 return Err(bad(flag, "is true; alp implements plain LoRA only".into()));
@@ -375,6 +371,8 @@ impl Adapter {
                 ))
             }
         };
+        // `lora_dropout` is read as 0: dropout acts in training only, never in the forward of
+        // a trained adapter, and alp trains without it.
         let config = LoraConfig {
             r,
             alpha,
@@ -384,7 +382,6 @@ impl Adapter {
         config
             .validate()
             .map_err(|e| bad("target_modules", e.to_string()))?;
-        let _ = dropout; // a trained adapter's dropout does not change its forward
         let file = dir.join("adapter_model.safetensors");
         if !file.is_file() {
             return Err(Error::MissingFile {
