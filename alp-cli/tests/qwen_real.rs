@@ -10,11 +10,12 @@ use std::process::Command;
 mod qwen;
 use qwen::qwen_dir;
 
-#[test]
-fn a_real_tokenizer_checkpoint_trains_in_the_python_environment_and_evaluates() {
-    let Some(tok_dir) = qwen_dir() else { return };
-    let root = tempfile::tempdir().unwrap();
-    let model = root.path().join("qwen-tiny");
+#[path = "../../alp-envs/tests/common/parquet.rs"]
+mod parquet_fixture;
+
+/// A random tiny Qwen2 checkpoint with the real Qwen vocabulary and tokenizer, in `root`.
+fn qwen_checkpoint(tok_dir: &std::path::Path, root: &std::path::Path) -> std::path::PathBuf {
+    let model = root.join("qwen-tiny");
     let mut cfg = alp_model::presets::tiny();
     cfg.vocab_size = 151_936;
     alp_model::ModelWeights::random(&cfg, 0, candle_core::DType::F32, &candle_core::Device::Cpu)
@@ -24,6 +25,14 @@ fn a_real_tokenizer_checkpoint_trains_in_the_python_environment_and_evaluates() 
     for f in ["tokenizer.json", "tokenizer_config.json"] {
         std::fs::copy(tok_dir.join(f), model.join(f)).unwrap();
     }
+    model
+}
+
+#[test]
+fn a_real_tokenizer_checkpoint_trains_in_the_python_environment_and_evaluates() {
+    let Some(tok_dir) = qwen_dir() else { return };
+    let root = tempfile::tempdir().unwrap();
+    let model = qwen_checkpoint(&tok_dir, root.path());
     let run = root.path().join("run");
     let sets = [
         format!("model.base={}", model.display()),
@@ -77,53 +86,6 @@ fn a_real_tokenizer_checkpoint_trains_in_the_python_environment_and_evaluates() 
     assert_eq!(e["tasks"], 2);
 }
 
-/// Writes GSM8K-shaped rows as a Parquet file (two string columns, snappy pages), as
-/// Hugging Face datasets ship them.
-fn write_parquet(path: &std::path::Path, rows: &[(String, String)]) {
-    use parquet::basic::{Compression, Repetition, Type as Physical};
-    use parquet::data_type::{ByteArray, ByteArrayType};
-    use parquet::file::properties::WriterProperties;
-    use parquet::file::writer::SerializedFileWriter;
-    use parquet::schema::types::Type;
-    use std::sync::Arc;
-    let col = |name: &str| {
-        Arc::new(
-            Type::primitive_type_builder(name, Physical::BYTE_ARRAY)
-                .with_logical_type(Some(parquet::basic::LogicalType::String))
-                .with_repetition(Repetition::REQUIRED)
-                .build()
-                .unwrap(),
-        )
-    };
-    let schema = Arc::new(
-        Type::group_type_builder("schema")
-            .with_fields(vec![col("question"), col("answer")])
-            .build()
-            .unwrap(),
-    );
-    let props = Arc::new(
-        WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
-            .build(),
-    );
-    let file = std::fs::File::create(path).unwrap();
-    let mut w = SerializedFileWriter::new(file, schema, props).unwrap();
-    let mut rg = w.next_row_group().unwrap();
-    for i in 0..2 {
-        let mut c = rg.next_column().unwrap().unwrap();
-        let vals: Vec<ByteArray> = rows
-            .iter()
-            .map(|r| ByteArray::from(if i == 0 { r.0.as_str() } else { r.1.as_str() }))
-            .collect();
-        c.typed::<ByteArrayType>()
-            .write_batch(&vals, None, None)
-            .unwrap();
-        c.close().unwrap();
-    }
-    rg.close().unwrap();
-    w.close().unwrap();
-}
-
 /// `alp train` on a user's model and data: a random Qwen2-shaped checkpoint with the real
 /// Qwen tokenizer, GSM8K-shaped training rows in Parquet and held-out rows in JSONL, LoRA on.
 /// It trains, evaluates on the held-out file and writes an adapter; a bad row stops the run
@@ -132,16 +94,7 @@ fn write_parquet(path: &std::path::Path, rows: &[(String, String)]) {
 fn a_user_checkpoint_trains_with_lora_on_a_parquet_and_jsonl_dataset() {
     let Some(tok_dir) = qwen_dir() else { return };
     let root = tempfile::tempdir().unwrap();
-    let model = root.path().join("qwen-tiny");
-    let mut cfg = alp_model::presets::tiny();
-    cfg.vocab_size = 151_936;
-    alp_model::ModelWeights::random(&cfg, 0, candle_core::DType::F32, &candle_core::Device::Cpu)
-        .unwrap()
-        .save(&model)
-        .unwrap();
-    for f in ["tokenizer.json", "tokenizer_config.json"] {
-        std::fs::copy(tok_dir.join(f), model.join(f)).unwrap();
-    }
+    let model = qwen_checkpoint(&tok_dir, root.path());
     let row = |a: u32, b: u32| {
         (
             format!("Tom has {a} apples and buys {b} more. How many apples does he have?"),
@@ -150,7 +103,11 @@ fn a_user_checkpoint_trains_with_lora_on_a_parquet_and_jsonl_dataset() {
     };
     let train: Vec<_> = (0..6).map(|i| row(i + 2, 3 * i + 1)).collect();
     let train_file = root.path().join("train.parquet");
-    write_parquet(&train_file, &train);
+    let rows: Vec<Vec<Option<&str>>> = train
+        .iter()
+        .map(|(q, a)| vec![Some(q.as_str()), Some(a.as_str())])
+        .collect();
+    parquet_fixture::write_parquet(&train_file, &["question", "answer"], &rows);
     let heldout_file = root.path().join("test.jsonl");
     let heldout: String = (0..3)
         .map(|i| {

@@ -373,7 +373,17 @@ impl ModelWeights {
         })
     }
 
-    fn dtype_device(&self) -> Result<(DType, Device)> {
+    /// The identity of these weights' base (its embedding tensor's id): clones and frozen
+    /// snapshots of one base share it, so a consumer can build what depends on the base once.
+    pub fn base_id(&self) -> Result<candle_core::TensorId> {
+        self.tensors
+            .get("model.embed_tokens.weight")
+            .map(|t| t.id())
+            .ok_or_else(|| Error::invalid("the base has no model.embed_tokens.weight"))
+    }
+
+    /// The dtype and device of the tensors.
+    pub fn dtype_device(&self) -> Result<(DType, Device)> {
         let t = self
             .tensors
             .values()

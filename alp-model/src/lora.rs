@@ -444,12 +444,7 @@ impl AdapterModels {
                 weights.snapshot(dtype, device)?.build()
             };
         };
-        let id = weights
-            .tensors
-            .get("model.embed_tokens.weight")
-            .map(|t| t.id())
-            .ok_or_else(|| Error::invalid("the base has no model.embed_tokens.weight"))?;
-        let key = (id, dtype);
+        let key = (weights.base_id()?, dtype);
         let base = match &self.base {
             Some((k, m)) if *k == key && m.device().same_device(device) => m.clone(),
             _ => {

@@ -256,12 +256,7 @@ impl Engine {
     /// Builds the rollout model over `weights` as they are (their dtype and device: no
     /// copy), so that later publishes of a LoRA run reuse its base model and packed copies.
     pub fn from_snapshot(weights: &ModelWeights, config: EngineConfig) -> Result<Self> {
-        let t = weights
-            .tensors
-            .values()
-            .next()
-            .ok_or_else(|| Error::invalid("model weights are empty"))?;
-        let (dtype, device) = (t.dtype(), t.device().clone());
+        let (dtype, device) = weights.dtype_device()?;
         Self::from_weights(weights, dtype, &device, config)
     }
 

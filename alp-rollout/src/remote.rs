@@ -499,11 +499,7 @@ impl RemoteBackend {
         weights: &ModelWeights,
         adapter: &alp_model::Adapter,
     ) -> Result<()> {
-        let key = weights
-            .tensors
-            .get("model.embed_tokens.weight")
-            .map(|t| t.id())
-            .ok_or_else(|| Error::invalid("the base has no model.embed_tokens.weight"))?;
+        let key = weights.base_id()?;
         if self.cfg.kind == ServerKind::Alp && self.base.as_ref().map(|b| b.0) != Some(key) {
             let dir = self.cfg.publish_dir.join("base");
             if dir.exists() {
@@ -534,19 +530,7 @@ impl RemoteBackend {
             dir: &dir,
             name: &name,
         };
-        let mut errors = Vec::new();
-        for s in &self.servers {
-            match self.reload(s, &load, version) {
-                Ok(()) => {
-                    *s.version.lock().expect("version lock") = version;
-                    s.down.store(false, Ordering::SeqCst);
-                }
-                Err(e) => {
-                    s.down.store(true, Ordering::SeqCst);
-                    errors.push(e.to_string());
-                }
-            }
-        }
+        let errors = self.reload_all(&load, version);
         if errors.len() == self.servers.len() {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(Error::Msg(format!(
@@ -571,6 +555,25 @@ impl RemoteBackend {
             let _ = std::fs::remove_dir_all(old_dir);
         }
         Ok(())
+    }
+
+    /// Asks every server to load `what` as `version`: a server that takes it is live at that
+    /// version, one that does not is marked down. Returns the refusals.
+    fn reload_all(&self, what: &Load, version: PolicyVersion) -> Vec<String> {
+        let mut errors = Vec::new();
+        for s in &self.servers {
+            match self.reload(s, what, version) {
+                Ok(()) => {
+                    *s.version.lock().expect("version lock") = version;
+                    s.down.store(false, Ordering::SeqCst);
+                }
+                Err(e) => {
+                    s.down.store(true, Ordering::SeqCst);
+                    errors.push(e.to_string());
+                }
+            }
+        }
+        errors
     }
 
     /// Asks SGLang or vLLM to drop the adapter `name` (best effort: a server that keeps it
@@ -683,19 +686,7 @@ impl RolloutBackend for RemoteBackend {
         // staleness bound, as a trainer would.
         self.version = version;
         self.vocab_size = self.vocab_size.or(Some(weights.config.vocab_size));
-        let mut errors = Vec::new();
-        for s in &self.servers {
-            match self.reload(s, &Load::Model(&dir), version) {
-                Ok(()) => {
-                    *s.version.lock().expect("version lock") = version;
-                    s.down.store(false, Ordering::SeqCst);
-                }
-                Err(e) => {
-                    s.down.store(true, Ordering::SeqCst);
-                    errors.push(e.to_string());
-                }
-            }
-        }
+        let errors = self.reload_all(&Load::Model(&dir), version);
         if errors.len() == self.servers.len() {
             return Err(Error::Msg(format!(
                 "no rollout server took weight version {version}: {}",

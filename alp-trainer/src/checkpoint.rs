@@ -37,25 +37,25 @@ pub struct Manifest {
 /// The directory of a LoRA checkpoint's adapter, in PEFT's format (with the tokenizer).
 pub const ADAPTER_DIR: &str = "adapter";
 
+/// A LoRA checkpoint's adapter directory (None for a checkpoint of the whole model).
+fn adapter_dir(dir: &Path) -> Option<PathBuf> {
+    let a = dir.join(ADAPTER_DIR);
+    a.join("adapter_config.json").exists().then_some(a)
+}
+
 /// The file that holds what a checkpoint trained: the adapter's (LoRA) or the model's
 /// weights.
 pub fn weights_file(dir: &Path) -> PathBuf {
-    let adapter = dir.join(ADAPTER_DIR).join("adapter_model.safetensors");
-    if adapter.exists() {
-        adapter
-    } else {
-        dir.join("model").join("model.safetensors")
+    match adapter_dir(dir) {
+        Some(a) => a.join("adapter_model.safetensors"),
+        None => dir.join("model").join("model.safetensors"),
     }
 }
 
 /// The directory that holds a checkpoint's tokenizer (`model/`, or a LoRA checkpoint's
 /// `adapter/`).
 pub fn tokenizer_dir(dir: &Path) -> PathBuf {
-    if dir.join(ADAPTER_DIR).join("adapter_config.json").exists() {
-        dir.join(ADAPTER_DIR)
-    } else {
-        dir.join("model")
-    }
+    adapter_dir(dir).unwrap_or_else(|| dir.join("model"))
 }
 
 /// `<run>/checkpoints/step-<N>`.
@@ -411,12 +411,12 @@ fn is_complete(dir: &Path) -> std::result::Result<(), String> {
     if !dir.join("trainer_state.safetensors").exists() {
         return Err("trainer_state.safetensors is missing".into());
     }
-    if dir.join(ADAPTER_DIR).join("adapter_config.json").exists() {
+    if let Some(adapter) = adapter_dir(dir) {
         // The adapter against the base's shape (loading the base itself is not needed).
         let man = read_manifest(dir).map_err(|e| e.to_string())?;
         let shape = lora_base_config(&man).map_err(|e| e.to_string())?;
         return alp_model::Adapter::load_peft(
-            &dir.join(ADAPTER_DIR),
+            &adapter,
             &shape,
             DType::F32,
             &candle_core::Device::Cpu,
@@ -561,10 +561,9 @@ pub fn load_weights(
     dtype: DType,
     device: &candle_core::Device,
 ) -> Result<ModelWeights> {
-    let adapter = dir.join(ADAPTER_DIR);
-    if !adapter.join("adapter_config.json").exists() {
+    let Some(adapter) = adapter_dir(dir) else {
         return ModelWeights::load(&dir.join("model"), dtype, device);
-    }
+    };
     let man = read_manifest(dir)?;
     let mut base = lora_base(&man, dtype, device)?;
     base.adapter = Some(alp_model::Adapter::load_peft(

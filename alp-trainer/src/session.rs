@@ -360,12 +360,7 @@ impl Session {
 
     fn create_unchecked(cfg: TrainConfig, dir: PathBuf) -> Result<Self> {
         cfg.validate()?;
-        let trainer = if Trainer::defers_lora(&cfg, 0) {
-            let (w, tok) = crate::trainer::base_weights(&cfg)?;
-            Trainer::from_weights_full(cfg, &w, tok)?
-        } else {
-            Trainer::new(cfg)?
-        };
+        let trainer = Trainer::new(cfg)?;
         Self::open(trainer, dir, None)
     }
 

@@ -65,11 +65,14 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    /// Builds the model, tokenizer, perturbation and optimizers from the config.
+    /// Builds the model, tokenizer, perturbation and optimizers from the config, for a run
+    /// that has done nothing yet (a LoRA run's full-weight warm start trains every weight
+    /// first: [`Trainer::defers_lora`]).
     pub fn new(cfg: TrainConfig) -> Result<Self> {
         cfg.validate()?;
         let (weights, tokenizer) = base_weights(&cfg)?;
-        Self::from_weights(cfg, &weights, tokenizer)
+        let lora_now = !Self::defers_lora(&cfg, 0);
+        Self::build(cfg, &weights, tokenizer, lora_now)
     }
 
     /// A trainer over given weights and tokenizer.

@@ -196,53 +196,94 @@ pub fn load_jsonl(
     on_error: OnError,
 ) -> Result<(Vec<Task>, Vec<LineError>)> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let stem = path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("data")
-        .to_string();
-    let mut tasks = Vec::new();
-    let mut errors = Vec::new();
+    let mut records = Records::new(path, kind, on_error, "line");
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
         let n = i + 1;
         let line = match line {
             Ok(l) => l,
             Err(e) => {
-                let message = format!("unreadable line: {e}");
-                if on_error == OnError::Reject {
-                    return Err(Error::Parse {
-                        path: path.to_path_buf(),
-                        message: format!("line {n}: {message}"),
-                    });
-                }
-                errors.push(LineError { line: n, message });
+                records.take(n, Err(format!("unreadable line: {e}")), false)?;
                 continue;
             }
         };
         if line.trim().is_empty() {
             continue;
         }
-        match parse_line(&line, format) {
-            Ok((q, a)) => tasks.push(Task {
-                id: format!("{stem}-{n}"),
-                kind: kind.to_string(),
+        records.take(n, parse_line(&line, format), true)?;
+    }
+    Ok(records.finish())
+}
+
+/// The tasks made from a file's records one by one, and the records skipped, as `on_error`
+/// says: a task's id is `<file stem>-<n>`, its prompt the boxed-answer instruction plus the
+/// question.
+struct Records<'a> {
+    path: &'a Path,
+    stem: String,
+    kind: &'a str,
+    on_error: OnError,
+    /// What a record is called in messages (`line`, `row`).
+    unit: &'static str,
+    tasks: Vec<Task>,
+    errors: Vec<LineError>,
+}
+
+impl<'a> Records<'a> {
+    fn new(path: &'a Path, kind: &'a str, on_error: OnError, unit: &'static str) -> Self {
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("data")
+            .to_string();
+        Records {
+            path,
+            stem,
+            kind,
+            on_error,
+            unit,
+            tasks: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    /// Record `n` (1-based): its question and gold answer, or what is wrong with it (an error
+    /// naming the file and the record under `OnError::Reject`, with how to skip instead when
+    /// `hint`).
+    fn take(
+        &mut self,
+        n: usize,
+        parsed: std::result::Result<(String, String), String>,
+        hint: bool,
+    ) -> Result<()> {
+        match parsed {
+            Ok((q, a)) => self.tasks.push(Task {
+                id: format!("{}-{n}", self.stem),
+                kind: self.kind.to_string(),
                 messages: format_prompt(&q, None),
                 answer: a,
             }),
             Err(message) => {
-                if on_error == OnError::Reject {
+                if self.on_error == OnError::Reject {
+                    let unit = self.unit;
+                    let how = if hint {
+                        format!(" (set on_error = skip to skip bad {unit}s)")
+                    } else {
+                        String::new()
+                    };
                     return Err(Error::Parse {
-                        path: path.to_path_buf(),
-                        message: format!(
-                            "line {n}: {message} (set on_error = skip to skip bad lines)"
-                        ),
+                        path: self.path.to_path_buf(),
+                        message: format!("{unit} {n}: {message}{how}"),
                     });
                 }
-                errors.push(LineError { line: n, message });
+                self.errors.push(LineError { line: n, message });
             }
         }
+        Ok(())
     }
-    Ok((tasks, errors))
+
+    fn finish(self) -> (Vec<Task>, Vec<LineError>) {
+        (self.tasks, self.errors)
+    }
 }
 
 /// Loads tasks from a dataset file: Parquet (`.parquet`) or JSONL (anything else), in
@@ -299,16 +340,9 @@ pub fn load_parquet(
     let rows = reader
         .get_row_iter(None)
         .map_err(|e| bad(format!("cannot read its rows: {e}")))?;
-    let stem = path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("data")
-        .to_string();
     let mut format = format.cloned();
-    let mut tasks = Vec::new();
-    let mut errors = Vec::new();
+    let mut records = Records::new(path, kind, on_error, "row");
     for (i, row) in rows.enumerate() {
-        let n = i + 1;
         let parsed = row
             .map_err(|e| format!("unreadable row: {e}"))
             .and_then(|r| match r.to_json_value() {
@@ -318,24 +352,9 @@ pub fn load_parquet(
                 }
                 _ => Err("the row is not a record".into()),
             });
-        match parsed {
-            Ok((q, a)) => tasks.push(Task {
-                id: format!("{stem}-{n}"),
-                kind: kind.to_string(),
-                messages: format_prompt(&q, None),
-                answer: a,
-            }),
-            Err(message) => {
-                if on_error == OnError::Reject {
-                    return Err(bad(format!(
-                        "row {n}: {message} (set on_error = skip to skip bad rows)"
-                    )));
-                }
-                errors.push(LineError { line: n, message });
-            }
-        }
+        records.take(i + 1, parsed, true)?;
     }
-    Ok((tasks, errors))
+    Ok(records.finish())
 }
 
 /// Without the `parquet` feature: an error that says how to get it.

@@ -77,12 +77,7 @@ pub fn sft(config: Option<PathBuf>, sets: Vec<String>, out: PathBuf, force: bool
     alp_trainer::claim_dir(&out, force)?;
     // With LoRA on, SFT of the embedded default trains every weight unless sft.lora (as in
     // `alp train`); otherwise the adapter, and the merged model is written.
-    let mut t = if alp_trainer::trainer::Trainer::defers_lora(&cfg, 0) {
-        let (w, tok) = alp_trainer::trainer::base_weights(&cfg)?;
-        alp_trainer::trainer::Trainer::from_weights_full(cfg, &w, tok)?
-    } else {
-        alp_trainer::trainer::Trainer::new(cfg)?
-    };
+    let mut t = alp_trainer::trainer::Trainer::new(cfg)?;
     let steps = t.cfg.sft.steps;
     let losses = alp_trainer::sft::run_sft(&mut t, 0, None, &mut |i, loss| {
         if i % 50 == 0 || i + 1 == steps {
