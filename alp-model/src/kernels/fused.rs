@@ -13,6 +13,7 @@
 //! dtypes, so a caller never has to check. Tests hold every kernel to its twin: values and
 //! gradients.
 use super::contiguous;
+use super::vmath::flush;
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D,
 };
@@ -367,7 +368,7 @@ impl CustomOp1 for Softmax {
             }
             crate::kernels::vmath::exp_in_place(o);
             let inv = 1.0 / o.iter().sum::<f32>();
-            o.iter_mut().for_each(|o| *o *= inv);
+            o.iter_mut().for_each(|o| *o = flush(*o * inv));
         });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
@@ -400,7 +401,7 @@ impl CustomOp2 for SoftmaxBwd {
             let (yr, gr) = (&y[r * d..(r + 1) * d], &g[r * d..(r + 1) * d]);
             let dot: f32 = yr.iter().zip(gr).map(|(y, g)| y * g).sum();
             for ((o, &yv), &gv) in o.iter_mut().zip(yr).zip(gr) {
-                *o = yv * (gv - dot);
+                *o = flush(yv * (gv - dot));
             }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -642,7 +643,7 @@ impl CustomOp3 for LogSoftmaxGatherBwd {
                 *o = xv - lse;
             }
             crate::kernels::vmath::exp_in_place(o);
-            o.iter_mut().for_each(|o| *o *= -gv);
+            o.iter_mut().for_each(|o| *o = flush(*o * -gv));
             if let Some(o) = o.get_mut(t[r] as usize) {
                 *o += gv;
             }
@@ -674,7 +675,7 @@ pub fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     }
     x.contiguous()?
         .apply_op1_arc(std::sync::Arc::new(Box::new(FrozenLinear {
-            w: w.detach(),
+            w: w.contiguous()?.detach(),
         })))
 }
 
@@ -689,15 +690,57 @@ impl CustomOp1 for FrozenLinear {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous::<f32>(s, l, self.name())?;
-        let (rows, k) = l.shape().dims2()?;
-        let x = Tensor::from_slice(x, (rows, k), &candle_core::Device::Cpu)?;
-        let y = x.matmul(&self.w.t()?)?.contiguous()?;
-        let (st, yl) = y.storage_and_layout();
-        let v = match &*st {
-            candle_core::Storage::Cpu(c) => contiguous::<f32>(c, yl, self.name())?.to_vec(),
-            _ => candle_core::bail!("{}: the product left the CPU", self.name()),
+        let (m, k) = l.shape().dims2()?;
+        let n = self.w.dim(0)?;
+        let (st, wl) = self.w.storage_and_layout();
+        let w = match &*st {
+            candle_core::Storage::Cpu(c) => contiguous::<f32>(c, wl, self.name())?,
+            _ => candle_core::bail!("{}: the weight is not on the CPU", self.name()),
         };
-        Ok((CpuStorage::F32(v), Shape::from((rows, self.w.dim(0)?))))
+        if w.len() != n * k || x.len() != m * k {
+            candle_core::bail!(
+                "{}: x {:?} against w {:?}",
+                self.name(),
+                l.dims(),
+                wl.dims()
+            );
+        }
+        // Straight into the output (gemm writes every element): no copy of `x` into a tensor
+        // and none of the product out of one (at the LM head that is a logits-sized buffer).
+        let mut y: Vec<f32> = Vec::with_capacity(m * n);
+        let threads = crate::kernels::gemm::threads();
+        // SAFETY: `x` is `m × k` and `w` is `n × k`, both row-major and contiguous (checked
+        // above); `y` has room for `m × n` and gemm writes each element once (`read_dst`
+        // false), after which the length is set.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                y.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                x.as_ptr(),
+                1,
+                k as isize,
+                w.as_ptr(),
+                k as isize,
+                1,
+                0f32,
+                1f32,
+                false,
+                false,
+                false,
+                if threads > 1 {
+                    gemm::Parallelism::Rayon(threads)
+                } else {
+                    gemm::Parallelism::None
+                },
+            );
+            y.set_len(m * n);
+        }
+        Ok((CpuStorage::F32(y), Shape::from((m, n))))
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {

@@ -196,6 +196,79 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+
+    /// A frozen weight's product (gemm straight into the output) against candle's matmul: the
+    /// values and `x`'s gradient; the weight, a variable here, gets no gradient at all.
+    #[test]
+    fn frozen_linear_matches_the_matmul_and_gives_the_weight_no_gradient(rows in 1usize..70, k in 1usize..200, n in 1usize..300, seed in 0u64..1000) {
+        let x = randn(&[rows, k], seed);
+        let w = Var::from_tensor(&randn(&[n, k], seed + 1)).unwrap();
+        check_vars(
+            &[x],
+            1,
+            &|t| fused::frozen_linear(&t[0], w.as_tensor()),
+            &|t| t[0].matmul(&w.as_tensor().detach().t()?),
+        );
+        let xv = Var::from_tensor(&randn(&[rows, k], seed)).unwrap();
+        let y = fused::frozen_linear(xv.as_tensor(), w.as_tensor()).unwrap();
+        let g = y.sum_all().unwrap().backward().unwrap();
+        prop_assert!(g.get(xv.as_tensor()).is_some());
+        prop_assert!(g.get(w.as_tensor()).is_none(), "the frozen weight got a gradient");
+    }
+}
+
+/// Whether `t` holds a subnormal value.
+fn has_subnormal(t: &Tensor) -> bool {
+    t.flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .any(|v| v.is_subnormal())
+}
+
+/// Rows whose entries spread over 200 nats: candle's softmax (the twin) writes subnormal
+/// probabilities and gradients there, which slow every product that reads them ~100× on
+/// Intel CPUs; the fused kernels write 0 instead and otherwise agree with the twin.
+#[test]
+fn softmax_kernels_write_no_subnormals_where_probabilities_underflow() {
+    let (rows, d) = (8, 256);
+    let v: Vec<f32> = (0..rows * d)
+        .map(|i| -((i % d) as f32) * 200.0 / d as f32 + (i / d) as f32 * 0.01)
+        .collect();
+    let x = Tensor::from_vec(v, (rows, d), &Device::Cpu).unwrap();
+    assert!(
+        has_subnormal(&twin::softmax_last_dim(&x).unwrap()),
+        "the case does not underflow"
+    );
+    let xv = Var::from_tensor(&x).unwrap();
+    let y = fused::softmax_last_dim(xv.as_tensor()).unwrap();
+    assert!(!has_subnormal(&y), "softmax");
+    let proj = randn(&[rows, d], 5);
+    let g = (&y * &proj).unwrap().sum_all().unwrap().backward().unwrap();
+    assert!(
+        !has_subnormal(g.get(xv.as_tensor()).unwrap()),
+        "softmax backward"
+    );
+    check(&[x.clone()], &|t| fused::softmax_last_dim(&t[0]), &|t| {
+        twin::softmax_last_dim(&t[0])
+    });
+    // The log-softmax gather's backward writes the probabilities too.
+    let tg = Tensor::new((0..rows as u32).collect::<Vec<_>>(), &Device::Cpu).unwrap();
+    let xv = Var::from_tensor(&x).unwrap();
+    let lp = fused::log_softmax_gather(xv.as_tensor(), &tg).unwrap();
+    let g = lp.sum_all().unwrap().backward().unwrap();
+    assert!(
+        !has_subnormal(g.get(xv.as_tensor()).unwrap()),
+        "log-softmax gather backward"
+    );
+    check(&[x], &|t| fused::log_softmax_gather(&t[0], &tg), &|t| {
+        twin::log_softmax_gather(&t[0], &tg)
+    });
+}
+
 #[test]
 fn non_contiguous_and_non_f32_inputs_take_a_correct_path() {
     // A transposed input is made contiguous; an f64 input goes to the twin.

@@ -85,7 +85,7 @@ const POLY: [f32; 6] = [
 const CLAMP: f32 = 88.376;
 
 /// `e^x` on 16 lanes; inputs are clamped to ±88.376 (the result saturates near `f32::MAX`
-/// and near 0, where the exact value overflows or is subnormal).
+/// where the exact value overflows), and a result below `f32::MIN_POSITIVE` is 0 ([`flush`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
@@ -106,11 +106,15 @@ unsafe fn exp16(x: __m512) -> __m512 {
     }
     let r2 = _mm512_mul_ps(r, r);
     let p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0)));
-    _mm512_scalef_ps(p, n)
+    let e = _mm512_scalef_ps(p, n);
+    _mm512_maskz_mov_ps(
+        _mm512_cmp_ps_mask::<_CMP_GE_OQ>(e, _mm512_set1_ps(f32::MIN_POSITIVE)),
+        e,
+    )
 }
 
-/// `e^x` on 8 lanes, as [`exp16`] computes it; `2ⁿ` is built in the exponent field (`n` lies
-/// within ±127 after the clamp, where `2⁻¹²⁷` reads as 0).
+/// `e^x` on 8 lanes, as [`exp16`] computes it (subnormal results 0 as there); `2ⁿ` is built in
+/// the exponent field (`n` lies within ±127 after the clamp, where `2⁻¹²⁷` reads as 0).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
@@ -135,7 +139,27 @@ unsafe fn exp8(x: __m256) -> __m256 {
         _mm256_cvtps_epi32(n),
         _mm256_set1_epi32(127),
     ));
-    _mm256_mul_ps(p, _mm256_castsi256_ps(bits))
+    let e = _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+    _mm256_and_ps(
+        e,
+        _mm256_cmp_ps::<_CMP_GE_OQ>(e, _mm256_set1_ps(f32::MIN_POSITIVE)),
+    )
+}
+
+/// `x`, or 0 where `x` is subnormal (nonzero, of magnitude below `f32::MIN_POSITIVE`).
+///
+/// The softmax family's kernels write their results through it (and [`exp_in_place`] and
+/// [`exp_sum`] never produce one): on Intel CPUs a multiply-add with a subnormal operand takes
+/// a microcode assist, about 100× slower, and the products downstream of a softmax (attention's
+/// `P·V` and its backward, the LM head's backward) read millions of them when probabilities
+/// underflow. The change to any result is below `f32::MIN_POSITIVE` in absolute value.
+#[inline]
+pub(crate) fn flush(x: f32) -> f32 {
+    if x.abs() < f32::MIN_POSITIVE {
+        0.0
+    } else {
+        x
+    }
 }
 
 /// `silu(g) · u = g · u / (1 + e^(−g))` for one element (the vector loops' tails, and CPUs
@@ -209,7 +233,8 @@ unsafe fn silu_mul_avx2(g: &[f32], u: &[f32], out: &mut [f32]) {
 }
 
 /// `x ← e^x` for each element of `xs`, on the best instruction set this CPU has ([`isa`]; libm's
-/// `expf` where it has neither): a softmax's exponentials.
+/// `expf` where it has neither): a softmax's exponentials. A result that would be subnormal
+/// is 0 ([`flush`]).
 pub(crate) fn exp_in_place(xs: &mut [f32]) {
     exp_in_place_on(isa(), xs)
 }
@@ -222,7 +247,7 @@ fn exp_in_place_on(isa: Option<Isa>, xs: &mut [f32]) {
         Some(Isa(Set::Avx512)) => unsafe { exp_avx512(xs) },
         #[cfg(target_arch = "x86_64")]
         Some(Isa(Set::Avx2)) => unsafe { exp_avx2(xs) },
-        _ => xs.iter_mut().for_each(|x| *x = x.exp()),
+        _ => xs.iter_mut().for_each(|x| *x = flush(x.exp())),
     }
 }
 
