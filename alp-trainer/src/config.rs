@@ -757,6 +757,20 @@ impl TrainConfig {
             .map_err(|e| Error::config("model.device", e.to_string()))?;
         self.model.lora.validate()?;
         self.tasks.dataset_format()?;
+        self.tasks.generators()?;
+        if self.tasks.train_file.is_empty()
+            && self.tasks.embedded == crate::default_task::CHAIN_KIND
+            && self.rl.max_new_tokens < crate::default_task::CHAIN_MAX_ANSWER_TOKENS
+        {
+            return Err(Error::config(
+                "rl.max_new_tokens",
+                format!(
+                    "is {}, below the longest worked solution of tasks.embedded = \"chain\" ({} tokens): set rl.max_new_tokens=160 and rl.max_total_tokens=200",
+                    self.rl.max_new_tokens,
+                    crate::default_task::CHAIN_MAX_ANSWER_TOKENS
+                ),
+            ));
+        }
         if !self.tasks.train_file.is_empty() {
             if self.tasks.heldout_file.is_empty() {
                 return Err(Error::config(

@@ -100,7 +100,13 @@ fn compact(question: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TaskMix {
-    /// Share of hard (multiplication) tasks of the embedded default.
+    /// The embedded tasks: `arithmetic` (the default: two-digit ± and, as `hard_fraction`
+    /// of them, three-digit × two-digit; answers of a few tokens) or `chain` (long sums of 7
+    /// to 10 two-digit terms, demonstrated and answered as a worked solution of
+    /// 60–130 tokens, one line per addition: the long-answer regime; size
+    /// `rl.max_new_tokens` for it, e.g. 160).
+    pub embedded: String,
+    /// Share of hard (multiplication) tasks of the embedded arithmetic.
     pub hard_fraction: f64,
     /// A dataset to train on instead: JSONL, or Parquet as Hugging Face datasets ship it
     /// (GSM8K `question`/`answer`, MATH `problem`/`solution`, or `prompt`/`answer`
@@ -117,6 +123,7 @@ pub struct TaskMix {
 impl Default for TaskMix {
     fn default() -> Self {
         TaskMix {
+            embedded: "arithmetic".into(),
             hard_fraction: 0.5,
             train_file: String::new(),
             heldout_file: String::new(),
@@ -125,7 +132,40 @@ impl Default for TaskMix {
     }
 }
 
+/// The embedded task families `tasks.embedded` names.
+pub const EMBEDDED_TASKS: &[&str] = &["arithmetic", "chain"];
+
+/// The kind of the long-answer tasks (`tasks.embedded = "chain"`).
+pub const CHAIN_KIND: &str = "chain";
+
+/// The most tokens a chain task's worked solution takes with its end-of-turn token (ten
+/// two-digit terms; a test draws the longest from the generator): `rl.max_new_tokens` must
+/// leave room for it. The shortest (seven terms) take 63.
+pub const CHAIN_MAX_ANSWER_TOKENS: usize = 150;
+
 impl TaskMix {
+    /// The embedded generators and their weights; an unknown `embedded` is a config error.
+    pub fn generators(&self) -> alp_core::Result<Vec<(MathGenerator, f64)>> {
+        let h = self.hard_fraction.clamp(0.0, 1.0);
+        match self.embedded.as_str() {
+            "arithmetic" => Ok(vec![
+                (MathGenerator::new(MathTaskKind::AddSub, 1), 1.0 - h),
+                (MathGenerator::new(MathTaskKind::Multiply, 2), h),
+            ]),
+            "chain" => Ok(vec![
+                (MathGenerator::new(MathTaskKind::Chain, 1), 0.5),
+                (MathGenerator::new(MathTaskKind::Chain, 2), 0.5),
+            ]),
+            other => Err(alp_core::Error::config(
+                "tasks.embedded",
+                format!(
+                    "unknown task family `{other}`; known: {}",
+                    EMBEDDED_TASKS.join(", ")
+                ),
+            )),
+        }
+    }
+
     /// The records' shape (`None`: detected from the first record).
     pub fn dataset_format(&self) -> alp_core::Result<Option<alp_envs::math::DatasetFormat>> {
         use alp_envs::math::DatasetFormat;
@@ -181,18 +221,14 @@ pub struct ArithmeticTasks {
 }
 
 impl ArithmeticTasks {
-    /// A stream of `split` with `seed`.
+    /// A stream of `split` with `seed` (an unknown `tasks.embedded`, which `validate`
+    /// refuses, gives the arithmetic mix).
     pub fn new(mix: &TaskMix, split: Split, seed: u64) -> Self {
-        let h = mix.hard_fraction.clamp(0.0, 1.0);
+        let generators = mix
+            .generators()
+            .unwrap_or_else(|_| TaskMix::default().generators().unwrap_or_default());
         ArithmeticTasks {
-            inner: TaskStream::new(
-                vec![
-                    (MathGenerator::new(MathTaskKind::AddSub, 1), 1.0 - h),
-                    (MathGenerator::new(MathTaskKind::Multiply, 2), h),
-                ],
-                split,
-                seed,
-            ),
+            inner: TaskStream::new(generators, split, seed),
             compact: true,
         }
     }
@@ -242,8 +278,9 @@ pub struct SftExample {
     pub uses_tool: bool,
 }
 
-/// A demonstration for `task`: a direct `\boxed{answer}`, or — with probability
-/// `tool_fraction` on hard tasks — a calculator call, its response, then the boxed answer.
+/// A demonstration for `task`: a direct `\\boxed{answer}`, or — with probability
+/// `tool_fraction` on hard tasks — a calculator call, its response, then the boxed answer; a
+/// chain task's is its worked solution (`alp_envs::math::generators::worked_solution`).
 pub fn demonstration(
     tok: &Tokenizer,
     task: &Task,
@@ -253,6 +290,21 @@ pub fn demonstration(
     let prompt = tok.encode(&tok.apply_chat_template(&task.messages, true, None)?, false)?;
     let answer = format!("\\boxed{{{}}}", task.answer);
     let end = tok.token_id(EOS)?;
+    if task.kind == CHAIN_KIND {
+        let q = &task.messages[0].content;
+        let work = alp_envs::math::generators::worked_solution(q).ok_or_else(|| {
+            alp_core::Error::Msg(format!("chain task `{q}` is not a sum of integers"))
+        })?;
+        let mut response = tok.encode(&work, false)?;
+        response.push(end);
+        let mask = vec![1; response.len()];
+        return Ok(SftExample {
+            prompt,
+            response,
+            mask,
+            uses_tool: false,
+        });
+    }
     let uses_tool = task.kind == HARD_KIND && rng.random_bool(tool_fraction.clamp(0.0, 1.0));
     if !uses_tool {
         let mut response = tok.encode(&answer, false)?;
@@ -342,6 +394,51 @@ mod tests {
         assert_eq!(ids.len(), 1 + 5 + 1);
         assert!(tok.vocab_size() <= alp_model::presets::alp_default().vocab_size);
         assert_eq!(tok.eos_ids(), &[tok.token_id(EOS).unwrap()]);
+    }
+
+    /// The long-answer family: every demonstration is the worked solution the verifier grades
+    /// correct, 63 to `CHAIN_MAX_ANSWER_TOKENS` tokens long, each line the previous one with
+    /// its first two terms added; a config that leaves no room for it is refused.
+    #[test]
+    fn chain_demonstrations_are_long_worked_solutions_the_verifier_accepts() {
+        let tok = build_tokenizer().unwrap();
+        let mix = TaskMix {
+            embedded: CHAIN_KIND.into(),
+            ..Default::default()
+        };
+        let mut tasks = ArithmeticTasks::new(&mix, Split::Train, 3);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        let (mut shortest, mut longest) = (usize::MAX, 0);
+        for _ in 0..2000 {
+            let task = tasks.next_task().unwrap();
+            assert_eq!(task.kind, CHAIN_KIND);
+            let ex = demonstration(&tok, &task, 0.5, &mut rng).unwrap();
+            shortest = shortest.min(ex.response.len());
+            longest = longest.max(ex.response.len());
+            let text = tok.decode(&ex.response, true).unwrap();
+            assert!(alp_envs::math::grade(&task.answer, &text).correct, "{text}");
+            let q = task.messages[0].content.trim_end_matches('=');
+            let mut prev: Vec<i64> = q.split('+').map(|t| t.parse().unwrap()).collect();
+            for line in text.lines().take_while(|l| !l.starts_with('\\')) {
+                let now: Vec<i64> = line.split('+').map(|t| t.parse().unwrap()).collect();
+                assert_eq!(now[0], prev[0] + prev[1], "{text}");
+                assert_eq!(now[1..], prev[2..], "{text}");
+                prev = now;
+            }
+            assert_eq!(prev.len(), 1, "{text}");
+        }
+        assert!(shortest >= 60, "{shortest}");
+        assert!(longest <= CHAIN_MAX_ANSWER_TOKENS && longest > 120, "{longest}");
+        let mut cfg = crate::config::TrainConfig::default();
+        cfg.tasks.embedded = CHAIN_KIND.into();
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("rl.max_new_tokens"), "{e}");
+        cfg.rl.max_new_tokens = 160;
+        cfg.rl.max_total_tokens = 200;
+        cfg.validate().unwrap();
+        cfg.tasks.embedded = "chains".into();
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("tasks.embedded") && e.contains("chain"), "{e}");
     }
 
     #[test]

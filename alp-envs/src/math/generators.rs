@@ -31,6 +31,11 @@ pub enum MathTaskKind {
     Linear,
     /// Templated word problems.
     WordProblem,
+    /// A long sum of two-digit terms (7–8, 9–10 or 11–12 of them by difficulty),
+    /// whose worked solution ([`worked_solution`]) adds the first two terms and rewrites the
+    /// rest, one line per step: 60–200 characters of answer, each line depending on the one
+    /// before.
+    Chain,
 }
 
 impl MathTaskKind {
@@ -44,6 +49,7 @@ impl MathTaskKind {
             MathTaskKind::Decimals => "decimals",
             MathTaskKind::Linear => "linear",
             MathTaskKind::WordProblem => "word-problem",
+            MathTaskKind::Chain => "chain",
         }
     }
 }
@@ -238,6 +244,19 @@ impl MathGenerator {
                 };
                 (format!("Solve for x: {lhs} = {c}."), x.to_string())
             }
+            MathTaskKind::Chain => {
+                let n = 5 + 2 * d as usize + rng.random_range(0..2usize);
+                let terms: Vec<i64> = (0..n).map(|_| rng.random_range(10..=99)).collect();
+                let text = terms
+                    .iter()
+                    .map(i64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" + ");
+                (
+                    format!("What is {text}?"),
+                    terms.iter().sum::<i64>().to_string(),
+                )
+            }
             MathTaskKind::WordProblem => {
                 const NAMES: [&str; 8] =
                     ["Ana", "Ben", "Chloe", "Dev", "Eva", "Farid", "Gita", "Hugo"];
@@ -272,6 +291,52 @@ impl MathGenerator {
             }
         }
     }
+}
+
+/// The worked solution of a [`MathTaskKind::Chain`] sum, written as `12+7+33+5` (spaces
+/// are ignored, a trailing `=` too): one line per step, each the sum of the previous line's
+/// first two terms followed by its other terms unchanged, then the boxed total:
+///
+/// ```
+/// use alp_envs::math::generators::worked_solution;
+/// assert_eq!(
+///     worked_solution("12 + 7 + 33 + 5").unwrap(),
+///     "19+33+5\n52+5\n57\n\\boxed{57}"
+/// );
+/// assert_eq!(worked_solution("12 * 7"), None);
+/// ```
+///
+/// `None` where the text is not a sum of at least two non-negative integers.
+pub fn worked_solution(sum: &str) -> Option<String> {
+    let compact: String = sum.chars().filter(|c| !c.is_whitespace()).collect();
+    let compact = compact.trim_end_matches('=');
+    let mut terms = compact
+        .split('+')
+        .map(|t| {
+            if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
+                None
+            } else {
+                t.parse::<i64>().ok()
+            }
+        })
+        .collect::<Option<Vec<_>>>()?;
+    if terms.len() < 2 {
+        return None;
+    }
+    let mut lines = Vec::with_capacity(terms.len());
+    while terms.len() > 1 {
+        let head = terms[0].checked_add(terms[1])?;
+        terms.splice(0..2, [head]);
+        lines.push(
+            terms
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join("+"),
+        );
+    }
+    lines.push(format!("\\boxed{{{}}}", terms[0]));
+    Some(lines.join("\n"))
 }
 
 /// The opening messages of a math task: the boxed-answer instruction and the question.
