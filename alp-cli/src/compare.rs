@@ -361,6 +361,17 @@ pub struct RunResult {
     pub curves: Vec<[f64; 4]>,
     /// Final σ per layer (ALP).
     pub sigma: Vec<f64>,
+    /// Mean measured mismatch over every step of the run (NaN steps skipped): engine k3 KL,
+    /// staleness k3 KL, staleness in versions. Empty in records older than the field.
+    #[serde(default)]
+    pub run_mismatch: Vec<f64>,
+    /// Per step: the sequence-level unperturbed ratio π_old/μ's p1, p50, p90, p99 and p99.9
+    /// (the spread over training the paper plots). Empty in records older than the field.
+    #[serde(default)]
+    pub seq_ratio_curves: Vec<[f64; 5]>,
+    /// Steps whose pre-clip gradient norm exceeded 5× the run's median.
+    #[serde(default)]
+    pub grad_norm_spikes: usize,
     /// The warm start the run began from ([`warm_start_id`]; empty in records older than the
     /// field): runs pair only within one warm start, and the same plan on another CPU (other
     /// kernels, other rounding) trains another.
@@ -419,6 +430,24 @@ pub fn summarise(seed: u64, sink: &MemorySink) -> RunResult {
     let median = alp_loss::diagnostics::quantile(&kl, 0.5);
     let first: Vec<&StepMetrics> = st.iter().take(3).collect();
     let early = |k: &str| first.iter().map(|m| g(m, k)).sum::<f64>() / first.len().max(1) as f64;
+    let whole = |k: &str| {
+        let v: Vec<f64> = st
+            .iter()
+            .filter_map(|m| m.get(k))
+            .filter(|x| x.is_finite())
+            .collect();
+        if v.is_empty() {
+            f64::NAN
+        } else {
+            v.iter().sum::<f64>() / v.len() as f64
+        }
+    };
+    let grad: Vec<f64> = st
+        .iter()
+        .filter_map(|m| m.get(alp_trainer::metrics::GRAD_NORM))
+        .filter(|x| x.is_finite())
+        .collect();
+    let grad_median = alp_loss::diagnostics::quantile(&grad, 0.5);
     let last_eval = sink.evals.last().map(|e| &e.2);
     RunResult {
         seed,
@@ -456,6 +485,27 @@ pub fn summarise(seed: u64, sink: &MemorySink) -> RunResult {
                 ]
             })
             .collect(),
+        run_mismatch: vec![
+            whole(loss::ENGINE_KL_K3),
+            whole(loss::STALE_KL_K3),
+            whole(alp_trainer::metrics::STALENESS),
+        ],
+        seq_ratio_curves: st
+            .iter()
+            .map(|m| {
+                [
+                    g(m, loss::UNPERTURBED_RATIO_SEQ_P1),
+                    g(m, loss::UNPERTURBED_RATIO_SEQ_P50),
+                    g(m, loss::UNPERTURBED_RATIO_SEQ_P90),
+                    g(m, loss::UNPERTURBED_RATIO_SEQ_P99),
+                    g(m, loss::UNPERTURBED_RATIO_SEQ_P99_9),
+                ]
+            })
+            .collect(),
+        grad_norm_spikes: grad
+            .iter()
+            .filter(|&&x| grad_median > 0.0 && x > 5.0 * grad_median)
+            .count(),
         sigma: st
             .last()
             .map(|m| {
@@ -541,6 +591,12 @@ struct RecordedRun {
     curves: Vec<[Option<f64>; 4]>,
     sigma: Vec<Option<f64>>,
     #[serde(default)]
+    run_mismatch: Vec<Option<f64>>,
+    #[serde(default)]
+    seq_ratio_curves: Vec<[Option<f64>; 5]>,
+    #[serde(default)]
+    grad_norm_spikes: usize,
+    #[serde(default)]
     warm_start: String,
 }
 
@@ -560,6 +616,9 @@ impl From<RecordedRun> for RunResult {
             heldout: r.heldout.into_iter().map(|(a, b)| (f(a), f(b))).collect(),
             curves: r.curves.into_iter().map(|c| c.map(f)).collect(),
             sigma: r.sigma.into_iter().map(f).collect(),
+            run_mismatch: r.run_mismatch.into_iter().map(f).collect(),
+            seq_ratio_curves: r.seq_ratio_curves.into_iter().map(|c| c.map(f)).collect(),
+            grad_norm_spikes: r.grad_norm_spikes,
             warm_start: r.warm_start,
         }
     }

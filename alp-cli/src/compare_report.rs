@@ -120,6 +120,7 @@ pub fn to_json(plan: &Plan, rows: &Rows, machine: &str) -> Value {
                 "ratio_max": r.iter().map(|x| x.ratio_max).fold(f64::NAN, f64::max),
                 "train_ratio_p99_9_max": r.iter().map(|x| x.train_ratio_p99_9_max).fold(f64::NAN, f64::max),
                 "kl_spikes": r.iter().map(|x| x.kl_spikes).sum::<usize>(),
+                "grad_norm_spikes": r.iter().map(|x| x.grad_norm_spikes).sum::<usize>(),
                 "collapsed_seeds": degraded,
                 "collapsed_at": r.iter().map(|x| x.collapsed_at).collect::<Vec<_>>(),
                 "seeds": r,
@@ -235,8 +236,32 @@ fn mismatch_line(rows: &Rows, setting: &str) -> String {
             .map(|r| r.early_mismatch[i])
             .collect::<Vec<f64>>()
     };
+    // Over every step (records newer than the field): staleness builds up over a run, so
+    // the first steps understate it.
+    let whole: Vec<&RunResult> = all
+        .iter()
+        .copied()
+        .filter(|r| r.run_mismatch.len() == 3)
+        .collect();
+    let run = |i: usize| {
+        whole
+            .iter()
+            .map(|r| r.run_mismatch[i])
+            .collect::<Vec<f64>>()
+    };
+    let over_run = if whole.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " Mean over every step of {} runs: engine k3 {}, staleness k3 {}, staleness {} versions.",
+            whole.len(),
+            pme(&run(0)),
+            pme(&run(1)),
+            pm(&run(2)),
+        )
+    };
     format!(
-        "Measured at the first 3 steps of every run: engine k3 KL(μ‖π_sampler) {}, staleness k3 KL(π_sampler‖π_old) {}, staleness {} versions, unperturbed ratio p99.9 {}.{}",
+        "Measured at the first 3 steps of every run: engine k3 KL(μ‖π_sampler) {}, staleness k3 KL(π_sampler‖π_old) {}, staleness {} versions, unperturbed ratio p99.9 {}.{over_run}{}",
         pme(&col(0)),
         pme(&col(1)),
         pm(&col(2)),
@@ -412,12 +437,19 @@ pub fn write(dir: &Path, plan: &Plan, rows: &Rows, machine: &str, wall_s: f64) -
         md.push_str(&table(rows, &s.name));
         md.push('\n');
         md.push_str(&paired_table(rows, &s.name));
-        for (kind, file) in [
+        let seq_curves = rows
+            .iter()
+            .any(|(st, _, r)| *st == s.name && r.iter().any(|x| !x.seq_ratio_curves.is_empty()));
+        let mut kinds = vec![
             (0usize, "heldout"),
             (1, "reward"),
             (2, "ratio_p99_9"),
             (3, "ratio_max"),
-        ] {
+        ];
+        if seq_curves {
+            kinds.extend([(4, "seq_ratio_p99_9"), (5, "seq_ratio_p1")]);
+        }
+        for (kind, file) in kinds {
             let name = format!("{}_{file}.svg", s.name);
             plot_band(
                 &plots.join(&name),
@@ -599,12 +631,19 @@ fn phase_section(plan: &Plan, rows: &Rows, plots: &Path) -> Result<String> {
 type Band = Vec<(f64, f64, f64)>;
 
 /// Per method: mean over seeds (line) and mean ± std (band) of a curve: 0 held-out accuracy,
-/// 1 reward, 2 unperturbed p99.9, 3 unperturbed max.
+/// 1 reward, 2 unperturbed p99.9, 3 unperturbed max; 4 and 5 the sequence-level unperturbed
+/// ratio's p99.9 and p1 (the spread over training).
 fn band(r: &[RunResult], kind: usize) -> Band {
     let series: Vec<Vec<(f64, f64)>> = r
         .iter()
         .map(|x| match kind {
             0 => x.heldout.clone(),
+            4 | 5 => x
+                .curves
+                .iter()
+                .zip(&x.seq_ratio_curves)
+                .map(|(c, q)| (c[0], if kind == 4 { q[4] } else { q[0] }))
+                .collect(),
             k => x.curves.iter().map(|c| (c[0], c[k])).collect(),
         })
         .collect();

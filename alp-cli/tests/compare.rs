@@ -312,6 +312,42 @@ fn collapse_is_a_lasting_fall_below_half_the_best_reward() {
     assert_eq!(compare::collapse_step(&s), Some(3));
 }
 
+/// The whole-run summaries: mismatch averaged over every step (not the first three), the
+/// sequence ratio's quantiles per step, and gradient-norm spikes over 5× the run's median.
+#[test]
+fn a_run_is_summarised_over_every_step() {
+    use alp_loss::names as n;
+    let mut sink = metrics::MemorySink::default();
+    sink.steps = steps(&[0.5; 10]);
+    for (i, m) in sink.steps.iter_mut().enumerate() {
+        // Staleness builds up: 0 for the first three steps, then 8.
+        let stale = if i < 3 { 0.0 } else { 8.0 };
+        m.set(metrics::STALENESS, stale);
+        m.set(n::STALE_KL_K3, stale * 1e-3);
+        m.set(n::ENGINE_KL_K3, 2e-3);
+        m.set(n::UNPERTURBED_RATIO_SEQ_P1, 0.5);
+        m.set(n::UNPERTURBED_RATIO_SEQ_P50, 1.0);
+        m.set(n::UNPERTURBED_RATIO_SEQ_P90, 1.5);
+        m.set(n::UNPERTURBED_RATIO_SEQ_P99, 2.0 + i as f64);
+        m.set(n::UNPERTURBED_RATIO_SEQ_P99_9, 3.0 + i as f64);
+        m.set(metrics::GRAD_NORM, if i == 6 || i == 8 { 6.0 } else { 1.0 });
+    }
+    // A step without the engine's measure is skipped, not averaged as 0.
+    sink.steps[9].values.remove(n::ENGINE_KL_K3);
+    let r = compare::summarise(0, &sink);
+    assert_eq!(r.early_mismatch[2], 0.0, "the first steps see no staleness");
+    assert!(
+        (r.run_mismatch[2] - 5.6).abs() < 1e-12,
+        "{:?}",
+        r.run_mismatch
+    );
+    assert!((r.run_mismatch[1] - 5.6e-3).abs() < 1e-12);
+    assert!((r.run_mismatch[0] - 2e-3).abs() < 1e-12);
+    assert_eq!(r.seq_ratio_curves.len(), 10);
+    assert_eq!(r.seq_ratio_curves[4], [0.5, 1.0, 1.5, 6.0, 7.0]);
+    assert_eq!(r.grad_norm_spikes, 2);
+}
+
 #[test]
 fn a_verdict_pairs_seeds_and_ignores_differences_below_the_printed_precision() {
     assert_eq!(compare_report::mean_std(&[1.0, 3.0]), (2.0, 2f64.sqrt()));

@@ -10,7 +10,9 @@ use crate::names::{self, stat};
 pub const QUANTILES: &[(&str, f64)] = &[
     (stat::P0_1, 0.001),
     (stat::P1, 0.01),
+    (stat::P10, 0.1),
     (stat::P50, 0.5),
+    (stat::P90, 0.9),
     (stat::P99, 0.99),
     (stat::P99_9, 0.999),
 ];

@@ -25,8 +25,12 @@ pub mod stat {
     pub const P0_1: &str = "p0_1";
     /// 1% quantile.
     pub const P1: &str = "p1";
+    /// 10% quantile.
+    pub const P10: &str = "p10";
     /// Median.
     pub const P50: &str = "p50";
+    /// 90% quantile.
+    pub const P90: &str = "p90";
     /// 99% quantile.
     pub const P99: &str = "p99";
     /// 99.9% quantile.
@@ -49,6 +53,16 @@ pub const RATIO_TOKEN_MIN: &str = "ratio/token/min";
 pub const RATIO_SEQ_P99_9: &str = "ratio/seq/p99_9";
 /// `ratio/seq/max`.
 pub const RATIO_SEQ_MAX: &str = "ratio/seq/max";
+/// `ratio_unperturbed/seq/p50`: the median sequence-level ratio π_old/μ of a step.
+pub const UNPERTURBED_RATIO_SEQ_P50: &str = "ratio_unperturbed/seq/p50";
+/// `ratio_unperturbed/seq/p90`.
+pub const UNPERTURBED_RATIO_SEQ_P90: &str = "ratio_unperturbed/seq/p90";
+/// `ratio_unperturbed/seq/p99`.
+pub const UNPERTURBED_RATIO_SEQ_P99: &str = "ratio_unperturbed/seq/p99";
+/// `ratio_unperturbed/seq/p99_9`.
+pub const UNPERTURBED_RATIO_SEQ_P99_9: &str = "ratio_unperturbed/seq/p99_9";
+/// `ratio_unperturbed/seq/p1`.
+pub const UNPERTURBED_RATIO_SEQ_P1: &str = "ratio_unperturbed/seq/p1";
 /// `mismatch/engine/ratio_token/max`.
 pub const ENGINE_RATIO_TOKEN_MAX: &str = "mismatch/engine/ratio_token/max";
 /// `mismatch/engine/ratio_token/min`.

@@ -428,7 +428,10 @@ mod tests {
             assert_eq!(prev.len(), 1, "{text}");
         }
         assert!(shortest >= 60, "{shortest}");
-        assert!(longest <= CHAIN_MAX_ANSWER_TOKENS && longest > 120, "{longest}");
+        assert!(
+            longest <= CHAIN_MAX_ANSWER_TOKENS && longest > 120,
+            "{longest}"
+        );
         let mut cfg = crate::config::TrainConfig::default();
         cfg.tasks.embedded = CHAIN_KIND.into();
         let e = cfg.validate().unwrap_err().to_string();

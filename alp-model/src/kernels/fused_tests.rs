@@ -252,9 +252,11 @@ fn softmax_kernels_write_no_subnormals_where_probabilities_underflow() {
         !has_subnormal(g.get(xv.as_tensor()).unwrap()),
         "softmax backward"
     );
-    check(std::slice::from_ref(&x), &|t| fused::softmax_last_dim(&t[0]), &|t| {
-        twin::softmax_last_dim(&t[0])
-    });
+    check(
+        std::slice::from_ref(&x),
+        &|t| fused::softmax_last_dim(&t[0]),
+        &|t| twin::softmax_last_dim(&t[0]),
+    );
     // The log-softmax gather's backward writes the probabilities too.
     let tg = Tensor::new((0..rows as u32).collect::<Vec<_>>(), &Device::Cpu).unwrap();
     let xv = Var::from_tensor(&x).unwrap();
