@@ -170,3 +170,130 @@ pub fn wilson(k: usize, n: usize) -> (f64, f64) {
         ((centre + half) / den).min(1.0),
     )
 }
+
+/// The exact (Clopper–Pearson) 95% interval of a rate of `k` in `n`: the Beta quantiles that
+/// never cover less than 95% whatever the true rate ((0, 1) for n = 0).
+pub fn clopper_pearson(k: usize, n: usize) -> (f64, f64) {
+    use statrs::distribution::Beta;
+    if n == 0 || k > n {
+        return (0.0, 1.0);
+    }
+    let (kf, nf) = (k as f64, n as f64);
+    let lo = if k == 0 {
+        0.0
+    } else {
+        Beta::new(kf, nf - kf + 1.0).map_or(f64::NAN, |b| b.inverse_cdf(0.025))
+    };
+    let hi = if k == n {
+        1.0
+    } else {
+        Beta::new(kf + 1.0, nf - kf).map_or(f64::NAN, |b| b.inverse_cdf(0.975))
+    };
+    (lo, hi)
+}
+
+/// Two-sided p-value of the paired t test of `a − b` (n − 1 degrees of freedom); `None` under
+/// two finite pairs. Zero spread gives 1 for a zero mean and 0 otherwise.
+pub fn paired_t_p(a: &[f64], b: &[f64]) -> Option<f64> {
+    let (d, mean, sd) = differences(a, b)?;
+    let n = d.len() as f64;
+    if sd == 0.0 {
+        return Some(if mean == 0.0 { 1.0 } else { 0.0 });
+    }
+    let t = mean / (sd / n.sqrt());
+    let dist = StudentsT::new(0.0, 1.0, n - 1.0).ok()?;
+    Some((2.0 * (1.0 - dist.cdf(t.abs()))).min(1.0))
+}
+
+/// The exact McNemar test of two methods' binary outcomes (collapsed or not) on the same
+/// seeds and warm starts: only the pairs where exactly one of them collapsed count, `only_a`
+/// where `a` did and `only_b` where `b` did; two-sided p = 2 · P(Bin(only_a + only_b, ½) ≤
+/// min), capped at 1. Pairing keeps the warm start and seed a block, as the design has it.
+pub fn mcnemar_exact(only_a: usize, only_b: usize) -> f64 {
+    let n = only_a + only_b;
+    if n == 0 {
+        return 1.0;
+    }
+    let k = only_a.min(only_b);
+    // P(X ≤ k) for X ~ Bin(n, ½), summed in logs (n is a handful of runs to a few hundred).
+    let ln_choose =
+        |n: usize, r: usize| -> f64 { (1..=r).map(|i| ((n - r + i) as f64 / i as f64).ln()).sum() };
+    let tail: f64 = (0..=k)
+        .map(|i| (ln_choose(n, i) - n as f64 * std::f64::consts::LN_2).exp())
+        .sum();
+    (2.0 * tail).min(1.0)
+}
+
+/// Holm's step-down adjustment of `p` for the family it belongs to: sorted ascending, the
+/// i-th (from 0) is multiplied by (m − i), made monotone, capped at 1; returned in the input's
+/// order. A hypothesis is rejected at level α when its adjusted p is at most α; the
+/// family-wise error rate is then at most α whatever the dependence between the tests.
+pub fn holm(p: &[f64]) -> Vec<f64> {
+    let m = p.len();
+    let mut order: Vec<usize> = (0..m).collect();
+    order.sort_by(|&i, &j| p[i].total_cmp(&p[j]));
+    let mut out = vec![f64::NAN; m];
+    let mut running = 0f64;
+    for (rank, &i) in order.iter().enumerate() {
+        let adj = if p[i].is_nan() {
+            f64::NAN
+        } else {
+            running = running.max(((m - rank) as f64 * p[i]).min(1.0));
+            running
+        };
+        out[i] = adj;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holm_matches_a_worked_example_and_keeps_the_order() {
+        // p = (0.01, 0.04, 0.03, 0.005), m = 4: sorted 0.005·4 = 0.02, 0.01·3 = 0.03,
+        // 0.03·2 = 0.06, 0.04·1 = 0.04 → monotone 0.06.
+        let a = holm(&[0.01, 0.04, 0.03, 0.005]);
+        let want = [0.03, 0.06, 0.06, 0.02];
+        for (x, w) in a.iter().zip(want) {
+            assert!((x - w).abs() < 1e-12, "{a:?}");
+        }
+        assert_eq!(holm(&[0.9, 0.8]), vec![1.0, 1.0]);
+        assert!(holm(&[]).is_empty());
+    }
+
+    #[test]
+    fn clopper_pearson_is_exact_at_its_edges_and_wider_than_wilson() {
+        let (lo, hi) = clopper_pearson(0, 10);
+        // 1 − 0.025^(1/10): the textbook upper end for no event in 10.
+        assert_eq!(lo, 0.0);
+        assert!((hi - (1.0 - 0.025f64.powf(0.1))).abs() < 1e-9, "{hi}");
+        let (lo, hi) = clopper_pearson(10, 10);
+        assert!((lo - 0.025f64.powf(0.1)).abs() < 1e-9 && hi == 1.0);
+        // 5 of 20 (R's binom.test: 0.0866 – 0.4910).
+        let (lo, hi) = clopper_pearson(5, 20);
+        assert!(
+            (lo - 0.0866).abs() < 1e-4 && (hi - 0.4910).abs() < 1e-4,
+            "{lo} {hi}"
+        );
+        let (wl, wh) = wilson(5, 20);
+        assert!(lo < wl && hi > wh);
+    }
+
+    #[test]
+    fn mcnemar_and_the_paired_t_p_value_match_hand_computations() {
+        // 6 discordant pairs all one way: 2 · 0.5^6.
+        assert!((mcnemar_exact(6, 0) - 2.0 * 0.5f64.powi(6)).abs() < 1e-12);
+        // 3 against 3: no evidence.
+        assert_eq!(mcnemar_exact(3, 3), 1.0);
+        // 1 against 7 of 8: 2 · (1 + 8) / 256.
+        assert!((mcnemar_exact(1, 7) - 18.0 / 256.0).abs() < 1e-12);
+        assert_eq!(mcnemar_exact(0, 0), 1.0);
+        // Differences 1, 2, 3: mean 2, sd 1, t = 2√3 on 2 dof: p = 0.0742 (R's t.test).
+        let p = paired_t_p(&[1.0, 2.0, 3.0], &[0.0; 3]).unwrap();
+        assert!((p - 0.0742).abs() < 1e-4, "{p}");
+        assert_eq!(paired_t_p(&[1.0, 1.0], &[1.0, 1.0]), Some(1.0));
+        assert_eq!(paired_t_p(&[1.0], &[0.0]), None);
+    }
+}
