@@ -146,6 +146,10 @@ pub struct Plan {
     pub arms: Vec<Arm>,
     /// Seeds per (setting, method).
     pub seeds: usize,
+    /// Whether the report opens with the pre-registered primary comparisons (Holm-corrected
+    /// over their family; `compare_report`'s `PRIMARY`), the rest labelled exploratory.
+    #[serde(default)]
+    pub primary: bool,
 }
 
 /// A plan as a file spells it.
@@ -160,6 +164,8 @@ struct PlanFile {
     #[serde(default)]
     settings: Vec<SettingFile>,
     arms: Vec<ArmFile>,
+    #[serde(default)]
+    primary: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -265,6 +271,7 @@ impl Plan {
             settings,
             arms,
             seeds: f.seeds,
+            primary: f.primary,
         })
     }
 

@@ -323,6 +323,176 @@ pub fn verdict(
     }
 }
 
+/// The pre-registered primary comparisons, as (what, row a, row b): collapse rates (exact
+/// McNemar over the runs both rows have, paired by setting and seed), the spread of the
+/// sequence-level ratio over training ([`seq_spread`]) and the area under the held-out
+/// accuracy curve ([`accuracy_auc`]) (paired t over the same pairs). Holm's adjustment runs
+/// over this family; every other comparison in a report is exploratory.
+pub const PRIMARY: &[(&str, &str, &str)] = &[
+    ("collapse", "alp-seq", "alp-loss-no-noise"),
+    ("collapse", "alp-seq", "seq-bypass"),
+    ("seq-spread", "alp-seq", "bypass"),
+    ("auc", "alp-seq", "seq-bypass"),
+];
+
+/// A run's sequence-ratio spread: the mean over its steps of ln(p99 / p1) of the unperturbed
+/// sequence-level ratio π_old/μ (wide on either side: heavy tails); NaN without the curves.
+pub fn seq_spread(r: &RunResult) -> f64 {
+    let v: Vec<f64> = r
+        .seq_ratio_curves
+        .iter()
+        .map(|q| (q[3] / q[0]).ln())
+        .filter(|x| x.is_finite())
+        .collect();
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
+    }
+}
+
+/// A run's area under its held-out accuracy curve, in percent: the trapezoid over its
+/// evaluations (before RL included) divided by the steps they span; the single evaluation's
+/// accuracy where there is one.
+pub fn accuracy_auc(r: &RunResult) -> f64 {
+    let h = &r.heldout;
+    match h.len() {
+        0 => f64::NAN,
+        1 => 100.0 * h[0].1,
+        _ => {
+            let span = h[h.len() - 1].0 - h[0].0;
+            let area: f64 = h
+                .windows(2)
+                .map(|w| (w[1].0 - w[0].0) * (w[0].1 + w[1].1) / 2.0)
+                .sum();
+            if span > 0.0 {
+                100.0 * area / span
+            } else {
+                100.0 * h.iter().map(|x| x.1).sum::<f64>() / h.len() as f64
+            }
+        }
+    }
+}
+
+/// One primary comparison over every setting of `rows`: pairs, statistic, raw p-value.
+fn primary_test(rows: &Rows, what: &str, a: &str, b: &str) -> (usize, String, f64) {
+    let settings: Vec<&String> = {
+        let mut v: Vec<&String> = rows.iter().map(|(s, _, _)| s).collect();
+        v.dedup();
+        v
+    };
+    let pairs: Vec<(&RunResult, &RunResult)> = settings
+        .iter()
+        .filter_map(|s| Some((find(rows, s, a)?, find(rows, s, b)?)))
+        .flat_map(|(ra, rb)| {
+            ra.iter()
+                .filter_map(|x| rb.iter().find(|y| y.seed == x.seed).map(|y| (x, y)))
+        })
+        .collect();
+    if what == "collapse" {
+        let only_a = pairs
+            .iter()
+            .filter(|(x, y)| x.collapsed_at.is_some() && y.collapsed_at.is_none())
+            .count();
+        let only_b = pairs
+            .iter()
+            .filter(|(x, y)| x.collapsed_at.is_none() && y.collapsed_at.is_some())
+            .count();
+        let rate = |f: &dyn Fn(&(&RunResult, &RunResult)) -> bool| {
+            let k = pairs.iter().filter(|p| f(p)).count();
+            let (lo, hi) = crate::stats::clopper_pearson(k, pairs.len());
+            format!(
+                "{k}/{} [{:.0}%, {:.0}%]",
+                pairs.len(),
+                100.0 * lo,
+                100.0 * hi
+            )
+        };
+        let stat = format!(
+            "collapsed {} vs {}; discordant pairs {only_a} vs {only_b} (exact McNemar)",
+            rate(&|p| p.0.collapsed_at.is_some()),
+            rate(&|p| p.1.collapsed_at.is_some()),
+        );
+        return (
+            pairs.len(),
+            stat,
+            crate::stats::mcnemar_exact(only_a, only_b),
+        );
+    }
+    let value: &dyn Fn(&RunResult) -> f64 = if what == "auc" {
+        &accuracy_auc
+    } else {
+        &seq_spread
+    };
+    let (x, y): (Vec<f64>, Vec<f64>) = pairs
+        .iter()
+        .map(|(p, q)| (value(p), value(q)))
+        .filter(|(p, q)| p.is_finite() && q.is_finite())
+        .unzip();
+    match (
+        crate::stats::paired_t(&x, &y),
+        crate::stats::paired_t_p(&x, &y),
+    ) {
+        (Some(i), Some(p)) => (
+            i.pairs,
+            format!(
+                "paired Δ {:+.3} [{:+.3}, {:+.3}] (t 95%), detectable ±{:.3}",
+                i.mean, i.lo, i.hi, i.detectable
+            ),
+            p,
+        ),
+        _ => (x.len(), "fewer than 2 pairs".into(), f64::NAN),
+    }
+}
+
+/// The primary comparisons' table, Holm-adjusted over [`PRIMARY`].
+pub fn primary_section(rows: &Rows) -> String {
+    let tests: Vec<(usize, String, f64)> = PRIMARY
+        .iter()
+        .map(|(w, a, b)| primary_test(rows, w, a, b))
+        .collect();
+    let adjusted = crate::stats::holm(&tests.iter().map(|t| t.2).collect::<Vec<_>>());
+    let mut md = String::from(
+        "## Primary comparisons (pre-registered; Holm-adjusted over these four)\n\n\
+         Pairs are the runs both rows have, by setting and seed (each seed's warm start shared). \
+         `collapse`: exact McNemar test on the pairs where one row collapsed and the other did \
+         not, rates with exact (Clopper–Pearson) 95% intervals. `seq-spread`: per run, the mean \
+         over steps of ln(p99/p1) of the unperturbed sequence-level ratio π_old/μ. `auc`: per \
+         run, the area under the held-out accuracy curve (%). A row is told apart when its Holm \
+         p is at most 0.05; everything after this section is exploratory.\n\n\
+         | comparison | rows | pairs | statistic | p | Holm p | verdict |\n\
+         | --- | --- | --- | --- | --- | --- | --- |\n",
+    );
+    for ((what, a, b), ((n, stat, p), adj)) in PRIMARY.iter().zip(tests.iter().zip(&adjusted)) {
+        let verdict = if adj.is_nan() {
+            "not measured".to_string()
+        } else if *adj <= 0.05 {
+            "**told apart** (family-wise 5%)".to_string()
+        } else {
+            "not told apart at this size".to_string()
+        };
+        md.push_str(&format!(
+            "| {what} | {a} vs {b} | {n} | {stat} | {} | {} | {verdict} |
+",
+            fmt_p(*p),
+            fmt_p(*adj)
+        ));
+    }
+    md.push('\n');
+    md
+}
+
+/// A p-value as the report prints it.
+fn fmt_p(p: f64) -> String {
+    if p.is_nan() {
+        "—".into()
+    } else if p < 1e-4 {
+        format!("{p:.1e}")
+    } else {
+        format!("{p:.4}")
+    }
+}
+
 /// The paper's three questions, answered from the runs.
 fn questions(plan: &Plan, rows: &Rows) -> String {
     let mut md = String::from("## The paper's three questions\n\n");
@@ -420,6 +590,9 @@ pub fn write(dir: &Path, plan: &Plan, rows: &Rows, machine: &str, wall_s: f64) -
         "# alp compare: preset `{}`\n\nMachine: {machine}. {} seeds per method and setting.{wall}{progress} {warm} with the same tasks and budget; every run's directory is under `runs/<setting>/<method>/seed<k>/`.\n\nAccuracy is greedy held-out accuracy after RL; avg@k the mean over k samples at T = 1. Tails are compared on the unperturbed ratio π_old/μ (the policy each step starts from over the sampler), the same tokens for every method; ALP's own training ratio is perturbed and wider by construction (last ratio column). A run is `collapsed` when its reward (5-step mean) falls below half its best and stays there, or its loss is not finite.\n\n",
         plan.preset, plan.seeds
     );
+    if plan.primary {
+        md.push_str(&primary_section(rows));
+    }
     if plan.settings.len() > 1 {
         md.push_str(&phase_section(plan, rows, &plots)?);
     }

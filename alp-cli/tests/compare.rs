@@ -348,6 +348,79 @@ fn a_run_is_summarised_over_every_step() {
     assert_eq!(r.grad_norm_spikes, 2);
 }
 
+/// The primary family: collapses paired by setting and seed through the exact McNemar test,
+/// the spread and the accuracy area through paired t, each Holm-adjusted over the four.
+#[test]
+fn primary_comparisons_are_paired_and_holm_adjusted() {
+    let run = |seed: u64, collapsed: bool, spread: f64, acc: [f64; 3]| compare::RunResult {
+        seed,
+        collapsed_at: collapsed.then_some(10),
+        heldout: vec![(0.0, acc[0]), (10.0, acc[1]), (30.0, acc[2])],
+        seq_ratio_curves: vec![[1.0, 1.0, 1.0, spread.exp(), 9.0]; 4],
+        ..Default::default()
+    };
+    // The area: (10·(a0+a1)/2 + 20·(a1+a2)/2) / 30, in percent.
+    let r = run(0, false, 0.5, [0.1, 0.4, 0.7]);
+    assert!((compare_report::accuracy_auc(&r) - 100.0 * (2.5 + 11.0) / 30.0).abs() < 1e-9);
+    assert!((compare_report::seq_spread(&r) - 0.5).abs() < 1e-12);
+    // Two settings × 4 seeds: alp-seq never collapses, the no-noise row always does (8
+    // discordant pairs one way: p = 2/256).
+    let mut rows = Vec::new();
+    for s in ["a", "b"] {
+        let alp: Vec<_> = (0..4)
+            .map(|k| run(k, false, 0.2, [0.1, 0.3, 0.5]))
+            .collect();
+        let nn: Vec<_> = (0..4).map(|k| run(k, true, 0.2, [0.1, 0.3, 0.5])).collect();
+        // Seq-Bypass: one collapse in 8 (not told apart); a spread that differs by seed.
+        let sb: Vec<_> = (0..4)
+            .map(|k| {
+                run(
+                    k,
+                    s == "a" && k == 0,
+                    0.2 + 0.01 * k as f64,
+                    [0.1, 0.3, 0.5],
+                )
+            })
+            .collect();
+        let by: Vec<_> = (0..4)
+            .map(|k| run(k, false, 1.0 + 0.1 * k as f64, [0.1, 0.2, 0.3]))
+            .collect();
+        rows.push((s.to_string(), "alp-seq".to_string(), alp));
+        rows.push((s.to_string(), "alp-loss-no-noise".to_string(), nn));
+        rows.push((s.to_string(), "seq-bypass".to_string(), sb));
+        rows.push((s.to_string(), "bypass".to_string(), by));
+    }
+    let md = compare_report::primary_section(&rows);
+    let line = |what: &str, b: &str| {
+        md.lines()
+            .find(|l| l.starts_with(&format!("| {what} | alp-seq vs {b} |")))
+            .unwrap_or_else(|| panic!("no {what} row in\n{md}"))
+            .to_string()
+    };
+    let l = line("collapse", "alp-loss-no-noise");
+    assert!(
+        l.contains("| 8 |") && l.contains("0/8") && l.contains("8/8"),
+        "{l}"
+    );
+    // Holm: the spread test's p is smaller still (×4), so this one is ×3.
+    assert!(
+        l.contains("0.0078") && l.contains("0.0234") && l.contains("**told apart**"),
+        "{l}"
+    );
+    let l = line("collapse", "seq-bypass");
+    assert!(
+        l.contains("discordant pairs 0 vs 1") && l.contains("not told apart"),
+        "{l}"
+    );
+    // Bypass's spread is wider on every pair: told apart even after the adjustment.
+    let l = line("seq-spread", "bypass");
+    assert!(
+        l.contains("paired Δ -0.950") && l.contains("**told apart**"),
+        "{l}"
+    );
+    assert!(line("auc", "seq-bypass").contains("| 8 |"));
+}
+
 #[test]
 fn a_verdict_pairs_seeds_and_ignores_differences_below_the_printed_precision() {
     assert_eq!(compare_report::mean_std(&[1.0, 3.0]), (2.0, 2f64.sqrt()));
