@@ -101,9 +101,9 @@ fn compact(question: &str) -> String {
 #[serde(default, deny_unknown_fields)]
 pub struct TaskMix {
     /// The embedded tasks: `arithmetic` (the default: two-digit ± and, as `hard_fraction`
-    /// of them, three-digit × two-digit; answers of a few tokens) or `chain` (long sums of 7
-    /// to 10 two-digit terms, demonstrated and answered as a worked solution of
-    /// 60–130 tokens, one line per addition: the long-answer regime; size
+    /// of them, three-digit × two-digit; answers of a few tokens) or `chain` (long sums of 8
+    /// to 11 one-digit terms, demonstrated and answered as a worked solution of
+    /// 63–125 tokens, one line per addition: the long-answer regime; size
     /// `rl.max_new_tokens` for it, e.g. 160).
     pub embedded: String,
     /// Share of hard (multiplication) tasks of the embedded arithmetic.
@@ -138,10 +138,10 @@ pub const EMBEDDED_TASKS: &[&str] = &["arithmetic", "chain"];
 /// The kind of the long-answer tasks (`tasks.embedded = "chain"`).
 pub const CHAIN_KIND: &str = "chain";
 
-/// The most tokens a chain task's worked solution takes with its end-of-turn token (ten
-/// two-digit terms; a test draws the longest from the generator): `rl.max_new_tokens` must
-/// leave room for it. The shortest (seven terms) take 63.
-pub const CHAIN_MAX_ANSWER_TOKENS: usize = 150;
+/// The most tokens a chain task's worked solution takes with its end-of-turn token (eleven
+/// terms take 120–125; a test draws the longest from the generator): `rl.max_new_tokens` must
+/// leave room for it. The shortest (eight terms) take 63.
+pub const CHAIN_MAX_ANSWER_TOKENS: usize = 130;
 
 impl TaskMix {
     /// The embedded generators and their weights; an unknown `embedded` is a config error.

@@ -31,7 +31,7 @@ pub enum MathTaskKind {
     Linear,
     /// Templated word problems.
     WordProblem,
-    /// A long sum of two-digit terms (7–8, 9–10 or 11–12 of them by difficulty),
+    /// A long sum of one-digit terms (8–9, 10–11 or 12–13 of them by difficulty),
     /// whose worked solution ([`worked_solution`]) adds the first two terms and rewrites the
     /// rest, one line per step: 60–200 characters of answer, each line depending on the one
     /// before.
@@ -245,8 +245,8 @@ impl MathGenerator {
                 (format!("Solve for x: {lhs} = {c}."), x.to_string())
             }
             MathTaskKind::Chain => {
-                let n = 5 + 2 * d as usize + rng.random_range(0..2usize);
-                let terms: Vec<i64> = (0..n).map(|_| rng.random_range(10..=99)).collect();
+                let n = 6 + 2 * d as usize + rng.random_range(0..2usize);
+                let terms: Vec<i64> = (0..n).map(|_| rng.random_range(1..=9)).collect();
                 let text = terms
                     .iter()
                     .map(i64::to_string)
