@@ -83,15 +83,40 @@ pub fn all_arms() -> Vec<Arm> {
             "alp-seq",
             &["perturbation.learnable=false"],
         ),
-        // σ as the reference sets it (the rows above use relative σ₀ = 0.05, learnable): its
-        // single-turn runs (absolute σ = 0.02, fixed) and its multi-turn runs (absolute 1e-6,
-        // learnable at 5e-4 with the weights' decay of 1e-2 on log σ).
+        // σ as the reference sets it (the rows above use relative σ₀ = 0.05, learnable). Its
+        // single-turn script passes `actor.perturb_std=0.02` but not `actor.use_perturbation`
+        // (false in its actor.yaml), and its fsdp_workers.py adds the noise only when that is
+        // true (at commit 96a9655): as committed the single-turn runs train the sequence-level
+        // loss, clip [0.5, 4] and dual clip 10, without noise (`alp-seq-ref-single-turn`).
+        // With the noise switched on, σ = 0.02 absolute would be learnable at 1e-2 (its
+        // defaults `coef_learnable` true, `perturb_lr` 1e-2: `alp-seq-abs-0.02-learnable`);
+        // `alp-seq-abs-fixed` keeps it fixed. Its multi-turn runs: absolute 1e-6, learnable
+        // at 5e-4 with the weights' decay of 1e-2 on log σ.
         a(
             "alp-seq-abs-fixed",
             "alp-seq",
             &[
                 "perturbation.mode=absolute",
                 "perturbation.sigma_init=0.02",
+                "perturbation.learnable=false",
+            ],
+        ),
+        a(
+            "alp-seq-abs-0.02-learnable",
+            "alp-seq",
+            &[
+                "perturbation.mode=absolute",
+                "perturbation.sigma_init=0.02",
+                "perturbation.learnable=true",
+                "rl.sigma_lr=1e-2",
+            ],
+        ),
+        a(
+            "alp-seq-ref-single-turn",
+            "alp-seq",
+            &[
+                "rl.objective.dual_clip=10",
+                "perturbation.sigma_init=0",
                 "perturbation.learnable=false",
             ],
         ),
@@ -195,13 +220,15 @@ const PRESETS: &[(&str, &str)] = &[
     ("full", include_str!("../plans/full.toml")),
     ("phase", include_str!("../plans/phase.toml")),
     ("phase-smoke", include_str!("../plans/phase-smoke.toml")),
+    ("long-pilot", include_str!("../plans/long-pilot.toml")),
 ];
 
 /// `smoke` (every method row, a few steps, minutes), `default` (every main method × 3 seeds
 /// at the default mismatch and a high-mismatch setting), `full` (with ablations and a sweep up
 /// to quantised rollouts, long staleness, large learning rates and several PPO epochs),
 /// `phase` (the mismatch phase diagram: engine and drift axes apart, 5 paired seeds),
-/// `phase-smoke` (the phase diagram's machinery in about half a minute).
+/// `phase-smoke` (the phase diagram's machinery in about half a minute), `long-pilot` (the
+/// long-answer task under stacked mismatch, looking for a regime that breaks the baselines).
 pub fn preset(name: &str) -> Result<Plan> {
     match PRESETS.iter().find(|(n, _)| *n == name) {
         Some((n, text)) => Plan::from_toml(text, &format!("alp-cli/plans/{n}.toml")),

@@ -296,9 +296,9 @@ fn warm_starts<'a>(runs: impl Iterator<Item = &'a RunResult>) -> Vec<&'a str> {
 }
 
 /// `a` against `b` on one per-seed value, paired by seed with the Student t 95% interval;
-/// a mean difference below `resolution` (the precision the report prints) is no difference,
-/// whatever its interval (ratios of 1.00001 and 1.00002 over zero-variance seeds are not told
-/// apart in any useful sense).
+/// an interval inside ±`resolution` (the precision the report prints) is no difference
+/// (ratios of 1.00001 and 1.00002 over zero-variance seeds are not told apart in any useful
+/// sense), while a mean that only rounds to 0 gets its interval.
 pub fn verdict(
     a: &[RunResult],
     b: &[RunResult],
@@ -308,8 +308,10 @@ pub fn verdict(
     let (x, y) = paired_values(a, b, value);
     match crate::stats::paired_t(&x, &y) {
         None => "fewer than 2 paired seeds: nothing can be told".into(),
-        Some(i) if i.mean.abs() < resolution => format!(
-            "no difference at the printed precision (paired Δ {:+.3e})",
+        // Only where the whole interval is inside the printed precision: a mean that rounds
+        // to 0 over per-seed differences of ±1 is not "no difference".
+        Some(i) if i.lo > -resolution && i.hi < resolution => format!(
+            "no difference at the printed precision (paired Δ {:+.3e}, interval inside ±{resolution})",
             i.mean
         ),
         Some(i) if i.excludes_zero() => format!(

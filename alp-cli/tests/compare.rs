@@ -457,6 +457,11 @@ fn a_verdict_pairs_seeds_and_ignores_differences_below_the_printed_precision() {
         v.starts_with("no difference at the printed precision"),
         "{v}"
     );
+    // A mean that rounds to 0 over per-seed differences of +1.4 to -1.2 points is not "no
+    // difference at the printed precision": its interval is said.
+    let f = runs(&[0.414, 0.438, 0.501, 0.417], &[1.0; 4]);
+    let v = compare_report::verdict(&f, &a, &accuracy, 0.05);
+    assert!(v.contains("no difference detectable (detectable ±"), "{v}");
     // One paired seed is never enough to call anything.
     let v = compare_report::verdict(&a[..1], &c[..1], &accuracy, 0.05);
     assert!(v.starts_with("fewer than 2 paired seeds"), "{v}");

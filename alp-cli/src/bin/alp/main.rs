@@ -62,7 +62,8 @@ enum Command {
     /// setting with the same tasks and budget; writes compare.json, report.md and plots.
     Compare {
         /// smoke (minutes), default (every method × 3 seeds at two mismatch settings), full,
-        /// phase (the mismatch phase diagram) or phase-smoke (its machinery in half a minute):
+        /// phase (the mismatch phase diagram), phase-smoke (its machinery in half a minute) or
+        /// long-pilot (the long-answer task under stacked mismatch):
         /// the plan files in alp-cli/plans/ (default: default).
         #[arg(long, conflicts_with = "plan")]
         preset: Option<String>,
