@@ -397,15 +397,16 @@ pub struct RunResult {
     pub sigma: Vec<f64>,
     /// Mean measured mismatch over every step of the run (NaN steps skipped): engine k3 KL,
     /// staleness k3 KL, staleness in versions. Empty in records older than the field.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub run_mismatch: Vec<f64>,
     /// Per step: the sequence-level unperturbed ratio π_old/μ's p1, p50, p90, p99 and p99.9
     /// (the spread over training the paper plots). Empty in records older than the field.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub seq_ratio_curves: Vec<[f64; 5]>,
-    /// Steps whose pre-clip gradient norm exceeded 5× the run's median.
-    #[serde(default)]
-    pub grad_norm_spikes: usize,
+    /// Steps whose pre-clip gradient norm exceeded 5× the run's median (`None` in records
+    /// older than the field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_norm_spikes: Option<usize>,
     /// The warm start the run began from ([`warm_start_id`]; empty in records older than the
     /// field): runs pair only within one warm start, and the same plan on another CPU (other
     /// kernels, other rounding) trains another.
@@ -536,10 +537,11 @@ pub fn summarise(seed: u64, sink: &MemorySink) -> RunResult {
                 ]
             })
             .collect(),
-        grad_norm_spikes: grad
-            .iter()
-            .filter(|&&x| grad_median > 0.0 && x > 5.0 * grad_median)
-            .count(),
+        grad_norm_spikes: Some(
+            grad.iter()
+                .filter(|&&x| grad_median > 0.0 && x > 5.0 * grad_median)
+                .count(),
+        ),
         sigma: st
             .last()
             .map(|m| {
@@ -629,7 +631,7 @@ struct RecordedRun {
     #[serde(default)]
     seq_ratio_curves: Vec<[Option<f64>; 5]>,
     #[serde(default)]
-    grad_norm_spikes: usize,
+    grad_norm_spikes: Option<usize>,
     #[serde(default)]
     warm_start: String,
 }
@@ -671,6 +673,9 @@ struct RecordedRow {
 struct RecordFile {
     /// The plan's base overrides when it ran (absent in older records).
     base: Option<Vec<String>>,
+    /// The machine the report named when it was written.
+    #[serde(default)]
+    machine: Option<String>,
     settings: Vec<Setting>,
     methods: Vec<RecordedRow>,
 }
@@ -684,6 +689,8 @@ pub struct Recorded {
     runs: std::collections::HashMap<(String, String, u64), RunResult>,
     /// `setting / method` rows recorded with other overrides than the plan's (not reused).
     pub stale: Vec<String>,
+    /// The machine the record names (its runs ran there; `--report-only` keeps it).
+    pub machine: Option<String>,
 }
 
 impl Recorded {
@@ -702,7 +709,10 @@ impl Recorded {
                 "{e}; it is the record of finished runs: restore it (git checkout) or move it away to run them again"
             ),
         })?;
-        let mut out = Recorded::default();
+        let mut out = Recorded {
+            machine: f.machine.clone(),
+            ..Default::default()
+        };
         if let Some(base) = f.base.as_ref().filter(|b| **b != plan.base) {
             out.stale
                 .push(format!("every row (base `{}`)", base.join(" ")));

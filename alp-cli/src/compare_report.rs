@@ -120,7 +120,7 @@ pub fn to_json(plan: &Plan, rows: &Rows, machine: &str) -> Value {
                 "ratio_max": r.iter().map(|x| x.ratio_max).fold(f64::NAN, f64::max),
                 "train_ratio_p99_9_max": r.iter().map(|x| x.train_ratio_p99_9_max).fold(f64::NAN, f64::max),
                 "kl_spikes": r.iter().map(|x| x.kl_spikes).sum::<usize>(),
-                "grad_norm_spikes": r.iter().map(|x| x.grad_norm_spikes).sum::<usize>(),
+                "grad_norm_spikes": r.iter().map(|x| x.grad_norm_spikes).sum::<Option<usize>>(),
                 "collapsed_seeds": degraded,
                 "collapsed_at": r.iter().map(|x| x.collapsed_at).collect::<Vec<_>>(),
                 "seeds": r,

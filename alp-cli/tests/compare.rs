@@ -345,7 +345,7 @@ fn a_run_is_summarised_over_every_step() {
     assert!((r.run_mismatch[0] - 2e-3).abs() < 1e-12);
     assert_eq!(r.seq_ratio_curves.len(), 10);
     assert_eq!(r.seq_ratio_curves[4], [0.5, 1.0, 1.5, 6.0, 7.0]);
-    assert_eq!(r.grad_norm_spikes, 2);
+    assert_eq!(r.grad_norm_spikes, Some(2));
 }
 
 /// The primary family: collapses paired by setting and seed through the exact McNemar test,

@@ -253,7 +253,9 @@ pub fn compare(
                 out.display()
             );
         }
-        alp_cli::compare_report::write(out, &plan, &rows, &m, 0.0)?;
+        // The runs ran where the record says, not necessarily here.
+        let recorded = compare::Recorded::read(&plan, out)?.machine.unwrap_or(m);
+        alp_cli::compare_report::write(out, &plan, &rows, &recorded, 0.0)?;
         let runs: usize = rows.iter().map(|r| r.2.len()).sum();
         println!(
             "wrote {0}/compare.json and {0}/report.md from {runs} finished runs",
