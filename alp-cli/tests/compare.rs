@@ -314,6 +314,63 @@ fn collapse_is_a_lasting_fall_below_half_the_best_reward() {
 
 /// The whole-run summaries: mismatch averaged over every step (not the first three), the
 /// sequence ratio's quantiles per step, and gradient-norm spikes over 5× the run's median.
+/// The long-answer plans end to end on their smoke: long responses, the primary table, the
+/// sequence-ratio spread plots and the mismatch over every step.
+#[test]
+fn the_long_smoke_plan_writes_the_primary_table_and_the_spread_over_training() {
+    let plan = compare::preset("long-smoke").unwrap();
+    plan.validate(&[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rows = compare::run_all(&plan, &[], dir.path(), &mut |_| {}, &mut |_| Ok(())).unwrap();
+    assert_eq!(rows.len(), 4);
+    for (_, m, runs) in &rows {
+        for r in runs {
+            assert_eq!(r.seq_ratio_curves.len(), 3, "{m}");
+            assert!(
+                r.seq_ratio_curves
+                    .iter()
+                    .all(|q| q[0] <= q[1] && q[1] <= q[4]),
+                "{m}"
+            );
+            assert_eq!(r.run_mismatch.len(), 3);
+            assert!(
+                r.run_mismatch[2] > 0.0,
+                "{m}: staleness 2 measured over the run"
+            );
+            assert!(r.grad_norm_spikes.is_some());
+            // Step 2 and the end (the warm start's own evaluation is the plan's, not the run's).
+            let at: Vec<f64> = r.heldout.iter().map(|h| h.0).collect();
+            assert_eq!(at, [2.0, 3.0], "{m}");
+        }
+    }
+    compare_report::write(dir.path(), &plan, &rows, "test machine", 1.0).unwrap();
+    let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(md.contains("## Primary comparisons"), "{md}");
+    assert!(
+        md.contains("| collapse | alp-seq vs alp-loss-no-noise | 2 |"),
+        "{md}"
+    );
+    assert!(md.contains("Mean over every step of"), "{md}");
+    for f in ["seq_ratio_p99_9", "seq_ratio_p1"] {
+        assert!(dir
+            .path()
+            .join(format!("plots/int4-stale2_{f}.svg"))
+            .exists());
+    }
+    // The task's answers are long: the worked solutions run past the old 16-token budget.
+    let m = std::fs::read_to_string(
+        dir.path()
+            .join("runs/int4-stale2/alp-seq/seed0/metrics.jsonl"),
+    )
+    .unwrap();
+    let longest = m
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v[metrics::LENGTH_RESPONSE].as_f64())
+        .fold(0.0, f64::max);
+    assert!(longest > 16.0, "mean response length {longest}");
+}
+
 #[test]
 fn a_run_is_summarised_over_every_step() {
     use alp_loss::names as n;
