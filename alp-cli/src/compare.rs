@@ -405,6 +405,10 @@ pub struct RunResult {
     /// (the spread over training the paper plots). Empty in records older than the field.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub seq_ratio_curves: Vec<[f64; 5]>,
+    /// The mechanism probe at every step that ran it (`eval.probe_every`): step and its
+    /// `probe/…` values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probe: Vec<ProbePoint>,
     /// Steps whose pre-clip gradient norm exceeded 5× the run's median (`None` in records
     /// older than the field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -414,6 +418,16 @@ pub struct RunResult {
     /// kernels, other rounding) trains another.
     #[serde(default)]
     pub warm_start: String,
+}
+
+/// One run of the mechanism probe: the step and its values by name (`probe/entropy`,
+/// `probe/engine_kl`, `probe/noise_kl/…`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProbePoint {
+    /// The RL step.
+    pub step: f64,
+    /// The probe's values.
+    pub values: std::collections::BTreeMap<String, f64>,
 }
 
 /// Collapse: the reward (moving mean over 5 steps) falls below half its best so far and
@@ -539,6 +553,19 @@ pub fn summarise(seed: u64, sink: &MemorySink) -> RunResult {
                 ]
             })
             .collect(),
+        probe: st
+            .iter()
+            .filter(|m| m.get(alp_trainer::metrics::PROBE_ENTROPY).is_some())
+            .map(|m| ProbePoint {
+                step: m.step as f64,
+                values: m
+                    .values
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("probe/"))
+                    .map(|(k, v)| (k.clone(), *v))
+                    .collect(),
+            })
+            .collect(),
         grad_norm_spikes: Some(
             grad.iter()
                 .filter(|&&x| grad_median > 0.0 && x > 5.0 * grad_median)
@@ -633,6 +660,8 @@ struct RecordedRun {
     #[serde(default)]
     seq_ratio_curves: Vec<[Option<f64>; 5]>,
     #[serde(default)]
+    probe: Vec<ProbePoint>,
+    #[serde(default)]
     grad_norm_spikes: Option<usize>,
     #[serde(default)]
     warm_start: String,
@@ -656,6 +685,7 @@ impl From<RecordedRun> for RunResult {
             sigma: r.sigma.into_iter().map(f).collect(),
             run_mismatch: r.run_mismatch.into_iter().map(f).collect(),
             seq_ratio_curves: r.seq_ratio_curves.into_iter().map(|c| c.map(f)).collect(),
+            probe: r.probe,
             grad_norm_spikes: r.grad_norm_spikes,
             warm_start: r.warm_start,
         }

@@ -635,6 +635,35 @@ pub fn write(dir: &Path, plan: &Plan, rows: &Rows, machine: &str, wall_s: f64) -
             )?;
             md.push_str(&format!("\n![{file}](plots/{name})"));
         }
+        // The mechanism probe over training, where the runs ran it.
+        let mut keys: Vec<String> = rows
+            .iter()
+            .filter(|(st, _, _)| *st == s.name)
+            .flat_map(|(_, _, r)| r.iter().flat_map(|x| x.probe.iter()))
+            .flat_map(|p| p.values.keys().cloned())
+            .collect();
+        keys.sort();
+        keys.dedup();
+        if !keys.is_empty() {
+            md.push_str(
+                "\n\nMechanism probe (fixed held-out demonstrations; mean ± sd over seeds):",
+            );
+        }
+        for key in keys {
+            let file = key.replace('/', "_");
+            let name = format!("{}_{file}.svg", s.name);
+            let curves: Vec<crate::report::Curve> = rows
+                .iter()
+                .filter(|(st, _, _)| *st == s.name)
+                .map(|(_, m, r)| (m.clone(), probe_band(r, &key)))
+                .collect();
+            crate::report::plot_curves(
+                &plots.join(&name),
+                &format!("{} — {key}", s.name),
+                &curves,
+            )?;
+            md.push_str(&format!("\n![{key}](plots/{name})"));
+        }
         md.push_str("\n\n");
         sigma_plot(&plots.join(format!("{}_sigma.svg", s.name)), rows, &s.name)?;
         md.push_str(&format!(
@@ -820,6 +849,28 @@ fn band(r: &[RunResult], kind: usize) -> Band {
                 .map(|(c, q)| (c[0], if kind == 4 { q[4] } else { q[0] }))
                 .collect(),
             k => x.curves.iter().map(|c| (c[0], c[k])).collect(),
+        })
+        .collect();
+    let n = series.iter().map(|s| s.len()).min().unwrap_or(0);
+    (0..n)
+        .map(|i| {
+            let v: Vec<f64> = series.iter().map(|s| s[i].1).collect();
+            let (m, sd) = mean_std(&v);
+            (series[0][i].0, m, sd)
+        })
+        .filter(|p| p.1.is_finite())
+        .collect()
+}
+
+/// Per method: mean over seeds and mean ± std of one probe value (`probe/…`) over training.
+fn probe_band(r: &[RunResult], key: &str) -> Band {
+    let series: Vec<Vec<(f64, f64)>> = r
+        .iter()
+        .map(|x| {
+            x.probe
+                .iter()
+                .filter_map(|p| p.values.get(key).map(|v| (p.step, *v)))
+                .collect()
         })
         .collect();
     let n = series.iter().map(|s| s.len()).min().unwrap_or(0);

@@ -338,6 +338,11 @@ fn the_long_smoke_plan_writes_the_primary_table_and_the_spread_over_training() {
                 "{m}: staleness 2 measured over the run"
             );
             assert!(r.grad_norm_spikes.is_some());
+            assert_eq!(r.probe.len(), 3, "{m}: the probe at every step");
+            assert!(r
+                .probe
+                .iter()
+                .all(|p| p.values[metrics::PROBE_ENTROPY] > 0.0));
             // Step 2 and the end (the warm start's own evaluation is the plan's, not the run's).
             let at: Vec<f64> = r.heldout.iter().map(|h| h.0).collect();
             assert_eq!(at, [2.0, 3.0], "{m}");

@@ -553,6 +553,16 @@ pub struct EvalSection {
     pub tasks: usize,
     /// Samples per task at temperature 1 for pass@k (0: greedy only).
     pub pass_k: usize,
+    /// Run the mechanism probe ([`crate::probe`]) every this many RL steps (0: never): the
+    /// policy's entropy, its sensitivity to hidden-state noise and its own engine mismatch
+    /// on fixed held-out demonstrations, as `probe/…` step metrics. Embedded tasks only.
+    pub probe_every: usize,
+    /// Held-out demonstrations the probe reads (the same ones every time).
+    pub probe_tasks: usize,
+    /// Relative σ values (σ·rms(h), every layer) whose noise the probe measures.
+    pub probe_relative_sigmas: Vec<f64>,
+    /// Absolute σ values the probe measures.
+    pub probe_absolute_sigmas: Vec<f64>,
 }
 
 impl Default for EvalSection {
@@ -561,6 +571,10 @@ impl Default for EvalSection {
             every: 50,
             tasks: 200,
             pass_k: 4,
+            probe_every: 0,
+            probe_tasks: 32,
+            probe_relative_sigmas: vec![0.01, 0.05],
+            probe_absolute_sigmas: vec![0.02],
         }
     }
 }
@@ -758,6 +772,32 @@ impl TrainConfig {
         self.model.lora.validate()?;
         self.tasks.dataset_format()?;
         self.tasks.generators()?;
+        if self.eval.probe_every > 0 {
+            if !self.tasks.train_file.is_empty() {
+                return Err(Error::config(
+                    "eval.probe_every",
+                    "reads the embedded tasks' demonstrations; with tasks.train_file set it to 0",
+                ));
+            }
+            if self.eval.probe_tasks == 0 {
+                return Err(Error::config(
+                    "eval.probe_tasks",
+                    "is 0: the probe needs at least one demonstration (or set eval.probe_every = 0)",
+                ));
+            }
+            let bad = self
+                .eval
+                .probe_relative_sigmas
+                .iter()
+                .chain(&self.eval.probe_absolute_sigmas)
+                .find(|s| !(s.is_finite() && **s > 0.0));
+            if let Some(s) = bad {
+                return Err(Error::config(
+                    "eval.probe_relative_sigmas / eval.probe_absolute_sigmas",
+                    format!("{s} is not a positive finite σ"),
+                ));
+            }
+        }
         if self.tasks.train_file.is_empty()
             && self.tasks.embedded == crate::default_task::CHAIN_KIND
             && self.rl.max_new_tokens < crate::default_task::CHAIN_MAX_ANSWER_TOKENS

@@ -60,7 +60,7 @@ macro_rules! internal_modules {
         mod $name;
     )*};
 }
-internal_modules!(batch, checkpoint, eval, optim, rl_step, runtime, sft, trainer);
+internal_modules!(batch, checkpoint, eval, optim, probe, rl_step, runtime, sft, trainer);
 
 pub use alp_core::{Environment, TaskSource};
 pub use alp_loss::PolicyObjective;

@@ -41,6 +41,24 @@ pub const ENTROPY: &str = "entropy";
 pub const GRAD_NORM: &str = "grad_norm";
 /// Gradient norm of the log σ group.
 pub const SIGMA_GRAD_NORM: &str = "sigma/grad_norm";
+/// The mechanism probe (`eval.probe_every`): the policy's mean per-token entropy on fixed
+/// held-out demonstrations.
+pub const PROBE_ENTROPY: &str = "probe/entropy";
+/// The probe: mean per-token KL(μ ‖ π) of the rollout numerics from the trainer's on the same
+/// tokens.
+pub const PROBE_ENGINE_KL: &str = "probe/engine_kl";
+/// The probe: prefix of the noise sensitivities, KL(π ‖ π_σ) per token
+/// ([`probe_noise_kl_name`]).
+pub const PROBE_NOISE_KL: &str = "probe/noise_kl";
+
+/// The probe's name for the noise sensitivity of a relative (`probe/noise_kl/rel_σ`) or
+/// absolute (`probe/noise_kl/abs_σ`) σ.
+pub fn probe_noise_kl_name(relative: bool, sigma: f64) -> String {
+    format!(
+        "{PROBE_NOISE_KL}/{}_{sigma}",
+        if relative { "rel" } else { "abs" }
+    )
+}
 /// Optimizer updates skipped for a non-finite loss or gradient.
 pub const SKIPPED_UPDATES: &str = "skipped_updates";
 /// Prefix of σ per layer: `sigma/layer<i>`.
@@ -51,6 +69,8 @@ pub const TIME_ROLLOUT: &str = "time/rollout_s";
 pub const TIME_WAIT: &str = "time/wait_for_rollout_s";
 /// Seconds of the update.
 pub const TIME_TRAIN: &str = "time/train_s";
+/// Seconds of the mechanism probe (steps that run it).
+pub const TIME_PROBE: &str = "time/probe_s";
 /// Seconds to publish the new weights.
 pub const TIME_SYNC: &str = "time/sync_s";
 /// Generated tokens per second of the rollout.

@@ -906,6 +906,14 @@ impl Session {
             .map(|t| t.num_generated())
             .sum();
         m.set(names::TIME_SYNC, ts.elapsed().as_secs_f64());
+        let every = self.trainer.cfg.eval.probe_every as u64;
+        if every > 0 && self.trainer.step.is_multiple_of(every) {
+            let tp = Instant::now();
+            for (k, v) in crate::probe::probe(&self.trainer)? {
+                m.set(k, v);
+            }
+            m.set(names::TIME_PROBE, tp.elapsed().as_secs_f64());
+        }
         m.set(names::TIME_ROLLOUT, batch.generate_seconds);
         m.set(names::TIME_WAIT, wait);
         m.set(names::TIME_TRAIN, train_s);
