@@ -379,8 +379,10 @@ fn the_long_smoke_plan_writes_the_primary_table_and_the_spread_over_training() {
 #[test]
 fn a_run_is_summarised_over_every_step() {
     use alp_loss::names as n;
-    let mut sink = metrics::MemorySink::default();
-    sink.steps = steps(&[0.5; 10]);
+    let mut sink = metrics::MemorySink {
+        steps: steps(&[0.5; 10]),
+        ..Default::default()
+    };
     for (i, m) in sink.steps.iter_mut().enumerate() {
         // Staleness builds up: 0 for the first three steps, then 8.
         let stale = if i < 3 { 0.0 } else { 8.0 };
