@@ -175,6 +175,11 @@ pub struct Plan {
     /// over their family; `compare_report`'s `PRIMARY`), the rest labelled exploratory.
     #[serde(default)]
     pub primary: bool,
+    /// SFT warm starts (blocks): warm start `w` > 0 trains with `model.init_seed = w` into
+    /// `sft-ws<w>/`, and its runs are numbered on from `w · seeds` ([`Plan::run_index`]); runs
+    /// pair within one warm start and seed. 1 (the default): the one warm start `sft/`.
+    #[serde(default = "one")]
+    pub warm_starts: usize,
 }
 
 /// A plan as a file spells it.
@@ -191,6 +196,8 @@ struct PlanFile {
     arms: Vec<ArmFile>,
     #[serde(default)]
     primary: bool,
+    #[serde(default = "one")]
+    warm_starts: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -259,6 +266,9 @@ impl Plan {
         if f.seeds == 0 {
             return Err(bad("seeds", "must be at least 1".into()));
         }
+        if f.warm_starts == 0 {
+            return Err(bad("warm_starts", "must be at least 1".into()));
+        }
         if f.arms.is_empty() {
             return Err(bad("arms", "is empty: list at least one method row".into()));
         }
@@ -301,7 +311,20 @@ impl Plan {
             arms,
             seeds: f.seeds,
             primary: f.primary,
+            warm_starts: f.warm_starts,
         })
+    }
+
+    /// Every run index of a (setting, method): `warm_starts · seeds` of them, warm start `w`'s
+    /// seed `k` at index `w · seeds + k` (a plan of one warm start numbers its runs by seed).
+    pub fn runs(&self) -> std::ops::Range<u64> {
+        0..(self.warm_starts.max(1) * self.seeds) as u64
+    }
+
+    /// The (warm start, seed) of run index `i` ([`Plan::runs`]).
+    pub fn run_index(&self, i: u64) -> (usize, u64) {
+        let s = self.seeds.max(1) as u64;
+        ((i / s) as usize, i % s)
     }
 
     /// Reads a plan file from disk.
@@ -595,21 +618,30 @@ pub fn warm_start_id(sft_dir: &Path) -> Result<String> {
     Ok(digest[..8].iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// The shared warm start: SFT and the evaluation before RL, saved as `DIR/sft` (reused when
-/// it exists).
+/// A shared warm start: SFT and the evaluation before RL, saved as `DIR/sft` (warm start 0)
+/// or `DIR/sft-ws<w>` (reused when it exists); warm start `w` > 0 trains from
+/// `model.init_seed = w`.
 pub fn warm_start(
     plan: &Plan,
     extra: &[String],
     dir: &Path,
+    w: usize,
     log: &mut dyn FnMut(&str),
 ) -> Result<PathBuf> {
-    let sft_dir = dir.join("sft");
+    let sft_dir = if w == 0 {
+        dir.join("sft")
+    } else {
+        dir.join(format!("sft-ws{w}"))
+    };
     if alp_trainer::checkpoint::latest(&sft_dir).is_ok() {
         log(&format!("reusing the warm start in {}", sft_dir.display()));
         return Ok(sft_dir);
     }
     let mut sets = plan.base.clone();
     sets.extend(extra.iter().cloned());
+    if w > 0 {
+        sets.push(format!("model.init_seed={w}"));
+    }
     let cfg = TrainConfig::default().apply_overrides(&sets)?;
     let mut s = Session::create(cfg, sft_dir.clone())?;
     log(&format!("SFT warm start ({} steps)", s.config().sft.steps));
@@ -799,18 +831,19 @@ fn finished(
         .or_else(|| recorded.get(&setting.name, &arm.name, seed).cloned())
 }
 
-/// The warm start of `dir` and its fingerprint, made on first use.
+/// Warm start `w` of `dir` and its fingerprint, made on first use.
 struct WarmStart<'a> {
     plan: &'a Plan,
     extra: &'a [String],
     dir: &'a Path,
+    w: usize,
     made: Option<(PathBuf, String)>,
 }
 
 impl WarmStart<'_> {
     fn get(&mut self, log: &mut dyn FnMut(&str)) -> Result<&(PathBuf, String)> {
         if self.made.is_none() {
-            let sft = warm_start(self.plan, self.extra, self.dir, log)?;
+            let sft = warm_start(self.plan, self.extra, self.dir, self.w, log)?;
             let id = warm_start_id(&sft)?;
             self.made = Some((sft, id));
         }
@@ -827,7 +860,8 @@ pub fn read_finished(plan: &Plan, dir: &Path) -> Result<Vec<Row>> {
     let mut out = Vec::new();
     for setting in &plan.settings {
         for arm in &plan.arms {
-            let results: Vec<RunResult> = (0..plan.seeds as u64)
+            let results: Vec<RunResult> = plan
+                .runs()
                 .filter_map(|seed| finished(dir, &recorded, (setting, arm, seed)))
                 .collect();
             if !results.is_empty() {
@@ -861,7 +895,8 @@ pub fn run_one(
     sets.extend(extra.iter().cloned());
     sets.extend(arm.sets.iter().cloned());
     sets.extend(setting.sets.iter().cloned());
-    sets.push(format!("seed={seed}"));
+    // Run index `seed` is warm start w's seed k (the index itself with one warm start).
+    sets.push(format!("seed={}", plan.run_index(seed).1));
     let mut sink = MemorySink::default();
     let cfg = TrainConfig::default().apply_overrides(&sets)?;
     let out = run::train_with(
@@ -906,18 +941,22 @@ pub fn run_all(
         ));
     }
     let mut out = Vec::new();
-    // Made only when a run is left to do or a record is to be checked against it.
-    let mut warm = WarmStart {
-        plan,
-        extra,
-        dir,
-        made: None,
-    };
+    // Each made only when a run is left to do or a record is to be checked against it.
+    let mut warms: Vec<WarmStart> = (0..plan.warm_starts.max(1))
+        .map(|w| WarmStart {
+            plan,
+            extra,
+            dir,
+            w,
+            made: None,
+        })
+        .collect();
     let mut told_other_warm_start = false;
     for setting in &plan.settings {
         for arm in &plan.arms {
             let mut results = Vec::new();
-            for seed in 0..plan.seeds as u64 {
+            for seed in plan.runs() {
+                let warm = &mut warms[plan.run_index(seed).0];
                 if let Some(r) = read_result(&run_dir(dir, setting, arm, seed)) {
                     results.push(r);
                     continue;

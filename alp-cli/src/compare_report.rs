@@ -127,7 +127,7 @@ pub fn to_json(plan: &Plan, rows: &Rows, machine: &str) -> Value {
             })
         })
         .collect();
-    json!({"preset": plan.preset, "machine": machine, "seeds": plan.seeds, "base": plan.base, "settings": plan.settings, "methods": methods})
+    json!({"preset": plan.preset, "machine": machine, "seeds": plan.seeds, "warm_starts": plan.warm_starts, "base": plan.base, "settings": plan.settings, "methods": methods})
 }
 
 fn pm(v: &[f64]) -> String {
@@ -570,7 +570,7 @@ pub fn write(dir: &Path, plan: &Plan, rows: &Rows, machine: &str, wall_s: f64) -
     let plots = dir.join("plots");
     std::fs::create_dir_all(&plots).map_err(|e| Error::io(&plots, e))?;
     let finished: usize = rows.iter().map(|(_, _, r)| r.len()).sum();
-    let planned = plan.settings.len() * plan.arms.len() * plan.seeds;
+    let planned = plan.settings.len() * plan.arms.len() * plan.runs().count();
     let progress = if finished < planned {
         format!(" **{finished} of the plan's {planned} runs have finished**; the rest are marked not run.")
     } else {
@@ -589,8 +589,16 @@ pub fn write(dir: &Path, plan: &Plan, rows: &Rows, machine: &str, wall_s: f64) -
         "Each run starts from the same SFT warm start (`sft/`)".to_string()
     };
     let mut md = format!(
-        "# alp compare: preset `{}`\n\nMachine: {machine}. {} seeds per method and setting.{wall}{progress} {warm} with the same tasks and budget; every run's directory is under `runs/<setting>/<method>/seed<k>/`.\n\nAccuracy is greedy held-out accuracy after RL; avg@k the mean over k samples at T = 1. Tails are compared on the unperturbed ratio π_old/μ (the policy each step starts from over the sampler), the same tokens for every method; ALP's own training ratio is perturbed and wider by construction (last ratio column). A run is `collapsed` when its reward (5-step mean) falls below half its best and stays there, or its loss is not finite.\n\n",
-        plan.preset, plan.seeds
+        "# alp compare: preset `{}`\n\nMachine: {machine}. {} per method and setting.{wall}{progress} {warm} with the same tasks and budget; every run's directory is under `runs/<setting>/<method>/seed<k>/`.\n\nAccuracy is greedy held-out accuracy after RL; avg@k the mean over k samples at T = 1. Tails are compared on the unperturbed ratio π_old/μ (the policy each step starts from over the sampler), the same tokens for every method; ALP's own training ratio is perturbed and wider by construction (last ratio column). A run is `collapsed` when its reward (5-step mean) falls below half its best and stays there, or its loss is not finite.\n\n",
+        plan.preset,
+        if plan.warm_starts > 1 {
+            format!(
+                "{} warm starts (blocks: `sft/`, `sft-ws1/`, …; model.init_seed = block) × {} seeds, runs numbered block · {} + seed and paired within a block",
+                plan.warm_starts, plan.seeds, plan.seeds
+            )
+        } else {
+            format!("{} seeds", plan.seeds)
+        }
     );
     if plan.primary {
         md.push_str(&primary_section(rows));

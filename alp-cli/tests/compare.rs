@@ -376,6 +376,44 @@ fn the_long_smoke_plan_writes_the_primary_table_and_the_spread_over_training() {
     assert!(longest > 16.0, "mean response length {longest}");
 }
 
+/// Warm starts as blocks: each trains its own SFT from its own init seed, its runs carry its
+/// fingerprint and pair only within it, and the record brings them all back.
+#[test]
+fn warm_starts_are_blocks_of_their_own_runs() {
+    let mut plan = tiny_plan();
+    plan.warm_starts = 2;
+    plan = plan.with_methods(&["alp-seq".into()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rows = compare::run_all(&plan, &[], dir.path(), &mut |_| {}, &mut |_| Ok(())).unwrap();
+    let runs = &rows[0].2;
+    assert_eq!(runs.len(), 4, "2 warm starts × 2 seeds");
+    assert_eq!(
+        runs.iter().map(|r| r.seed).collect::<Vec<_>>(),
+        [0, 1, 2, 3]
+    );
+    assert!(dir.path().join("sft").is_dir() && dir.path().join("sft-ws1").is_dir());
+    let (a, b) = (&runs[0].warm_start, &runs[2].warm_start);
+    assert!(!a.is_empty() && a != b, "two warm starts: {a} {b}");
+    assert_eq!(runs[1].warm_start, *a);
+    assert_eq!(runs[3].warm_start, *b);
+    assert_eq!(plan.run_index(3), (1, 1));
+    // Warm start 1's seed 0 samples what warm start 0's seed 0 samples (the same task
+    // stream) from other weights: another curve.
+    assert_ne!(runs[0].curves, runs[2].curves);
+    std::fs::remove_dir_all(dir.path().join("runs")).unwrap();
+    compare_report::write(dir.path(), &plan, &rows, "test machine", 1.0).unwrap();
+    let read = compare::read_finished(&plan, dir.path()).unwrap();
+    assert_eq!(format!("{read:?}"), format!("{rows:?}"));
+    // A plan file spells it too, and 0 is refused by name.
+    let e = Plan::from_toml(
+        "name = \"x\"\nwarm_starts = 0\n[[arms]]\nname = \"grpo\"\n",
+        "p.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("warm_starts"), "{e}");
+}
+
 #[test]
 fn a_run_is_summarised_over_every_step() {
     use alp_loss::names as n;
