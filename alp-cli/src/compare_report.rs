@@ -90,7 +90,7 @@ pub fn to_json(plan: &Plan, rows: &Rows, machine: &str) -> Value {
         .map(|(setting, method, r)| {
             let s = mean_std(&acc(r)).1;
             let degraded = r.iter().filter(|x| x.collapsed_at.is_some()).count();
-            let (clo, chi) = crate::stats::wilson(degraded, r.len());
+            let (clo, chi) = crate::stats::clopper_pearson(degraded, r.len());
             let paired = match find(rows, setting, PAIRED_REFERENCE) {
                 Some(reference) if method != PAIRED_REFERENCE => {
                     let (x, y) = paired_values(r, reference, &accuracy_of);
@@ -182,7 +182,7 @@ fn table(rows: &Rows, setting: &str) -> String {
 }
 
 /// Every row against `alp-seq`, paired by seed: the accuracy difference with its t 95%
-/// interval and what it says, and the collapse rate with its Wilson interval.
+/// interval and what it says, and the collapse rate with its exact (Clopper–Pearson) interval.
 fn paired_table(rows: &Rows, setting: &str) -> String {
     let Some(reference) = find(rows, setting, PAIRED_REFERENCE) else {
         return String::new();
@@ -190,7 +190,7 @@ fn paired_table(rows: &Rows, setting: &str) -> String {
     let mut md = format!("Paired by seed against `{PAIRED_REFERENCE}` (same warm start and task stream per seed; Student t interval over the pairs, which keeps its 95% with few pairs where a percentile bootstrap does not; \"detectable\": the smallest true difference these pairs would find with 80% power at the 5% level; compare.json also has the bootstrap interval and the range a repeat on as many new seeds should land in):\n\n| method | accuracy − {PAIRED_REFERENCE} (points) | 95% interval | reading | collapse rate [95% interval] |\n| --- | --- | --- | --- | --- |\n");
     for (_, method, r) in rows.iter().filter(|(s, _, _)| s == setting) {
         let k = r.iter().filter(|x| x.collapsed_at.is_some()).count();
-        let (lo, hi) = crate::stats::wilson(k, r.len());
+        let (lo, hi) = crate::stats::clopper_pearson(k, r.len());
         let rate = format!("{k}/{} [{:.0}%, {:.0}%]", r.len(), 100.0 * lo, 100.0 * hi);
         if method == PAIRED_REFERENCE {
             md.push_str(&format!("| {method} | — | — | reference | {rate} |\n"));
@@ -796,7 +796,7 @@ fn phase_section(plan: &Plan, rows: &Rows, plots: &Path) -> Result<String> {
         };
         let collapse = |r: &[RunResult]| {
             let k = r.iter().filter(|x| x.collapsed_at.is_some()).count();
-            let (lo, hi) = crate::stats::wilson(k, r.len());
+            let (lo, hi) = crate::stats::clopper_pearson(k, r.len());
             (
                 100.0 * k as f64 / r.len().max(1) as f64,
                 100.0 * lo,
@@ -815,7 +815,7 @@ fn phase_section(plan: &Plan, rows: &Rows, plots: &Path) -> Result<String> {
             ),
             (
                 "collapse",
-                "collapse rate % (Wilson 95% interval)",
+                "collapse rate % (exact 95% interval)",
                 &collapse,
             ),
             (

@@ -1,8 +1,8 @@
 //! Statistics that let a comparison say something: the paired difference of two methods over
 //! the same seeds with a 95% interval (Student t, which stays honest with five pairs, and a
 //! percentile bootstrap beside it), the range a repeat on new seeds should land in, a rate
-//! (collapses) with its Wilson interval, and the smallest difference a design of that size
-//! could detect.
+//! (collapses) with its Wilson and its exact interval, the tests of the primary comparisons
+//! with Holm's adjustment, and the smallest difference a design of that size could detect.
 //!
 //! ```
 //! use alp_cli::stats::{paired_bootstrap, paired_t, wilson};
