@@ -493,6 +493,18 @@ fn max_of(steps: &[StepMetrics], key: &str) -> f64 {
         .fold(f64::NAN, f64::max)
 }
 
+/// The mean of the finite values of `v` (NaN when there are none).
+pub fn finite_mean(v: impl Iterator<Item = f64>) -> f64 {
+    let (sum, n) = v
+        .filter(|x| x.is_finite())
+        .fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+    if n == 0 {
+        f64::NAN
+    } else {
+        sum / n as f64
+    }
+}
+
 /// Reduces one run's records to a [`RunResult`].
 pub fn summarise(seed: u64, sink: &MemorySink) -> RunResult {
     let st = &sink.steps;
@@ -504,18 +516,7 @@ pub fn summarise(seed: u64, sink: &MemorySink) -> RunResult {
     let median = alp_loss::diagnostics::quantile(&kl, 0.5);
     let first: Vec<&StepMetrics> = st.iter().take(3).collect();
     let early = |k: &str| first.iter().map(|m| g(m, k)).sum::<f64>() / first.len().max(1) as f64;
-    let whole = |k: &str| {
-        let v: Vec<f64> = st
-            .iter()
-            .filter_map(|m| m.get(k))
-            .filter(|x| x.is_finite())
-            .collect();
-        if v.is_empty() {
-            f64::NAN
-        } else {
-            v.iter().sum::<f64>() / v.len() as f64
-        }
-    };
+    let whole = |k: &str| finite_mean(st.iter().filter_map(|m| m.get(k)));
     let grad: Vec<f64> = st
         .iter()
         .filter_map(|m| m.get(alp_trainer::metrics::GRAD_NORM))

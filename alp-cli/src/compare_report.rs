@@ -340,17 +340,7 @@ pub const PRIMARY: &[(&str, &str, &str)] = &[
 /// A run's sequence-ratio spread: the mean over its steps of ln(p99 / p1) of the unperturbed
 /// sequence-level ratio π_old/μ (wide on either side: heavy tails); NaN without the curves.
 pub fn seq_spread(r: &RunResult) -> f64 {
-    let v: Vec<f64> = r
-        .seq_ratio_curves
-        .iter()
-        .map(|q| (q[3] / q[0]).ln())
-        .filter(|x| x.is_finite())
-        .collect();
-    if v.is_empty() {
-        f64::NAN
-    } else {
-        v.iter().sum::<f64>() / v.len() as f64
-    }
+    crate::compare::finite_mean(r.seq_ratio_curves.iter().map(|q| (q[3] / q[0]).ln()))
 }
 
 /// A run's area under its held-out accuracy curve, in percent: the trapezoid over its
@@ -859,6 +849,12 @@ fn band(r: &[RunResult], kind: usize) -> Band {
             k => x.curves.iter().map(|c| (c[0], c[k])).collect(),
         })
         .collect();
+    seed_band(&series)
+}
+
+/// Mean and std over seeds, point by point, of per-seed series `(x, value)` (as long as the
+/// shortest; points whose mean is not finite dropped).
+fn seed_band(series: &[Vec<(f64, f64)>]) -> Band {
     let n = series.iter().map(|s| s.len()).min().unwrap_or(0);
     (0..n)
         .map(|i| {
@@ -881,15 +877,7 @@ fn probe_band(r: &[RunResult], key: &str) -> Band {
                 .collect()
         })
         .collect();
-    let n = series.iter().map(|s| s.len()).min().unwrap_or(0);
-    (0..n)
-        .map(|i| {
-            let v: Vec<f64> = series.iter().map(|s| s[i].1).collect();
-            let (m, sd) = mean_std(&v);
-            (series[0][i].0, m, sd)
-        })
-        .filter(|p| p.1.is_finite())
-        .collect()
+    seed_band(&series)
 }
 
 fn plot_band(path: &Path, title: &str, rows: &Rows, setting: &str, kind: usize) -> Result<()> {

@@ -290,32 +290,27 @@ pub fn demonstration(
     let prompt = tok.encode(&tok.apply_chat_template(&task.messages, true, None)?, false)?;
     let answer = format!("\\boxed{{{}}}", task.answer);
     let end = tok.token_id(EOS)?;
+    // A response in one turn: `text` then the end of the turn, every token trained.
+    let direct = |text: &str| -> Result<SftExample> {
+        let mut response = tok.encode(text, false)?;
+        response.push(end);
+        Ok(SftExample {
+            prompt: prompt.clone(),
+            mask: vec![1; response.len()],
+            response,
+            uses_tool: false,
+        })
+    };
     if task.kind == CHAIN_KIND {
         let q = &task.messages[0].content;
         let work = alp_envs::math::generators::worked_solution(q).ok_or_else(|| {
             alp_core::Error::Msg(format!("chain task `{q}` is not a sum of integers"))
         })?;
-        let mut response = tok.encode(&work, false)?;
-        response.push(end);
-        let mask = vec![1; response.len()];
-        return Ok(SftExample {
-            prompt,
-            response,
-            mask,
-            uses_tool: false,
-        });
+        return direct(&work);
     }
     let uses_tool = task.kind == HARD_KIND && rng.random_bool(tool_fraction.clamp(0.0, 1.0));
     if !uses_tool {
-        let mut response = tok.encode(&answer, false)?;
-        response.push(end);
-        let mask = vec![1; response.len()];
-        return Ok(SftExample {
-            prompt,
-            response,
-            mask,
-            uses_tool,
-        });
+        return direct(&answer);
     }
     let q = &task.messages[0].content;
     let expr = q.trim_end_matches('=');
