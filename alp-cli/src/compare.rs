@@ -229,6 +229,7 @@ const PRESETS: &[(&str, &str)] = &[
     ("phase-smoke", include_str!("../plans/phase-smoke.toml")),
     ("long-pilot", include_str!("../plans/long-pilot.toml")),
     ("long-smoke", include_str!("../plans/long-smoke.toml")),
+    ("long", include_str!("../plans/long.toml")),
 ];
 
 /// `smoke` (every method row, a few steps, minutes), `default` (every main method × 3 seeds
@@ -237,7 +238,8 @@ const PRESETS: &[(&str, &str)] = &[
 /// `phase` (the mismatch phase diagram: engine and drift axes apart, 5 paired seeds),
 /// `phase-smoke` (the phase diagram's machinery in about half a minute), `long-pilot` (the
 /// long-answer task under stacked mismatch, looking for a regime that breaks the baselines),
-/// `long-smoke` (its machinery in about a minute).
+/// `long-smoke` (its machinery in about a minute), `long` (the pre-registered comparison in the
+/// regime the pilot found: 3 warm starts × 4 seeds, primary comparisons Holm-corrected).
 pub fn preset(name: &str) -> Result<Plan> {
     match PRESETS.iter().find(|(n, _)| *n == name) {
         Some((n, text)) => Plan::from_toml(text, &format!("alp-cli/plans/{n}.toml")),

@@ -63,7 +63,8 @@ enum Command {
     Compare {
         /// smoke (minutes), default (every method × 3 seeds at two mismatch settings), full,
         /// phase (the mismatch phase diagram), phase-smoke (its machinery in half a minute) or
-        /// long-pilot (the long-answer task under stacked mismatch):
+        /// long-pilot (the long-answer task under stacked mismatch), long-smoke or long (the
+        /// pre-registered long-answer comparison):
         /// the plan files in alp-cli/plans/ (default: default).
         #[arg(long, conflicts_with = "plan")]
         preset: Option<String>,
