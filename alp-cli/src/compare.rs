@@ -239,7 +239,7 @@ const PRESETS: &[(&str, &str)] = &[
 /// `phase-smoke` (the phase diagram's machinery in about half a minute), `long-pilot` (the
 /// long-answer task under stacked mismatch, looking for a regime that breaks the baselines),
 /// `long-smoke` (its machinery in about a minute), `long` (the pre-registered comparison in the
-/// regime the pilot found: 3 warm starts × 4 seeds, primary comparisons Holm-corrected).
+/// regimes the pilot found: 3 warm starts × 4 seeds, primary comparisons Holm-corrected).
 pub fn preset(name: &str) -> Result<Plan> {
     match PRESETS.iter().find(|(n, _)| *n == name) {
         Some((n, text)) => Plan::from_toml(text, &format!("alp-cli/plans/{n}.toml")),
