@@ -587,7 +587,7 @@ pub fn summarise(seed: u64, sink: &MemorySink) -> RunResult {
                 values: m
                     .values
                     .iter()
-                    .filter(|(k, _)| k.starts_with("probe/"))
+                    .filter(|(k, _)| k.starts_with(alp_trainer::metrics::PROBE_PREFIX))
                     .map(|(k, v)| (k.clone(), *v))
                     .collect(),
             })

@@ -41,20 +41,22 @@ pub const PAIRED_REFERENCE: &str = "alp-seq";
 /// Bootstrap resamples of a paired interval (exact enumeration up to this many).
 const BOOTSTRAP_REPS: usize = 20_000;
 
+/// The runs of `a` and `b` with the same seed (run index: warm start and seed), in `a`'s order.
+fn seed_pairs<'a>(
+    a: &'a [RunResult],
+    b: &'a [RunResult],
+) -> impl Iterator<Item = (&'a RunResult, &'a RunResult)> {
+    a.iter()
+        .filter_map(move |ra| b.iter().find(|rb| rb.seed == ra.seed).map(|rb| (ra, rb)))
+}
+
 /// One per-seed value of `a` and of `b` on the seeds both have, in `a`'s order.
 fn paired_values(
     a: &[RunResult],
     b: &[RunResult],
     value: &dyn Fn(&RunResult) -> f64,
 ) -> (Vec<f64>, Vec<f64>) {
-    let (mut x, mut y) = (Vec::new(), Vec::new());
-    for ra in a {
-        if let Some(rb) = b.iter().find(|rb| rb.seed == ra.seed) {
-            x.push(value(ra));
-            y.push(value(rb));
-        }
-    }
-    (x, y)
+    seed_pairs(a, b).map(|(x, y)| (value(x), value(y))).unzip()
 }
 
 /// Held-out accuracy in percent.
@@ -368,18 +370,11 @@ pub fn accuracy_auc(r: &RunResult) -> f64 {
 
 /// One primary comparison over every setting of `rows`: pairs, statistic, raw p-value.
 fn primary_test(rows: &Rows, what: &str, a: &str, b: &str) -> (usize, String, f64) {
-    let settings: Vec<&String> = {
-        let mut v: Vec<&String> = rows.iter().map(|(s, _, _)| s).collect();
-        v.dedup();
-        v
-    };
-    let pairs: Vec<(&RunResult, &RunResult)> = settings
+    let pairs: Vec<(&RunResult, &RunResult)> = rows
         .iter()
-        .filter_map(|s| Some((find(rows, s, a)?, find(rows, s, b)?)))
-        .flat_map(|(ra, rb)| {
-            ra.iter()
-                .filter_map(|x| rb.iter().find(|y| y.seed == x.seed).map(|y| (x, y)))
-        })
+        .filter(|(_, m, _)| m == a)
+        .filter_map(|(s, _, ra)| Some((ra, find(rows, s, b)?)))
+        .flat_map(|(ra, rb)| seed_pairs(ra, rb))
         .collect();
     if what == "collapse" {
         let only_a = pairs
@@ -421,19 +416,16 @@ fn primary_test(rows: &Rows, what: &str, a: &str, b: &str) -> (usize, String, f6
         .map(|(p, q)| (value(p), value(q)))
         .filter(|(p, q)| p.is_finite() && q.is_finite())
         .unzip();
-    match (
-        crate::stats::paired_t(&x, &y),
-        crate::stats::paired_t_p(&x, &y),
-    ) {
-        (Some(i), Some(p)) => (
+    match crate::stats::paired_t(&x, &y) {
+        Some(i) => (
             i.pairs,
             format!(
                 "paired Δ {:+.3} [{:+.3}, {:+.3}] (t 95%), detectable ±{:.3}",
                 i.mean, i.lo, i.hi, i.detectable
             ),
-            p,
+            i.p_value(),
         ),
-        _ => (x.len(), "fewer than 2 pairs".into(), f64::NAN),
+        None => (x.len(), "fewer than 2 pairs".into(), f64::NAN),
     }
 }
 

@@ -49,6 +49,20 @@ impl Interval {
         self.lo > 0.0 || self.hi < 0.0
     }
 
+    /// Two-sided p-value of the t test of the mean against 0 on `pairs` − 1 degrees of
+    /// freedom (the test whose 95% interval this is); zero spread gives 1 for a zero mean and
+    /// 0 otherwise.
+    pub fn p_value(&self) -> f64 {
+        if self.sd == 0.0 {
+            return if self.mean == 0.0 { 1.0 } else { 0.0 };
+        }
+        let n = self.pairs as f64;
+        let t = self.mean / (self.sd / n.sqrt());
+        StudentsT::new(0.0, 1.0, n - 1.0)
+            .map(|d| (2.0 * (1.0 - d.cdf(t.abs()))).min(1.0))
+            .unwrap_or(f64::NAN)
+    }
+
     /// Where the mean of `m` new pairs should land with 95% probability if the design holds
     /// (same population of seeds): mean ± t₀.₉₇₅,ₙ₋₁ · sd · √(1/n + 1/m). This, not the
     /// interval of the mean, is the range to check a repeat on new seeds against: the new
@@ -192,19 +206,6 @@ pub fn clopper_pearson(k: usize, n: usize) -> (f64, f64) {
     (lo, hi)
 }
 
-/// Two-sided p-value of the paired t test of `a − b` (n − 1 degrees of freedom); `None` under
-/// two finite pairs. Zero spread gives 1 for a zero mean and 0 otherwise.
-pub fn paired_t_p(a: &[f64], b: &[f64]) -> Option<f64> {
-    let (d, mean, sd) = differences(a, b)?;
-    let n = d.len() as f64;
-    if sd == 0.0 {
-        return Some(if mean == 0.0 { 1.0 } else { 0.0 });
-    }
-    let t = mean / (sd / n.sqrt());
-    let dist = StudentsT::new(0.0, 1.0, n - 1.0).ok()?;
-    Some((2.0 * (1.0 - dist.cdf(t.abs()))).min(1.0))
-}
-
 /// The exact McNemar test of two methods' binary outcomes (collapsed or not) on the same
 /// seeds and warm starts: only the pairs where exactly one of them collapsed count, `only_a`
 /// where `a` did and `only_b` where `b` did; two-sided p = 2 · P(Bin(only_a + only_b, ½) ≤
@@ -291,9 +292,10 @@ mod tests {
         assert!((mcnemar_exact(1, 7) - 18.0 / 256.0).abs() < 1e-12);
         assert_eq!(mcnemar_exact(0, 0), 1.0);
         // Differences 1, 2, 3: mean 2, sd 1, t = 2√3 on 2 dof: p = 0.0742 (R's t.test).
-        let p = paired_t_p(&[1.0, 2.0, 3.0], &[0.0; 3]).unwrap();
+        let p_of = |a: &[f64], b: &[f64]| paired_t(a, b).map(|i| i.p_value());
+        let p = p_of(&[1.0, 2.0, 3.0], &[0.0; 3]).unwrap();
         assert!((p - 0.0742).abs() < 1e-4, "{p}");
-        assert_eq!(paired_t_p(&[1.0, 1.0], &[1.0, 1.0]), Some(1.0));
-        assert_eq!(paired_t_p(&[1.0], &[0.0]), None);
+        assert_eq!(p_of(&[1.0, 1.0], &[1.0, 1.0]), Some(1.0));
+        assert_eq!(p_of(&[1.0], &[0.0]), None);
     }
 }

@@ -41,8 +41,10 @@ pub const ENTROPY: &str = "entropy";
 pub const GRAD_NORM: &str = "grad_norm";
 /// Gradient norm of the log σ group.
 pub const SIGMA_GRAD_NORM: &str = "sigma/grad_norm";
-/// The mechanism probe (`eval.probe_every`): the policy's mean per-token entropy on fixed
-/// held-out demonstrations.
+/// The prefix of every metric of the mechanism probe (`eval.probe_every`).
+pub const PROBE_PREFIX: &str = "probe/";
+/// The mechanism probe: the policy's mean per-token entropy on fixed held-out
+/// demonstrations.
 pub const PROBE_ENTROPY: &str = "probe/entropy";
 /// The probe: mean per-token KL(μ ‖ π) of the rollout numerics from the trainer's on the same
 /// tokens.

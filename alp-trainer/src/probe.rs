@@ -30,20 +30,19 @@ pub const PROBE_SEED: u64 = 0x9b0b_e5ee_d000_0001;
 /// Demonstrations per forward (a 150k vocabulary makes a row's logits large).
 const ROWS_PER_FORWARD: usize = 4;
 
-/// Per-token `(Σ_v p·log p, Σ_v p·(log p − log q))` over masked rows of two `[B, T, V]`
-/// log-prob tensors, summed over the mask, with the mask's sum: the entropy and KL(p ‖ q)
-/// numerators.
-fn masked_sums(lp: &Tensor, lq: Option<&Tensor>, mask: &Tensor) -> Result<(f64, f64, f64)> {
-    let p = lp.exp()?;
-    let ent = (p.clone() * lp)?.sum(D::Minus1)?.neg()?;
-    let h = (ent * mask)?.sum_all()?.to_scalar::<f32>()? as f64;
-    let kl = match lq {
-        Some(lq) => ((p * (lp - lq)?)?.sum(D::Minus1)? * mask)?
-            .sum_all()?
-            .to_scalar::<f32>()? as f64,
-        None => 0.0,
-    };
-    Ok((h, kl, mask.sum_all()?.to_scalar::<f32>()? as f64))
+/// Σ over the masked tokens of the entropy of `[B, T, V]` log-probs, and the mask's sum.
+fn masked_entropy(lp: &Tensor, mask: &Tensor) -> Result<(f64, f64)> {
+    let h = ((lp.exp()? * lp)?.sum(D::Minus1)?.neg()? * mask)?;
+    Ok((
+        h.sum_all()?.to_scalar::<f32>()? as f64,
+        mask.sum_all()?.to_scalar::<f32>()? as f64,
+    ))
+}
+
+/// Σ over the masked tokens of KL(p ‖ q) from `[B, T, V]` log-probs.
+fn masked_kl(lp: &Tensor, lq: &Tensor, mask: &Tensor) -> Result<f64> {
+    let kl = ((lp.exp()? * (lp - lq)?)?.sum(D::Minus1)? * mask)?;
+    Ok(kl.sum_all()?.to_scalar::<f32>()? as f64)
 }
 
 fn log_softmax(logits: &Tensor) -> Result<Tensor> {
@@ -102,16 +101,16 @@ pub fn probe(trainer: &Trainer) -> Result<BTreeMap<String, f64>> {
             .collect();
         let batch = SeqBatch::new(&rows, &trainer.device)?;
         let lp = log_softmax(&batch.response_logits(&policy, &NoPerturbation)?)?;
-        let (eh, _, en) = masked_sums(&lp, None, &batch.mask)?;
+        let (eh, en) = masked_entropy(&lp, &batch.mask)?;
         h += eh;
         n += en;
         let le = log_softmax(&batch.response_logits(&engine, &NoPerturbation)?)?;
-        engine_kl += masked_sums(&le, Some(&lp), &batch.mask)?.1;
+        engine_kl += masked_kl(&le, &lp, &batch.mask)?;
         for ((_, g), kl) in noises.iter().zip(noise_kl.iter_mut()) {
             // Fresh noise per chunk, the same at every probe.
             g.set_context(0, chunk as u64);
             let lq = log_softmax(&batch.response_logits(&policy, g)?)?;
-            *kl += masked_sums(&lp, Some(&lq), &batch.mask)?.1;
+            *kl += masked_kl(&lp, &lq, &batch.mask)?;
         }
     }
     let n = n.max(1.0);
