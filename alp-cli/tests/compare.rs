@@ -414,6 +414,38 @@ fn warm_starts_are_blocks_of_their_own_runs() {
     assert!(e.contains("warm_starts"), "{e}");
 }
 
+/// `alp compare --report-only` rewrites a report from the record: the machine it names is the
+/// one the runs ran on (the record's), not the one regenerating it.
+#[test]
+fn report_only_names_the_machine_the_record_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = tiny_plan();
+    let rows = compare::run_all(&plan, &[], dir.path(), &mut |_| {}, &mut |_| Ok(())).unwrap();
+    compare_report::write(dir.path(), &plan, &rows, "the recorded machine", 1.0).unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_alp"))
+        .args([
+            "compare",
+            "--preset",
+            "smoke",
+            "--set",
+            "sft.steps=20",
+            "--set",
+            "rl.steps=2",
+            "--methods",
+            "bypass,alp-seq",
+            "--seeds",
+            "2",
+            "--report-only",
+            "--out",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(md.contains("Machine: the recorded machine."), "{md}");
+}
+
 #[test]
 fn a_run_is_summarised_over_every_step() {
     use alp_loss::names as n;
