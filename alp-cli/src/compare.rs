@@ -180,6 +180,10 @@ pub struct Plan {
     /// pair within one warm start and seed. 1 (the default): the one warm start `sft/`.
     #[serde(default = "one")]
     pub warm_starts: usize,
+    /// The warm starts whose runs this process runs ([`Plan::with_warm_starts`]); empty: all.
+    /// Not part of the plan's record: a sweep split by warm start reports as one.
+    #[serde(default, skip_serializing)]
+    pub only_warm_starts: Vec<usize>,
 }
 
 /// A plan as a file spells it.
@@ -314,6 +318,7 @@ impl Plan {
             seeds: f.seeds,
             primary: f.primary,
             warm_starts: f.warm_starts,
+            only_warm_starts: Vec::new(),
         })
     }
 
@@ -376,20 +381,56 @@ impl Plan {
         Ok(self)
     }
 
-    /// Keeps only the named methods (in the given order); an unknown name lists the known ones.
+    /// Keeps only the named methods (in the given order): the plan's own rows by their name
+    /// (with the plan's overrides), else the built-in rows; an unknown name lists the known ones.
     pub fn with_methods(mut self, names: &[String]) -> Result<Self> {
+        let own = std::mem::take(&mut self.arms);
         self.arms = names
             .iter()
             .map(|n| {
-                builtin_arm(n).ok_or_else(|| {
-                    Error::config(
-                        "--methods",
-                        format!("unknown method `{n}`; known: {}", builtin_names()),
-                    )
-                })
+                own.iter()
+                    .find(|a| &a.name == n)
+                    .cloned()
+                    .or_else(|| builtin_arm(n))
+                    .ok_or_else(|| {
+                        let mut known: Vec<&str> = own.iter().map(|a| a.name.as_str()).collect();
+                        let builtin = builtin_names();
+                        known.extend(
+                            builtin
+                                .split(", ")
+                                .filter(|b| !own.iter().any(|a| a.name == *b)),
+                        );
+                        Error::config(
+                            "--methods",
+                            format!("unknown method `{n}`; known: {}", known.join(", ")),
+                        )
+                    })
             })
             .collect::<Result<_>>()?;
         Ok(self)
+    }
+
+    /// Runs only the runs of the given warm starts (0-based, below `warm_starts`): a sweep split
+    /// across processes by block, so that each process trains its own warm start's SFT at the
+    /// same time as the others. The report still covers the whole plan.
+    pub fn with_warm_starts(mut self, ws: &[usize]) -> Result<Self> {
+        if let Some(w) = ws.iter().find(|w| **w >= self.warm_starts.max(1)) {
+            return Err(Error::config(
+                "--warm-starts",
+                format!(
+                    "warm start {w} is not in this plan, which has {} (0 to {})",
+                    self.warm_starts.max(1),
+                    self.warm_starts.max(1) - 1
+                ),
+            ));
+        }
+        self.only_warm_starts = ws.to_vec();
+        Ok(self)
+    }
+
+    /// Whether run index `i` is one this process runs ([`Plan::with_warm_starts`]).
+    pub fn runs_here(&self, i: u64) -> bool {
+        self.only_warm_starts.is_empty() || self.only_warm_starts.contains(&self.run_index(i).0)
     }
 }
 
@@ -958,7 +999,7 @@ pub fn run_all(
     for setting in &plan.settings {
         for arm in &plan.arms {
             let mut results = Vec::new();
-            for seed in plan.runs() {
+            for seed in plan.runs().filter(|i| plan.runs_here(*i)) {
                 let warm = &mut warms[plan.run_index(seed).0];
                 if let Some(r) = read_result(&run_dir(dir, setting, arm, seed)) {
                     results.push(r);

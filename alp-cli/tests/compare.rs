@@ -414,6 +414,56 @@ fn warm_starts_are_blocks_of_their_own_runs() {
     assert!(e.contains("warm_starts"), "{e}");
 }
 
+/// A sweep split by warm start (`--warm-starts`): a process runs only its blocks' runs and
+/// trains only their warm starts; a warm start the plan lacks is refused by name.
+#[test]
+fn a_sweep_split_by_warm_start_runs_only_its_blocks() {
+    let mut plan = tiny_plan();
+    plan.warm_starts = 2;
+    plan.seeds = 1;
+    let plan = plan.with_methods(&["alp-seq".into()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let one = plan.clone().with_warm_starts(&[1]).unwrap();
+    assert!(!one.runs_here(0) && one.runs_here(1));
+    let rows = compare::run_all(&one, &[], dir.path(), &mut |_| {}, &mut |_| Ok(())).unwrap();
+    assert_eq!(rows[0].2.iter().map(|r| r.seed).collect::<Vec<_>>(), [1]);
+    assert!(dir.path().join("sft-ws1").is_dir());
+    assert!(
+        !dir.path().join("sft").exists(),
+        "warm start 0 is another process's"
+    );
+    let e = plan.with_warm_starts(&[2]).unwrap_err().to_string();
+    assert!(
+        e.contains("--warm-starts") && e.contains("warm start 2"),
+        "{e}"
+    );
+}
+
+/// `--methods` picks a plan's own rows with the plan's overrides, not a built-in row of
+/// that name, and lists them when a name is unknown.
+#[test]
+fn methods_pick_the_plans_own_rows() {
+    let plan = compare::preset("long").unwrap();
+    let own = plan
+        .arms
+        .iter()
+        .find(|a| a.name == "alp-seq-calibrated")
+        .unwrap()
+        .clone();
+    assert!(!own.sets.is_empty());
+    let picked = plan
+        .clone()
+        .with_methods(&["alp-seq-calibrated".into(), "grpo".into()])
+        .unwrap();
+    assert_eq!(picked.arms[0], own);
+    assert_eq!(picked.arms[1].name, "grpo");
+    let e = plan.with_methods(&["nope".into()]).unwrap_err().to_string();
+    assert!(
+        e.contains("nope") && e.contains("alp-seq-calibrated"),
+        "{e}"
+    );
+}
+
 /// `alp compare --report-only` rewrites a report from the record: the machine it names is the
 /// one the runs ran on (the record's), not the one regenerating it.
 #[test]

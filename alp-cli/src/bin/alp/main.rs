@@ -81,6 +81,10 @@ enum Command {
         /// Comma-separated mismatch settings of the preset to run (default: all).
         #[arg(long, value_delimiter = ',')]
         settings: Vec<String>,
+        /// Comma-separated warm starts (blocks, 0-based) whose runs to run (default: all):
+        /// processes given different warm starts train their SFT warm starts side by side.
+        #[arg(long, value_delimiter = ',')]
+        warm_starts: Vec<usize>,
         /// Override a setting of every run, e.g. --set rl.steps=60.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
@@ -289,6 +293,7 @@ fn main() -> Result<()> {
             methods,
             seeds,
             settings,
+            warm_starts,
             sets,
             out,
             report_only,
@@ -297,7 +302,7 @@ fn main() -> Result<()> {
             plan.as_deref(),
             &methods,
             seeds,
-            &settings,
+            (&settings, &warm_starts),
             &sets,
             (&out, report_only),
         ),

@@ -199,7 +199,7 @@ pub fn compare(
     plan_file: Option<&std::path::Path>,
     methods: &[String],
     seeds: Option<usize>,
-    settings: &[String],
+    (settings, warm_starts): (&[String], &[usize]),
     sets: &[String],
     (out, report_only): (&std::path::Path, bool),
 ) -> Result<()> {
@@ -223,6 +223,9 @@ pub fn compare(
     }
     if !settings.is_empty() {
         plan = plan.with_settings(settings)?;
+    }
+    if !warm_starts.is_empty() {
+        plan = plan.with_warm_starts(warm_starts)?;
     }
     // Every run's config is checked before any work starts.
     plan.validate(&[])?;
