@@ -52,18 +52,22 @@ impl RmsNorm {
 /// A projection layer (`Linear` with the checkpoint's `weight` and optional `bias`).
 ///
 /// For the training numerics it is candle's `Linear` (with a backward). For the inference
-/// numerics it is `gemm::linear`, whose SIMD kernels suit the product's shape; with
-/// bf16/f16 weights on the CPU it multiplies in f32 over a widened copy of the weight made on
-/// first use, as candle's CPU matmul does on every call (it has no half-precision kernel and
-/// widens both operands each time), then rounds the product back. A decode step's small
-/// products over such a weight go through a packed copy (`gemm::PackedWeight`), also
-/// made on first use. Only weights that are not training variables (the rollout engine's
-/// snapshot) get copies: a variable can change in place, a copy would go stale.
+/// numerics it is `gemm::linear`, whose SIMD kernels suit the product's shape. A frozen bf16
+/// weight on an AVX-512 CPU is packed once in bf16 (`gemm::HalfWeight`, made on first use) and
+/// every product over it, decode's and prefill's, multiplies bf16 values with f32 sums
+/// (`gemm::linear_half`): no f32 copy of it exists. Other half-precision weights on the CPU
+/// (f16, or bf16 without AVX-512) multiply in f32 over a widened copy made on first use, as
+/// candle's CPU matmul does on every call (it has no half-precision kernel and widens both
+/// operands each time), then round the product back; a decode step's small products over
+/// such a weight go through a packed copy (`gemm::PackedWeight`), also made on first use.
+/// Only weights that are not training variables (the rollout engine's snapshot) get copies:
+/// a variable can change in place, a copy would go stale.
 #[derive(Debug, Clone)]
 struct Proj {
     linear: Linear,
     wide: Arc<OnceLock<Tensor>>,
     packed: Arc<OnceLock<Option<crate::kernels::gemm::PackedWeight>>>,
+    half: Arc<OnceLock<Option<crate::kernels::gemm::HalfWeight>>>,
     lora: Option<LoraPair>,
 }
 
@@ -108,6 +112,7 @@ impl Proj {
             linear: Linear::new(weight, bias),
             wide: Arc::new(OnceLock::new()),
             packed: Arc::new(OnceLock::new()),
+            half: Arc::new(OnceLock::new()),
             lora: None,
         }
     }
@@ -130,6 +135,11 @@ impl Proj {
             },
             packed: if frozen {
                 self.packed.clone()
+            } else {
+                Default::default()
+            },
+            half: if frozen {
+                self.half.clone()
             } else {
                 Default::default()
             },
@@ -158,7 +168,14 @@ impl Proj {
         }
         let w = self.linear.weight();
         let frozen = !w.is_variable();
-        let y = if crate::kernels::gemm::half_on_cpu(w) && x.dtype() == w.dtype() && frozen {
+        let half = if frozen && w.dtype() == DType::BF16 && x.dtype() == DType::BF16 {
+            get_or_try_init(&self.half, || crate::kernels::gemm::HalfWeight::new(w))?.as_ref()
+        } else {
+            None
+        };
+        let y = if let Some(h) = half {
+            crate::kernels::gemm::linear_half(x, h)?
+        } else if crate::kernels::gemm::half_on_cpu(w) && x.dtype() == w.dtype() && frozen {
             let wide = get_or_try_init(&self.wide, || w.to_dtype(DType::F32))?;
             self.frozen_product(&x.to_dtype(DType::F32)?, wide)?
                 .to_dtype(w.dtype())?

@@ -30,6 +30,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape
 
 mod avx2;
 mod avx512;
+mod half_packed;
 
 use crate::kernels::vmath::{Isa, Set};
 
@@ -152,6 +153,166 @@ impl PackedWeight {
         packed_gemm(self.isa, m, self.n, self.k, dst, lhs, &self.lines)
     }
 }
+
+/// A bf16 (`[n, k]`) weight laid out once for the half-precision kernel (`half_packed`): panels of 48
+/// output columns, each step of the panel a pair of `k`'s steps as `vdpbf16ps` reads them. It
+/// is bf16 like the weight (half an f32 copy's size) and is the only copy the inference path
+/// makes of a bf16 weight on an AVX-512 CPU: every product over it, decode's few rows and
+/// prefill's many alike, multiplies bf16 values and sums them in f32 ([`linear_half`]), on
+/// AVX512-BF16 where the CPU has it and on AVX-512F alone with the same bits elsewhere.
+/// [`linear_half_reference`] is the plain loop it is held to.
+#[derive(Debug)]
+pub struct HalfWeight {
+    n: usize,
+    k: usize,
+    dot: half_packed::Dot,
+    lines: Vec<LineH>,
+}
+
+impl HalfWeight {
+    /// Packs `w` (`[n, k]`, bf16 on the CPU) where the CPU has AVX-512F; `None` on other CPUs,
+    /// dtypes and devices.
+    pub fn new(w: &Tensor) -> Result<Option<Self>> {
+        match half_packed::Dot::detect() {
+            Some(dot) => Self::new_on(dot, w),
+            None => Ok(None),
+        }
+    }
+
+    fn new_on(dot: half_packed::Dot, w: &Tensor) -> Result<Option<Self>> {
+        if !w.device().is_cpu() || w.dtype() != DType::BF16 {
+            return Ok(None);
+        }
+        let (n, k) = w.dims2()?;
+        let rows = w.contiguous()?.flatten_all()?.to_vec1::<::half::bf16>()?;
+        let bits: Vec<u16> = rows.iter().map(|v| v.to_bits()).collect();
+        Ok(Some(HalfWeight {
+            n,
+            k,
+            dot,
+            lines: half_packed::pack(n, k, &bits),
+        }))
+    }
+
+    /// Bytes the packed copy holds.
+    pub fn bytes(&self) -> usize {
+        std::mem::size_of_val(self.lines.as_slice())
+    }
+
+    /// The f32 sums `lhs[m×k] · wᵀ` (`lhs` bf16 bits), the panels split across threads.
+    fn sums(&self, m: usize, lhs: &[u16]) -> Vec<f32> {
+        let (n, k) = (self.n, self.k);
+        assert_eq!(lhs.len(), m * k, "HalfWeight: {m} rows of {k}");
+        let mut dst = vec![0f32; m * n];
+        let panels = n.div_ceil(half_packed::PANEL);
+        let out = SharedOut(dst.as_mut_ptr());
+        for_each_share(panels, |mine| {
+            // SAFETY: a `HalfWeight` is made only with a `Dot` this CPU has; `lines` is
+            // `half_packed::pack(n, k, ..)`'s output, `lhs` and `dst` hold m·k and m·n values; each
+            // share writes only its own panels' columns.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                half_packed::gemm_packed(
+                    self.dot,
+                    m,
+                    n,
+                    k,
+                    lhs.as_ptr(),
+                    self.lines.as_ptr(),
+                    out.ptr(),
+                    mine,
+                )
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = mine;
+        });
+        dst
+    }
+}
+
+/// `x · wᵀ` over a packed bf16 weight for a bf16 `x` of shape `[..., k]`: the f32 sums rounded
+/// to bf16 (to nearest even, as candle's `to_dtype` rounds), shape `[..., n]`. No backward.
+pub fn linear_half(x: &Tensor, w: &HalfWeight) -> Result<Tensor> {
+    let k = x.dim(candle_core::D::Minus1)?;
+    if k != w.k || x.dtype() != DType::BF16 || !x.device().is_cpu() {
+        candle_core::bail!(
+            "linear_half: a bf16 CPU input with rows of {} (got {:?} rows of {k}, {:?})",
+            w.k,
+            x.dtype(),
+            x.device()
+        );
+    }
+    x.contiguous()?.apply_op1_no_bwd(&Half(w))
+}
+
+/// The plain loop [`linear_half`] is held to: for each output, f32 sums over `k` in order,
+/// each pair of steps adding the second product then the first (the products of bf16 values
+/// are exact in f32; each addition rounds to nearest), rounded to bf16 at the end. `x` and
+/// `w` bf16 on the CPU.
+pub fn linear_half_reference(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (n, k) = w.dims2()?;
+    let xs = x.contiguous()?.flatten_all()?.to_vec1::<::half::bf16>()?;
+    let ws = w.contiguous()?.flatten_all()?.to_vec1::<::half::bf16>()?;
+    let out: Vec<::half::bf16> = half_reference_sums(&xs, &ws, n, k)
+        .into_iter()
+        .map(::half::bf16::from_f32)
+        .collect();
+    let mut shape = x.dims().to_vec();
+    *shape.last_mut().expect("rank ≥ 1") = n;
+    Tensor::from_vec(out, shape, x.device())
+}
+
+/// [`linear_half_reference`]'s f32 sums.
+fn half_reference_sums(xs: &[::half::bf16], ws: &[::half::bf16], n: usize, k: usize) -> Vec<f32> {
+    let m = xs.len() / k.max(1);
+    let mut out = vec![0f32; m * n];
+    for i in 0..m {
+        let x = &xs[i * k..(i + 1) * k];
+        for j in 0..n {
+            let w = &ws[j * k..(j + 1) * k];
+            let mut acc = 0f32;
+            for t in (0..k).step_by(2) {
+                if t + 1 < k {
+                    acc += x[t + 1].to_f32() * w[t + 1].to_f32();
+                }
+                acc += x[t].to_f32() * w[t].to_f32();
+            }
+            out[i * n + j] = acc;
+        }
+    }
+    out
+}
+
+struct Half<'a>(&'a HalfWeight);
+
+impl CustomOp1 for Half<'_> {
+    fn name(&self) -> &'static str {
+        "alp-linear-half"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = crate::kernels::contiguous::<::half::bf16>(s, l, self.name())?;
+        let k = self.0.k;
+        let m = x.len() / k.max(1);
+        // SAFETY: `bf16` is a `repr(transparent)` wrapper of its `u16` bits.
+        let bits = unsafe { std::slice::from_raw_parts(x.as_ptr() as *const u16, x.len()) };
+        let out: Vec<::half::bf16> = self
+            .0
+            .sums(m, bits)
+            .into_iter()
+            .map(::half::bf16::from_f32)
+            .collect();
+        let mut shape = l.dims().to_vec();
+        *shape.last_mut().expect("rank ≥ 1") = self.0.n;
+        Ok((CpuStorage::BF16(out), Shape::from(shape)))
+    }
+}
+
+/// Thirty-two bf16 values (sixteen 32-bit lanes of pairs) on a cache line: the unit of a
+/// [`HalfWeight`].
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+struct LineH([u16; 32]);
 
 /// Sixteen f32 lanes on a cache line: the unit of a packed weight.
 #[derive(Debug, Clone, Copy)]
@@ -685,5 +846,154 @@ pub(crate) mod tests {
         let w = Tensor::randn(0f32, 1.0, (7, 24), &dev).unwrap();
         let r = max_rel(&linear(&x, &w).unwrap(), &linear_reference(&x, &w).unwrap());
         assert!(r < 1e-5, "relative difference {r}");
+    }
+
+    fn bf16_randn(shape: &[usize], seed: u64) -> Tensor {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let n: usize = shape.iter().product();
+        let v: Vec<::half::bf16> = (0..n)
+            .map(|_| ::half::bf16::from_f32(rng.random_range(-2.0f32..2.0)))
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn bits_of(t: &Tensor) -> Vec<u16> {
+        t.flatten_all()
+            .unwrap()
+            .to_vec1::<::half::bf16>()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect()
+    }
+
+    /// The half-precision kernel's f32 sums equal the plain loop's bit for bit for the
+    /// `vdpbf16ps` and AVX-512F ways this CPU runs (they give the same bits) and are within
+    /// rounding of it on AMX tiles, on shapes that fill no tile, no panel and no block (odd `k`
+    /// included), on one thread and several; each row of a batch equals that row alone bit
+    /// for bit (batch invariance), for every way; and the result is within rounding of
+    /// today's f32 product over a widened copy.
+    #[test]
+    fn half_products_equal_the_plain_loop_bit_for_bit_and_do_not_depend_on_the_batch() {
+        let dots = half_packed::Dot::all();
+        if dots.is_empty() {
+            eprintln!("skipped: no AVX-512F");
+            return;
+        }
+        eprintln!("half-precision ways on this CPU: {dots:?}");
+        for (m, n, k) in [
+            (1usize, 96usize, 64usize),
+            (3, 29, 37),
+            (17, 257, 130),
+            (9, 49, 2 * half_packed::KCP + 3),
+            (40, 100, 2 * half_packed::KCP * 2),
+            (2, 1408, 512),
+            (33, 200, 96),
+            (300, 50, 64),
+        ] {
+            let x = bf16_randn(&[m, k], 1 + m as u64);
+            let w = bf16_randn(&[n, k], 2 + n as u64);
+            let xs = x.flatten_all().unwrap().to_vec1::<::half::bf16>().unwrap();
+            let ws = w.flatten_all().unwrap().to_vec1::<::half::bf16>().unwrap();
+            let want = half_reference_sums(&xs, &ws, n, k);
+            let scale = half_reference_sums(
+                &xs.iter()
+                    .map(|v| ::half::bf16::from_f32(v.to_f32().abs()))
+                    .collect::<Vec<_>>(),
+                &ws.iter()
+                    .map(|v| ::half::bf16::from_f32(v.to_f32().abs()))
+                    .collect::<Vec<_>>(),
+                n,
+                k,
+            );
+            let xb = bits_of(&x);
+            for dot in &dots {
+                let exact = *dot != half_packed::Dot::Amx || k % 32 != 0;
+                let hw = HalfWeight::new_on(*dot, &w).unwrap().unwrap();
+                let pooled = hw.sums(m, &xb);
+                let alone = single_threaded(|| hw.sums(m, &xb));
+                assert!(
+                    pooled
+                        .iter()
+                        .zip(&alone)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{dot:?} {m}x{n}x{k}: threads change the bits"
+                );
+                for (o, ((g, r), s)) in pooled.iter().zip(&want).zip(&scale).enumerate() {
+                    if exact {
+                        assert_eq!(
+                            g.to_bits(),
+                            r.to_bits(),
+                            "{dot:?} {m}x{n}x{k} at {o}: {g} vs {r}"
+                        );
+                    } else {
+                        let bound = 2.0 * k as f32 * f32::EPSILON * s;
+                        assert!(
+                            (g - r).abs() <= bound,
+                            "{dot:?} {m}x{n}x{k} at {o}: {g} vs {r}"
+                        );
+                    }
+                }
+                // Each row alone, as a decode step with one sequence computes it.
+                for i in [0, m / 2, m - 1] {
+                    let row = hw.sums(1, &xb[i * k..(i + 1) * k]);
+                    assert!(
+                        row.iter()
+                            .zip(&pooled[i * n..(i + 1) * n])
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{dot:?} {m}x{n}x{k}: row {i} alone differs from its batch"
+                    );
+                }
+            }
+            // Through the op, against the reference op and against today's path (both
+            // operands widened to f32, candle's matmul, rounded to bf16): the sums differ by
+            // rounding of the additions only, at most a few f32 ulps of Σ|x·w| per step.
+            let hw = HalfWeight::new(&w).unwrap().unwrap();
+            let got = linear_half(&x, &hw).unwrap();
+            let sums = hw.sums(m, &xb);
+            let rounded: Vec<u16> = sums
+                .iter()
+                .map(|v| ::half::bf16::from_f32(*v).to_bits())
+                .collect();
+            assert_eq!(bits_of(&got), rounded);
+            let wide = linear_reference(
+                &x.to_dtype(DType::F32).unwrap(),
+                &w.to_dtype(DType::F32).unwrap(),
+            )
+            .unwrap();
+            let scale = linear_reference(
+                &x.to_dtype(DType::F32).unwrap().abs().unwrap(),
+                &w.to_dtype(DType::F32).unwrap().abs().unwrap(),
+            )
+            .unwrap();
+            let wide = wide.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let scale = scale.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for ((a, b), s) in sums.iter().zip(&wide).zip(&scale) {
+                let bound = 2.0 * k as f32 * f32::EPSILON * s;
+                assert!(
+                    (a - b).abs() <= bound,
+                    "{m}x{n}x{k}: {a} vs {b} (bound {bound})"
+                );
+            }
+        }
+        // Bad input is named.
+        let w = bf16_randn(&[8, 16], 9);
+        let hw = HalfWeight::new(&w).unwrap().unwrap();
+        let e = linear_half(&bf16_randn(&[2, 15], 3), &hw)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rows of 16"), "{e}");
+        let e = linear_half(
+            &Tensor::zeros((2, 16), DType::F32, &Device::Cpu).unwrap(),
+            &hw,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("bf16"), "{e}");
+        assert!(HalfWeight::new(&w.to_dtype(DType::F32).unwrap())
+            .unwrap()
+            .is_none());
+        assert_eq!(hw.bytes(), 8usize.div_ceil(48) * 48 * 16 * 2);
     }
 }
