@@ -50,7 +50,7 @@ pub use perturbation::{
 };
 pub use tokenizer::Tokenizer;
 
-pub use kernels::gemm::{single_threaded, SMALL_M_ROWS};
+pub use kernels::gemm::{half_precision_kernel, single_threaded, SMALL_M_ROWS};
 
 /// alp's CPU kernels, for alp's own criterion benchmarks only (feature `bench-internals`):
 /// not an API, no stability promised.

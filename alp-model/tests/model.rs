@@ -522,7 +522,8 @@ const PIN_NOISE: [f32; 3] = [-0.47067854, -1.1483649, -0.39638636];
 
 #[test]
 fn bf16_inference_on_the_cpu_matches_candles_half_precision_path() {
-    // The inference path multiplies bf16 weights through a widened f32 copy and keeps a bf16
+    // The inference path multiplies bf16 weights on the half-precision kernels (a bf16 packed
+    // copy on AVX-512 CPUs, a widened f32 copy elsewhere) and keeps a bf16
     // KV cache in f32; its reference is candle's own path: the same weights as training
     // variables (never widened) and a full forward without a cache (bf16 attention products).
     for (si, cfg) in shapes().into_iter().enumerate() {

@@ -242,7 +242,11 @@ fn machine(device: &str) -> serde_json::Value {
         } else {
             "the target's default kernels".to_string()
         };
-        format!("gemm crate, {family} (CPU has: {})", feats.join(", "))
+        format!(
+            "gemm crate, {family}; bf16 rollouts: {} (CPU has: {})",
+            alp_model::half_precision_kernel(),
+            feats.join(", ")
+        )
     };
     serde_json::json!({
         "cpu": cpu,

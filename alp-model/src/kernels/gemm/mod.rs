@@ -230,6 +230,20 @@ impl HalfWeight {
     }
 }
 
+/// Which kernel multiplies a frozen bf16 weight (the bf16 rollout engine's) on this CPU, in
+/// words: AMX tiles, `vdpbf16ps`, widened FMAs (all three over a bf16 packed copy), or an f32
+/// copy where the CPU has no AVX-512.
+pub fn half_precision_kernel() -> &'static str {
+    match half_packed::Dot::detect() {
+        Some(half_packed::Dot::Amx) => "AMX-BF16 tiles over bf16 packed weights",
+        Some(half_packed::Dot::Bf16) => "AVX512-BF16 vdpbf16ps over bf16 packed weights",
+        Some(half_packed::Dot::Widen) => {
+            "AVX-512F FMAs over bf16 packed weights widened in registers"
+        }
+        None => "f32 copies of the weights (no AVX-512)",
+    }
+}
+
 /// `x · wᵀ` over a packed bf16 weight for a bf16 `x` of shape `[..., k]`: the f32 sums rounded
 /// to bf16 (to nearest even, as candle's `to_dtype` rounds), shape `[..., n]`. No backward.
 pub fn linear_half(x: &Tensor, w: &HalfWeight) -> Result<Tensor> {
