@@ -110,7 +110,7 @@ pub(super) unsafe fn gemm_packed(
     panels: std::ops::Range<usize>,
 ) {
     match dot {
-        Dot::Amx if k % 32 == 0 => amx::gemm_packed(m, n, k, x, w, out, panels),
+        Dot::Amx if k.is_multiple_of(32) => amx::gemm_packed(m, n, k, x, w, out, panels),
         Dot::Amx | Dot::Bf16 => gemm_packed_bf16(m, n, k, x, w, out, panels),
         Dot::Widen => gemm_packed_widen(m, n, k, x, w, out, panels),
     }

@@ -889,6 +889,7 @@ pub(crate) mod tests {
     /// for bit (batch invariance), for every way; and the result is within rounding of
     /// today's f32 product over a widened copy.
     #[test]
+    #[allow(clippy::print_stderr)]
     fn half_products_equal_the_plain_loop_bit_for_bit_and_do_not_depend_on_the_batch() {
         let dots = half_packed::Dot::all();
         if dots.is_empty() {
@@ -923,7 +924,7 @@ pub(crate) mod tests {
             );
             let xb = bits_of(&x);
             for dot in &dots {
-                let exact = *dot != half_packed::Dot::Amx || k % 32 != 0;
+                let exact = *dot != half_packed::Dot::Amx || !k.is_multiple_of(32);
                 let hw = HalfWeight::new_on(*dot, &w).unwrap().unwrap();
                 let pooled = hw.sums(m, &xb);
                 let alone = single_threaded(|| hw.sums(m, &xb));
