@@ -188,6 +188,19 @@ unsafe fn x_pair(x: *const u16, s: usize, last_single: bool) -> i32 {
     }
 }
 
+/// Brings pair `s`'s lines of the next block in (nothing where `prefetch` is null: only the
+/// first row tile of a block prefetches). Only addresses: prefetching past the end does not
+/// fault.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn prefetch_step(prefetch: *const u8, s: usize) {
+    if !prefetch.is_null() {
+        for l in 0..LINES {
+            _mm_prefetch::<_MM_HINT_T0>(prefetch.wrapping_add((s * LINES + l) * 64) as *const i8);
+        }
+    }
+}
+
 /// The accumulators of an `R`-row tile, loaded from `out` unless `first`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
@@ -252,13 +265,7 @@ unsafe fn tile_bf16<const R: usize>(
                 b.add(s * LINES + l) as *const __m512i
             ))
         });
-        if !prefetch.is_null() {
-            for l in 0..LINES {
-                _mm_prefetch::<_MM_HINT_T0>(
-                    prefetch.wrapping_add((s * LINES + l) * 64) as *const i8
-                );
-            }
-        }
+        prefetch_step(prefetch, s);
         let single = odd_end && s + 1 == kcp;
         for (r, a) in acc.iter_mut().enumerate() {
             let xp = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(x_pair(
@@ -302,13 +309,7 @@ unsafe fn tile_widen<const R: usize>(
             std::array::from_fn(|l| _mm512_castsi512_ps(_mm512_and_si512(raw[l], high)));
         let w_lo: [__m512; LINES] =
             std::array::from_fn(|l| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(raw[l])));
-        if !prefetch.is_null() {
-            for l in 0..LINES {
-                _mm_prefetch::<_MM_HINT_T0>(
-                    prefetch.wrapping_add((s * LINES + l) * 64) as *const i8
-                );
-            }
-        }
+        prefetch_step(prefetch, s);
         let single = odd_end && s + 1 == kcp;
         for (r, a) in acc.iter_mut().enumerate() {
             let pair = x_pair(x.add(r * ldx), s, single) as u32;
