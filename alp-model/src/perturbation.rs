@@ -95,14 +95,15 @@ pub enum LayerSelection {
 }
 
 impl LayerSelection {
-    /// Whether layer `l` of `n` is perturbed.
+    /// Whether layer `l` of `n` is perturbed. The thirds are cut at ⌈n/3⌉ and ⌈2n/3⌉, so each
+    /// holds at least one layer from 3 layers on (4 layers: {0, 1}, {2}, {3}).
     pub fn contains(&self, l: usize, n: usize) -> bool {
-        let third = n.div_ceil(3);
+        let (a, b) = (n.div_ceil(3), (2 * n).div_ceil(3));
         match self {
             LayerSelection::All => true,
-            LayerSelection::Early => l < third,
-            LayerSelection::Middle => l >= third && l < (2 * third).min(n),
-            LayerSelection::Late => l >= (2 * third).min(n),
+            LayerSelection::Early => l < a,
+            LayerSelection::Middle => l >= a && l < b,
+            LayerSelection::Late => l >= b && l < n,
             LayerSelection::Range { start, end } => l >= *start && l < *end,
             LayerSelection::LogitsOnly => false,
         }
@@ -330,5 +331,40 @@ impl Perturbation for KeyedGaussian<'_> {
 
     fn keyed(&self, step: u64, micro_batch: u64) -> Option<Box<dyn Perturbation + '_>> {
         self.inner.keyed(step, micro_batch)
+    }
+}
+
+#[cfg(test)]
+mod layer_tests {
+    use super::LayerSelection;
+
+    /// The thirds partition the layers, each non-empty from 3 layers on: at 4 layers (the
+    /// embedded default) `late` once held no layer, so its runs trained without noise.
+    #[test]
+    fn the_thirds_partition_the_layers_and_none_is_empty() {
+        let pick = |s: &LayerSelection, n: usize| -> Vec<usize> {
+            (0..n).filter(|l| s.contains(*l, n)).collect()
+        };
+        for n in 3..=40 {
+            let parts = [
+                LayerSelection::Early,
+                LayerSelection::Middle,
+                LayerSelection::Late,
+            ]
+            .map(|s| pick(&s, n));
+            assert!(parts.iter().all(|p| !p.is_empty()), "{n} layers: {parts:?}");
+            let all: Vec<usize> = parts.concat();
+            assert_eq!(all, (0..n).collect::<Vec<_>>(), "{n} layers: {parts:?}");
+        }
+        assert_eq!(pick(&LayerSelection::Late, 4), [3]);
+        assert_eq!(pick(&LayerSelection::Early, 4), [0, 1]);
+        assert_eq!(
+            pick(&LayerSelection::Middle, 24),
+            (8..16).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            pick(&LayerSelection::Late, 24),
+            (16..24).collect::<Vec<_>>()
+        );
     }
 }
