@@ -393,13 +393,16 @@ impl Plan {
                     .cloned()
                     .or_else(|| builtin_arm(n))
                     .ok_or_else(|| {
-                        let mut known: Vec<&str> = own.iter().map(|a| a.name.as_str()).collect();
-                        let builtin = builtin_names();
-                        known.extend(
-                            builtin
-                                .split(", ")
-                                .filter(|b| !own.iter().any(|a| a.name == *b)),
-                        );
+                        let builtin = all_arms();
+                        let known: Vec<&str> = own
+                            .iter()
+                            .chain(
+                                builtin
+                                    .iter()
+                                    .filter(|b| !own.iter().any(|a| a.name == b.name)),
+                            )
+                            .map(|a| a.name.as_str())
+                            .collect();
                         Error::config(
                             "--methods",
                             format!("unknown method `{n}`; known: {}", known.join(", ")),
@@ -414,13 +417,13 @@ impl Plan {
     /// across processes by block, so that each process trains its own warm start's SFT at the
     /// same time as the others. The report still covers the whole plan.
     pub fn with_warm_starts(mut self, ws: &[usize]) -> Result<Self> {
-        if let Some(w) = ws.iter().find(|w| **w >= self.warm_starts.max(1)) {
+        let have = self.warm_starts.max(1);
+        if let Some(w) = ws.iter().find(|w| **w >= have) {
             return Err(Error::config(
                 "--warm-starts",
                 format!(
-                    "warm start {w} is not in this plan, which has {} (0 to {})",
-                    self.warm_starts.max(1),
-                    self.warm_starts.max(1) - 1
+                    "warm start {w} is not in this plan, which has {have} (0 to {})",
+                    have - 1
                 ),
             ));
         }
