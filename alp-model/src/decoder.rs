@@ -23,6 +23,15 @@ pub enum Numerics {
     /// Differentiable twins only, composed from candle ops: the slow reference that
     /// `Training` is tested against.
     Reference,
+    /// Bit-exact rollouts: kernels whose result for one position depends on nothing but
+    /// that position's inputs, used by the trainer and the engine alike (differentiable):
+    /// every product is a sequential sum over `k` in order (`gemm::linear_exact`), attention
+    /// reads each query's visible keys in order and no other (`attention::attention_exact`),
+    /// and the row-wise kernels are the training ones. A decode step over the KV cache then
+    /// gives the same bits as the trainer's forward of the whole padded batch at that
+    /// position. f32 weights on the CPU only; slower than `Inference` at decode and than
+    /// `Training` at the update (`alp bench` states by how much).
+    Exact,
 }
 
 #[derive(Debug, Clone)]
@@ -43,7 +52,9 @@ impl RmsNorm {
             Numerics::Inference => {
                 candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32)?
             }
-            Numerics::Training => fused::rms_norm(x, &self.weight, self.eps as f32)?,
+            Numerics::Training | Numerics::Exact => {
+                fused::rms_norm(x, &self.weight, self.eps as f32)?
+            }
             Numerics::Reference => fused::twin::rms_norm(x, &self.weight, self.eps as f32)?,
         })
     }
@@ -85,7 +96,7 @@ impl LoraPair {
     /// The update of `x` (`[.., in]`) as `[.., out]`, through two plain products over the
     /// rows (differentiable; the same ops for every numerics, so the engine's and the
     /// trainer's updates agree).
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, exact: bool) -> Result<Tensor> {
         let dims = x.dims();
         let k = *dims.last().unwrap_or(&0);
         let rows = x.elem_count() / k.max(1);
@@ -97,7 +108,12 @@ impl LoraPair {
         };
         // The scale goes on the rank-r product: no extra `[rows, out]` tensor for the graph
         // to keep.
-        let y = (x2.matmul(&a.t()?)? * self.scale)?.matmul(&b.t()?)?;
+        let y = if exact {
+            let h = (crate::kernels::gemm::linear_exact(&x2, &a, None)? * self.scale)?;
+            crate::kernels::gemm::linear_exact(&h, &b, None)?
+        } else {
+            (x2.matmul(&a.t()?)? * self.scale)?.matmul(&b.t()?)?
+        };
         let mut out = dims.to_vec();
         if let Some(last) = out.last_mut() {
             *last = b.dim(0)?;
@@ -154,7 +170,7 @@ impl Proj {
     fn forward(&self, x: &Tensor, n: Numerics) -> Result<Tensor> {
         let y = self.forward_base(x, n)?;
         match &self.lora {
-            Some(l) => Ok((y + l.forward(x)?)?),
+            Some(l) => Ok((y + l.forward(x, n == Numerics::Exact)?)?),
             None => Ok(y),
         }
     }
@@ -164,6 +180,7 @@ impl Proj {
         match n {
             Numerics::Reference => return Ok(self.linear.forward(x)?),
             Numerics::Training => return self.forward_rows(x),
+            Numerics::Exact => return self.forward_exact(x),
             Numerics::Inference => {}
         }
         let w = self.linear.weight();
@@ -204,6 +221,23 @@ impl Proj {
         Ok(match packed {
             Some(p) => crate::kernels::gemm::linear_packed(x, w, p)?,
             None => crate::kernels::gemm::linear(x, w)?,
+        })
+    }
+
+    /// The exact numerics' product (`gemm::linear_exact`): over the packed copy of a frozen
+    /// weight (made on first use, shared with the decode path) where nothing needs a
+    /// gradient, over the weight itself otherwise.
+    fn forward_exact(&self, x: &Tensor) -> Result<Tensor> {
+        let w = self.linear.weight();
+        let packed = if !w.is_variable() && !x.track_op() {
+            get_or_try_init(&self.packed, || crate::kernels::gemm::PackedWeight::new(w))?.as_ref()
+        } else {
+            None
+        };
+        let y = crate::kernels::gemm::linear_exact(x, w, packed)?;
+        Ok(match self.linear.bias() {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
         })
     }
 
@@ -312,6 +346,7 @@ impl Attention {
         cache: Option<(&mut KvCache, usize)>,
         n: Numerics,
         padded: bool,
+        exact_window: (&[usize], usize),
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.n_heads, self.n_kv, self.head_dim);
@@ -329,7 +364,7 @@ impl Attention {
         let cpu_f32 = q.device().is_cpu() && q.dtype() == DType::F32;
         let heads_first = |t: Tensor| t.transpose(1, 2)?.contiguous();
         let (q, k) = match n {
-            Numerics::Training | Numerics::Inference if cpu_f32 => (
+            Numerics::Training | Numerics::Inference | Numerics::Exact if cpu_f32 => (
                 fused::rope_from_seq_major(&q, cos, sin)?,
                 fused::rope_from_seq_major(&k, cos, sin)?,
             ),
@@ -337,6 +372,7 @@ impl Attention {
                 rope::apply_fused(&heads_first(q)?, cos, sin)?,
                 rope::apply_fused(&heads_first(k)?, cos, sin)?,
             ),
+            Numerics::Exact => return Err(exact_needs_f32_cpu()),
             Numerics::Training => (
                 fused::rope(&heads_first(q)?, cos, sin)?,
                 fused::rope(&heads_first(k)?, cos, sin)?,
@@ -369,6 +405,11 @@ impl Attention {
         #[cfg(not(feature = "flash-attn"))]
         let _ = padded;
         let scale = 1.0 / (hd as f64).sqrt();
+        if n == Numerics::Exact {
+            let (pad, start) = exact_window;
+            let out = crate::kernels::attention::attention_exact(&q, &k, &v, pad, start, scale)?;
+            return self.o_proj.forward(&out, n);
+        }
         // f32 inference on the CPU: one pass per query over the cache's views
         // (`attention`); the composition below is its reference.
         if n == Numerics::Inference && crate::kernels::attention::fusable(&q, &k, &v) {
@@ -397,7 +438,7 @@ impl Attention {
         };
         let probs = match n {
             Numerics::Inference => candle_nn::ops::softmax_last_dim(&scores.contiguous()?)?,
-            Numerics::Training => fused::softmax_last_dim(&scores)?,
+            Numerics::Training | Numerics::Exact => fused::softmax_last_dim(&scores)?,
             Numerics::Reference => fused::twin::softmax_last_dim(&scores)?,
         };
         let probs = probs.reshape((b, nkv, rep * t, l))?.to_dtype(dtype)?;
@@ -434,7 +475,7 @@ impl Mlp {
         let g = self.gate_proj.forward(x, n)?;
         let u = self.up_proj.forward(x, n)?;
         let a = match n {
-            Numerics::Training => fused::silu_mul(&g, &u)?,
+            Numerics::Training | Numerics::Exact => fused::silu_mul(&g, &u)?,
             Numerics::Inference => fused::silu_mul_inference(&g, &u)?,
             Numerics::Reference => fused::twin::silu_mul(&g, &u)?,
         };
@@ -476,6 +517,10 @@ struct Prepared {
     sin: Tensor,
     mask: Option<Tensor>,
     padded: bool,
+    /// Each row's left padding (empty: none) and the first position: what the exact
+    /// attention reads instead of the mask.
+    left_pad: Vec<usize>,
+    start: usize,
 }
 
 /// A checkpointed training forward ([`Model::forward_checkpointed`]): each decoder layer's
@@ -519,7 +564,7 @@ impl Checkpointed<'_> {
                 &self.prepared,
                 None,
                 self.perturb,
-                Numerics::Training,
+                m.training_numerics(),
             )?;
             let mut part = (y * g.detach())?.sum_all()?.backward()?;
             g = part.remove(x.as_tensor()).ok_or_else(|| {
@@ -569,6 +614,8 @@ pub struct Model {
     rope: rope::Rope,
     dtype: DType,
     device: Device,
+    /// Training and inference both run [`Numerics::Exact`] ([`Model::set_exact_numerics`]).
+    exact: bool,
 }
 
 impl Model {
@@ -603,6 +650,7 @@ impl Model {
             rope,
             dtype: vb.dtype(),
             device: vb.device().clone(),
+            exact: false,
         })
     }
 
@@ -652,6 +700,7 @@ impl Model {
             rope: self.rope.clone(),
             dtype: self.dtype,
             device: self.device.clone(),
+            exact: self.exact,
         }
     }
 
@@ -697,6 +746,46 @@ impl Model {
             _ => return Err(bad()),
         };
         Ok(&mut proj.lora)
+    }
+
+    /// Makes training and inference of this model (and of its [`Model::detached`] views) both
+    /// run [`Numerics::Exact`]: a rollout engine built on it stores the log-probs the trainer
+    /// recomputes, bit for bit. Needs f32 weights on the CPU (an error names what is not).
+    pub fn set_exact_numerics(&mut self, on: bool) -> Result<()> {
+        if on && (self.dtype != DType::F32 || !self.device.is_cpu()) {
+            return Err(Error::config(
+                "rollout_numerics",
+                format!(
+                    "exact numerics need f32 weights on the CPU; this model is {:?} on {:?}",
+                    self.dtype, self.device
+                ),
+            ));
+        }
+        self.exact = on;
+        Ok(())
+    }
+
+    /// Whether training and inference run [`Numerics::Exact`].
+    pub fn exact_numerics(&self) -> bool {
+        self.exact
+    }
+
+    /// The numerics of this model's training forwards.
+    fn training_numerics(&self) -> Numerics {
+        if self.exact {
+            Numerics::Exact
+        } else {
+            Numerics::Training
+        }
+    }
+
+    /// The numerics of this model's cached (rollout) forwards.
+    fn inference_numerics(&self) -> Numerics {
+        if self.exact {
+            Numerics::Exact
+        } else {
+            Numerics::Inference
+        }
     }
 
     /// The dtype of the weights.
@@ -782,6 +871,8 @@ impl Model {
             sin,
             mask,
             padded,
+            left_pad: left_pad.to_vec(),
+            start,
         })
     }
 
@@ -812,9 +903,16 @@ impl Model {
         };
         let x = layer.input_layernorm.forward(&h, n)?;
         let c = cache.map(|c| (c, i));
-        let x = layer
-            .self_attn
-            .forward(&x, &p.cos, &p.sin, p.mask.as_ref(), c, n, p.padded)?;
+        let x = layer.self_attn.forward(
+            &x,
+            &p.cos,
+            &p.sin,
+            p.mask.as_ref(),
+            c,
+            n,
+            p.padded,
+            (&p.left_pad, p.start),
+        )?;
         let h = (h + x)?;
         let x = layer.post_attention_layernorm.forward(&h, n)?;
         Ok((&h + layer.mlp.forward(&x, n)?)?)
@@ -840,6 +938,9 @@ impl Model {
         perturb: &dyn Perturbation,
         n: Numerics,
     ) -> Result<Tensor> {
+        if n == Numerics::Exact && (self.dtype != DType::F32 || !self.device.is_cpu()) {
+            return Err(exact_needs_f32_cpu());
+        }
         let p = self.prepare(input_ids, start, left_pad)?;
         let t = input_ids.dim(1)?;
         let mut h = self.embed(input_ids)?;
@@ -866,7 +967,7 @@ impl Model {
         left_pad: &[usize],
         perturb: &'a dyn Perturbation,
     ) -> Result<Checkpointed<'a>> {
-        let n = Numerics::Training;
+        let n = self.training_numerics();
         let p = self.prepare(input_ids, 0, left_pad)?;
         let mut inputs = Vec::with_capacity(self.layers.len());
         let mut h = self.embed(input_ids)?.detach();
@@ -920,7 +1021,7 @@ impl Model {
     /// [`Model::hidden_states`] or [`Checkpointed::hidden`], possibly narrowed to the
     /// positions a loss needs).
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        self.head(hidden, Numerics::Training)
+        self.head(hidden, self.training_numerics())
     }
 
     /// Fused-kernel forward that continues `cache`; logits `[batch, seq, vocab]`.
@@ -931,7 +1032,7 @@ impl Model {
         perturb: &dyn Perturbation,
     ) -> Result<Tensor> {
         let h = self.run_cached(input_ids, cache, perturb)?;
-        self.head(&h, Numerics::Inference)
+        self.head(&h, self.inference_numerics())
     }
 
     /// Final hidden states of a fused forward that continues `cache`.
@@ -949,7 +1050,7 @@ impl Model {
             &pad,
             Some(cache),
             perturb,
-            Numerics::Inference,
+            self.inference_numerics(),
         )
     }
 
@@ -963,7 +1064,10 @@ impl Model {
     ) -> Result<Tensor> {
         let h = self.run_cached(input_ids, cache, perturb)?;
         let t = h.dim(1)?;
-        self.head(&h.narrow(1, t - 1, 1)?.squeeze(1)?, Numerics::Inference)
+        self.head(
+            &h.narrow(1, t - 1, 1)?.squeeze(1)?,
+            self.inference_numerics(),
+        )
     }
 
     /// Full-sequence forward without a cache, with the chosen numerics.
@@ -986,11 +1090,26 @@ impl Model {
         left_pad: &[usize],
         perturb: &dyn Perturbation,
     ) -> Result<Tensor> {
-        self.run(input_ids, 0, left_pad, None, perturb, Numerics::Training)
+        self.run(
+            input_ids,
+            0,
+            left_pad,
+            None,
+            perturb,
+            self.training_numerics(),
+        )
     }
 
     /// The LM head weight `[vocab, hidden]` (the embedding when tied).
     pub fn lm_head_weight(&self) -> &Tensor {
         self.lm_head.weight()
     }
+}
+
+/// The error of an exact-numerics forward over weights that are not f32 on the CPU.
+fn exact_needs_f32_cpu() -> Error {
+    Error::config(
+        "rollout_numerics",
+        "exact numerics need f32 weights on the CPU (set model.dtype and rl.rollout_dtype to f32)",
+    )
 }

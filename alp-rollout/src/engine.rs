@@ -34,6 +34,13 @@ pub struct EngineConfig {
     /// RadixAttention do. Oldest first out. 0: off. Memory: per token 2 · layers · kv_heads
     /// · head_dim · 4 bytes (24.6 KB at the 0.5B shape, 2 KB for the embedded default).
     pub prefix_cache_tokens: usize,
+    /// Bit-exact rollouts: the model runs the trainer's exact numerics
+    /// (`alp_model::Numerics::Exact`, f32 weights on the CPU) and each token's stored
+    /// log-prob is computed as the trainer scores it (its log-softmax kernel on the same
+    /// logits row at the sampling temperature), so that at staleness 0 the trainer's
+    /// recomputed log-probs equal them bit for bit. The token is still drawn by the sampler
+    /// from those logits. Untruncated sampling only (top-k, top-p and min-p off).
+    pub exact_numerics: bool,
 }
 
 impl Default for EngineConfig {
@@ -44,6 +51,7 @@ impl Default for EngineConfig {
             max_context: 0,
             shards: 1,
             prefix_cache_tokens: 16 * 1024,
+            exact_numerics: false,
         }
     }
 }
@@ -223,9 +231,11 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// An engine over `model`.
+    /// An engine over `model` (with `config.exact_numerics`, a view of it that runs the exact
+    /// numerics: an error where its weights are not f32 on the CPU).
     pub fn new(model: Arc<Model>, config: EngineConfig) -> Result<Self> {
         config.validate()?;
+        let model = exact_model(model, config.exact_numerics)?;
         Ok(Engine {
             model,
             tokenizer: None,
@@ -754,7 +764,18 @@ impl Engine {
         let req = &requests[row.req];
         let p = &req.params;
         let drawn = sample_kept(logits, p, &mut row.rng)?;
-        let (tok, lp) = (drawn.token, drawn.logprob);
+        let tok = drawn.token;
+        let lp = if self.config.exact_numerics {
+            if p.truncates() {
+                return Err(Error::config(
+                    "exact_numerics",
+                    "bit-exact rollouts score over the whole vocabulary: turn top_k, top_p and min_p off",
+                ));
+            }
+            trainer_logprob(logits, tok, p.temperature, self.model.device())?
+        } else {
+            drawn.logprob
+        };
         row.tokens.push(tok);
         row.logprobs.push(lp);
         if let Some(s) = row.supports.as_mut() {
@@ -815,7 +836,10 @@ impl crate::backend::RolloutBackend for Engine {
     fn publish(&mut self, version: PolicyVersion, weights: &ModelWeights) -> Result<()> {
         let (dtype, device) = (self.model.dtype(), self.model.device().clone());
         // A LoRA version reuses the base model (and its packed copies) of the last one.
-        self.model = Arc::new(self.models.build(weights, dtype, &device)?);
+        self.model = exact_model(
+            Arc::new(self.models.build(weights, dtype, &device)?),
+            self.config.exact_numerics,
+        )?;
         self.version = version;
         // Sequences kept under the old weights are never continued by the new ones.
         if let Ok(mut p) = self.prefixes.lock() {
@@ -823,4 +847,34 @@ impl crate::backend::RolloutBackend for Engine {
         }
         Ok(())
     }
+}
+
+/// `model`, or with `exact` a view of it that runs the exact numerics.
+fn exact_model(model: Arc<Model>, exact: bool) -> Result<Arc<Model>> {
+    if !exact || model.exact_numerics() {
+        return Ok(model);
+    }
+    let mut m = (*model).clone();
+    m.set_exact_numerics(true)?;
+    Ok(Arc::new(m))
+}
+
+/// The log-prob of `token` as the trainer scores it (`alp-trainer`'s `score`): the logits
+/// row divided by the temperature as a tensor (none at 1, and greedy scores at 1), then the
+/// fused log-softmax-gather.
+fn trainer_logprob(
+    logits: &[f32],
+    token: TokenId,
+    temperature: f32,
+    device: &Device,
+) -> Result<f32> {
+    let t = if temperature > 0.0 {
+        temperature as f64
+    } else {
+        1.0
+    };
+    let row = Tensor::from_slice(logits, (1, 1, logits.len()), device)?;
+    let scaled = if t == 1.0 { row } else { (row / t)? };
+    let target = Tensor::from_vec(vec![token], (1, 1), device)?;
+    Ok(alp_model::token_logprobs(&scaled, &target, 1.0)?.to_vec2::<f32>()?[0][0])
 }

@@ -67,6 +67,22 @@ impl RolloutQuant {
     }
 }
 
+/// How the rollout engine computes (`rl.rollout_numerics`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RolloutNumerics {
+    /// The engine's own fast kernels (its mismatch with the trainer is measured as the
+    /// engine part of the ratio).
+    #[default]
+    Fast,
+    /// Bit-exact rollouts: the trainer and the engine both run `alp_model::Numerics::Exact`
+    /// and the engine stores log-probs as the trainer scores them, so that at staleness 0
+    /// π_old/μ is exactly 1 for every token and only staleness remains. Needs f32 weights on
+    /// the CPU for both (`model.dtype`, `rl.rollout_dtype`), no `rl.rollout_quant`, no
+    /// truncated sampling and the built-in local engine.
+    Exact,
+}
+
 /// The RL environment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -291,6 +307,9 @@ pub struct RlSection {
     pub rollout_dtype: Dtype,
     /// Quantisation of the rollout weights (none, int8, int4).
     pub rollout_quant: RolloutQuant,
+    /// The rollout engine's numerics: `fast` (its own kernels) or `exact` (the trainer's:
+    /// stored log-probs equal the trainer's bit for bit; see [`RolloutNumerics`]).
+    pub rollout_numerics: RolloutNumerics,
     /// Recompute log π_old with the trainer before the update (needed by methods that use it).
     pub recompute_logp_old: bool,
     /// Advantage estimator.
@@ -524,6 +543,7 @@ impl Default for RlSection {
             score_sampler: SamplerScoring::AtSampling,
             rollout_dtype: Dtype::Bf16,
             rollout_quant: RolloutQuant::None,
+            rollout_numerics: RolloutNumerics::Fast,
             recompute_logp_old: true,
             advantage: AdvantageEstimator::Grpo,
             aggregation: Aggregation::TokenMean,
@@ -769,6 +789,7 @@ impl TrainConfig {
         }
         alp_model::parse_device(&self.model.device)
             .map_err(|e| Error::config("model.device", e.to_string()))?;
+        self.validate_rollout_numerics()?;
         self.model.lora.validate()?;
         self.tasks.dataset_format()?;
         self.tasks.generators()?;
@@ -847,6 +868,48 @@ impl TrainConfig {
 
     /// The batch shape of RL: prompts × group = a whole number of mini-batches, micro-batches
     /// inside them, a group large enough for its advantage estimator.
+    /// `rl.rollout_numerics = "exact"` needs what the exact kernels need, named field by field.
+    fn validate_rollout_numerics(&self) -> Result<()> {
+        if self.rl.rollout_numerics != RolloutNumerics::Exact {
+            return Ok(());
+        }
+        let why = "bit-exact rollouts (rl.rollout_numerics = \"exact\") need";
+        if self.model.dtype != Dtype::F32 || self.rl.rollout_dtype != Dtype::F32 {
+            return Err(Error::config(
+                "rl.rollout_dtype",
+                format!(
+                    "{why} f32 for the trainer and the engine; model.dtype is {} and rl.rollout_dtype {}: set both to \"f32\"",
+                    self.model.dtype, self.rl.rollout_dtype
+                ),
+            ));
+        }
+        if self.rl.rollout_quant != RolloutQuant::None {
+            return Err(Error::config(
+                "rl.rollout_quant",
+                format!("{why} unquantised rollout weights: set it to \"none\""),
+            ));
+        }
+        if self.rl.sampling.truncates() {
+            return Err(Error::config(
+                "rl.sampling",
+                format!("{why} untruncated sampling: set top_k 0, top_p 1 and min_p 0"),
+            ));
+        }
+        if self.model.device != "cpu" {
+            return Err(Error::config(
+                "model.device",
+                format!("{why} the CPU kernels: set it to \"cpu\""),
+            ));
+        }
+        if self.rl.rollout.backend != RolloutBackendKind::Local {
+            return Err(Error::config(
+                "rl.rollout.backend",
+                format!("{why} the built-in engine (another server runs its own kernels): set it to \"local\""),
+            ));
+        }
+        Ok(())
+    }
+
     fn validate_rl_batch(&self) -> Result<()> {
         let rl = &self.rl;
         rl.objective.validate()?;

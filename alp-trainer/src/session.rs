@@ -778,7 +778,10 @@ impl Session {
             ep_template.turn_stop_strings.clear();
         }
         let tok_b = tok.clone();
-        let engine_cfg = cfg.rl.rollout.engine.clone();
+        let engine_cfg = alp_rollout::EngineConfig {
+            exact_numerics: cfg.rl.rollout_numerics == crate::config::RolloutNumerics::Exact,
+            ..cfg.rl.rollout.engine.clone()
+        };
         let user_backend = match std::mem::replace(&mut self.backend, BackendSlot::Taken) {
             BackendSlot::User(b) => Some(b),
             BackendSlot::Taken => {

@@ -2,7 +2,7 @@
 //! [`crate::rl_step`]), and what both need (task streams, environments, episode settings).
 
 use crate::batch::{for_each_parallel, plan_micro_batches, SeqBatch};
-use crate::config::{EnvKind, ModelSource, TrainConfig};
+use crate::config::{EnvKind, ModelSource, RolloutNumerics, TrainConfig};
 use crate::default_task::{self, ArithmeticTasks, SftExample};
 use crate::metrics::{self as names, StepMetrics};
 use crate::optim::{add_grads, global_norm, AdamW, AdamWParams, Gradients, Optimizer};
@@ -140,7 +140,8 @@ impl Trainer {
         if let Some(a) = &weights.adapter {
             cfg.model.lora = a.config.clone();
         }
-        let (model, varmap) = weights.build_trainable()?;
+        let (mut model, varmap) = weights.build_trainable()?;
+        model.set_exact_numerics(cfg.rl.rollout_numerics == RolloutNumerics::Exact)?;
         let base = weights.adapter.as_ref().map(|_| ModelWeights {
             config: weights.config.clone(),
             tensors: weights.tensors.clone(),
@@ -244,9 +245,11 @@ impl Trainer {
 
     /// An unperturbed f32 inference copy of `weights` (no storage shared with the trainer).
     fn frozen(&self, weights: &ModelWeights) -> Result<Model> {
-        weights
+        let mut m = weights
             .snapshot(candle_core::DType::F32, &self.device)?
-            .build()
+            .build()?;
+        m.set_exact_numerics(self.model.exact_numerics())?;
+        Ok(m)
     }
 
     /// Keeps an unperturbed f32 copy of the current version while batches sampled by it may

@@ -95,6 +95,171 @@ pub fn attention_reference(
         .reshape((b, t, nh * hd))
 }
 
+/// Attention for the exact numerics ([`crate::Numerics::Exact`]), differentiable: each
+/// query reads only the keys it may see (row `b`'s query at position `start + i` sees keys
+/// `left_pad[b] ..= start + i`; a padding query sees only itself, as the decoder's masks say),
+/// in order: scores as [`dot`]s, their maximum, `exp` per score, the sum in key order, then
+/// `Σ_j p_j · v_j` in key order over `1 / Σ p`. No masked key enters any sum, so a query's
+/// output does not depend on how many keys follow it (the trainer's whole sequence against
+/// the engine's cache at that step), on its padding, or on the batch. `q` is
+/// `[b, heads, t, hd]`, `k` and `v` `[b, kv_heads, start + t, hd]`; the result is
+/// `[b, t, heads · hd]`. The backward is candle's composition over the same mask.
+pub fn attention_exact(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    left_pad: &[usize],
+    start: usize,
+    scale: f64,
+) -> Result<Tensor> {
+    let (b, nh, t, hd) = q.dims4()?;
+    let (kb, nkv, l, khd) = k.dims4()?;
+    if [q, k, v]
+        .iter()
+        .any(|x| !x.device().is_cpu() || x.dtype() != DType::F32)
+        || kb != b
+        || khd != hd
+        || v.dims() != k.dims()
+        || nkv == 0
+        || nh % nkv != 0
+        || l != start + t
+        || !(left_pad.is_empty() || left_pad.len() == b)
+    {
+        candle_core::bail!(
+            "attention_exact: f32 CPU queries {:?}, keys {:?}, values {:?} from position {start}, left padding {left_pad:?}",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        );
+    }
+    let op = ExactAttention {
+        left_pad: if left_pad.is_empty() {
+            vec![0; b]
+        } else {
+            left_pad.to_vec()
+        },
+        start,
+        scale,
+    };
+    q.contiguous()?.apply_op3_arc(
+        &k.contiguous()?,
+        &v.contiguous()?,
+        std::sync::Arc::new(Box::new(op)),
+    )
+}
+
+struct ExactAttention {
+    left_pad: Vec<usize>,
+    start: usize,
+    scale: f64,
+}
+
+impl ExactAttention {
+    /// The keys query `i` (position `start + i`) of a row padded by `pad` sees.
+    fn window(&self, pad: usize, i: usize) -> std::ops::RangeInclusive<usize> {
+        let qi = self.start + i;
+        (if qi >= pad { pad } else { qi })..=qi
+    }
+}
+
+impl CustomOp3 for ExactAttention {
+    fn name(&self) -> &'static str {
+        "alp-attention-exact"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let q = super::contiguous::<f32>(s1, l1, self.name())?;
+        let k = super::contiguous::<f32>(s2, l2, self.name())?;
+        let v = super::contiguous::<f32>(s3, l3, self.name())?;
+        let (b, nh, t, hd) = l1.shape().dims4()?;
+        let (nkv, l) = (l2.dims()[1], l2.dims()[2]);
+        let rep = nh / nkv;
+        let scale = self.scale as f32;
+        let mut out = vec![0f32; b * t * nh * hd];
+        let row = |bi: usize, out: &mut [f32]| {
+            let mut p = Vec::with_capacity(l);
+            for h in 0..nh {
+                let at = (bi * nkv + h / rep) * l * hd;
+                let (kr, vr) = (&k[at..at + l * hd], &v[at..at + l * hd]);
+                for i in 0..t {
+                    let qv = &q[((bi * nh + h) * t + i) * hd..][..hd];
+                    let o = &mut out[(i * nh + h) * hd..][..hd];
+                    let keys = self.window(self.left_pad[bi], i);
+                    p.clear();
+                    p.extend(
+                        keys.clone()
+                            .map(|j| dot(qv, &kr[j * hd..(j + 1) * hd]) * scale),
+                    );
+                    let max = p.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    p.iter_mut().for_each(|s| *s -= max);
+                    crate::kernels::vmath::exp_in_place(&mut p);
+                    let inv = 1.0 / p.iter().sum::<f32>();
+                    o.fill(0.0);
+                    for (j, &w) in keys.zip(&p) {
+                        o.iter_mut()
+                            .zip(&vr[j * hd..(j + 1) * hd])
+                            .for_each(|(o, x)| *o += w * x);
+                    }
+                    o.iter_mut().for_each(|o| *o *= inv);
+                }
+            }
+        };
+        let per_row = t * nh * hd;
+        if crate::kernels::gemm::threads() > 1 && b > 1 {
+            use rayon::prelude::*;
+            out.par_chunks_mut(per_row)
+                .enumerate()
+                .for_each(|(bi, o)| row(bi, o));
+        } else {
+            for (bi, o) in out.chunks_mut(per_row).enumerate() {
+                row(bi, o);
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((b, t, nh * hd))))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        use candle_core::D;
+        let (b, nh, t, hd) = q.dims4()?;
+        let (nkv, l) = (k.dim(1)?, k.dim(2)?);
+        let rep = nh / nkv;
+        let mask = crate::mask::padded_mask(&self.left_pad, self.start, t, q.device())
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let qg = q.reshape((b, nkv, rep * t, hd))?;
+        let s = (qg.matmul(&k.t()?)? * self.scale)?
+            .reshape((b, nkv, rep, t, l))?
+            .broadcast_add(&mask)?;
+        let p =
+            candle_nn::ops::softmax_last_dim(&s.contiguous()?)?.reshape((b, nkv, rep * t, l))?;
+        let go = grad
+            .reshape((b, t, nh, hd))?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, nkv, rep * t, hd))?;
+        let dv = p.t()?.matmul(&go)?;
+        let dp = go.matmul(&v.t()?)?;
+        let ds = (&p * dp.broadcast_sub(&(&dp * &p)?.sum_keepdim(D::Minus1)?)?)?;
+        let dq = (ds.matmul(k)? * self.scale)?.reshape((b, nh, t, hd))?;
+        let dk = (ds.t()?.matmul(&qg)? * self.scale)?;
+        Ok((Some(dq), Some(dk), Some(dv)))
+    }
+}
+
 struct Attention {
     /// The additive mask's values (`[mb, t, l]`) and its batch size `mb` (1 or `b`).
     mask: Option<(Vec<f32>, usize)>,
@@ -348,9 +513,140 @@ mod simd {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::gemm;
     use crate::kernels::gemm::tests::max_rel;
     use crate::mask::{causal_mask, padded_mask};
     use candle_core::{Device, D};
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        t.flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect()
+    }
+
+    /// The exact attention: a query's output is the same bits whether it comes with the
+    /// whole sequence (the trainer) or alone against the keys so far (a decode step), with
+    /// or without left padding, alone or in a batch, on one thread or several; it is
+    /// candle's masked composition to rounding, and so are its gradients.
+    #[test]
+    fn exact_attention_depends_on_nothing_but_the_keys_a_query_sees() {
+        let dev = Device::Cpu;
+        let (b, nh, nkv, t, hd) = (3, 4, 2, 9, 12);
+        let q = Tensor::randn(0f32, 1.0, (b, nh, t, hd), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (b, nkv, t, hd), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (b, nkv, t, hd), &dev).unwrap();
+        let scale = 1.0 / (hd as f64).sqrt();
+        for pad in [vec![], vec![0, 3, 5]] {
+            let full = attention_exact(&q, &k, &v, &pad, 0, scale).unwrap();
+            // Candle's composition over the decoder's mask, to rounding.
+            let mask = padded_mask(&pad_or_zero(&pad, b), 0, t, &dev).unwrap();
+            let reference = attention_reference(&q, &k, &v, Some(&mask), scale).unwrap();
+            assert!(max_rel(&full, &reference) < 1e-5, "{pad:?}");
+            let full = full.reshape((b, t, nh, hd)).unwrap();
+            for i in 0..t {
+                // Query i as a decode step: the keys up to i only.
+                let step = |x: &Tensor, len: usize| x.narrow(2, 0, len).unwrap();
+                let qi = q.narrow(2, i, 1).unwrap();
+                let one = gemm::single_threaded(|| {
+                    attention_exact(&qi, &step(&k, i + 1), &step(&v, i + 1), &pad, i, scale)
+                })
+                .unwrap()
+                .reshape((b, 1, nh, hd))
+                .unwrap();
+                let want = full.narrow(1, i, 1).unwrap();
+                assert_eq!(bits(&one), bits(&want), "position {i}, padding {pad:?}");
+                // One row alone.
+                let r = b - 1;
+                let alone = attention_exact(
+                    &qi.narrow(0, r, 1).unwrap(),
+                    &step(&k, i + 1).narrow(0, r, 1).unwrap(),
+                    &step(&v, i + 1).narrow(0, r, 1).unwrap(),
+                    if pad.is_empty() { &[] } else { &pad[r..] },
+                    i,
+                    scale,
+                )
+                .unwrap()
+                .reshape((1, 1, nh, hd))
+                .unwrap();
+                assert_eq!(
+                    bits(&alone),
+                    bits(&want.narrow(0, r, 1).unwrap()),
+                    "row {r} at {i}"
+                );
+            }
+        }
+        // Gradients against the differentiable composition.
+        let pad = vec![2, 0, 1];
+        let (qv, kv, vv) = (
+            candle_core::Var::from_tensor(&q).unwrap(),
+            candle_core::Var::from_tensor(&k).unwrap(),
+            candle_core::Var::from_tensor(&v).unwrap(),
+        );
+        let g = Tensor::randn(0f32, 1.0, (b, t, nh * hd), &dev).unwrap();
+        let exact = (attention_exact(
+            qv.as_tensor(),
+            kv.as_tensor(),
+            vv.as_tensor(),
+            &pad,
+            0,
+            scale,
+        )
+        .unwrap()
+            * &g)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let mask = padded_mask(&pad, 0, t, &dev).unwrap();
+        let composed = {
+            let rep = nh / nkv;
+            let qg = qv.as_tensor().reshape((b, nkv, rep * t, hd)).unwrap();
+            let s = (qg.matmul(&kv.as_tensor().t().unwrap()).unwrap() * scale)
+                .unwrap()
+                .reshape((b, nkv, rep, t, t))
+                .unwrap()
+                .broadcast_add(&mask)
+                .unwrap();
+            let p = crate::kernels::fused::twin::softmax_last_dim(&s)
+                .unwrap()
+                .reshape((b, nkv, rep * t, t))
+                .unwrap();
+            p.matmul(vv.as_tensor())
+                .unwrap()
+                .reshape((b, nh, t, hd))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .reshape((b, t, nh * hd))
+                .unwrap()
+        };
+        let plain = (composed * &g)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (name, x) in [("q", &qv), ("k", &kv), ("v", &vv)] {
+            let (a, c) = (
+                exact.get(x.as_tensor()).unwrap(),
+                plain.get(x.as_tensor()).unwrap(),
+            );
+            assert!(max_rel(a, c) < 1e-4, "d{name}: {}", max_rel(a, c));
+        }
+    }
+
+    fn pad_or_zero(pad: &[usize], b: usize) -> Vec<usize> {
+        if pad.is_empty() {
+            vec![0; b]
+        } else {
+            pad.to_vec()
+        }
+    }
 
     /// Keys and values as a cache holds them: views of the first `l` of `cap` positions.
     fn cache_view(b: usize, nkv: usize, l: usize, cap: usize, hd: usize) -> Tensor {

@@ -380,6 +380,165 @@ pub fn linear_packed(x: &Tensor, w: &Tensor, packed: &PackedWeight) -> Result<Te
     }
 }
 
+/// `x · wᵀ` for the exact numerics ([`crate::Numerics::Exact`]): every output is summed over
+/// `k` in order from zero, one fused multiply-add a step (`y = fma(x_t, w_t, y)`), for any
+/// number of rows. The packed kernels ([`PackedWeight`]: AVX-512 and AVX2 give the same bits)
+/// compute exactly that, so a row's result depends on neither the rows around it, their
+/// number, the thread count nor the instruction set: the rollout engine's decode step and
+/// the trainer's full-sequence forward get the same bits. `packed` (made from `w` by
+/// [`PackedWeight::new`]) is used where nothing needs a gradient; otherwise `w` is packed on
+/// every call (a weight-sized copy), and the backward hands `x` (and `w`, where it tracks a
+/// gradient) the usual products. f32 CPU tensors only; [`linear_exact_reference`] is the
+/// plain loop it is held to.
+pub fn linear_exact(x: &Tensor, w: &Tensor, packed: Option<&PackedWeight>) -> Result<Tensor> {
+    let k = x.dim(candle_core::D::Minus1)?;
+    if !small_m_path(x, w) || w.dim(1)? != k {
+        candle_core::bail!(
+            "linear_exact: needs f32 CPU tensors, rows of the weight's width; got x {:?} {:?}, w {:?} {:?}",
+            x.dims(),
+            x.dtype(),
+            w.dims(),
+            w.dtype()
+        );
+    }
+    let m = x.elem_count() / k.max(1);
+    let n = w.dim(0)?;
+    let x2 = x.reshape((m, k))?.contiguous()?;
+    let y = match packed {
+        Some(p) if !x.track_op() && !w.track_op() && p.n == n && p.k == k => {
+            x2.apply_op1_no_bwd(&PackedAnyRows(p))?
+        }
+        _ => x2.apply_op2_arc(
+            &w.contiguous()?,
+            std::sync::Arc::new(Box::new(ExactLinear {
+                w_grad: w.track_op(),
+            })),
+        )?,
+    };
+    let mut dims = x.dims().to_vec();
+    *dims.last_mut().expect("rank ≥ 1") = n;
+    y.reshape(dims)
+}
+
+/// The reference of [`linear_exact`]: a plain loop, `y = x_t.mul_add(w_t, y)` over `t` in
+/// order from zero (f32 CPU tensors, `x` `[.., k]`, `w` `[n, k]`).
+pub fn linear_exact_reference(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let k = x.dim(candle_core::D::Minus1)?;
+    let (n, wk) = w.dims2()?;
+    if wk != k {
+        candle_core::bail!("linear_exact_reference: x {:?}, w {:?}", x.dims(), w.dims());
+    }
+    let m = x.elem_count() / k.max(1);
+    let xs = x.flatten_all()?.to_vec1::<f32>()?;
+    let ws = w.flatten_all()?.to_vec1::<f32>()?;
+    let y = exact_reference_sums(m, n, k, &xs, &ws);
+    let mut dims = x.dims().to_vec();
+    *dims.last_mut().expect("rank ≥ 1") = n;
+    Tensor::from_vec(y, dims, x.device())
+}
+
+fn exact_reference_sums(m: usize, n: usize, k: usize, x: &[f32], w: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; m * n];
+    for (xr, o) in x.chunks_exact(k.max(1)).zip(out.chunks_exact_mut(n.max(1))) {
+        for (j, o) in o.iter_mut().enumerate() {
+            let wr = &w[j * k..(j + 1) * k];
+            *o = xr
+                .iter()
+                .zip(wr)
+                .fold(0f32, |acc, (a, b)| a.mul_add(*b, acc));
+        }
+    }
+    out
+}
+
+/// [`linear_exact`]'s sums of `x` (`m × k`) against the row-major `w` (`n × k`): the packed
+/// kernel of the best instruction set this CPU has (packing `w` first), the plain loop on
+/// others.
+fn exact_sums(m: usize, n: usize, k: usize, x: &[f32], w: &[f32]) -> Vec<f32> {
+    match crate::kernels::vmath::isa() {
+        Some(isa) if m > 0 && n > 0 && k > 0 => {
+            let lines = pack(n, k, w, panel_lines(isa));
+            let mut out = vec![0f32; m * n];
+            packed_gemm(isa, m, n, k, &mut out, x, &lines);
+            out
+        }
+        _ => exact_reference_sums(m, n, k, x, w),
+    }
+}
+
+/// [`linear_exact`] with a backward: `x` `[m, k]` against `w` `[n, k]`.
+struct ExactLinear {
+    w_grad: bool,
+}
+
+impl CustomOp2 for ExactLinear {
+    fn name(&self) -> &'static str {
+        "alp-linear-exact"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = crate::kernels::contiguous::<f32>(s1, l1, self.name())?;
+        let w = crate::kernels::contiguous::<f32>(s2, l2, self.name())?;
+        let (m, k) = l1.shape().dims2()?;
+        let (n, wk) = l2.shape().dims2()?;
+        if wk != k {
+            candle_core::bail!("linear_exact: x {:?}, w {:?}", l1.dims(), l2.dims());
+        }
+        Ok((
+            CpuStorage::F32(exact_sums(m, n, k, x, w)),
+            Shape::from((m, n)),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dx = grad.matmul(w)?;
+        let dw = if self.w_grad {
+            Some(grad.t()?.matmul(x)?)
+        } else {
+            None
+        };
+        Ok((Some(dx), dw))
+    }
+}
+
+/// The packed kernel at any row count (what [`linear_exact`] runs over a kept packed weight).
+struct PackedAnyRows<'a>(&'a PackedWeight);
+
+impl CustomOp1 for PackedAnyRows<'_> {
+    fn name(&self) -> &'static str {
+        "alp-linear-exact-packed"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = crate::kernels::contiguous::<f32>(s, l, self.name())?;
+        let (m, k) = l.shape().dims2()?;
+        let n = self.0.n;
+        if k != self.0.k {
+            candle_core::bail!(
+                "linear_exact: rows of {k} against a packed [{n}, {}]",
+                self.0.k
+            );
+        }
+        let mut out = vec![0f32; m * n];
+        if m > 0 {
+            self.0.run(m, &mut out, x);
+        }
+        Ok((CpuStorage::F32(out), Shape::from((m, n))))
+    }
+}
+
 /// The reference: `candle_nn::Linear::forward` without bias.
 pub fn linear_reference(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     use candle_core::Module;
@@ -651,6 +810,97 @@ pub(crate) mod tests {
     /// Largest |a − b| over the largest |b|.
     pub(crate) fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
         abs_max(&(a - b).unwrap()) / abs_max(b).max(1e-6)
+    }
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        t.flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect()
+    }
+
+    /// The exact product is the plain loop bit for bit, on every instruction set this CPU
+    /// has, over a kept packed weight and packed per call, whatever the rows around a row,
+    /// their number and the thread count; its gradients are the usual products.
+    #[test]
+    fn exact_products_are_the_plain_loop_bit_for_bit_whatever_the_rows_around_them() {
+        let dev = Device::Cpu;
+        for &(m, n, k) in &[
+            (1, 5, 3),
+            (7, 49, 130),
+            (19, 97, 257),
+            (130, 64, 128),
+            (3, 200, 896),
+        ] {
+            let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+            let want = bits(&linear_exact_reference(&x, &w).unwrap());
+            // Every instruction set's packed kernel, and the plain loop where there is none.
+            let (xs, ws) = (
+                x.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                w.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
+            for isa in crate::kernels::vmath::Isa::all() {
+                let lines = pack(n, k, &ws, panel_lines(isa));
+                let mut out = vec![0f32; m * n];
+                packed_gemm(isa, m, n, k, &mut out, &xs, &lines);
+                let got: Vec<u32> = out.iter().map(|v| v.to_bits()).collect();
+                assert_eq!(got, want, "{isa:?} {m}×{n}×{k}");
+            }
+            let packed = PackedWeight::new(&w).unwrap();
+            for threads in [1, 2] {
+                let run = |x: &Tensor, p: Option<&PackedWeight>| {
+                    let f = || linear_exact(x, &w, p).unwrap();
+                    if threads == 1 {
+                        single_threaded(f)
+                    } else {
+                        f()
+                    }
+                };
+                assert_eq!(bits(&run(&x, None)), want, "packed per call, {m}×{n}×{k}");
+                assert_eq!(bits(&run(&x, packed.as_ref())), want, "kept packed copy");
+                // A row alone, and inside a batch of other rows, gives the same bits.
+                let r = m / 2;
+                let alone = run(&x.narrow(0, r, 1).unwrap(), packed.as_ref());
+                assert_eq!(bits(&alone), want[r * n..(r + 1) * n], "row {r} alone");
+                let other = Tensor::randn(0f32, 1.0, (m + 5, k), &dev).unwrap();
+                let mixed = Tensor::cat(&[&other.narrow(0, 0, 3).unwrap(), &x, &other], 0).unwrap();
+                let y = run(&mixed, None).narrow(0, 3, m).unwrap();
+                assert_eq!(bits(&y), want, "among {} other rows", m + 8);
+            }
+        }
+        // Gradients: those of candle's product (to rounding).
+        let x = candle_core::Var::randn(0f32, 1.0, (6, 40), &dev).unwrap();
+        let w = candle_core::Var::randn(0f32, 1.0, (33, 40), &dev).unwrap();
+        let g = Tensor::randn(0f32, 1.0, (6, 33), &dev).unwrap();
+        let exact = (linear_exact(x.as_tensor(), w.as_tensor(), None).unwrap() * &g)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let plain = (x.as_tensor().matmul(&w.as_tensor().t().unwrap()).unwrap() * &g)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for v in [x.as_tensor(), w.as_tensor()] {
+            let (a, b) = (exact.get(v).unwrap(), plain.get(v).unwrap());
+            assert!(max_rel(a, b) < 1e-5, "gradient {:?}", v.dims());
+        }
+        // Bad input is an error naming the product.
+        let e = linear_exact(
+            &x.as_tensor().to_dtype(DType::BF16).unwrap(),
+            w.as_tensor(),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("linear_exact") && e.contains("f32"), "{e}");
     }
 
     #[test]
