@@ -38,6 +38,10 @@ pub struct RolloutArgs {
     /// the JSON's `runs_tokens_per_s`).
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
+    /// The bit-exact rollout numerics (`rl.rollout_numerics = "exact"`: the trainer's
+    /// kernels, f32 on the CPU) instead of the engine's fast ones.
+    #[arg(long)]
+    pub exact: bool,
     /// Print only the JSON line.
     #[arg(long)]
     pub json: bool,
@@ -100,6 +104,7 @@ pub fn rollout(a: RolloutArgs) -> Result<()> {
             token_budget: a.batch * (a.prompt_len + a.new_tokens),
             max_context: 0,
             shards,
+            exact_numerics: a.exact,
             ..Default::default()
         },
     )?;
@@ -134,7 +139,7 @@ pub fn rollout(a: RolloutArgs) -> Result<()> {
             "tokens_per_s": tps, "generated_tokens": generated, "seconds": secs,
             "runs_tokens_per_s": run_tps,
             "batch": a.batch, "prompt_len": a.prompt_len, "new_tokens": a.new_tokens,
-            "dtype": a.dtype, "device": a.device, "shards": shards, "decode_steps": stats.decode_steps,
+            "dtype": a.dtype, "device": a.device, "shards": shards, "exact": a.exact, "decode_steps": stats.decode_steps,
             "prefill_seconds": stats.prefill_seconds, "decode_seconds": stats.decode_seconds,
             "decode_tokens_per_s": (generated - requests.len()) as f64 / stats.decode_seconds.max(1e-9),
             "machine": machine(&a.device),
@@ -180,6 +185,9 @@ pub struct TrainArgs {
     /// LoRA's alpha (the update scaled by alpha / r).
     #[arg(long, default_value_t = 32.0)]
     pub lora_alpha: f64,
+    /// The bit-exact numerics (`rl.rollout_numerics = "exact"`) for the training forward.
+    #[arg(long)]
+    pub exact: bool,
     /// Print only the JSON line.
     #[arg(long)]
     pub json: bool,
@@ -323,7 +331,8 @@ pub fn train(a: TrainArgs) -> Result<()> {
             &device,
         )?);
     }
-    let (model, varmap) = weights.build_trainable()?;
+    let (mut model, varmap) = weights.build_trainable()?;
+    model.set_exact_numerics(a.exact)?;
     // The trainable copy is what the run holds from here, as `alp train` does (with LoRA the
     // model shares the frozen base).
     drop(weights);
@@ -427,7 +436,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
     }
     println!(
         "{}",
-        serde_json::json!({"tokens_per_s": tokens / secs, "peak_rss_mb": peak.max(peak_rss_mb()), "memory": memory, "gradient_checkpointing": ck, "lora_r": a.lora_r, "trainable_params": params, "seconds_per_step": secs / a.steps as f64, "batch": a.batch, "seq_len": a.seq_len, "steps": a.steps, "parallel_micro_batches": micros, "device": a.device, "machine": machine(&a.device)})
+        serde_json::json!({"tokens_per_s": tokens / secs, "peak_rss_mb": peak.max(peak_rss_mb()), "memory": memory, "gradient_checkpointing": ck, "lora_r": a.lora_r, "exact": a.exact, "trainable_params": params, "seconds_per_step": secs / a.steps as f64, "batch": a.batch, "seq_len": a.seq_len, "steps": a.steps, "parallel_micro_batches": micros, "device": a.device, "machine": machine(&a.device)})
     );
     Ok(())
 }
