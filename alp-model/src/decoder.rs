@@ -29,7 +29,8 @@ pub enum Numerics {
     /// reads each query's visible keys in order and no other (`attention::attention_exact`),
     /// and the row-wise kernels are the training ones. A decode step over the KV cache then
     /// gives the same bits as the trainer's forward of the whole padded batch at that
-    /// position. f32 weights on the CPU only; slower than `Inference` at decode and than
+    /// position. f32 or bf16 weights on the CPU (bf16: the half-precision products of the
+    /// inference path, attention in f32); slower than `Inference` at decode and than
     /// `Training` at the update (`alp bench` states by how much).
     Exact,
 }
@@ -229,12 +230,23 @@ impl Proj {
     /// gradient, over the weight itself otherwise.
     fn forward_exact(&self, x: &Tensor) -> Result<Tensor> {
         let w = self.linear.weight();
-        let packed = if !w.is_variable() && !x.track_op() {
-            get_or_try_init(&self.packed, || crate::kernels::gemm::PackedWeight::new(w))?.as_ref()
+        let keep = !w.is_variable() && !x.track_op();
+        let y = if w.dtype() == DType::BF16 {
+            let packed = if keep {
+                get_or_try_init(&self.half, || crate::kernels::gemm::HalfWeight::new(w))?.as_ref()
+            } else {
+                None
+            };
+            crate::kernels::gemm::linear_exact_half(x, w, packed)?
         } else {
-            None
+            let packed = if keep {
+                get_or_try_init(&self.packed, || crate::kernels::gemm::PackedWeight::new(w))?
+                    .as_ref()
+            } else {
+                None
+            };
+            crate::kernels::gemm::linear_exact(x, w, packed)?
         };
-        let y = crate::kernels::gemm::linear_exact(x, w, packed)?;
         Ok(match self.linear.bias() {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -372,8 +384,7 @@ impl Attention {
                 rope::apply_fused(&heads_first(q)?, cos, sin)?,
                 rope::apply_fused(&heads_first(k)?, cos, sin)?,
             ),
-            Numerics::Exact => return Err(exact_needs_f32_cpu()),
-            Numerics::Training => (
+            Numerics::Training | Numerics::Exact => (
                 fused::rope(&heads_first(q)?, cos, sin)?,
                 fused::rope(&heads_first(k)?, cos, sin)?,
             ),
@@ -406,8 +417,19 @@ impl Attention {
         let _ = padded;
         let scale = 1.0 / (hd as f64).sqrt();
         if n == Numerics::Exact {
+            // A bf16 model's attention runs on its values widened to f32 (a half-precision
+            // cache on the CPU already holds them so) and rounds the result back.
             let (pad, start) = exact_window;
-            let out = crate::kernels::attention::attention_exact(&q, &k, &v, pad, start, scale)?;
+            let f = |t: &Tensor| t.to_dtype(DType::F32);
+            let out = crate::kernels::attention::attention_exact(
+                &f(&q)?,
+                &f(&k)?,
+                &f(&v)?,
+                pad,
+                start,
+                scale,
+            )?
+            .to_dtype(q.dtype())?;
             return self.o_proj.forward(&out, n);
         }
         // f32 inference on the CPU: one pass per query over the cache's views
@@ -750,13 +772,14 @@ impl Model {
 
     /// Makes training and inference of this model (and of its [`Model::detached`] views) both
     /// run [`Numerics::Exact`]: a rollout engine built on it stores the log-probs the trainer
-    /// recomputes, bit for bit. Needs f32 weights on the CPU (an error names what is not).
+    /// recomputes, bit for bit. Needs f32 or bf16 weights on the CPU (an error names what is
+    /// not).
     pub fn set_exact_numerics(&mut self, on: bool) -> Result<()> {
-        if on && (self.dtype != DType::F32 || !self.device.is_cpu()) {
+        if on && !exact_supported(self.dtype, &self.device) {
             return Err(Error::config(
                 "rollout_numerics",
                 format!(
-                    "exact numerics need f32 weights on the CPU; this model is {:?} on {:?}",
+                    "exact numerics need f32 or bf16 weights on the CPU; this model is {:?} on {:?}",
                     self.dtype, self.device
                 ),
             ));
@@ -938,7 +961,7 @@ impl Model {
         perturb: &dyn Perturbation,
         n: Numerics,
     ) -> Result<Tensor> {
-        if n == Numerics::Exact && (self.dtype != DType::F32 || !self.device.is_cpu()) {
+        if n == Numerics::Exact && !exact_supported(self.dtype, &self.device) {
             return Err(exact_needs_f32_cpu());
         }
         let p = self.prepare(input_ids, start, left_pad)?;
@@ -1106,10 +1129,15 @@ impl Model {
     }
 }
 
-/// The error of an exact-numerics forward over weights that are not f32 on the CPU.
+/// Whether the exact numerics have kernels for weights of `dtype` on `device`.
+fn exact_supported(dtype: DType, device: &Device) -> bool {
+    device.is_cpu() && matches!(dtype, DType::F32 | DType::BF16)
+}
+
+/// The error of an exact-numerics forward over weights it has no kernels for.
 fn exact_needs_f32_cpu() -> Error {
     Error::config(
         "rollout_numerics",
-        "exact numerics need f32 weights on the CPU (set model.dtype and rl.rollout_dtype to f32)",
+        "exact numerics need f32 or bf16 weights on the CPU (the same for model.dtype and rl.rollout_dtype)",
     )
 }

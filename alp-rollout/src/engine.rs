@@ -35,7 +35,7 @@ pub struct EngineConfig {
     /// · head_dim · 4 bytes (24.6 KB at the 0.5B shape, 2 KB for the embedded default).
     pub prefix_cache_tokens: usize,
     /// Bit-exact rollouts: the model runs the trainer's exact numerics
-    /// (`alp_model::Numerics::Exact`, f32 weights on the CPU) and each token's stored
+    /// (`alp_model::Numerics::Exact`, f32 or bf16 weights on the CPU) and each token's stored
     /// log-prob is computed as the trainer scores it (its log-softmax kernel on the same
     /// logits row at the sampling temperature), so that at staleness 0 the trainer's
     /// recomputed log-probs equal them bit for bit. The token is still drawn by the sampler
@@ -232,7 +232,7 @@ impl std::fmt::Debug for Engine {
 
 impl Engine {
     /// An engine over `model` (with `config.exact_numerics`, a view of it that runs the exact
-    /// numerics: an error where its weights are not f32 on the CPU).
+    /// numerics: an error where its weights are neither f32 nor bf16 on the CPU).
     pub fn new(model: Arc<Model>, config: EngineConfig) -> Result<Self> {
         config.validate()?;
         let model = exact_model(model, config.exact_numerics)?;

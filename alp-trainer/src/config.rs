@@ -77,9 +77,9 @@ pub enum RolloutNumerics {
     Fast,
     /// Bit-exact rollouts: the trainer and the engine both run `alp_model::Numerics::Exact`
     /// and the engine stores log-probs as the trainer scores them, so that at staleness 0
-    /// π_old/μ is exactly 1 for every token and only staleness remains. Needs f32 weights on
-    /// the CPU for both (`model.dtype`, `rl.rollout_dtype`), no `rl.rollout_quant`, no
-    /// truncated sampling and the built-in local engine.
+    /// π_old/μ is exactly 1 for every token and only staleness remains. Needs one dtype, f32
+    /// or bf16, on the CPU for both (`model.dtype`, `rl.rollout_dtype`), no
+    /// `rl.rollout_quant`, no truncated sampling and the built-in local engine.
     Exact,
 }
 
@@ -874,11 +874,11 @@ impl TrainConfig {
             return Ok(());
         }
         let why = "bit-exact rollouts (rl.rollout_numerics = \"exact\") need";
-        if self.model.dtype != Dtype::F32 || self.rl.rollout_dtype != Dtype::F32 {
+        if self.model.dtype != self.rl.rollout_dtype || self.model.dtype == Dtype::F16 {
             return Err(Error::config(
                 "rl.rollout_dtype",
                 format!(
-                    "{why} f32 for the trainer and the engine; model.dtype is {} and rl.rollout_dtype {}: set both to \"f32\"",
+                    "{why} one dtype, f32 or bf16, for the trainer and the engine; model.dtype is {} and rl.rollout_dtype {}: set both to \"f32\" (or both to \"bf16\")",
                     self.model.dtype, self.rl.rollout_dtype
                 ),
             ));

@@ -2,7 +2,8 @@
 //! numerics and stores log-probs as the trainer scores them, so at staleness 0 the ratio of
 //! the trainer's log-probs over the stored ones is exactly 1 for every token — through a whole
 //! RL step on the embedded default, and on a random Qwen2.5-0.5B-shaped model scored the way a
-//! step scores. The fast engine's numbers differ (the control: the same assertions fail there).
+//! step scores, with f32 and with bf16 weights for both. The fast engine's numbers differ (the
+//! control: the same assertions fail there).
 use alp_loss::names::{
     ENGINE_KL_K3, ENGINE_RATIO_TOKEN_MAX, ENGINE_RATIO_TOKEN_MIN, RATIO_TOKEN_MAX, RATIO_TOKEN_MIN,
 };
@@ -14,7 +15,7 @@ use alp_trainer::rl_step::score;
 use alp_trainer::Session;
 use candle_core::{DType, Device};
 
-fn config(numerics: &str) -> TrainConfig {
+fn config(numerics: &str, dtype: &str) -> TrainConfig {
     let sets: Vec<String> = [
         "sft.steps=20",
         "sft.batch_size=8",
@@ -27,7 +28,6 @@ fn config(numerics: &str) -> TrainConfig {
         "rl.max_staleness=0",
         "rl.recompute_logp_old=true",
         "rl.objective.method=bypass",
-        "rl.rollout_dtype=f32",
         "rl.rollout.engine.shards=2",
         "eval.every=0",
         "eval.tasks=2",
@@ -36,16 +36,25 @@ fn config(numerics: &str) -> TrainConfig {
     ]
     .iter()
     .map(|s| s.to_string())
-    .chain([format!("rl.rollout_numerics={numerics}")])
+    .chain([
+        format!("rl.rollout_numerics={numerics}"),
+        format!("rl.rollout_dtype={dtype}"),
+        format!("model.dtype={dtype}"),
+    ])
     .collect();
     TrainConfig::default().apply_overrides(&sets).unwrap()
 }
 
 #[test]
 fn exact_rollouts_make_the_ratio_exactly_one_at_staleness_zero_on_the_embedded_default() {
-    for numerics in ["exact", "fast"] {
+    for (numerics, dtype) in [
+        ("exact", "f32"),
+        ("exact", "bf16"),
+        ("fast", "f32"),
+        ("fast", "bf16"),
+    ] {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Session::create(config(numerics), dir.path().join("run")).unwrap();
+        let mut s = Session::create(config(numerics, dtype), dir.path().join("run")).unwrap();
         s.sft(None, &mut |_, _| {}).unwrap();
         let m = s.step().unwrap();
         let (hi, lo, k3) = (
@@ -74,12 +83,18 @@ fn exact_rollouts_make_the_ratio_exactly_one_at_staleness_zero_on_the_embedded_d
 
 #[test]
 fn exact_rollouts_of_a_random_0_5b_shaped_model_are_scored_bit_for_bit() {
+    for dtype in [DType::F32, DType::BF16] {
+        exact_rollouts_of_a_random_0_5b_shaped_model_in(dtype);
+    }
+}
+
+fn exact_rollouts_of_a_random_0_5b_shaped_model_in(dtype: DType) {
     let dev = Device::Cpu;
     let cfg = presets::qwen2_5_0_5b();
-    let w = ModelWeights::random(&cfg, 11, DType::F32, &dev).unwrap();
+    let w = ModelWeights::random(&cfg, 11, dtype, &dev).unwrap();
     let engine = Engine::from_weights(
         &w,
-        DType::F32,
+        dtype,
         &dev,
         EngineConfig {
             exact_numerics: true,
@@ -152,8 +167,39 @@ fn exact_rollouts_of_a_random_0_5b_shaped_model_are_scored_bit_for_bit() {
             assert_eq!(
                 bits(&row[..n]),
                 bits(&done[i].logprobs),
-                "request {i} scored among {group:?}"
+                "{dtype:?}: request {i} scored among {group:?}"
             );
         }
     }
+}
+
+#[test]
+fn exact_rollouts_refuse_what_they_cannot_make_exact_by_name() {
+    let with = |sets: &[&str]| -> String {
+        let mut c = config("exact", "f32");
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        c = c.apply_overrides(&sets).unwrap();
+        c.validate().unwrap_err().to_string()
+    };
+    for (sets, field) in [
+        (&["rl.rollout_dtype=bf16"][..], "rl.rollout_dtype"),
+        (
+            &["model.dtype=f16", "rl.rollout_dtype=f16"][..],
+            "rl.rollout_dtype",
+        ),
+        (&["rl.rollout_quant=int8"][..], "rl.rollout_quant"),
+        (&["rl.sampling.top_k=20"][..], "rl.sampling"),
+        (
+            &[
+                "rl.rollout.backend=remote",
+                "rl.rollout.servers=[\"http://127.0.0.1:9\"]",
+            ][..],
+            "rl.rollout.backend",
+        ),
+    ] {
+        let e = with(sets);
+        assert!(e.contains(field) && e.contains("exact"), "{sets:?}: {e}");
+    }
+    config("exact", "bf16").validate().unwrap();
+    config("exact", "f32").validate().unwrap();
 }

@@ -392,6 +392,9 @@ pub fn linear_packed(x: &Tensor, w: &Tensor, packed: &PackedWeight) -> Result<Te
 /// plain loop it is held to.
 pub fn linear_exact(x: &Tensor, w: &Tensor, packed: Option<&PackedWeight>) -> Result<Tensor> {
     let k = x.dim(candle_core::D::Minus1)?;
+    if x.dtype() == DType::BF16 && w.dtype() == DType::BF16 {
+        return linear_exact_half(x, w, None);
+    }
     if !small_m_path(x, w) || w.dim(1)? != k {
         candle_core::bail!(
             "linear_exact: needs f32 CPU tensors, rows of the weight's width; got x {:?} {:?}, w {:?} {:?}",
@@ -418,6 +421,104 @@ pub fn linear_exact(x: &Tensor, w: &Tensor, packed: Option<&PackedWeight>) -> Re
     let mut dims = x.dims().to_vec();
     *dims.last_mut().expect("rank ≥ 1") = n;
     y.reshape(dims)
+}
+
+/// [`linear_exact`] for bf16 `x` and `w` on the CPU: the half-precision product of
+/// [`linear_half`] (bf16 values, f32 sums, rounded to bf16), whose result for a row does not
+/// depend on the rows around it (AMX tiles, `vdpbf16ps` or widened FMAs, as this CPU has;
+/// [`linear_half_reference`]'s plain loop on CPUs without AVX-512). `packed` (made from `w`
+/// by [`HalfWeight::new`]) is used where nothing needs a gradient; otherwise `w` is packed on
+/// every call and the backward hands `x` (and `w`, where it tracks a gradient) candle's
+/// products.
+pub fn linear_exact_half(x: &Tensor, w: &Tensor, packed: Option<&HalfWeight>) -> Result<Tensor> {
+    let k = x.dim(candle_core::D::Minus1)?;
+    let cpu_bf16 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::BF16;
+    if !cpu_bf16(x) || !cpu_bf16(w) || w.rank() != 2 || w.dim(1)? != k {
+        candle_core::bail!(
+            "linear_exact: needs bf16 CPU tensors, rows of the weight's width; got x {:?} {:?}, w {:?} {:?}",
+            x.dims(),
+            x.dtype(),
+            w.dims(),
+            w.dtype()
+        );
+    }
+    let m = x.elem_count() / k.max(1);
+    let n = w.dim(0)?;
+    let x2 = x.reshape((m, k))?.contiguous()?;
+    let y = match packed {
+        Some(p) if !x.track_op() && !w.track_op() && p.n == n && p.k == k => {
+            x2.apply_op1_no_bwd(&Half(p))?
+        }
+        _ => x2.apply_op2_arc(
+            &w.contiguous()?,
+            std::sync::Arc::new(Box::new(ExactHalfLinear {
+                w_grad: w.track_op(),
+            })),
+        )?,
+    };
+    let mut dims = x.dims().to_vec();
+    *dims.last_mut().expect("rank ≥ 1") = n;
+    y.reshape(dims)
+}
+
+/// [`linear_exact_half`] with a backward: bf16 `x` `[m, k]` against `w` `[n, k]`.
+struct ExactHalfLinear {
+    w_grad: bool,
+}
+
+impl CustomOp2 for ExactHalfLinear {
+    fn name(&self) -> &'static str {
+        "alp-linear-exact-half"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = crate::kernels::contiguous::<::half::bf16>(s1, l1, self.name())?;
+        let w = crate::kernels::contiguous::<::half::bf16>(s2, l2, self.name())?;
+        let (m, k) = l1.shape().dims2()?;
+        let (n, wk) = l2.shape().dims2()?;
+        if wk != k {
+            candle_core::bail!("linear_exact: x {:?}, w {:?}", l1.dims(), l2.dims());
+        }
+        let sums = match half_packed::Dot::detect() {
+            Some(dot) if m > 0 && n > 0 && k > 0 => {
+                let bits: Vec<u16> = w.iter().map(|v| v.to_bits()).collect();
+                let hw = HalfWeight {
+                    n,
+                    k,
+                    dot,
+                    lines: half_packed::pack(n, k, &bits),
+                };
+                // SAFETY: `bf16` is a `repr(transparent)` wrapper of its `u16` bits.
+                let xb = unsafe { std::slice::from_raw_parts(x.as_ptr() as *const u16, x.len()) };
+                hw.sums(m, xb)
+            }
+            _ => half_reference_sums(x, w, n, k),
+        };
+        let out: Vec<::half::bf16> = sums.into_iter().map(::half::bf16::from_f32).collect();
+        Ok((CpuStorage::BF16(out), Shape::from((m, n))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dx = grad.matmul(w)?;
+        let dw = if self.w_grad {
+            Some(grad.t()?.matmul(x)?)
+        } else {
+            None
+        };
+        Ok((Some(dx), dw))
+    }
 }
 
 /// The reference of [`linear_exact`]: a plain loop, `y = x_t.mul_add(w_t, y)` over `t` in
@@ -871,6 +972,46 @@ pub(crate) mod tests {
                 let y = run(&mixed, None).narrow(0, 3, m).unwrap();
                 assert_eq!(bits(&y), want, "among {} other rows", m + 8);
             }
+        }
+        // bf16: the half-precision product, kept packed or packed per call, a row alone or
+        // among others: the same bits.
+        for &(m, n, k) in &[(1, 5, 3), (9, 97, 64), (40, 50, 130)] {
+            let x = Tensor::randn(0f32, 1.0, (m, k), &dev)
+                .unwrap()
+                .to_dtype(DType::BF16)
+                .unwrap();
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev)
+                .unwrap()
+                .to_dtype(DType::BF16)
+                .unwrap();
+            let hbits = |t: &Tensor| -> Vec<u16> {
+                t.flatten_all()
+                    .unwrap()
+                    .to_vec1::<::half::bf16>()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect()
+            };
+            let per_call = linear_exact(&x, &w, None).unwrap();
+            let want = hbits(&per_call);
+            if let Some(hw) = HalfWeight::new(&w).unwrap() {
+                assert_eq!(hbits(&linear_exact_half(&x, &w, Some(&hw)).unwrap()), want);
+                assert_eq!(hbits(&linear_half(&x, &hw).unwrap()), want);
+            }
+            let r = m - 1;
+            let alone = linear_exact(&x.narrow(0, r, 1).unwrap(), &w, None).unwrap();
+            assert_eq!(
+                hbits(&alone),
+                want[r * n..(r + 1) * n],
+                "bf16 row {r} alone"
+            );
+            let reference = linear_half_reference(&x, &w).unwrap();
+            let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+            assert!(
+                max_rel(&f(&per_call), &f(&reference)) < 1e-2,
+                "bf16 {m}×{n}×{k}"
+            );
         }
         // Gradients: those of candle's product (to rounding).
         let x = candle_core::Var::randn(0f32, 1.0, (6, 40), &dev).unwrap();
