@@ -65,10 +65,10 @@ impl RmsNorm {
 ///
 /// For the training numerics it is candle's `Linear` (with a backward). For the inference
 /// numerics it is `gemm::linear`, whose SIMD kernels suit the product's shape. A frozen bf16
-/// weight on an AVX-512 CPU is packed once in bf16 (`gemm::HalfWeight`, made on first use) and
-/// every product over it, decode's and prefill's, multiplies bf16 values with f32 sums
-/// (`gemm::linear_half`): no f32 copy of it exists. Other half-precision weights on the CPU
-/// (f16, or bf16 without AVX-512) multiply in f32 over a widened copy made on first use, as
+/// or f16 weight on an AVX-512 CPU is packed once in its own dtype (`gemm::HalfWeight`, made
+/// on first use) and every product over it, decode's and prefill's, multiplies half-precision
+/// values with f32 sums (`gemm::linear_half`): no f32 copy of it exists. Half-precision
+/// weights on CPUs without AVX-512 multiply in f32 over a widened copy made on first use, as
 /// candle's CPU matmul does on every call (it has no half-precision kernel and widens both
 /// operands each time), then round the product back; a decode step's small products over
 /// such a weight go through a packed copy (`gemm::PackedWeight`), also made on first use.
@@ -186,11 +186,12 @@ impl Proj {
         }
         let w = self.linear.weight();
         let frozen = !w.is_variable();
-        let half = if frozen && w.dtype() == DType::BF16 && x.dtype() == DType::BF16 {
-            get_or_try_init(&self.half, || crate::kernels::gemm::HalfWeight::new(w))?.as_ref()
-        } else {
-            None
-        };
+        let half =
+            if frozen && matches!(w.dtype(), DType::BF16 | DType::F16) && x.dtype() == w.dtype() {
+                get_or_try_init(&self.half, || crate::kernels::gemm::HalfWeight::new(w))?.as_ref()
+            } else {
+                None
+            };
         let y = if let Some(h) = half {
             crate::kernels::gemm::linear_half(x, h)?
         } else if crate::kernels::gemm::half_on_cpu(w) && x.dtype() == w.dtype() && frozen {

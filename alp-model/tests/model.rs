@@ -521,13 +521,18 @@ const PIN_EMB: [f32; 3] = [-0.015507438, -0.027668435, 0.017794259];
 const PIN_NOISE: [f32; 3] = [-0.47067854, -1.1483649, -0.39638636];
 
 #[test]
-fn bf16_inference_on_the_cpu_matches_candles_half_precision_path() {
-    // The inference path multiplies bf16 weights on the half-precision kernels (a bf16 packed
-    // copy on AVX-512 CPUs, a widened f32 copy elsewhere) and keeps a bf16
-    // KV cache in f32; its reference is candle's own path: the same weights as training
-    // variables (never widened) and a full forward without a cache (bf16 attention products).
-    for (si, cfg) in shapes().into_iter().enumerate() {
-        let w = ModelWeights::random(&cfg, 3, DType::BF16, &Device::Cpu).unwrap();
+fn half_precision_inference_on_the_cpu_matches_candles_half_precision_path() {
+    // The inference path multiplies bf16 and f16 weights on the half-precision kernels (a
+    // packed copy in the weight's dtype on AVX-512 CPUs, a widened f32 copy elsewhere) and
+    // keeps a half-precision KV cache in f32; its reference is candle's own path: the same
+    // weights as training variables (never widened) and a full forward without a cache
+    // (half-precision attention products).
+    for (si, (cfg, dtype)) in shapes()
+        .into_iter()
+        .flat_map(|c| [(c.clone(), DType::BF16), (c, DType::F16)])
+        .enumerate()
+    {
+        let w = ModelWeights::random(&cfg, 3, dtype, &Device::Cpu).unwrap();
         let plain = w.build().unwrap();
         let (vars, _varmap) = w.build_trainable().unwrap();
         let toks: Vec<Vec<u32>> = (0..3)
@@ -540,7 +545,7 @@ fn bf16_inference_on_the_cpu_matches_candles_half_precision_path() {
             .forward_full(&ids(&toks), &[], &NoPerturbation, Numerics::Inference)
             .unwrap();
         let (dec, _) = decode_with_cache(&plain, &toks, 4, 12);
-        assert_eq!(dec.dtype(), DType::BF16);
+        assert_eq!(dec.dtype(), dtype);
         // Products of bf16 values are exact in f32 and these short sums stay exact, so both
         // paths round the same values (0 here; without rounding the attention scores to bf16
         // the decode was 1.2e-3 to 5e-3 away).
@@ -548,11 +553,11 @@ fn bf16_inference_on_the_cpu_matches_candles_half_precision_path() {
         let r_dec = rel_diff(&dec, &reference);
         assert!(
             r_full <= 1e-3,
-            "shape {si}: widened weights vs candle: {r_full}"
+            "shape {si} {dtype:?}: packed weights vs candle: {r_full}"
         );
         assert!(
             r_dec <= 1e-3,
-            "shape {si}: f32 cache decode vs candle: {r_dec}"
+            "shape {si} {dtype:?}: f32 cache decode vs candle: {r_dec}"
         );
     }
 }

@@ -101,20 +101,28 @@ fn linear(c: &mut Criterion) {
     g.finish();
 }
 
-/// The bf16 rollout snapshot's product at the Qwen2.5-0.5B MLP shape (896 → 4864), decode's
+/// The half-precision rollout snapshot's product (bf16, then f16) at the Qwen2.5-0.5B MLP shape (896 → 4864), decode's
 /// and prefill's row counts: alp's half-precision kernel over a bf16 weight packed once
 /// (`gemm::linear_half`) against its twin, today's path before it (both operands widened to
 /// f32, the packed f32 kernel for at most `SMALL_M_ROWS` rows and candle's matmul above, the
 /// product rounded back to bf16), and against the plain loop it is tested against (small row
 /// counts only).
 fn linear_half(c: &mut Criterion) {
+    for dtype in [candle_core::DType::BF16, candle_core::DType::F16] {
+        linear_half_in(c, dtype);
+    }
+}
+
+/// [`linear_half`] for weights of `dtype` (bf16: `linear_half_896x4864`; f16: the same with
+/// `_f16`).
+fn linear_half_in(c: &mut Criterion, dtype: candle_core::DType) {
     use alp_model::bench_internals::gemm;
     use candle_core::DType;
     let dev = candle_core::Device::Cpu;
     let (k, n) = (896, 4864);
     let w = Tensor::randn(0f32, 1.0, (n, k), &dev)
         .unwrap()
-        .to_dtype(DType::BF16)
+        .to_dtype(dtype)
         .unwrap();
     let Some(half) = gemm::HalfWeight::new(&w).unwrap() else {
         eprintln!("linear_half: this CPU has no AVX-512F, nothing to measure");
@@ -122,12 +130,17 @@ fn linear_half(c: &mut Criterion) {
     };
     let wide = w.to_dtype(DType::F32).unwrap();
     let packed = gemm::PackedWeight::new(&wide).unwrap();
-    let mut g = c.benchmark_group("linear_half_896x4864");
+    let name = if dtype == DType::F16 {
+        "linear_half_896x4864_f16"
+    } else {
+        "linear_half_896x4864"
+    };
+    let mut g = c.benchmark_group(name);
     g.sample_size(10);
     for m in [1usize, 16, 64, 128, 512] {
         let x = Tensor::randn(0f32, 1.0, (m, k), &dev)
             .unwrap()
-            .to_dtype(DType::BF16)
+            .to_dtype(dtype)
             .unwrap();
         g.throughput(Throughput::Elements((2 * m * n * k) as u64));
         g.bench_function(BenchmarkId::new("alp-half", m), |b| {
@@ -140,7 +153,7 @@ fn linear_half(c: &mut Criterion) {
                     Some(p) => gemm::linear_packed(&xf, &wide, p).unwrap(),
                     None => gemm::linear(&xf, &wide).unwrap(),
                 };
-                y.to_dtype(DType::BF16).unwrap()
+                y.to_dtype(dtype).unwrap()
             })
         });
         if m <= 16 {

@@ -1,5 +1,6 @@
 //! `out = x · wᵀ` with bf16 `x` and a bf16 weight packed once ([`super::HalfWeight`]), summed in
-//! f32, on AVX-512: no f32 copy of the weight exists.
+//! f32, on AVX-512: no f32 copy of the weight exists. An f16 weight is packed the same way and
+//! multiplied by FMAs over its halves widened in registers ([`gemm_packed_f16`]).
 //!
 //! The packed layout is the one `vdpbf16ps` (AVX512-BF16) multiplies: panels of [`PANEL`]
 //! output columns, and for each pair of steps `(2s, 2s + 1)` of `k` three vectors whose 32-bit
@@ -88,6 +89,24 @@ pub(super) fn pack(n: usize, k: usize, w: &[u16]) -> Vec<LineH> {
     out
 }
 
+/// `w` (`n × k` f16 bits) as [`pack`]'s panels and pairs, each line split in halves instead of
+/// interleaved: lane `c` of the low 256 bits holds `w[j, 2s]`, of the high 256 bits
+/// `w[j, 2s + 1]`, so that each half widens with one `vcvtph2ps` and no shuffle.
+pub(super) fn pack_f16(n: usize, k: usize, w: &[u16]) -> Vec<LineH> {
+    assert_eq!(w.len(), n * k, "pack_f16: a {n}×{k} weight");
+    let pairs = k.div_ceil(2);
+    let panels = n.div_ceil(PANEL);
+    let mut out = vec![LineH([0; 32]); panels * pairs * LINES];
+    for (j, row) in w.chunks_exact(k.max(1)).enumerate().take(n) {
+        let (p, c) = (j / PANEL, j % PANEL);
+        let (line, lane) = (c / 16, c % 16);
+        for (t, &v) in row.iter().enumerate() {
+            out[(p * pairs + t / 2) * LINES + line].0[16 * (t % 2) + lane] = v;
+        }
+    }
+    out
+}
+
 /// `out[i, j] = Σ_t x[i, t] · w[j, t]` (f32 sums) over the panels `panels` of a packed weight:
 /// `x` is `m × k` bf16 bits, `out` is `m × n` f32, row-major. Each panel is taken in blocks of
 /// [`KCP`] pairs, every row tile through one block before the next, the partial sums kept in
@@ -119,14 +138,14 @@ pub(super) unsafe fn gemm_packed(
 /// The panel loop, one function per [`Dot`] (each compiled with its own target features, which
 /// the tile it calls inlines).
 macro_rules! panel_loop {
-    ($name:ident, $tile:ident, $features:literal) => {
+    ($name:ident, $tile:ident, $features:literal, $xt:ty) => {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
         unsafe fn $name(
             m: usize,
             n: usize,
             k: usize,
-            x: *const u16,
+            x: *const $xt,
             w: *const LineH,
             out: *mut f32,
             panels: std::ops::Range<usize>,
@@ -173,8 +192,30 @@ macro_rules! panel_loop {
     };
 }
 
-panel_loop!(gemm_packed_bf16, tile_bf16, "avx512f,avx512bf16");
-panel_loop!(gemm_packed_widen, tile_widen, "avx512f");
+panel_loop!(gemm_packed_bf16, tile_bf16, "avx512f,avx512bf16", u16);
+panel_loop!(gemm_packed_widen, tile_widen, "avx512f", u16);
+panel_loop!(gemm_packed_widen_f16, tile_widen_f16, "avx512f", f32);
+
+/// [`gemm_packed`] for an f16 weight (packed by [`pack_f16`]) and `x` already
+/// widened to f32 (`m × k`): each step adds `x[2s+1]·w[2s+1]` then `x[2s]·w[2s]` by fused
+/// multiply-adds over the halves widened in registers (a product of two f16 values is exact in
+/// f32, so each addition rounds once, as the plain loop's), in order over `k` in one lane.
+///
+/// # Safety
+/// The CPU has AVX-512F; the rest as [`gemm_packed`].
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn gemm_packed_f16(
+    m: usize,
+    n: usize,
+    k: usize,
+    x: *const f32,
+    w: *const LineH,
+    out: *mut f32,
+    panels: std::ops::Range<usize>,
+) {
+    gemm_packed_widen_f16(m, n, k, x, w, out, panels)
+}
 
 /// The pair of `x`'s values at step pair `s` of a row, as one 32-bit word (low: step `2s`):
 /// the second is 0 where `last_single` (an odd `k`'s last step, whose partner is not there).
@@ -318,6 +359,54 @@ unsafe fn tile_widen<const R: usize>(
             for l in 0..LINES {
                 a[l] = _mm512_fmadd_ps(x_hi, w_hi[l], a[l]);
                 a[l] = _mm512_fmadd_ps(x_lo, w_lo[l], a[l]);
+            }
+        }
+    }
+    store_acc::<R>(&acc, out, ldo, masks);
+}
+
+/// One tile of an f16 weight on AVX-512F: [`tile_widen`]'s additions, the weight's halves
+/// widened by `vcvtph2ps`, `x` read as f32 (widened once before the product).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_widen_f16<const R: usize>(
+    kcp: usize,
+    ldx: usize,
+    x: *const f32,
+    b: *const LineH,
+    out: *mut f32,
+    ldo: usize,
+    masks: [__mmask16; LINES],
+    first: bool,
+    odd_end: bool,
+    prefetch: *const u8,
+) {
+    let mut acc = load_acc::<R>(out, ldo, masks, first);
+    for s in 0..kcp {
+        // A line of [`pack_f16`]: the pair's first steps in its low half, second in its high.
+        let half = |l: usize, h: usize| (b.add(s * LINES + l) as *const __m256i).add(h);
+        let w_lo: [__m512; LINES] =
+            std::array::from_fn(|l| _mm512_cvtph_ps(_mm256_load_si256(half(l, 0))));
+        let w_hi: [__m512; LINES] =
+            std::array::from_fn(|l| _mm512_cvtph_ps(_mm256_load_si256(half(l, 1))));
+        prefetch_step(prefetch, s);
+        // An odd `k`'s last step has no partner: its high half is not there.
+        let single = odd_end && s + 1 == kcp;
+        for (r, a) in acc.iter_mut().enumerate() {
+            let xr = x.add(r * ldx + 2 * s);
+            let x_lo = _mm512_set1_ps(*xr);
+            if single {
+                for l in 0..LINES {
+                    a[l] = _mm512_fmadd_ps(x_lo, w_lo[l], a[l]);
+                }
+            } else {
+                let x_hi = _mm512_set1_ps(*xr.add(1));
+                for l in 0..LINES {
+                    a[l] = _mm512_fmadd_ps(x_hi, w_hi[l], a[l]);
+                    a[l] = _mm512_fmadd_ps(x_lo, w_lo[l], a[l]);
+                }
             }
         }
     }

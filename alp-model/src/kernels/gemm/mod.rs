@@ -166,12 +166,14 @@ pub struct HalfWeight {
     n: usize,
     k: usize,
     dot: half_packed::Dot,
+    /// An f16 weight (multiplied by FMAs over its widened halves whatever `dot` says).
+    f16: bool,
     lines: Vec<LineH>,
 }
 
 impl HalfWeight {
-    /// Packs `w` (`[n, k]`, bf16 on the CPU) where the CPU has AVX-512F; `None` on other CPUs,
-    /// dtypes and devices.
+    /// Packs `w` (`[n, k]`, bf16 or f16 on the CPU) where the CPU has AVX-512F; `None` on
+    /// other CPUs, dtypes and devices.
     pub fn new(w: &Tensor) -> Result<Option<Self>> {
         match half_packed::Dot::detect() {
             Some(dot) => Self::new_on(dot, w),
@@ -180,18 +182,49 @@ impl HalfWeight {
     }
 
     fn new_on(dot: half_packed::Dot, w: &Tensor) -> Result<Option<Self>> {
-        if !w.device().is_cpu() || w.dtype() != DType::BF16 {
+        if !w.device().is_cpu() {
             return Ok(None);
         }
         let (n, k) = w.dims2()?;
-        let rows = w.contiguous()?.flatten_all()?.to_vec1::<::half::bf16>()?;
-        let bits: Vec<u16> = rows.iter().map(|v| v.to_bits()).collect();
+        let w = w.contiguous()?.flatten_all()?;
+        let (bits, f16): (Vec<u16>, bool) = match w.dtype() {
+            DType::BF16 => (
+                w.to_vec1::<::half::bf16>()?
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect(),
+                false,
+            ),
+            DType::F16 => (
+                w.to_vec1::<::half::f16>()?
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect(),
+                true,
+            ),
+            _ => return Ok(None),
+        };
+        let lines = if f16 {
+            half_packed::pack_f16(n, k, &bits)
+        } else {
+            half_packed::pack(n, k, &bits)
+        };
         Ok(Some(HalfWeight {
             n,
             k,
             dot,
-            lines: half_packed::pack(n, k, &bits),
+            f16,
+            lines,
         }))
+    }
+
+    /// The dtype of the weight it was packed from.
+    fn dtype(&self) -> DType {
+        if self.f16 {
+            DType::F16
+        } else {
+            DType::BF16
+        }
     }
 
     /// Bytes the packed copy holds.
@@ -206,22 +239,42 @@ impl HalfWeight {
         let mut dst = vec![0f32; m * n];
         let panels = n.div_ceil(half_packed::PANEL);
         let out = SharedOut(dst.as_mut_ptr());
+        // An f16 weight's kernel reads `x` widened to f32, once here.
+        let wide: Vec<f32> = if self.f16 {
+            lhs.iter()
+                .map(|&b| ::half::f16::from_bits(b).to_f32())
+                .collect()
+        } else {
+            Vec::new()
+        };
         for_each_share(panels, |mine| {
             // SAFETY: a `HalfWeight` is made only with a `Dot` this CPU has; `lines` is
             // `half_packed::pack(n, k, ..)`'s output, `lhs` and `dst` hold m·k and m·n values; each
             // share writes only its own panels' columns.
             #[cfg(target_arch = "x86_64")]
             unsafe {
-                half_packed::gemm_packed(
-                    self.dot,
-                    m,
-                    n,
-                    k,
-                    lhs.as_ptr(),
-                    self.lines.as_ptr(),
-                    out.ptr(),
-                    mine,
-                )
+                if self.f16 {
+                    half_packed::gemm_packed_f16(
+                        m,
+                        n,
+                        k,
+                        wide.as_ptr(),
+                        self.lines.as_ptr(),
+                        out.ptr(),
+                        mine,
+                    )
+                } else {
+                    half_packed::gemm_packed(
+                        self.dot,
+                        m,
+                        n,
+                        k,
+                        lhs.as_ptr(),
+                        self.lines.as_ptr(),
+                        out.ptr(),
+                        mine,
+                    )
+                }
             }
             #[cfg(not(target_arch = "x86_64"))]
             let _ = mine;
@@ -244,13 +297,15 @@ pub fn half_precision_kernel() -> &'static str {
     }
 }
 
-/// `x · wᵀ` over a packed bf16 weight for a bf16 `x` of shape `[..., k]`: the f32 sums rounded
-/// to bf16 (to nearest even, as candle's `to_dtype` rounds), shape `[..., n]`. No backward.
+/// `x · wᵀ` over a packed half-precision weight for an `x` of the weight's dtype (bf16 or
+/// f16) and shape `[..., k]`: the f32 sums rounded to that dtype (to nearest even, as candle's
+/// `to_dtype` rounds), shape `[..., n]`. No backward.
 pub fn linear_half(x: &Tensor, w: &HalfWeight) -> Result<Tensor> {
     let k = x.dim(candle_core::D::Minus1)?;
-    if k != w.k || x.dtype() != DType::BF16 || !x.device().is_cpu() {
+    if k != w.k || x.dtype() != w.dtype() || !x.device().is_cpu() {
         candle_core::bail!(
-            "linear_half: a bf16 CPU input with rows of {} (got {:?} rows of {k}, {:?})",
+            "linear_half: a {:?} CPU input with rows of {} (got {:?} rows of {k}, {:?})",
+            w.dtype(),
             w.k,
             x.dtype(),
             x.device()
@@ -260,11 +315,30 @@ pub fn linear_half(x: &Tensor, w: &HalfWeight) -> Result<Tensor> {
 }
 
 /// The plain loop [`linear_half`] is held to: for each output, f32 sums over `k` in order,
-/// each pair of steps adding the second product then the first (the products of bf16 values
-/// are exact in f32; each addition rounds to nearest), rounded to bf16 at the end. `x` and
-/// `w` bf16 on the CPU.
+/// each pair of steps adding the second product then the first (the products of bf16 values,
+/// and of f16 values, are exact in f32; each addition rounds to nearest), rounded to the
+/// dtype at the end. `x` and `w` bf16 (or both f16) on the CPU.
 pub fn linear_half_reference(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (n, k) = w.dims2()?;
+    if w.dtype() == DType::F16 {
+        let xs = x
+            .contiguous()?
+            .flatten_all()?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?;
+        let ws = w
+            .contiguous()?
+            .flatten_all()?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?;
+        let out: Vec<::half::f16> = pair_sums(&xs, &ws, n, k)
+            .into_iter()
+            .map(::half::f16::from_f32)
+            .collect();
+        let mut shape = x.dims().to_vec();
+        *shape.last_mut().expect("rank ≥ 1") = n;
+        return Tensor::from_vec(out, shape, x.device());
+    }
     let xs = x.contiguous()?.flatten_all()?.to_vec1::<::half::bf16>()?;
     let ws = w.contiguous()?.flatten_all()?.to_vec1::<::half::bf16>()?;
     let out: Vec<::half::bf16> = half_reference_sums(&xs, &ws, n, k)
@@ -278,6 +352,13 @@ pub fn linear_half_reference(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 
 /// [`linear_half_reference`]'s f32 sums.
 fn half_reference_sums(xs: &[::half::bf16], ws: &[::half::bf16], n: usize, k: usize) -> Vec<f32> {
+    let f = |v: &[::half::bf16]| v.iter().map(|x| x.to_f32()).collect::<Vec<f32>>();
+    pair_sums(&f(xs), &f(ws), n, k)
+}
+
+/// The plain loop over values already widened to f32: each pair of steps adds the second
+/// product, then the first.
+fn pair_sums(xs: &[f32], ws: &[f32], n: usize, k: usize) -> Vec<f32> {
     let m = xs.len() / k.max(1);
     let mut out = vec![0f32; m * n];
     for i in 0..m {
@@ -287,9 +368,9 @@ fn half_reference_sums(xs: &[::half::bf16], ws: &[::half::bf16], n: usize, k: us
             let mut acc = 0f32;
             for t in (0..k).step_by(2) {
                 if t + 1 < k {
-                    acc += x[t + 1].to_f32() * w[t + 1].to_f32();
+                    acc += x[t + 1] * w[t + 1];
                 }
-                acc += x[t].to_f32() * w[t].to_f32();
+                acc += x[t] * w[t];
             }
             out[i * n + j] = acc;
         }
@@ -305,20 +386,33 @@ impl CustomOp1 for Half<'_> {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = crate::kernels::contiguous::<::half::bf16>(s, l, self.name())?;
         let k = self.0.k;
-        let m = x.len() / k.max(1);
-        // SAFETY: `bf16` is a `repr(transparent)` wrapper of its `u16` bits.
-        let bits = unsafe { std::slice::from_raw_parts(x.as_ptr() as *const u16, x.len()) };
-        let out: Vec<::half::bf16> = self
-            .0
-            .sums(m, bits)
-            .into_iter()
-            .map(::half::bf16::from_f32)
-            .collect();
         let mut shape = l.dims().to_vec();
         *shape.last_mut().expect("rank ≥ 1") = self.0.n;
-        Ok((CpuStorage::BF16(out), Shape::from(shape)))
+        let out = if self.0.f16 {
+            let x = crate::kernels::contiguous::<::half::f16>(s, l, self.name())?;
+            // SAFETY: `f16` is a `repr(transparent)` wrapper of its `u16` bits.
+            let bits = unsafe { std::slice::from_raw_parts(x.as_ptr() as *const u16, x.len()) };
+            CpuStorage::F16(
+                self.0
+                    .sums(x.len() / k.max(1), bits)
+                    .into_iter()
+                    .map(::half::f16::from_f32)
+                    .collect(),
+            )
+        } else {
+            let x = crate::kernels::contiguous::<::half::bf16>(s, l, self.name())?;
+            // SAFETY: `bf16` is a `repr(transparent)` wrapper of its `u16` bits.
+            let bits = unsafe { std::slice::from_raw_parts(x.as_ptr() as *const u16, x.len()) };
+            CpuStorage::BF16(
+                self.0
+                    .sums(x.len() / k.max(1), bits)
+                    .into_iter()
+                    .map(::half::bf16::from_f32)
+                    .collect(),
+            )
+        };
+        Ok((out, Shape::from(shape)))
     }
 }
 
@@ -492,6 +586,7 @@ impl CustomOp2 for ExactHalfLinear {
                     n,
                     k,
                     dot,
+                    f16: false,
                     lines: half_packed::pack(n, k, &bits),
                 };
                 // SAFETY: `bf16` is a `repr(transparent)` wrapper of its `u16` bits.
@@ -1263,6 +1358,86 @@ pub(crate) mod tests {
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 
+    /// An f16 weight: its kernel's sums equal the plain loop's bit for bit (odd `k`, shapes
+    /// that fill no panel or block), a row alone equals the row in its batch, threads change
+    /// no bit, and the op is within rounding of today's path (an f32 copy, candle's matmul,
+    /// rounded to f16); no f32 copy is made.
+    #[test]
+    fn f16_products_equal_the_plain_loop_bit_for_bit_and_do_not_depend_on_the_batch() {
+        if half_packed::Dot::detect().is_none() {
+            eprintln!("skipped: no AVX-512F");
+            return;
+        }
+        for (m, n, k) in [
+            (1usize, 96usize, 64usize),
+            (3, 29, 37),
+            (17, 257, 130),
+            (9, 49, 2 * half_packed::KCP + 3),
+            (40, 100, 512),
+        ] {
+            let f16 = |t: Tensor| t.to_dtype(DType::F16).unwrap();
+            let x = f16(bf16_randn(&[m, k], 7 + m as u64)
+                .to_dtype(DType::F32)
+                .unwrap());
+            let w = f16(bf16_randn(&[n, k], 8 + n as u64)
+                .to_dtype(DType::F32)
+                .unwrap());
+            let hw = HalfWeight::new(&w).unwrap().expect("AVX-512F packs f16");
+            let xb: Vec<u16> = x
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<::half::f16>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect();
+            let wide = |t: &Tensor| {
+                t.flatten_all()
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            };
+            let want = pair_sums(&wide(&x), &wide(&w), n, k);
+            let pooled = hw.sums(m, &xb);
+            let alone = single_threaded(|| hw.sums(m, &xb));
+            let b = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(b(&pooled), b(&want), "f16 {m}x{n}x{k}: the plain loop");
+            assert_eq!(b(&alone), b(&want), "f16 {m}x{n}x{k}: one thread");
+            for i in [0, m - 1] {
+                let row = hw.sums(1, &xb[i * k..(i + 1) * k]);
+                assert_eq!(b(&row), b(&pooled[i * n..(i + 1) * n]), "f16 row {i} alone");
+            }
+            let got = linear_half(&x, &hw).unwrap();
+            assert_eq!(got.dtype(), DType::F16);
+            let reference = linear_half_reference(&x, &w).unwrap();
+            let h = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<::half::f16>().unwrap();
+            assert_eq!(
+                h(&got),
+                h(&reference),
+                "f16 {m}x{n}x{k}: the op and its reference"
+            );
+            let today = f16(linear_reference(
+                &x.to_dtype(DType::F32).unwrap(),
+                &w.to_dtype(DType::F32).unwrap(),
+            )
+            .unwrap());
+            let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+            assert!(
+                max_rel(&f(&got), &f(&today)) < 2e-3,
+                "f16 {m}x{n}x{k} vs today's path"
+            );
+        }
+        // A bf16 input against an f16 weight is an error naming the dtypes.
+        let w = bf16_randn(&[4, 8], 1).to_dtype(DType::F16).unwrap();
+        let hw = HalfWeight::new(&w).unwrap().unwrap();
+        let e = linear_half(&bf16_randn(&[2, 8], 2), &hw)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("F16") && e.contains("BF16"), "{e}");
+    }
+
     fn bits_of(t: &Tensor) -> Vec<u16> {
         t.flatten_all()
             .unwrap()
@@ -1396,7 +1571,7 @@ pub(crate) mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("bf16"), "{e}");
+        assert!(e.contains("BF16") && e.contains("F32"), "{e}");
         assert!(HalfWeight::new(&w.to_dtype(DType::F32).unwrap())
             .unwrap()
             .is_none());
