@@ -159,8 +159,10 @@ impl PackedWeight {
 /// is bf16 like the weight (half an f32 copy's size) and is the only copy the inference path
 /// makes of a bf16 weight on an AVX-512 CPU: every product over it, decode's few rows and
 /// prefill's many alike, multiplies bf16 values and sums them in f32 ([`linear_half`]), on
-/// AVX512-BF16 where the CPU has it and on AVX-512F alone with the same bits elsewhere.
-/// [`linear_half_reference`] is the plain loop it is held to.
+/// AVX512-BF16 where the CPU has it and on AVX-512F alone with the same bits elsewhere. An
+/// f16 weight is laid out the same way in f16 (each line's halves split) and multiplied by
+/// FMAs over its values widened in registers. [`linear_half_reference`] is the plain loop it
+/// is held to.
 #[derive(Debug)]
 pub struct HalfWeight {
     n: usize,
@@ -1363,6 +1365,7 @@ pub(crate) mod tests {
     /// no bit, and the op is within rounding of today's path (an f32 copy, candle's matmul,
     /// rounded to f16); no f32 copy is made.
     #[test]
+    #[allow(clippy::print_stderr)]
     fn f16_products_equal_the_plain_loop_bit_for_bit_and_do_not_depend_on_the_batch() {
         if half_packed::Dot::detect().is_none() {
             eprintln!("skipped: no AVX-512F");
