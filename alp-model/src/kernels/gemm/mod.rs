@@ -487,13 +487,55 @@ pub fn linear_packed(x: &Tensor, w: &Tensor, packed: &PackedWeight) -> Result<Te
 /// gradient) the usual products. f32 CPU tensors only; [`linear_exact_reference`] is the
 /// plain loop it is held to.
 pub fn linear_exact(x: &Tensor, w: &Tensor, packed: Option<&PackedWeight>) -> Result<Tensor> {
-    let k = x.dim(candle_core::D::Minus1)?;
     if x.dtype() == DType::BF16 && w.dtype() == DType::BF16 {
         return linear_exact_half(x, w, None);
     }
-    if !small_m_path(x, w) || w.dim(1)? != k {
+    let kept = packed
+        .filter(|p| w.dims() == [p.n, p.k])
+        .map(|p| move |x2: &Tensor| x2.apply_op1_no_bwd(&PackedAnyRows(p)));
+    exact_product(
+        x,
+        w,
+        DType::F32,
+        kept.as_ref()
+            .map(|f| f as &dyn Fn(&Tensor) -> Result<Tensor>),
+    )
+}
+
+/// [`linear_exact`] for bf16 `x` and `w` on the CPU: the half-precision product of
+/// [`linear_half`] (bf16 values, f32 sums, rounded to bf16), whose result for a row does not
+/// depend on the rows around it (AMX tiles, `vdpbf16ps` or widened FMAs, as this CPU has;
+/// [`linear_half_reference`]'s plain loop on CPUs without AVX-512). `packed` (made from `w`
+/// by [`HalfWeight::new`]) is used where nothing needs a gradient; otherwise `w` is packed on
+/// every call and the backward hands `x` (and `w`, where it tracks a gradient) candle's
+/// products.
+pub fn linear_exact_half(x: &Tensor, w: &Tensor, packed: Option<&HalfWeight>) -> Result<Tensor> {
+    let kept = packed
+        .filter(|p| w.dims() == [p.n, p.k])
+        .map(|p| move |x2: &Tensor| x2.apply_op1_no_bwd(&Half(p)));
+    exact_product(
+        x,
+        w,
+        DType::BF16,
+        kept.as_ref()
+            .map(|f| f as &dyn Fn(&Tensor) -> Result<Tensor>),
+    )
+}
+
+/// The exact product of `x` (`[.., k]`) and `w` (`[n, k]`), both `dtype` on the CPU: the rows
+/// of `x` through `kept` (a product over a kept packed copy of `w`) where nothing needs a
+/// gradient and one is given, through [`ExactLinear`] otherwise; the leading dims restored.
+fn exact_product(
+    x: &Tensor,
+    w: &Tensor,
+    dtype: DType,
+    kept: Option<&dyn Fn(&Tensor) -> Result<Tensor>>,
+) -> Result<Tensor> {
+    let k = x.dim(candle_core::D::Minus1)?;
+    let ok = |t: &Tensor| t.device().is_cpu() && t.dtype() == dtype;
+    if !ok(x) || !ok(w) || w.rank() != 2 || w.dim(1)? != k {
         candle_core::bail!(
-            "linear_exact: needs f32 CPU tensors, rows of the weight's width; got x {:?} {:?}, w {:?} {:?}",
+            "linear_exact: needs {dtype:?} CPU tensors, rows of the weight's width; got x {:?} {:?}, w {:?} {:?}",
             x.dims(),
             x.dtype(),
             w.dims(),
@@ -503,10 +545,8 @@ pub fn linear_exact(x: &Tensor, w: &Tensor, packed: Option<&PackedWeight>) -> Re
     let m = x.elem_count() / k.max(1);
     let n = w.dim(0)?;
     let x2 = x.reshape((m, k))?.contiguous()?;
-    let y = match packed {
-        Some(p) if !x.track_op() && !w.track_op() && p.n == n && p.k == k => {
-            x2.apply_op1_no_bwd(&PackedAnyRows(p))?
-        }
+    let y = match kept {
+        Some(f) if !x.track_op() && !w.track_op() => f(&x2)?,
         _ => x2.apply_op2_arc(
             &w.contiguous()?,
             std::sync::Arc::new(Box::new(ExactLinear {
@@ -519,52 +559,15 @@ pub fn linear_exact(x: &Tensor, w: &Tensor, packed: Option<&PackedWeight>) -> Re
     y.reshape(dims)
 }
 
-/// [`linear_exact`] for bf16 `x` and `w` on the CPU: the half-precision product of
-/// [`linear_half`] (bf16 values, f32 sums, rounded to bf16), whose result for a row does not
-/// depend on the rows around it (AMX tiles, `vdpbf16ps` or widened FMAs, as this CPU has;
-/// [`linear_half_reference`]'s plain loop on CPUs without AVX-512). `packed` (made from `w`
-/// by [`HalfWeight::new`]) is used where nothing needs a gradient; otherwise `w` is packed on
-/// every call and the backward hands `x` (and `w`, where it tracks a gradient) candle's
-/// products.
-pub fn linear_exact_half(x: &Tensor, w: &Tensor, packed: Option<&HalfWeight>) -> Result<Tensor> {
-    let k = x.dim(candle_core::D::Minus1)?;
-    let cpu_bf16 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::BF16;
-    if !cpu_bf16(x) || !cpu_bf16(w) || w.rank() != 2 || w.dim(1)? != k {
-        candle_core::bail!(
-            "linear_exact: needs bf16 CPU tensors, rows of the weight's width; got x {:?} {:?}, w {:?} {:?}",
-            x.dims(),
-            x.dtype(),
-            w.dims(),
-            w.dtype()
-        );
-    }
-    let m = x.elem_count() / k.max(1);
-    let n = w.dim(0)?;
-    let x2 = x.reshape((m, k))?.contiguous()?;
-    let y = match packed {
-        Some(p) if !x.track_op() && !w.track_op() && p.n == n && p.k == k => {
-            x2.apply_op1_no_bwd(&Half(p))?
-        }
-        _ => x2.apply_op2_arc(
-            &w.contiguous()?,
-            std::sync::Arc::new(Box::new(ExactHalfLinear {
-                w_grad: w.track_op(),
-            })),
-        )?,
-    };
-    let mut dims = x.dims().to_vec();
-    *dims.last_mut().expect("rank ≥ 1") = n;
-    y.reshape(dims)
-}
-
-/// [`linear_exact_half`] with a backward: bf16 `x` `[m, k]` against `w` `[n, k]`.
-struct ExactHalfLinear {
+/// [`linear_exact`] and [`linear_exact_half`] with a backward: `x` `[m, k]` against `w`
+/// `[n, k]`, f32 or bf16 (`w` packed on every call).
+struct ExactLinear {
     w_grad: bool,
 }
 
-impl CustomOp2 for ExactHalfLinear {
+impl CustomOp2 for ExactLinear {
     fn name(&self) -> &'static str {
-        "alp-linear-exact-half"
+        "alp-linear-exact"
     }
 
     fn cpu_fwd(
@@ -574,31 +577,38 @@ impl CustomOp2 for ExactHalfLinear {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = crate::kernels::contiguous::<::half::bf16>(s1, l1, self.name())?;
-        let w = crate::kernels::contiguous::<::half::bf16>(s2, l2, self.name())?;
         let (m, k) = l1.shape().dims2()?;
         let (n, wk) = l2.shape().dims2()?;
         if wk != k {
             candle_core::bail!("linear_exact: x {:?}, w {:?}", l1.dims(), l2.dims());
         }
-        let sums = match half_packed::Dot::detect() {
-            Some(dot) if m > 0 && n > 0 && k > 0 => {
-                let bits: Vec<u16> = w.iter().map(|v| v.to_bits()).collect();
-                let hw = HalfWeight {
-                    n,
-                    k,
-                    dot,
-                    f16: false,
-                    lines: half_packed::pack(n, k, &bits),
-                };
-                // SAFETY: `bf16` is a `repr(transparent)` wrapper of its `u16` bits.
-                let xb = unsafe { std::slice::from_raw_parts(x.as_ptr() as *const u16, x.len()) };
-                hw.sums(m, xb)
-            }
-            _ => half_reference_sums(x, w, n, k),
+        let out = if let CpuStorage::BF16(_) = s1 {
+            let x = crate::kernels::contiguous::<::half::bf16>(s1, l1, self.name())?;
+            let w = crate::kernels::contiguous::<::half::bf16>(s2, l2, self.name())?;
+            let sums = match half_packed::Dot::detect() {
+                Some(dot) if m > 0 && n > 0 && k > 0 => {
+                    let bits: Vec<u16> = w.iter().map(|v| v.to_bits()).collect();
+                    let hw = HalfWeight {
+                        n,
+                        k,
+                        dot,
+                        f16: false,
+                        lines: half_packed::pack(n, k, &bits),
+                    };
+                    // SAFETY: `bf16` is a `repr(transparent)` wrapper of its `u16` bits.
+                    let xb =
+                        unsafe { std::slice::from_raw_parts(x.as_ptr() as *const u16, x.len()) };
+                    hw.sums(m, xb)
+                }
+                _ => half_reference_sums(x, w, n, k),
+            };
+            CpuStorage::BF16(sums.into_iter().map(::half::bf16::from_f32).collect())
+        } else {
+            let x = crate::kernels::contiguous::<f32>(s1, l1, self.name())?;
+            let w = crate::kernels::contiguous::<f32>(s2, l2, self.name())?;
+            CpuStorage::F32(exact_sums(m, n, k, x, w))
         };
-        let out: Vec<::half::bf16> = sums.into_iter().map(::half::bf16::from_f32).collect();
-        Ok((CpuStorage::BF16(out), Shape::from((m, n))))
+        Ok((out, Shape::from((m, n))))
     }
 
     fn bwd(
@@ -661,53 +671,6 @@ fn exact_sums(m: usize, n: usize, k: usize, x: &[f32], w: &[f32]) -> Vec<f32> {
             out
         }
         _ => exact_reference_sums(m, n, k, x, w),
-    }
-}
-
-/// [`linear_exact`] with a backward: `x` `[m, k]` against `w` `[n, k]`.
-struct ExactLinear {
-    w_grad: bool,
-}
-
-impl CustomOp2 for ExactLinear {
-    fn name(&self) -> &'static str {
-        "alp-linear-exact"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = crate::kernels::contiguous::<f32>(s1, l1, self.name())?;
-        let w = crate::kernels::contiguous::<f32>(s2, l2, self.name())?;
-        let (m, k) = l1.shape().dims2()?;
-        let (n, wk) = l2.shape().dims2()?;
-        if wk != k {
-            candle_core::bail!("linear_exact: x {:?}, w {:?}", l1.dims(), l2.dims());
-        }
-        Ok((
-            CpuStorage::F32(exact_sums(m, n, k, x, w)),
-            Shape::from((m, n)),
-        ))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dx = grad.matmul(w)?;
-        let dw = if self.w_grad {
-            Some(grad.t()?.matmul(x)?)
-        } else {
-            None
-        };
-        Ok((Some(dx), dw))
     }
 }
 
@@ -1138,7 +1101,7 @@ pub(crate) mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("linear_exact") && e.contains("f32"), "{e}");
+        assert!(e.contains("linear_exact") && e.contains("F32") && e.contains("BF16"), "{e}");
     }
 
     #[test]
