@@ -212,17 +212,7 @@ impl CustomOp3 for ExactAttention {
                 }
             }
         };
-        let per_row = t * nh * hd;
-        if crate::kernels::gemm::threads() > 1 && b > 1 {
-            use rayon::prelude::*;
-            out.par_chunks_mut(per_row)
-                .enumerate()
-                .for_each(|(bi, o)| row(bi, o));
-        } else {
-            for (bi, o) in out.chunks_mut(per_row).enumerate() {
-                row(bi, o);
-            }
-        }
+        for_each_batch_row(&mut out, b, row);
         Ok((CpuStorage::F32(out), Shape::from((b, t, nh * hd))))
     }
 
@@ -329,18 +319,24 @@ impl CustomOp3 for Attention {
                 }
             }
         };
-        let per_row = t * nh * hd;
-        if crate::kernels::gemm::threads() > 1 && b > 1 {
-            use rayon::prelude::*;
-            out.par_chunks_mut(per_row)
-                .enumerate()
-                .for_each(|(bi, o)| row(bi, o));
-        } else {
-            for (bi, o) in out.chunks_mut(per_row).enumerate() {
-                row(bi, o);
-            }
-        }
+        for_each_batch_row(&mut out, b, row);
         Ok((CpuStorage::F32(out), Shape::from((b, t, nh * hd))))
+    }
+}
+
+/// Runs `row(b, out_b)` for each of the `b` equal rows of `out`: on the thread pool where this
+/// op may use several threads ([`crate::kernels::gemm::threads`]), on this thread otherwise.
+fn for_each_batch_row(out: &mut [f32], b: usize, row: impl Fn(usize, &mut [f32]) + Sync) {
+    let per_row = out.len() / b.max(1);
+    if crate::kernels::gemm::threads() > 1 && b > 1 {
+        use rayon::prelude::*;
+        out.par_chunks_mut(per_row)
+            .enumerate()
+            .for_each(|(bi, o)| row(bi, o));
+    } else {
+        for (bi, o) in out.chunks_mut(per_row.max(1)).enumerate() {
+            row(bi, o);
+        }
     }
 }
 
@@ -514,19 +510,9 @@ mod simd {
 mod tests {
     use super::*;
     use crate::kernels::gemm;
-    use crate::kernels::gemm::tests::max_rel;
+    use crate::kernels::gemm::tests::{bits, max_rel};
     use crate::mask::{causal_mask, padded_mask};
     use candle_core::{Device, D};
-
-    fn bits(t: &Tensor) -> Vec<u32> {
-        t.flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
-            .iter()
-            .map(|v| v.to_bits())
-            .collect()
-    }
 
     /// The exact attention: a query's output is the same bits whether it comes with the
     /// whole sequence (the trainer) or alone against the keys so far (a decode step), with

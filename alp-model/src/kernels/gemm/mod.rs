@@ -234,6 +234,14 @@ impl HalfWeight {
         std::mem::size_of_val(self.lines.as_slice())
     }
 
+    /// The products of the rows of `lhs` (half-precision bits, rows of `k`), rounded by `round`.
+    fn rounded<T>(&self, lhs: &[u16], round: impl Fn(f32) -> T) -> Vec<T> {
+        self.sums(lhs.len() / self.k.max(1), lhs)
+            .into_iter()
+            .map(round)
+            .collect()
+    }
+
     /// The f32 sums `lhs[m×k] · wᵀ` (`lhs` bf16 bits), the panels split across threads.
     fn sums(&self, m: usize, lhs: &[u16]) -> Vec<f32> {
         let (n, k) = (self.n, self.k);
@@ -388,31 +396,18 @@ impl CustomOp1 for Half<'_> {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let k = self.0.k;
         let mut shape = l.dims().to_vec();
         *shape.last_mut().expect("rank ≥ 1") = self.0.n;
         let out = if self.0.f16 {
             let x = crate::kernels::contiguous::<::half::f16>(s, l, self.name())?;
             // SAFETY: `f16` is a `repr(transparent)` wrapper of its `u16` bits.
             let bits = unsafe { std::slice::from_raw_parts(x.as_ptr() as *const u16, x.len()) };
-            CpuStorage::F16(
-                self.0
-                    .sums(x.len() / k.max(1), bits)
-                    .into_iter()
-                    .map(::half::f16::from_f32)
-                    .collect(),
-            )
+            CpuStorage::F16(self.0.rounded(bits, ::half::f16::from_f32))
         } else {
             let x = crate::kernels::contiguous::<::half::bf16>(s, l, self.name())?;
             // SAFETY: `bf16` is a `repr(transparent)` wrapper of its `u16` bits.
             let bits = unsafe { std::slice::from_raw_parts(x.as_ptr() as *const u16, x.len()) };
-            CpuStorage::BF16(
-                self.0
-                    .sums(x.len() / k.max(1), bits)
-                    .into_iter()
-                    .map(::half::bf16::from_f32)
-                    .collect(),
-            )
+            CpuStorage::BF16(self.0.rounded(bits, ::half::bf16::from_f32))
         };
         Ok((out, Shape::from(shape)))
     }
@@ -522,6 +517,9 @@ pub fn linear_exact_half(x: &Tensor, w: &Tensor, packed: Option<&HalfWeight>) ->
     )
 }
 
+/// A product of a flattened `[m, k]` input over a kept packed weight.
+type RowsProduct<'a> = &'a dyn Fn(&Tensor) -> Result<Tensor>;
+
 /// The exact product of `x` (`[.., k]`) and `w` (`[n, k]`), both `dtype` on the CPU: the rows
 /// of `x` through `kept` (a product over a kept packed copy of `w`) where nothing needs a
 /// gradient and one is given, through [`ExactLinear`] otherwise; the leading dims restored.
@@ -529,7 +527,7 @@ fn exact_product(
     x: &Tensor,
     w: &Tensor,
     dtype: DType,
-    kept: Option<&dyn Fn(&Tensor) -> Result<Tensor>>,
+    kept: Option<RowsProduct<'_>>,
 ) -> Result<Tensor> {
     let k = x.dim(candle_core::D::Minus1)?;
     let ok = |t: &Tensor| t.device().is_cpu() && t.dtype() == dtype;
@@ -973,7 +971,8 @@ pub(crate) mod tests {
         abs_max(&(a - b).unwrap()) / abs_max(b).max(1e-6)
     }
 
-    fn bits(t: &Tensor) -> Vec<u32> {
+    /// The bits of every value of an f32 tensor.
+    pub(crate) fn bits(t: &Tensor) -> Vec<u32> {
         t.flatten_all()
             .unwrap()
             .to_vec1::<f32>()
@@ -1101,7 +1100,10 @@ pub(crate) mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("linear_exact") && e.contains("F32") && e.contains("BF16"), "{e}");
+        assert!(
+            e.contains("linear_exact") && e.contains("F32") && e.contains("BF16"),
+            "{e}"
+        );
     }
 
     #[test]
