@@ -165,5 +165,66 @@ fn linear_half_in(c: &mut Criterion, dtype: candle_core::DType) {
     g.finish();
 }
 
-criterion_group!(benches, bench, linear, linear_half);
+/// The exact numerics' kernels (`Numerics::Exact`) against their twins on the fast path, at
+/// the Qwen2.5-0.5B shape: the product (896 → 4,864) over the kept packed copy at any row count
+/// (`gemm::linear_exact`) against `gemm::linear` (the packed kernel up to `SMALL_M_ROWS` rows,
+/// candle's matmul above), and attention over each query's visible keys
+/// (`attention::attention_exact`) against the one-pass inference kernel with a mask, for a
+/// decode step (16 rows against 128 cached keys) and a prefill (4 × 128).
+fn exact(c: &mut Criterion) {
+    use alp_model::bench_internals::{attention, gemm};
+    let dev = candle_core::Device::Cpu;
+    let (k, n) = (896, 4864);
+    let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+    let Some(packed) = gemm::PackedWeight::new(&w).unwrap() else {
+        eprintln!("exact: this CPU has no packed kernel, nothing to measure");
+        return;
+    };
+    let mut g = c.benchmark_group("linear_exact_896x4864");
+    g.sample_size(10);
+    for m in [1usize, 64, 512] {
+        let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+        g.throughput(Throughput::Elements((2 * m * n * k) as u64));
+        g.bench_function(BenchmarkId::new("exact", m), |b| {
+            b.iter(|| gemm::linear_exact(&x, &w, Some(&packed)).unwrap())
+        });
+        g.bench_function(BenchmarkId::new("fast", m), |b| {
+            b.iter(|| gemm::linear_packed(&x, &w, &packed).unwrap())
+        });
+    }
+    g.finish();
+    let (nh, nkv, hd) = (14, 2, 64);
+    let mut g = c.benchmark_group("attention_exact_0.5b");
+    g.sample_size(10);
+    for (name, b, t, start) in [
+        ("decode_b16_l128", 16, 1, 127),
+        ("prefill_b4_t128", 4, 128, 0),
+    ] {
+        let l = start + t;
+        let q = Tensor::randn(0f32, 1.0, (b, nh, t, hd), &dev).unwrap();
+        let kv = Tensor::randn(0f32, 1.0, (b, nkv, l, hd), &dev).unwrap();
+        let mask: Vec<f32> = (0..t)
+            .flat_map(|i| {
+                (0..l).map(move |j| {
+                    if j <= start + i {
+                        0.0
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                })
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (1, 1, 1, t, l), &dev).unwrap();
+        let scale = 1.0 / (hd as f64).sqrt();
+        g.bench_function(BenchmarkId::new("exact", name), |bch| {
+            bch.iter(|| attention::attention_exact(&q, &kv, &kv, &[], start, scale).unwrap())
+        });
+        g.bench_function(BenchmarkId::new("fast", name), |bch| {
+            bch.iter(|| attention::attention(&q, &kv, &kv, Some(&mask), scale).unwrap())
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, linear, linear_half, exact);
 criterion_main!(benches);
