@@ -349,18 +349,15 @@ impl Attention {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Attention over `x` at the positions `p` prepared (rotary tables, mask, padding).
     fn forward(
         &self,
         x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: Option<&Tensor>,
+        p: &Prepared,
         cache: Option<(&mut KvCache, usize)>,
         n: Numerics,
-        padded: bool,
-        exact_window: (&[usize], usize),
     ) -> Result<Tensor> {
+        let (cos, sin, mask) = (&p.cos, &p.sin, p.mask.as_ref());
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.n_heads, self.n_kv, self.head_dim);
         let q = self.q_proj.forward(x, n)?.reshape((b, t, nh, hd))?;
@@ -403,7 +400,7 @@ impl Attention {
         // takes the path below, which is also the reference the GPU tests compare it with.
         #[cfg(feature = "flash-attn")]
         if n == Numerics::Inference
-            && !padded
+            && !p.padded
             && matches!(q.dtype(), DType::F16 | DType::BF16)
             && q.device().is_cuda()
         {
@@ -414,20 +411,17 @@ impl Attention {
             let out = candle_flash_attn::flash_attn(&qf, &kf, &vf, scale, t > 1)?;
             return self.o_proj.forward(&out.reshape((b, t, nh * hd))?, n);
         }
-        #[cfg(not(feature = "flash-attn"))]
-        let _ = padded;
         let scale = 1.0 / (hd as f64).sqrt();
         if n == Numerics::Exact {
             // A bf16 model's attention runs on its values widened to f32 (a half-precision
             // cache on the CPU already holds them so) and rounds the result back.
-            let (pad, start) = exact_window;
             let f = |t: &Tensor| t.to_dtype(DType::F32);
             let out = crate::kernels::attention::attention_exact(
                 &f(&q)?,
                 &f(&k)?,
                 &f(&v)?,
-                pad,
-                start,
+                &p.left_pad,
+                p.start,
                 scale,
             )?
             .to_dtype(q.dtype())?;
@@ -539,6 +533,8 @@ struct Prepared {
     cos: Tensor,
     sin: Tensor,
     mask: Option<Tensor>,
+    /// Whether any row is left-padded (flash attention takes unpadded batches only).
+    #[cfg_attr(not(feature = "flash-attn"), allow(dead_code))]
     padded: bool,
     /// Each row's left padding (empty: none) and the first position: what the exact
     /// attention reads instead of the mask.
@@ -777,13 +773,7 @@ impl Model {
     /// not).
     pub fn set_exact_numerics(&mut self, on: bool) -> Result<()> {
         if on && !exact_supported(self.dtype, &self.device) {
-            return Err(Error::config(
-                "rollout_numerics",
-                format!(
-                    "exact numerics need f32 or bf16 weights on the CPU; this model is {:?} on {:?}",
-                    self.dtype, self.device
-                ),
-            ));
+            return Err(exact_unsupported(self.dtype, &self.device));
         }
         self.exact = on;
         Ok(())
@@ -927,16 +917,7 @@ impl Model {
         };
         let x = layer.input_layernorm.forward(&h, n)?;
         let c = cache.map(|c| (c, i));
-        let x = layer.self_attn.forward(
-            &x,
-            &p.cos,
-            &p.sin,
-            p.mask.as_ref(),
-            c,
-            n,
-            p.padded,
-            (&p.left_pad, p.start),
-        )?;
+        let x = layer.self_attn.forward(&x, p, c, n)?;
         let h = (h + x)?;
         let x = layer.post_attention_layernorm.forward(&h, n)?;
         Ok((&h + layer.mlp.forward(&x, n)?)?)
@@ -963,7 +944,7 @@ impl Model {
         n: Numerics,
     ) -> Result<Tensor> {
         if n == Numerics::Exact && !exact_supported(self.dtype, &self.device) {
-            return Err(exact_needs_f32_cpu());
+            return Err(exact_unsupported(self.dtype, &self.device));
         }
         let p = self.prepare(input_ids, start, left_pad)?;
         let t = input_ids.dim(1)?;
@@ -1135,10 +1116,13 @@ fn exact_supported(dtype: DType, device: &Device) -> bool {
     device.is_cpu() && matches!(dtype, DType::F32 | DType::BF16)
 }
 
-/// The error of an exact-numerics forward over weights it has no kernels for.
-fn exact_needs_f32_cpu() -> Error {
+/// The error of the exact numerics over weights of `dtype` on `device`, which it has no
+/// kernels for.
+fn exact_unsupported(dtype: DType, device: &Device) -> Error {
     Error::config(
         "rollout_numerics",
-        "exact numerics need f32 or bf16 weights on the CPU (the same for model.dtype and rl.rollout_dtype)",
+        format!(
+            "exact numerics need f32 or bf16 weights on the CPU (the same for model.dtype and rl.rollout_dtype); this model is {dtype:?} on {device:?}"
+        ),
     )
 }

@@ -350,6 +350,12 @@ impl Engine {
                     ),
                 ));
             }
+            if self.config.exact_numerics && r.params.truncates() {
+                return Err(Error::config(
+                    "exact_numerics",
+                    format!("request {i}: bit-exact rollouts score over the whole vocabulary: turn top_k, top_p and min_p off"),
+                ));
+            }
             if !r.params.stop_strings.is_empty() && self.tokenizer.is_none() {
                 return Err(Error::invalid(format!(
                     "request {i} has stop strings but the engine has no tokenizer (Engine::with_tokenizer)"
@@ -766,13 +772,7 @@ impl Engine {
         let drawn = sample_kept(logits, p, &mut row.rng)?;
         let tok = drawn.token;
         let lp = if self.config.exact_numerics {
-            if p.truncates() {
-                return Err(Error::config(
-                    "exact_numerics",
-                    "bit-exact rollouts score over the whole vocabulary: turn top_k, top_p and min_p off",
-                ));
-            }
-            trainer_logprob(logits, tok, p.temperature, self.model.device())?
+            trainer_logprob(logits, tok, p, self.model.device())?
         } else {
             drawn.logprob
         };
@@ -859,22 +859,17 @@ fn exact_model(model: Arc<Model>, exact: bool) -> Result<Arc<Model>> {
     Ok(Arc::new(m))
 }
 
-/// The log-prob of `token` as the trainer scores it (`alp-trainer`'s `score`): the logits
-/// row divided by the temperature as a tensor (none at 1, and greedy scores at 1), then the
-/// fused log-softmax-gather.
+/// The log-prob of `token` as the trainer scores it (`alp-trainer`'s `score`): the logits row
+/// at the trajectory's scoring temperature through `alp_model::token_logprobs`, the same
+/// division and fused log-softmax-gather.
 fn trainer_logprob(
     logits: &[f32],
     token: TokenId,
-    temperature: f32,
+    params: &crate::SamplingParams,
     device: &Device,
 ) -> Result<f32> {
-    let t = if temperature > 0.0 {
-        temperature as f64
-    } else {
-        1.0
-    };
     let row = Tensor::from_slice(logits, (1, 1, logits.len()), device)?;
-    let scaled = if t == 1.0 { row } else { (row / t)? };
     let target = Tensor::from_vec(vec![token], (1, 1), device)?;
-    Ok(alp_model::token_logprobs(&scaled, &target, 1.0)?.to_vec2::<f32>()?[0][0])
+    let t = crate::sampling_info(params).scoring_temperature();
+    Ok(alp_model::token_logprobs(&row, &target, t)?.to_vec2::<f32>()?[0][0])
 }

@@ -866,8 +866,6 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// The batch shape of RL: prompts × group = a whole number of mini-batches, micro-batches
-    /// inside them, a group large enough for its advantage estimator.
     /// `rl.rollout_numerics = "exact"` needs what the exact kernels need, named field by field.
     fn validate_rollout_numerics(&self) -> Result<()> {
         if self.rl.rollout_numerics != RolloutNumerics::Exact {
@@ -910,6 +908,8 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// The batch shape of RL: prompts × group = a whole number of mini-batches, micro-batches
+    /// inside them, a group large enough for its advantage estimator.
     fn validate_rl_batch(&self) -> Result<()> {
         let rl = &self.rl;
         rl.objective.validate()?;

@@ -98,8 +98,8 @@ pub fn attention_reference(
 /// Attention for the exact numerics ([`crate::Numerics::Exact`]), differentiable: each
 /// query reads only the keys it may see (row `b`'s query at position `start + i` sees keys
 /// `left_pad[b] ..= start + i`; a padding query sees only itself, as the decoder's masks say),
-/// in order: scores as dot products in eight interleaved partial sums, their maximum, `exp` per score, the sum in key order, then
-/// `Σ_j p_j · v_j` in key order over `1 / Σ p`. No masked key enters any sum, so a query's
+/// in order: scores as dot products in eight interleaved partial sums, their maximum, `exp`
+/// per score, the sum in key order, then `Σ_j p_j · v_j` in key order over `1 / Σ p`. No masked key enters any sum, so a query's
 /// output does not depend on how many keys follow it (the trainer's whole sequence against
 /// the engine's cache at that step), on its padding, or on the batch. `q` is
 /// `[b, heads, t, hd]`, `k` and `v` `[b, kv_heads, start + t, hd]`; the result is

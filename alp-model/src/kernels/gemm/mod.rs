@@ -206,18 +206,23 @@ impl HalfWeight {
             ),
             _ => return Ok(None),
         };
+        Ok(Some(Self::from_bits(dot, n, k, &bits, f16)))
+    }
+
+    /// Packs the `n × k` weight whose values have these bits (f16 where `f16`, else bf16).
+    fn from_bits(dot: half_packed::Dot, n: usize, k: usize, bits: &[u16], f16: bool) -> Self {
         let lines = if f16 {
-            half_packed::pack_f16(n, k, &bits)
+            half_packed::pack_f16(n, k, bits)
         } else {
-            half_packed::pack(n, k, &bits)
+            half_packed::pack(n, k, bits)
         };
-        Ok(Some(HalfWeight {
+        HalfWeight {
             n,
             k,
             dot,
             f16,
             lines,
-        }))
+        }
     }
 
     /// The dtype of the weight it was packed from.
@@ -330,34 +335,16 @@ pub fn linear_half(x: &Tensor, w: &HalfWeight) -> Result<Tensor> {
 /// dtype at the end. `x` and `w` bf16 (or both f16) on the CPU.
 pub fn linear_half_reference(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (n, k) = w.dims2()?;
-    if w.dtype() == DType::F16 {
-        let xs = x
-            .contiguous()?
+    // bf16 and f16 values widen to f32 exactly; the sums round back as `to_dtype` rounds.
+    let wide = |t: &Tensor| -> Result<Vec<f32>> {
+        t.contiguous()?
             .flatten_all()?
             .to_dtype(DType::F32)?
-            .to_vec1::<f32>()?;
-        let ws = w
-            .contiguous()?
-            .flatten_all()?
-            .to_dtype(DType::F32)?
-            .to_vec1::<f32>()?;
-        let out: Vec<::half::f16> = pair_sums(&xs, &ws, n, k)
-            .into_iter()
-            .map(::half::f16::from_f32)
-            .collect();
-        let mut shape = x.dims().to_vec();
-        *shape.last_mut().expect("rank ≥ 1") = n;
-        return Tensor::from_vec(out, shape, x.device());
-    }
-    let xs = x.contiguous()?.flatten_all()?.to_vec1::<::half::bf16>()?;
-    let ws = w.contiguous()?.flatten_all()?.to_vec1::<::half::bf16>()?;
-    let out: Vec<::half::bf16> = half_reference_sums(&xs, &ws, n, k)
-        .into_iter()
-        .map(::half::bf16::from_f32)
-        .collect();
+            .to_vec1::<f32>()
+    };
     let mut shape = x.dims().to_vec();
     *shape.last_mut().expect("rank ≥ 1") = n;
-    Tensor::from_vec(out, shape, x.device())
+    Tensor::from_vec(pair_sums(&wide(x)?, &wide(w)?, n, k), shape, x.device())?.to_dtype(w.dtype())
 }
 
 /// [`linear_half_reference`]'s f32 sums.
@@ -485,16 +472,8 @@ pub fn linear_exact(x: &Tensor, w: &Tensor, packed: Option<&PackedWeight>) -> Re
     if x.dtype() == DType::BF16 && w.dtype() == DType::BF16 {
         return linear_exact_half(x, w, None);
     }
-    let kept = packed
-        .filter(|p| w.dims() == [p.n, p.k])
-        .map(|p| move |x2: &Tensor| x2.apply_op1_no_bwd(&PackedAnyRows(p)));
-    exact_product(
-        x,
-        w,
-        DType::F32,
-        kept.as_ref()
-            .map(|f| f as &dyn Fn(&Tensor) -> Result<Tensor>),
-    )
+    let kept = packed.filter(|p| w.dims() == [p.n, p.k]).map(PackedAnyRows);
+    exact_product(x, w, DType::F32, kept)
 }
 
 /// [`linear_exact`] for bf16 `x` and `w` on the CPU: the half-precision product of
@@ -505,29 +484,18 @@ pub fn linear_exact(x: &Tensor, w: &Tensor, packed: Option<&PackedWeight>) -> Re
 /// every call and the backward hands `x` (and `w`, where it tracks a gradient) candle's
 /// products.
 pub fn linear_exact_half(x: &Tensor, w: &Tensor, packed: Option<&HalfWeight>) -> Result<Tensor> {
-    let kept = packed
-        .filter(|p| w.dims() == [p.n, p.k])
-        .map(|p| move |x2: &Tensor| x2.apply_op1_no_bwd(&Half(p)));
-    exact_product(
-        x,
-        w,
-        DType::BF16,
-        kept.as_ref()
-            .map(|f| f as &dyn Fn(&Tensor) -> Result<Tensor>),
-    )
+    let kept = packed.filter(|p| w.dims() == [p.n, p.k]).map(Half);
+    exact_product(x, w, DType::BF16, kept)
 }
 
-/// A product of a flattened `[m, k]` input over a kept packed weight.
-type RowsProduct<'a> = &'a dyn Fn(&Tensor) -> Result<Tensor>;
-
 /// The exact product of `x` (`[.., k]`) and `w` (`[n, k]`), both `dtype` on the CPU: the rows
-/// of `x` through `kept` (a product over a kept packed copy of `w`) where nothing needs a
+/// of `x` through `kept` (the op over a kept packed copy of `w`) where nothing needs a
 /// gradient and one is given, through [`ExactLinear`] otherwise; the leading dims restored.
 fn exact_product(
     x: &Tensor,
     w: &Tensor,
     dtype: DType,
-    kept: Option<RowsProduct<'_>>,
+    kept: Option<impl CustomOp1>,
 ) -> Result<Tensor> {
     let k = x.dim(candle_core::D::Minus1)?;
     let ok = |t: &Tensor| t.device().is_cpu() && t.dtype() == dtype;
@@ -544,7 +512,7 @@ fn exact_product(
     let n = w.dim(0)?;
     let x2 = x.reshape((m, k))?.contiguous()?;
     let y = match kept {
-        Some(f) if !x.track_op() && !w.track_op() => f(&x2)?,
+        Some(op) if !x.track_op() && !w.track_op() => x2.apply_op1_no_bwd(&op)?,
         _ => x2.apply_op2_arc(
             &w.contiguous()?,
             std::sync::Arc::new(Box::new(ExactLinear {
@@ -583,24 +551,20 @@ impl CustomOp2 for ExactLinear {
         let out = if let CpuStorage::BF16(_) = s1 {
             let x = crate::kernels::contiguous::<::half::bf16>(s1, l1, self.name())?;
             let w = crate::kernels::contiguous::<::half::bf16>(s2, l2, self.name())?;
-            let sums = match half_packed::Dot::detect() {
+            CpuStorage::BF16(match half_packed::Dot::detect() {
                 Some(dot) if m > 0 && n > 0 && k > 0 => {
                     let bits: Vec<u16> = w.iter().map(|v| v.to_bits()).collect();
-                    let hw = HalfWeight {
-                        n,
-                        k,
-                        dot,
-                        f16: false,
-                        lines: half_packed::pack(n, k, &bits),
-                    };
                     // SAFETY: `bf16` is a `repr(transparent)` wrapper of its `u16` bits.
                     let xb =
                         unsafe { std::slice::from_raw_parts(x.as_ptr() as *const u16, x.len()) };
-                    hw.sums(m, xb)
+                    HalfWeight::from_bits(dot, n, k, &bits, false)
+                        .rounded(xb, ::half::bf16::from_f32)
                 }
-                _ => half_reference_sums(x, w, n, k),
-            };
-            CpuStorage::BF16(sums.into_iter().map(::half::bf16::from_f32).collect())
+                _ => half_reference_sums(x, w, n, k)
+                    .into_iter()
+                    .map(::half::bf16::from_f32)
+                    .collect(),
+            })
         } else {
             let x = crate::kernels::contiguous::<f32>(s1, l1, self.name())?;
             let w = crate::kernels::contiguous::<f32>(s2, l2, self.name())?;
